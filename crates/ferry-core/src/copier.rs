@@ -1,0 +1,462 @@
+//! The background copier: walks regions in order, copies the ones not yet
+//! on the target, and (during an abort) copies written regions back.
+//!
+//! [`CopyCursor::step`] is one unit of work and is what tests drive
+//! directly; [`Copier`] runs it on a thread with pause / resume, a rate
+//! limit and an adaptive mode that backs off while foreground I/O is busy.
+//! Regions are marked in batches: one target flush covers a whole batch
+//! (see the ordering rule in `migrate.rs`), and a batch is closed at least
+//! every second so the index is committed at least that often.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::migrate::{MigratingVolume, RegionCopy, INDEX_SYNC_INTERVAL};
+use crate::record::MigrationState;
+
+/// Tuning of the copier.
+#[derive(Debug, Clone)]
+pub struct CopierConfig {
+    /// Data bytes after which a batch is flushed and marked.
+    pub batch_bytes: u64,
+    /// Longest a copied region waits to be marked.
+    pub batch_age: Duration,
+}
+
+impl Default for CopierConfig {
+    fn default() -> Self {
+        CopierConfig {
+            // 64 MiB: one flush per 16 default regions amortizes fdatasync
+            // without holding much unmarked work at risk of a crash.
+            batch_bytes: 64 << 20,
+            batch_age: INDEX_SYNC_INTERVAL,
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Handled one region; `bytes` of data moved.
+    Worked { bytes: u64 },
+    /// Nothing left to do in the current state.
+    Finished,
+}
+
+/// The copier's position and its unmarked batch.
+pub struct CopyCursor {
+    config: CopierConfig,
+    next: u64,
+    batch: Vec<u64>,
+    batch_bytes: u64,
+    batch_started: Instant,
+    batch_state: MigrationState,
+    buf: Vec<u8>,
+}
+
+impl CopyCursor {
+    pub fn new(config: CopierConfig) -> Self {
+        CopyCursor {
+            config,
+            next: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_started: Instant::now(),
+            batch_state: MigrationState::Copying,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Flushes and marks the pending batch.
+    pub fn commit_batch(&mut self, vol: &MigratingVolume) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.batch_started = Instant::now();
+        match self.batch_state {
+            MigrationState::Copying => vol.commit_copied(&batch),
+            MigrationState::Aborting => vol.commit_copied_back(&batch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Does one unit of work.
+    pub fn step(&mut self, vol: &MigratingVolume) -> Result<Step> {
+        let state = vol.state();
+        if state != self.batch_state {
+            // The migration changed direction (abort): the pending batch
+            // belongs to the old direction and is dropped unmarked, which
+            // is always safe; the walk starts over.
+            self.batch.clear();
+            self.batch_bytes = 0;
+            self.batch_state = state;
+            self.next = 0;
+        }
+        let forward = match state {
+            MigrationState::Copying => true,
+            MigrationState::Aborting => false,
+            _ => return Ok(Step::Finished),
+        };
+        let index = vol.index();
+        // Forward: regions not migrated yet. Back: regions still migrated.
+        let Some(r) = index.next_with(self.next, !forward) else {
+            self.commit_batch(vol)?;
+            let done = if forward {
+                vol.finish_copy()?
+            } else {
+                vol.finish_abort()?
+            };
+            if done {
+                return Ok(Step::Finished);
+            }
+            // Regions marked by foreground writes after we passed them are
+            // fine; any we still see unhandled are picked up from the top.
+            self.next = 0;
+            return Ok(Step::Worked { bytes: 0 });
+        };
+        let outcome = if forward {
+            vol.copy_region(r, &mut self.buf)?
+        } else {
+            vol.copy_back_region(r, &mut self.buf)?
+        };
+        self.next = r + 1;
+        let bytes = match outcome {
+            RegionCopy::Skipped => 0,
+            RegionCopy::Copied { bytes } => {
+                if self.batch.is_empty() {
+                    self.batch_started = Instant::now();
+                }
+                self.batch.push(r);
+                self.batch_bytes += bytes;
+                bytes
+            }
+        };
+        if self.batch_bytes >= self.config.batch_bytes
+            || self.batch.len() >= 4096
+            || (!self.batch.is_empty() && self.batch_started.elapsed() >= self.config.batch_age)
+        {
+            self.commit_batch(vol)?;
+        }
+        Ok(Step::Worked { bytes })
+    }
+
+    /// Runs steps until finished (no pacing); for tools and tests.
+    pub fn run_to_end(&mut self, vol: &MigratingVolume) -> Result<()> {
+        while self.step(vol)? != Step::Finished {}
+        Ok(())
+    }
+}
+
+/// A snapshot of a migration's progress, as shown by `ferry migrate status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Progress {
+    pub id: String,
+    pub source: String,
+    pub target: String,
+    pub state: MigrationState,
+    pub paused: bool,
+    pub rate_limit: Option<u64>,
+    pub adaptive: bool,
+    pub region_size: u64,
+    pub regions_total: u64,
+    pub regions_done: u64,
+    pub regions_written: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Recent copy rate in bytes per second (0 when idle or unknown).
+    pub rate_bps: u64,
+    pub eta_secs: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl Progress {
+    /// Progress of `vol` with the runtime figures of a copier, if one runs.
+    pub fn of(vol: &MigratingVolume, control: Option<&CopierControl>) -> Self {
+        let rec = vol.record();
+        let index = vol.index();
+        let bytes_done = index.migrated_bytes();
+        let (rate, last_error) = control
+            .map(|c| {
+                (
+                    c.rate_bps.load(Ordering::Relaxed),
+                    c.last_error.lock().clone(),
+                )
+            })
+            .unwrap_or((0, None));
+        let remaining = rec.size.saturating_sub(bytes_done);
+        let eta_secs = match rec.state {
+            MigrationState::Copying if rate > 0 => Some(remaining / rate),
+            MigrationState::Copying => None,
+            _ => Some(0),
+        };
+        Progress {
+            id: rec.id,
+            source: rec.source,
+            target: rec.target,
+            state: vol.state(),
+            paused: rec.paused,
+            rate_limit: rec.rate_limit,
+            adaptive: rec.adaptive,
+            region_size: rec.region_size,
+            regions_total: index.regions(),
+            regions_done: index.migrated_count(),
+            regions_written: index.written_count(),
+            bytes_total: rec.size,
+            bytes_done,
+            rate_bps: rate,
+            eta_secs,
+            last_error,
+        }
+    }
+}
+
+/// Shared controls and runtime figures of a running copier.
+pub struct CopierControl {
+    paused: AtomicBool,
+    /// Bytes per second; 0 means unlimited.
+    rate_limit: AtomicU64,
+    adaptive: AtomicBool,
+    stop: AtomicBool,
+    rate_bps: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    wake_lock: Mutex<u64>,
+    wake: Condvar,
+}
+
+impl CopierControl {
+    fn new(paused: bool, rate_limit: Option<u64>, adaptive: bool) -> Self {
+        CopierControl {
+            paused: AtomicBool::new(paused),
+            rate_limit: AtomicU64::new(rate_limit.unwrap_or(0)),
+            adaptive: AtomicBool::new(adaptive),
+            stop: AtomicBool::new(false),
+            rate_bps: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            wake_lock: Mutex::new(0),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn poke(&self) {
+        *self.wake_lock.lock() += 1;
+        self.wake.notify_all();
+    }
+
+    /// Sleeps up to `d`, returning early when a control changes.
+    fn nap(&self, d: Duration) {
+        let mut g = self.wake_lock.lock();
+        let seen = *g;
+        let deadline = Instant::now() + d;
+        while *g == seen && !self.stop.load(Ordering::Acquire) {
+            if self.wake.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+}
+
+/// A copier thread bound to one migrating volume.
+pub struct Copier {
+    vol: Arc<MigratingVolume>,
+    control: Arc<CopierControl>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Copier {
+    /// Starts the copier with the controls stored in the record.
+    pub fn spawn(vol: Arc<MigratingVolume>, config: CopierConfig) -> Result<Self> {
+        let rec = vol.record();
+        let control = Arc::new(CopierControl::new(rec.paused, rec.rate_limit, rec.adaptive));
+        let thread = {
+            let vol = vol.clone();
+            let control = control.clone();
+            std::thread::Builder::new()
+                .name("ferry-copier".into())
+                .spawn(move || run(vol, control, config))
+                .map_err(|e| Error::meta_io("spawn copier thread", "copier", e))?
+        };
+        Ok(Copier {
+            vol,
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn volume(&self) -> &Arc<MigratingVolume> {
+        &self.vol
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress::of(&self.vol, Some(&self.control))
+    }
+
+    /// Pauses or resumes copying; persisted in the record.
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        self.vol.update_record(|r| r.paused = paused)?;
+        self.control.paused.store(paused, Ordering::Release);
+        self.control.poke();
+        Ok(())
+    }
+
+    /// Sets the rate limit in bytes per second (`None`: unlimited).
+    pub fn set_rate_limit(&self, rate: Option<u64>) -> Result<()> {
+        let rate = rate.filter(|&r| r > 0);
+        self.vol.update_record(|r| r.rate_limit = rate)?;
+        self.control
+            .rate_limit
+            .store(rate.unwrap_or(0), Ordering::Release);
+        self.control.poke();
+        Ok(())
+    }
+
+    /// Turns adaptive back-off on or off.
+    pub fn set_adaptive(&self, adaptive: bool) -> Result<()> {
+        self.vol.update_record(|r| r.adaptive = adaptive)?;
+        self.control.adaptive.store(adaptive, Ordering::Release);
+        self.control.poke();
+        Ok(())
+    }
+
+    /// Starts an abort and wakes the copier to copy back.
+    pub fn abort(&self) -> Result<()> {
+        self.vol.abort()?;
+        self.control.poke();
+        Ok(())
+    }
+
+    /// Waits until the migration reaches a state where the copier has
+    /// nothing left (copied, committed, aborted) or `timeout` passes.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if matches!(
+                self.vol.state(),
+                MigrationState::Copied | MigrationState::Committed | MigrationState::Aborted
+            ) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the thread, leaving the migration resumable.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.control.stop.store(true, Ordering::Release);
+        self.control.poke();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Back-off bounds of the adaptive mode.
+const ADAPTIVE_MIN_DELAY: Duration = Duration::from_millis(2);
+const ADAPTIVE_MAX_DELAY: Duration = Duration::from_millis(200);
+
+fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierConfig) {
+    let mut cursor = CopyCursor::new(config);
+    let mut window_start = Instant::now();
+    let mut window_bytes = 0u64;
+    let mut paced_since = Instant::now();
+    let mut paced_bytes = 0u64;
+    let mut last_rate = 0u64;
+    let mut backoff = Duration::ZERO;
+    let mut last_ops = vol.foreground_ops();
+    let mut error_delay = Duration::from_millis(100);
+    while !control.stop.load(Ordering::Acquire) {
+        if control.is_paused() && vol.state() == MigrationState::Copying {
+            if let Err(e) = cursor.commit_batch(&vol) {
+                log::warn!("copier: committing a batch before pausing failed: {e}");
+            }
+            control.rate_bps.store(0, Ordering::Relaxed);
+            control.nap(Duration::from_millis(500));
+            paced_since = Instant::now();
+            paced_bytes = 0;
+            continue;
+        }
+        match cursor.step(&vol) {
+            Ok(Step::Finished) => {
+                control.rate_bps.store(0, Ordering::Relaxed);
+                control.nap(Duration::from_millis(200));
+            }
+            Ok(Step::Worked { bytes }) => {
+                *control.last_error.lock() = None;
+                error_delay = Duration::from_millis(100);
+                window_bytes += bytes;
+                paced_bytes += bytes;
+                let age = window_start.elapsed();
+                if age >= Duration::from_millis(500) {
+                    let now_rate = (window_bytes as f64 / age.as_secs_f64()) as u64;
+                    last_rate = if last_rate == 0 {
+                        now_rate
+                    } else {
+                        (last_rate * 7 + now_rate * 3) / 10
+                    };
+                    control.rate_bps.store(last_rate, Ordering::Relaxed);
+                    window_start = Instant::now();
+                    window_bytes = 0;
+                }
+                let limit = control.rate_limit.load(Ordering::Acquire);
+                if limit > 0 {
+                    let due = Duration::from_secs_f64(paced_bytes as f64 / limit as f64);
+                    let elapsed = paced_since.elapsed();
+                    if due > elapsed {
+                        control.nap(due - elapsed);
+                    }
+                    if paced_since.elapsed() > Duration::from_secs(2) {
+                        // Keep the window short so a change of limit takes
+                        // effect quickly and idle time is not banked.
+                        paced_since = Instant::now();
+                        paced_bytes = 0;
+                    }
+                }
+                if control.adaptive.load(Ordering::Acquire) {
+                    let ops = vol.foreground_ops();
+                    if ops != last_ops {
+                        backoff = (backoff * 2).clamp(ADAPTIVE_MIN_DELAY, ADAPTIVE_MAX_DELAY);
+                    } else {
+                        backoff /= 2;
+                    }
+                    last_ops = ops;
+                    if backoff >= ADAPTIVE_MIN_DELAY {
+                        control.nap(backoff);
+                    }
+                }
+            }
+            Err(e) => {
+                let fatal = matches!(e, Error::Fenced(_));
+                log::error!("copier: {e}");
+                *control.last_error.lock() = Some(e.to_string());
+                if fatal {
+                    break;
+                }
+                control.nap(error_delay);
+                error_delay = (error_delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    if let Err(e) = cursor.commit_batch(&vol) {
+        log::warn!("copier: final batch not committed: {e}");
+    }
+}

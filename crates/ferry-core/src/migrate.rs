@@ -1,0 +1,883 @@
+//! The migrating volume: one [`Volume`] made of a source and a target, routed
+//! per region by the [`RegionIndex`].
+//!
+//! Routing rules while copying (state `copying` / `copied`):
+//! - a read of a migrated region goes to the target, else to the source; a
+//!   read spanning regions is split into runs with one route each;
+//! - a write to a migrated region goes to the target; a write covering a
+//!   whole unmigrated region writes the target and marks the region; a
+//!   partial write to an unmigrated region first copies the region up (read
+//!   source, merge, write target) and then marks it;
+//! - write-zeroes / discard follow the same rules, without copying for
+//!   whole regions;
+//! - the source is never written, so it stays a consistent image of the
+//!   volume at the start; every write sets the region's *written* bit first,
+//!   which is what an abort copies back.
+//!
+//! While aborting, writes to still-migrated regions go to both legs (so a
+//! region can be handed back at any instant) and writes elsewhere go to the
+//! source; the copier copies written regions back and clears their bits.
+//!
+//! Locking: reads take no region lock. Writers of unmigrated regions and the
+//! copier take the striped region lock, so a copy never races a copy-up of
+//! the same region. Migrated bits only go from 0 to 1 while copying, which
+//! makes the lock-free fast path (region migrated and written) safe. State
+//! transitions (commit, abort) take the `legs` lock exclusively, which waits
+//! for every in-flight I/O: each I/O holds it shared from start to end.
+//!
+//! Durability order (the rule the whole design rests on): a region's
+//! migrated bit reaches the index store only after the region's data is
+//! durable on the target (`sync_target` before `mark_migrated`); during
+//! abort, a region's bits are cleared only after its data is durable on the
+//! source. A failed flush fences the volume: no later I/O is acknowledged on
+//! top of data whose durability is unknown.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::error::{Error, Result};
+use crate::index::{region_size_ok, RegionIndex};
+use crate::locks::RegionLocks;
+use crate::record::{now_unix, MigrationRecord, MigrationState, RECORD_FORMAT};
+use crate::store::MetaStore;
+use crate::volume::{check_range, Extent, Volume};
+
+/// How often the index is made durable while the copier runs, at most.
+pub const INDEX_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the caller of [`MigratingVolume::start`] decides.
+#[derive(Debug, Clone)]
+pub struct MigrationPlan {
+    pub source_spec: String,
+    pub target_spec: String,
+    /// Identity of the original volume, stored in the target's record.
+    pub source_info: BTreeMap<String, String>,
+    pub region_size: u64,
+    pub rate_limit: Option<u64>,
+    pub adaptive: bool,
+    pub paused: bool,
+}
+
+/// The volumes a migration currently uses.
+struct Legs {
+    source: Option<Arc<dyn Volume>>,
+    target: Option<Arc<dyn Volume>>,
+}
+
+impl Legs {
+    fn source(&self) -> &dyn Volume {
+        self.source
+            .as_deref()
+            .expect("source leg present in this state")
+    }
+    fn target(&self) -> &dyn Volume {
+        self.target
+            .as_deref()
+            .expect("target leg present in this state")
+    }
+}
+
+/// Result of one copier step on a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionCopy {
+    /// Already in place; nothing done.
+    Skipped,
+    /// Copied; `bytes` of data moved (0 for a hole).
+    Copied { bytes: u64 },
+}
+
+/// A volume being migrated.
+pub struct MigratingVolume {
+    name: String,
+    size: u64,
+    legs: RwLock<Legs>,
+    index: RegionIndex,
+    locks: RegionLocks,
+    target_store: Arc<dyn MetaStore>,
+    source_store: Arc<dyn MetaStore>,
+    record: Mutex<MigrationRecord>,
+    state: AtomicU8,
+    fenced: AtomicBool,
+    fence_reason: Mutex<Option<String>>,
+    /// Foreground operations started; the adaptive copier watches it.
+    foreground_ops: AtomicU64,
+}
+
+fn state_code(s: MigrationState) -> u8 {
+    match s {
+        MigrationState::Copying => 0,
+        MigrationState::Copied => 1,
+        MigrationState::Committed => 2,
+        MigrationState::Aborting => 3,
+        MigrationState::Aborted => 4,
+    }
+}
+
+fn state_from(code: u8) -> MigrationState {
+    match code {
+        0 => MigrationState::Copying,
+        1 => MigrationState::Copied,
+        2 => MigrationState::Committed,
+        3 => MigrationState::Aborting,
+        _ => MigrationState::Aborted,
+    }
+}
+
+fn random_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(now_unix());
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+impl MigratingVolume {
+    /// Loads the migration record kept with a target, if any.
+    pub fn load_record(store: &dyn MetaStore) -> Result<Option<MigrationRecord>> {
+        match store.load_record()? {
+            None => Ok(None),
+            Some(bytes) => MigrationRecord::decode(&bytes, &store.describe()).map(Some),
+        }
+    }
+
+    /// Starts a new migration from `source` to `target` after checking the
+    /// plan; nothing is written unless every check passes.
+    pub fn start(
+        source: Arc<dyn Volume>,
+        source_store: Arc<dyn MetaStore>,
+        target: Arc<dyn Volume>,
+        target_store: Arc<dyn MetaStore>,
+        plan: MigrationPlan,
+    ) -> Result<Arc<Self>> {
+        if !region_size_ok(plan.region_size) {
+            return Err(Error::BadRegionSize(plan.region_size));
+        }
+        if target.size() < source.size() {
+            return Err(Error::TargetTooSmall {
+                target: target.name().to_string(),
+                target_size: target.size(),
+                source_name: source.name().to_string(),
+                source_size: source.size(),
+            });
+        }
+        if let Some(to) = source_store.load_source_marker()? {
+            return Err(Error::SourceBusy {
+                source_name: source.name().to_string(),
+                target: to,
+            });
+        }
+        // A source that is itself the target of an unfinished migration
+        // would have two routers; refuse it.
+        if let Some(rec) = Self::load_record(source_store.as_ref())? {
+            if rec.state != MigrationState::Committed {
+                return Err(Error::SourceBusy {
+                    source_name: source.name().to_string(),
+                    target: format!(
+                        "it is the target of migration {} from {}",
+                        rec.id, rec.source
+                    ),
+                });
+            }
+        }
+        match target_store.load_record() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(Error::Corrupt { .. }) => {
+                return Err(Error::TargetBusy(target.name().to_string()))
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(to) = target_store.load_source_marker()? {
+            return Err(Error::SourceBusy {
+                source_name: target.name().to_string(),
+                target: format!("{to} (a volume being migrated away cannot be a target)"),
+            });
+        }
+
+        let size = source.size();
+        let now = now_unix();
+        let record = MigrationRecord {
+            format: RECORD_FORMAT,
+            id: random_id(),
+            source: plan.source_spec,
+            source_info: plan.source_info,
+            target: plan.target_spec,
+            size,
+            region_size: plan.region_size,
+            state: MigrationState::Copying,
+            paused: plan.paused,
+            rate_limit: plan.rate_limit,
+            adaptive: plan.adaptive,
+            created_unix: now,
+            updated_unix: now,
+        };
+        // Order: index first (durable, all clear), then the record (which is
+        // what makes the target "in a migration"), then the source marker.
+        // A crash between steps leaves either nothing that counts (an
+        // orphan index, replaced on the next start) or a record whose
+        // marker `resume` writes again.
+        let index = RegionIndex::create(target_store.clone(), size, plan.region_size)?;
+        target_store.store_record(&record.encode())?;
+        source_store.store_source_marker(&record.target)?;
+        log::info!(
+            "migration {} started: {} -> {} ({} bytes, {} regions of {} bytes)",
+            record.id,
+            record.source,
+            record.target,
+            size,
+            index.regions(),
+            plan.region_size
+        );
+        Ok(Arc::new(Self::assemble(
+            source,
+            source_store,
+            target,
+            target_store,
+            record,
+            index,
+        )))
+    }
+
+    /// Reopens a migration from the record kept with `target`. `source` must
+    /// be the volume the record names.
+    pub fn resume(
+        source: Arc<dyn Volume>,
+        source_store: Arc<dyn MetaStore>,
+        target: Arc<dyn Volume>,
+        target_store: Arc<dyn MetaStore>,
+    ) -> Result<Arc<Self>> {
+        let record = Self::load_record(target_store.as_ref())?
+            .ok_or_else(|| Error::NoMigration(target.name().to_string()))?;
+        match record.state {
+            MigrationState::Copying | MigrationState::Copied | MigrationState::Aborting => {}
+            other => {
+                return Err(Error::WrongState {
+                    op: "resume",
+                    state: other.to_string(),
+                })
+            }
+        }
+        if source.size() != record.size {
+            return Err(Error::Corrupt {
+                what: target_store.describe(),
+                why: format!(
+                    "the record says the source has {} bytes but {} has {}",
+                    record.size,
+                    source.name(),
+                    source.size()
+                ),
+            });
+        }
+        if target.size() < record.size {
+            return Err(Error::TargetTooSmall {
+                target: target.name().to_string(),
+                target_size: target.size(),
+                source_name: source.name().to_string(),
+                source_size: record.size,
+            });
+        }
+        let index = RegionIndex::open(target_store.clone(), record.size, record.region_size)?;
+        if source_store.load_source_marker()?.is_none() {
+            source_store.store_source_marker(&record.target)?;
+        }
+        log::info!(
+            "migration {} resumed in state {}: {}/{} regions on the target",
+            record.id,
+            record.state,
+            index.migrated_count(),
+            index.regions()
+        );
+        Ok(Arc::new(Self::assemble(
+            source,
+            source_store,
+            target,
+            target_store,
+            record,
+            index,
+        )))
+    }
+
+    fn assemble(
+        source: Arc<dyn Volume>,
+        source_store: Arc<dyn MetaStore>,
+        target: Arc<dyn Volume>,
+        target_store: Arc<dyn MetaStore>,
+        record: MigrationRecord,
+        index: RegionIndex,
+    ) -> Self {
+        MigratingVolume {
+            name: format!("{} (migrating from {})", record.target, record.source),
+            size: record.size,
+            legs: RwLock::new(Legs {
+                source: Some(source),
+                target: Some(target),
+            }),
+            index,
+            locks: RegionLocks::new(),
+            target_store,
+            source_store,
+            state: AtomicU8::new(state_code(record.state)),
+            record: Mutex::new(record),
+            fenced: AtomicBool::new(false),
+            fence_reason: Mutex::new(None),
+            foreground_ops: AtomicU64::new(0),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> MigrationState {
+        state_from(self.state.load(Ordering::Acquire))
+    }
+
+    /// A copy of the record as last stored.
+    pub fn record(&self) -> MigrationRecord {
+        self.record.lock().clone()
+    }
+
+    /// The region index.
+    pub fn index(&self) -> &RegionIndex {
+        &self.index
+    }
+
+    /// Foreground operations started so far.
+    pub fn foreground_ops(&self) -> u64 {
+        self.foreground_ops.load(Ordering::Relaxed)
+    }
+
+    /// Updates and durably stores the record.
+    pub fn update_record(&self, change: impl FnOnce(&mut MigrationRecord)) -> Result<()> {
+        let mut rec = self.record.lock();
+        let mut next = rec.clone();
+        change(&mut next);
+        next.updated_unix = now_unix();
+        self.target_store.store_record(&next.encode())?;
+        *rec = next;
+        Ok(())
+    }
+
+    fn check_fence(&self) -> Result<()> {
+        if self.fenced.load(Ordering::Acquire) {
+            let why = self.fence_reason.lock().clone().unwrap_or_default();
+            return Err(Error::Fenced(why));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` (a flush); on failure fences the volume. A failed flush is
+    /// never retried: the kernel may have dropped the dirty pages, so a
+    /// later success would prove nothing.
+    fn fenced_flush(&self, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        f().inspect_err(|e| {
+            log::error!("fencing {}: flush failed: {e}", self.name);
+            *self.fence_reason.lock() = Some(e.to_string());
+            self.fenced.store(true, Ordering::Release);
+        })
+    }
+
+    fn begin(&self) -> Result<RwLockReadGuard<'_, Legs>> {
+        self.check_fence()?;
+        self.foreground_ops.fetch_add(1, Ordering::Relaxed);
+        Ok(self.legs.read())
+    }
+
+    /// Splits `[offset, offset+len)` into per-region pieces:
+    /// `(region, piece_offset, piece_len)`.
+    fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let end = offset + len;
+        let first = self.index.region_of(offset);
+        let last = if len == 0 {
+            first
+        } else {
+            self.index.region_of(end - 1)
+        };
+        (first..=last).filter(move |_| len > 0).map(move |r| {
+            let (s, e) = self.index.region_bounds(r);
+            let ps = s.max(offset);
+            let pe = e.min(end);
+            (r, ps, pe - ps)
+        })
+    }
+
+    /// Runs of consecutive pieces with the same route: `(to_target, offset, len)`.
+    fn routed_runs(&self, offset: u64, len: u64) -> Vec<(bool, u64, u64)> {
+        let mut runs: Vec<(bool, u64, u64)> = Vec::new();
+        for (r, o, l) in self.pieces(offset, len) {
+            let migrated = self.index.is_migrated(r);
+            match runs.last_mut() {
+                Some(run) if run.0 == migrated => run.2 += l,
+                _ => runs.push((migrated, o, l)),
+            }
+        }
+        runs
+    }
+
+    fn sync_target(&self, legs: &Legs) -> Result<()> {
+        self.fenced_flush(|| legs.target().flush())
+    }
+
+    /// Reads `[start,end)` of the source into a buffer and lays `overlay`
+    /// (offset, bytes; `None` bytes = zeroes) over it: a region copy-up.
+    fn merged_region(
+        &self,
+        legs: &Legs,
+        start: u64,
+        end: u64,
+        at: u64,
+        overlay: Option<&[u8]>,
+        overlay_len: u64,
+    ) -> Result<Vec<u8>> {
+        // A region is at most 1 GiB (region_size_ok), which fits usize.
+        let mut buf = vec![0u8; (end - start) as usize];
+        legs.source().read_at(&mut buf, start)?;
+        let from = (at - start) as usize;
+        let to = from + overlay_len as usize;
+        match overlay {
+            Some(data) => buf[from..to].copy_from_slice(data),
+            None => buf[from..to].fill(0),
+        }
+        Ok(buf)
+    }
+
+    /// Forward-mode handling of one region piece of a write or zeroing.
+    /// `data` is `None` for write-zeroes/discard.
+    fn modify_forward(
+        &self,
+        legs: &Legs,
+        r: u64,
+        at: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        discard: bool,
+    ) -> Result<()> {
+        let apply_target = |at: u64, len: u64| -> Result<()> {
+            match data {
+                Some(d) => legs.target().write_at(d, at),
+                None if discard => legs.target().discard(at, len),
+                None => legs.target().write_zeroes(at, len),
+            }
+        };
+        // Fast path: bits only go 0 -> 1 while copying, so a region seen
+        // migrated and written stays so for the rest of this I/O.
+        if self.index.is_migrated(r) && self.index.is_written(r) {
+            return apply_target(at, len);
+        }
+        let _g = self.locks.lock(r, r);
+        // The written bit goes first: an abort must copy this region back
+        // even if we crash right after the write lands on the target.
+        self.index.mark_written(r)?;
+        if self.index.is_migrated(r) {
+            return apply_target(at, len);
+        }
+        let (start, end) = self.index.region_bounds(r);
+        if at == start && at + len == end {
+            apply_target(at, len)?;
+        } else {
+            let merged = self.merged_region(legs, start, end, at, data, len)?;
+            legs.target().write_at(&merged, start)?;
+        }
+        // ORDERING: the region's data must be durable on the target before
+        // its migrated bit can reach the index store.
+        self.sync_target(legs)?;
+        self.index.mark_migrated(&[r])
+    }
+
+    /// Abort-mode handling of one region piece: migrated regions are
+    /// written on both legs so the copier can hand them back at any time.
+    fn modify_aborting(
+        &self,
+        legs: &Legs,
+        r: u64,
+        at: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        discard: bool,
+    ) -> Result<()> {
+        let apply = |v: &dyn Volume| -> Result<()> {
+            match data {
+                Some(d) => v.write_at(d, at),
+                None if discard => v.discard(at, len),
+                None => v.write_zeroes(at, len),
+            }
+        };
+        let _g = self.locks.lock(r, r);
+        if self.index.is_migrated(r) {
+            self.index.mark_written(r)?;
+            apply(legs.source())?;
+            apply(legs.target())
+        } else {
+            apply(legs.source())
+        }
+    }
+
+    fn modify(&self, offset: u64, len: u64, data: Option<&[u8]>, discard: bool) -> Result<()> {
+        check_range(self.size, offset, len)?;
+        let legs = self.begin()?;
+        match self.state() {
+            MigrationState::Committed => {
+                return match data {
+                    Some(d) => legs.target().write_at(d, offset),
+                    None if discard => legs.target().discard(offset, len),
+                    None => legs.target().write_zeroes(offset, len),
+                }
+            }
+            MigrationState::Aborted => {
+                return match data {
+                    Some(d) => legs.source().write_at(d, offset),
+                    None if discard => legs.source().discard(offset, len),
+                    None => legs.source().write_zeroes(offset, len),
+                }
+            }
+            _ => {}
+        }
+        let aborting = self.state() == MigrationState::Aborting;
+        if !aborting && len > 0 {
+            let first = self.index.region_of(offset);
+            let last = self.index.region_of(offset + len - 1);
+            if self.index.all_migrated_and_written(first, last) {
+                return match data {
+                    Some(d) => legs.target().write_at(d, offset),
+                    None if discard => legs.target().discard(offset, len),
+                    None => legs.target().write_zeroes(offset, len),
+                };
+            }
+        }
+        for (r, at, l) in self.pieces(offset, len) {
+            // at - offset < len, which came from a slice length.
+            let piece = data.map(|d| &d[(at - offset) as usize..(at - offset + l) as usize]);
+            if aborting {
+                self.modify_aborting(&legs, r, at, l, piece, discard)?;
+            } else {
+                self.modify_forward(&legs, r, at, l, piece, discard)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- copier steps -------------------------------------------------
+
+    /// Copies region `r` from source to target if it is not migrated yet.
+    /// Does not mark it: the caller batches regions and calls
+    /// [`Self::commit_copied`] after them. `buf` is scratch space.
+    pub fn copy_region(&self, r: u64, buf: &mut Vec<u8>) -> Result<RegionCopy> {
+        self.check_fence()?;
+        let legs = self.legs.read();
+        if self.state() != MigrationState::Copying || r >= self.index.regions() {
+            return Ok(RegionCopy::Skipped);
+        }
+        let _g = self.locks.lock(r, r);
+        if self.index.is_migrated(r) {
+            return Ok(RegionCopy::Skipped);
+        }
+        let (start, end) = self.index.region_bounds(r);
+        let bytes = copy_extents(legs.source(), legs.target(), start, end, buf)?;
+        Ok(RegionCopy::Copied { bytes })
+    }
+
+    /// Marks copied regions migrated.
+    pub fn commit_copied(&self, regions: &[u64]) -> Result<()> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let legs = self.legs.read();
+        if self.state() != MigrationState::Copying {
+            return Ok(());
+        }
+        // ORDERING: one flush makes the whole batch durable on the target;
+        // only then may the batch's bits reach the index store.
+        self.sync_target(&legs)?;
+        self.index.mark_migrated(regions)?;
+        self.index.sync_if_due(INDEX_SYNC_INTERVAL)
+    }
+
+    /// Once every region is migrated, records the `copied` state. Returns
+    /// whether the migration is now copied.
+    pub fn finish_copy(&self) -> Result<bool> {
+        if self.state() == MigrationState::Copied {
+            return Ok(true);
+        }
+        let legs = self.legs.write();
+        if self.state() != MigrationState::Copying
+            || self.index.migrated_count() != self.index.regions()
+        {
+            return Ok(false);
+        }
+        self.sync_target(&legs)?;
+        self.fenced_flush(|| self.index.sync())?;
+        self.update_record(|r| r.state = MigrationState::Copied)?;
+        self.state
+            .store(state_code(MigrationState::Copied), Ordering::Release);
+        log::info!(
+            "migration {}: every region is on the target",
+            self.record.lock().id
+        );
+        Ok(true)
+    }
+
+    /// Abort copy-back of region `r`: if it was written since the start,
+    /// copies it from the target back to the source. The caller batches
+    /// regions and calls [`Self::commit_copied_back`].
+    pub fn copy_back_region(&self, r: u64, buf: &mut Vec<u8>) -> Result<RegionCopy> {
+        self.check_fence()?;
+        let legs = self.legs.read();
+        if self.state() != MigrationState::Aborting || r >= self.index.regions() {
+            return Ok(RegionCopy::Skipped);
+        }
+        let _g = self.locks.lock(r, r);
+        if !self.index.is_migrated(r) {
+            return Ok(RegionCopy::Skipped);
+        }
+        if !self.index.is_written(r) {
+            // Never written since the start: the source still holds it.
+            return Ok(RegionCopy::Copied { bytes: 0 });
+        }
+        let (start, end) = self.index.region_bounds(r);
+        let bytes = copy_extents(legs.target(), legs.source(), start, end, buf)?;
+        Ok(RegionCopy::Copied { bytes })
+    }
+
+    /// Hands copied-back regions to the source.
+    pub fn commit_copied_back(&self, regions: &[u64]) -> Result<()> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let legs = self.legs.read();
+        if self.state() != MigrationState::Aborting {
+            return Ok(());
+        }
+        // ORDERING: the source must hold the regions durably before their
+        // bits are cleared and reads go back to it.
+        self.fenced_flush(|| legs.source().flush())?;
+        let _g = self
+            .locks
+            .lock(regions[0], *regions.last().expect("non-empty"));
+        self.index.clear_regions(regions)?;
+        self.index.sync_if_due(INDEX_SYNC_INTERVAL)
+    }
+
+    /// Ends an abort once no region is left on the target: records the
+    /// `aborted` state, then discards the target. Returns whether done.
+    pub fn finish_abort(&self) -> Result<bool> {
+        if self.state() == MigrationState::Aborted {
+            return Ok(true);
+        }
+        let mut legs = self.legs.write();
+        if self.state() != MigrationState::Aborting || self.index.migrated_count() != 0 {
+            return Ok(false);
+        }
+        let source = legs.source.clone().expect("source present while aborting");
+        self.fenced_flush(|| source.flush())?;
+        self.update_record(|r| r.state = MigrationState::Aborted)?;
+        self.state
+            .store(state_code(MigrationState::Aborted), Ordering::Release);
+        legs.target = None;
+        drop(legs);
+        let id = self.record.lock().id.clone();
+        log::info!("migration {id} aborted: the source holds every write; discarding the target");
+        cleanup_aborted(self.source_store.as_ref(), self.target_store.as_ref());
+        Ok(true)
+    }
+
+    // ----- control ------------------------------------------------------
+
+    /// Starts an abort. The copier then copies written regions back; reads
+    /// and writes continue throughout.
+    pub fn abort(&self) -> Result<()> {
+        let _legs = self.legs.write();
+        match self.state() {
+            MigrationState::Copying | MigrationState::Copied => {}
+            MigrationState::Aborting => return Ok(()),
+            other => {
+                return Err(Error::WrongState {
+                    op: "abort",
+                    state: other.to_string(),
+                })
+            }
+        }
+        // No forward I/O is in flight (we hold the legs lock exclusively),
+        // so every write so far has its written bit set.
+        self.update_record(|r| r.state = MigrationState::Aborting)?;
+        self.state
+            .store(state_code(MigrationState::Aborting), Ordering::Release);
+        log::info!(
+            "migration {}: abort started, {} written regions to copy back",
+            self.record.lock().id,
+            self.index.written_count()
+        );
+        Ok(())
+    }
+
+    /// Makes the target stand alone. Every region must be migrated.
+    pub fn commit(&self) -> Result<()> {
+        self.finish_copy()?;
+        let mut legs = self.legs.write();
+        match self.state() {
+            MigrationState::Copied => {}
+            MigrationState::Committed => return Ok(()),
+            MigrationState::Copying => {
+                return Err(Error::NotCopied {
+                    remaining: self.index.regions() - self.index.migrated_count(),
+                    total: self.index.regions(),
+                })
+            }
+            other => {
+                return Err(Error::WrongState {
+                    op: "commit",
+                    state: other.to_string(),
+                })
+            }
+        }
+        let target = legs.target.clone().expect("target present when copied");
+        self.fenced_flush(|| target.flush())?;
+        self.update_record(|r| r.state = MigrationState::Committed)?;
+        self.state
+            .store(state_code(MigrationState::Committed), Ordering::Release);
+        legs.source = None;
+        drop(legs);
+        let rec = self.record();
+        log::info!(
+            "migration {} committed: {} stands alone",
+            rec.id,
+            rec.target
+        );
+        cleanup_committed(self.source_store.as_ref(), self.target_store.as_ref());
+        Ok(())
+    }
+}
+
+/// Removes what a committed migration leaves behind. Failures are logged,
+/// not returned: the commit itself is durable, and the next open cleans up.
+pub fn cleanup_committed(source_store: &dyn MetaStore, target_store: &dyn MetaStore) {
+    if let Err(e) = source_store.remove_source_marker() {
+        log::warn!("could not remove the source marker: {e}");
+    }
+    if let Err(e) = target_store.remove_index() {
+        log::warn!("could not remove the region index: {e}");
+    }
+}
+
+/// Removes what an aborted migration leaves behind, target included.
+pub fn cleanup_aborted(source_store: &dyn MetaStore, target_store: &dyn MetaStore) {
+    if let Err(e) = target_store.destroy_volume() {
+        log::warn!("could not discard the aborted target: {e}");
+    }
+    if let Err(e) = source_store.remove_source_marker() {
+        log::warn!("could not remove the source marker: {e}");
+    }
+}
+
+/// Copies the data of `[start,end)` from `from` to `to`, keeping holes as
+/// holes. Stale bytes on `to` (from an interrupted copy-up) are zeroed
+/// first. Returns the bytes of data copied.
+fn copy_extents(
+    from: &dyn Volume,
+    to: &dyn Volume,
+    start: u64,
+    end: u64,
+    buf: &mut Vec<u8>,
+) -> Result<u64> {
+    let len = end - start;
+    let data = from.allocated(start, len)?;
+    let covered: u64 = data.iter().map(|e| e.len).sum();
+    if covered < len && !to.allocated(start, len)?.is_empty() {
+        to.write_zeroes(start, len)?;
+    }
+    const CHUNK: u64 = 1 << 20;
+    let mut copied = 0;
+    for Extent { offset, len } in data {
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            buf.resize(n as usize, 0); // n ≤ 1 MiB
+            from.read_at(buf, offset + done)?;
+            to.write_at(buf, offset + done)?;
+            done += n;
+        }
+        copied += len;
+    }
+    Ok(copied)
+}
+
+impl Volume for MigratingVolume {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn object_size(&self) -> u64 {
+        self.index.region_size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.size, offset, buf.len() as u64)?;
+        let legs = self.begin()?;
+        match self.state() {
+            MigrationState::Committed => return legs.target().read_at(buf, offset),
+            MigrationState::Aborted => return legs.source().read_at(buf, offset),
+            _ => {}
+        }
+        for (to_target, at, len) in self.routed_runs(offset, buf.len() as u64) {
+            let piece = &mut buf[(at - offset) as usize..(at - offset + len) as usize];
+            if to_target {
+                legs.target().read_at(piece, at)?;
+            } else {
+                legs.source().read_at(piece, at)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.modify(offset, buf.len() as u64, Some(buf), false)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.modify(offset, len, None, false)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.modify(offset, len, None, true)
+    }
+
+    fn flush(&self) -> Result<()> {
+        let legs = self.begin()?;
+        match self.state() {
+            MigrationState::Committed => self.fenced_flush(|| legs.target().flush()),
+            MigrationState::Aborted => self.fenced_flush(|| legs.source().flush()),
+            state => {
+                if state == MigrationState::Aborting {
+                    self.fenced_flush(|| legs.source().flush())?;
+                }
+                // Data first, then the index: a written bit must be durable
+                // whenever the write it covers is.
+                self.fenced_flush(|| legs.target().flush())?;
+                self.fenced_flush(|| self.index.sync())
+            }
+        }
+    }
+
+    fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        check_range(self.size, offset, len)?;
+        let legs = self.begin()?;
+        match self.state() {
+            MigrationState::Committed => return legs.target().allocated(offset, len),
+            MigrationState::Aborted => return legs.source().allocated(offset, len),
+            _ => {}
+        }
+        let mut out = Vec::new();
+        for (to_target, at, l) in self.routed_runs(offset, len) {
+            let leg = if to_target {
+                legs.target()
+            } else {
+                legs.source()
+            };
+            out.extend(leg.allocated(at, l)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,344 @@
+//! In-memory volumes and metadata stores that simulate crashes, for tests.
+//!
+//! Each simulated object keeps two images: what a process sees (the page
+//! cache) and what survives power loss (the disk), plus the writes issued
+//! since the last flush. Two kinds of crash follow from that:
+//! - a *process* crash (kill -9) keeps the page cache: everything written
+//!   stays, durable or not;
+//! - a *power* crash keeps the disk plus any subset of the unflushed writes,
+//!   applied in order, which is what a kernel's writeback may have done.
+//!
+//! Every mutating call is a numbered *fault point* on a shared [`Faults`];
+//! arming point `n` makes that call fail without effect and every later call
+//! fail too, as if the process died there.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::store::MetaStore;
+use crate::volume::{check_range, Extent, Volume};
+
+/// Shared fault-point counter and the point at which to "die".
+#[derive(Default)]
+pub struct Faults {
+    counter: AtomicU64,
+    armed: AtomicU64,
+    crashed: AtomicBool,
+}
+
+impl Faults {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Faults {
+            counter: AtomicU64::new(0),
+            armed: AtomicU64::new(u64::MAX),
+            crashed: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes fault point number `n` (counted from now) and all later ones fail.
+    pub fn arm(&self, n: u64) {
+        self.counter.store(0, Ordering::SeqCst);
+        self.armed.store(n, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+
+    /// Back to normal operation, as after a restart.
+    pub fn disarm(&self) {
+        self.armed.store(u64::MAX, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+
+    /// Fault points passed since the last `arm`.
+    pub fn points(&self) -> u64 {
+        self.counter.load(Ordering::SeqCst)
+    }
+
+    /// Whether the armed point was reached.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    fn hit(&self, what: &str) -> Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(Error::Injected(format!("{what} after crash")));
+        }
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        if n == self.armed.load(Ordering::SeqCst) {
+            self.crashed.store(true, Ordering::SeqCst);
+            return Err(Error::Injected(format!("{what} (point {n})")));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes with a page-cache image, a disk image and the unflushed writes.
+#[derive(Clone, Default)]
+struct Image {
+    cache: Vec<u8>,
+    disk: Vec<u8>,
+    pending: Vec<(usize, Vec<u8>)>,
+}
+
+impl Image {
+    fn zeroed(len: usize) -> Self {
+        Image {
+            cache: vec![0; len],
+            disk: vec![0; len],
+            pending: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, at: usize, data: &[u8]) {
+        if self.cache.len() < at + data.len() {
+            self.cache.resize(at + data.len(), 0);
+        }
+        self.cache[at..at + data.len()].copy_from_slice(data);
+        self.pending.push((at, data.to_vec()));
+    }
+
+    fn flush(&mut self) {
+        self.disk = self.cache.clone();
+        self.pending.clear();
+    }
+
+    fn power_crash(&mut self, rng: &mut impl Rng) {
+        let mut img = self.disk.clone();
+        for (at, data) in self.pending.drain(..) {
+            if rng.random_bool(0.5) {
+                if img.len() < at + data.len() {
+                    img.resize(at + data.len(), 0);
+                }
+                img[at..at + data.len()].copy_from_slice(&data);
+            }
+        }
+        self.cache = img.clone();
+        self.disk = img;
+    }
+}
+
+/// A simulated volume.
+pub struct SimVolume {
+    name: String,
+    size: u64,
+    object_size: u64,
+    image: Mutex<Image>,
+    faults: Arc<Faults>,
+}
+
+impl SimVolume {
+    pub fn new(name: &str, size: u64, object_size: u64, faults: Arc<Faults>) -> Arc<Self> {
+        // Test volumes are small; the size fits usize.
+        Arc::new(SimVolume {
+            name: name.to_string(),
+            size,
+            object_size,
+            image: Mutex::new(Image::zeroed(size as usize)),
+            faults,
+        })
+    }
+
+    /// The page-cache image (what a reader would see now).
+    pub fn contents(&self) -> Vec<u8> {
+        self.image.lock().cache.clone()
+    }
+
+    /// Simulates power loss: unflushed writes survive at random.
+    pub fn power_crash(&self, rng: &mut impl Rng) {
+        self.image.lock().power_crash(rng);
+    }
+
+    /// Overwrites contents directly (test setup), durably.
+    pub fn fill(&self, data: &[u8]) {
+        let mut img = self.image.lock();
+        img.cache[..data.len()].copy_from_slice(data);
+        img.flush();
+    }
+}
+
+impl Volume for SimVolume {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn object_size(&self) -> u64 {
+        self.object_size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.size, offset, buf.len() as u64)?;
+        let img = self.image.lock();
+        let at = offset as usize;
+        buf.copy_from_slice(&img.cache[at..at + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(self.size, offset, buf.len() as u64)?;
+        self.faults.hit(&format!("write {}@{offset}", self.name))?;
+        self.image.lock().write(offset as usize, buf);
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        self.faults.hit(&format!("flush {}", self.name))?;
+        self.image.lock().flush();
+        Ok(())
+    }
+    fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        check_range(self.size, offset, len)?;
+        // Report 4 KiB blocks holding any non-zero byte: everything else
+        // reads as zeroes, which is all the contract asks.
+        const BLOCK: u64 = 4096;
+        let img = self.image.lock();
+        let mut out: Vec<Extent> = Vec::new();
+        let end = offset + len;
+        let mut b = offset / BLOCK * BLOCK;
+        while b < end {
+            let s = b.max(offset);
+            let e = (b + BLOCK).min(end);
+            if img.cache[s as usize..e as usize].iter().any(|&x| x != 0) {
+                match out.last_mut() {
+                    Some(last) if last.end() == s => last.len += e - s,
+                    _ => out.push(Extent {
+                        offset: s,
+                        len: e - s,
+                    }),
+                }
+            }
+            b += BLOCK;
+        }
+        Ok(out)
+    }
+}
+
+/// A simulated metadata store.
+pub struct SimStore {
+    name: String,
+    record: Mutex<Option<Vec<u8>>>,
+    marker: Mutex<Option<String>>,
+    index: Mutex<Option<Image>>,
+    destroyed: AtomicBool,
+    faults: Arc<Faults>,
+}
+
+impl SimStore {
+    pub fn new(name: &str, faults: Arc<Faults>) -> Arc<Self> {
+        Arc::new(SimStore {
+            name: name.to_string(),
+            record: Mutex::new(None),
+            marker: Mutex::new(None),
+            index: Mutex::new(None),
+            destroyed: AtomicBool::new(false),
+            faults,
+        })
+    }
+
+    /// Simulates power loss on the index.
+    pub fn power_crash(&self, rng: &mut impl Rng) {
+        if let Some(img) = self.index.lock().as_mut() {
+            img.power_crash(rng);
+        }
+    }
+
+    /// Whether `destroy_volume` was called.
+    pub fn destroyed(&self) -> bool {
+        self.destroyed.load(Ordering::SeqCst)
+    }
+
+    /// Raw record bytes, for corruption tests.
+    pub fn raw_record(&self) -> Option<Vec<u8>> {
+        self.record.lock().clone()
+    }
+
+    /// Replaces raw record bytes, for corruption tests.
+    pub fn set_raw_record(&self, bytes: Option<Vec<u8>>) {
+        *self.record.lock() = bytes;
+    }
+
+    /// Replaces raw index bytes, for corruption tests.
+    pub fn set_raw_index(&self, bytes: Vec<u8>) {
+        let mut img = Image::zeroed(0);
+        img.write(0, &bytes);
+        img.flush();
+        *self.index.lock() = Some(img);
+    }
+}
+
+impl MetaStore for SimStore {
+    fn describe(&self) -> String {
+        format!("sim:{}", self.name)
+    }
+    fn load_record(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.record.lock().clone())
+    }
+    fn store_record(&self, bytes: &[u8]) -> Result<()> {
+        self.faults.hit(&format!("store record {}", self.name))?;
+        *self.record.lock() = Some(bytes.to_vec());
+        Ok(())
+    }
+    fn read_index(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.index.lock().as_ref().map(|i| i.cache.clone()))
+    }
+    fn create_index(&self, bytes: &[u8]) -> Result<()> {
+        self.faults.hit(&format!("create index {}", self.name))?;
+        let mut img = Image::zeroed(0);
+        img.write(0, bytes);
+        img.flush();
+        *self.index.lock() = Some(img);
+        Ok(())
+    }
+    fn write_index(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.faults
+            .hit(&format!("write index {}@{offset}", self.name))?;
+        let mut idx = self.index.lock();
+        let img = idx
+            .as_mut()
+            .ok_or_else(|| Error::NoMigration(self.name.clone()))?;
+        img.write(offset as usize, bytes);
+        Ok(())
+    }
+    fn sync_index(&self) -> Result<()> {
+        self.faults.hit(&format!("sync index {}", self.name))?;
+        if let Some(img) = self.index.lock().as_mut() {
+            img.flush();
+        }
+        Ok(())
+    }
+    fn load_source_marker(&self) -> Result<Option<String>> {
+        Ok(self.marker.lock().clone())
+    }
+    fn store_source_marker(&self, target: &str) -> Result<()> {
+        self.faults.hit(&format!("store marker {}", self.name))?;
+        *self.marker.lock() = Some(target.to_string());
+        Ok(())
+    }
+    fn remove_source_marker(&self) -> Result<()> {
+        *self.marker.lock() = None;
+        Ok(())
+    }
+    fn remove_index(&self) -> Result<()> {
+        *self.index.lock() = None;
+        Ok(())
+    }
+    fn remove_record(&self) -> Result<()> {
+        *self.record.lock() = None;
+        Ok(())
+    }
+    fn destroy_volume(&self) -> Result<()> {
+        self.destroyed.store(true, Ordering::SeqCst);
+        *self.index.lock() = None;
+        *self.record.lock() = None;
+        Ok(())
+    }
+}
+
+/// Convenience: a map of labelled values for `source_info` in tests.
+pub fn info(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,429 @@
+//! ferry's embedded default backend: a volume is a sparse local file.
+//!
+//! Holes are found with `SEEK_DATA`/`SEEK_HOLE`, zeroing punches holes, and
+//! flush is `fdatasync`. A volume opened for writing holds an exclusive
+//! `flock`, so two processes never serve (or migrate) one file at once; the
+//! kernel drops the lock when the holder dies, even by SIGKILL.
+//!
+//! Migration metadata lives beside the file it describes:
+//! `<path>.ferry-migration` (the record), `<path>.ferry-index` (the region
+//! index) and, on a source, `<path>.ferry-source-of` (the marker). Records
+//! and markers are replaced atomically (temp file, fsync, rename, fsync of
+//! the directory).
+#![forbid(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ferry_core::volume::check_range;
+use ferry_core::{Error, Extent, MetaStore, Result, Volume};
+use parking_lot::Mutex;
+use rustix::fs::{FallocateFlags, SeekFrom};
+
+/// How a file volume is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write, holding the exclusive lock.
+    Exclusive,
+    /// Read only, no lock (inspection tools).
+    ReadOnly,
+}
+
+/// A volume backed by a local file.
+pub struct FileVolume {
+    name: String,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    punch_holes: std::sync::atomic::AtomicBool,
+}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
+    Error::volume_io(op, &path.display().to_string(), 0, e)
+}
+
+impl FileVolume {
+    /// Creates a new sparse file of `size` bytes; refuses to overwrite.
+    pub fn create(path: &Path, size: u64) -> Result<Self> {
+        if size == 0 || size % 512 != 0 {
+            return Err(Error::BadSpec {
+                spec: path.display().to_string(),
+                why: format!("size {size} must be a non-zero multiple of 512 bytes"),
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| io_err("create", path, e))?;
+        file.set_len(size)
+            .map_err(|e| io_err("set size of", path, e))?;
+        file.sync_all().map_err(|e| io_err("sync", path, e))?;
+        sync_dir(path)?;
+        drop(file);
+        Self::open(path, Access::Exclusive)
+    }
+
+    /// Opens an existing file volume.
+    pub fn open(path: &Path, access: Access) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(access == Access::Exclusive)
+            .open(path)
+            .map_err(|e| io_err("open", path, e))?;
+        let meta = file.metadata().map_err(|e| io_err("stat", path, e))?;
+        if !meta.is_file() {
+            return Err(Error::BadSpec {
+                spec: path.display().to_string(),
+                why: "not a regular file".into(),
+            });
+        }
+        if access == Access::Exclusive {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(io_err(
+                        "lock",
+                        path,
+                        io::Error::new(
+                            ErrorKind::ResourceBusy,
+                            "another process has this volume open",
+                        ),
+                    ))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", path, e)),
+            }
+        }
+        Ok(FileVolume {
+            name: path.display().to_string(),
+            path: path.to_path_buf(),
+            file,
+            size: meta.len(),
+            punch_holes: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn seek(&self, whence: SeekFrom) -> io::Result<Option<u64>> {
+        match rustix::fs::seek(&self.file, whence) {
+            Ok(off) => Ok(Some(off)),
+            // ENXIO: no data (or hole) at or after the offset.
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Volume for FileVolume {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.size, offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::volume_io("read", &self.name, offset, e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        check_range(self.size, offset, buf.len() as u64)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::volume_io("write", &self.name, offset, e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::volume_io("fdatasync", &self.name, 0, e))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(self.size, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.punch_holes.load(std::sync::atomic::Ordering::Relaxed) {
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            match rustix::fs::fallocate(&self.file, flags, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::OPNOTSUPP) => {
+                    log::info!("{}: hole punching unsupported, writing zeroes", self.name);
+                    self.punch_holes
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    return Err(Error::volume_io(
+                        "punch hole in",
+                        &self.name,
+                        offset,
+                        e.into(),
+                    ))
+                }
+            }
+        }
+        let zeroes = vec![0u8; len.min(1 << 20) as usize]; // ≤ 1 MiB
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeroes.len() as u64);
+            self.write_at(&zeroes[..n as usize], offset + done)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        check_range(self.size, offset, len)?;
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let Some(data) = self
+                .seek(SeekFrom::Data(pos))
+                .map_err(|e| Error::volume_io("seek data in", &self.name, pos, e))?
+            else {
+                break;
+            };
+            if data >= end {
+                break;
+            }
+            let hole = self
+                .seek(SeekFrom::Hole(data))
+                .map_err(|e| Error::volume_io("seek hole in", &self.name, data, e))?
+                .unwrap_or(self.size)
+                .min(end);
+            out.push(Extent {
+                offset: data,
+                len: hole - data,
+            });
+            pos = hole;
+        }
+        Ok(out)
+    }
+}
+
+/// fsyncs the directory holding `path`, so a create/rename in it is durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::meta_io("fsync directory", &dir.display().to_string(), e))
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let what = path.display().to_string();
+    let tmp = sidecar(path, ".tmp");
+    let mut f = File::create(&tmp).map_err(|e| Error::meta_io("create", &what, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::meta_io("write", &what, e))?;
+    f.sync_all()
+        .map_err(|e| Error::meta_io("fsync", &what, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::meta_io("rename", &what, e))?;
+    sync_dir(path)
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::meta_io("read", &path.display().to_string(), e)),
+    }
+}
+
+fn remove_optional(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::meta_io("remove", &path.display().to_string(), e)),
+    }
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Migration metadata kept in files beside a volume file.
+pub struct FileMetaStore {
+    volume: PathBuf,
+    index_file: Mutex<Option<File>>,
+}
+
+impl FileMetaStore {
+    pub fn new(volume: &Path) -> Self {
+        FileMetaStore {
+            volume: volume.to_path_buf(),
+            index_file: Mutex::new(None),
+        }
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        sidecar(&self.volume, ".ferry-migration")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        sidecar(&self.volume, ".ferry-index")
+    }
+
+    pub fn marker_path(&self) -> PathBuf {
+        sidecar(&self.volume, ".ferry-source-of")
+    }
+
+    fn with_index<T>(&self, f: impl FnOnce(&File) -> io::Result<T>, op: &'static str) -> Result<T> {
+        let path = self.index_path();
+        let mut slot = self.index_file.lock();
+        if slot.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::meta_io("open", &path.display().to_string(), e))?;
+            *slot = Some(file);
+        }
+        f(slot.as_ref().expect("opened above"))
+            .map_err(|e| Error::meta_io(op, &path.display().to_string(), e))
+    }
+}
+
+impl MetaStore for FileMetaStore {
+    fn describe(&self) -> String {
+        self.record_path().display().to_string()
+    }
+
+    fn load_record(&self) -> Result<Option<Vec<u8>>> {
+        read_optional(&self.record_path())
+    }
+
+    fn store_record(&self, bytes: &[u8]) -> Result<()> {
+        replace_file(&self.record_path(), bytes)
+    }
+
+    fn read_index(&self) -> Result<Option<Vec<u8>>> {
+        read_optional(&self.index_path())
+    }
+
+    fn create_index(&self, bytes: &[u8]) -> Result<()> {
+        *self.index_file.lock() = None;
+        replace_file(&self.index_path(), bytes)
+    }
+
+    fn write_index(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.with_index(|f| f.write_all_at(bytes, offset), "write")
+    }
+
+    fn sync_index(&self) -> Result<()> {
+        self.with_index(|f| f.sync_data(), "fdatasync")
+    }
+
+    fn load_source_marker(&self) -> Result<Option<String>> {
+        Ok(read_optional(&self.marker_path())?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string()))
+    }
+
+    fn store_source_marker(&self, target: &str) -> Result<()> {
+        replace_file(&self.marker_path(), format!("{target}\n").as_bytes())
+    }
+
+    fn remove_source_marker(&self) -> Result<()> {
+        remove_optional(&self.marker_path())
+    }
+
+    fn remove_index(&self) -> Result<()> {
+        *self.index_file.lock() = None;
+        remove_optional(&self.index_path())
+    }
+
+    fn remove_record(&self) -> Result<()> {
+        remove_optional(&self.record_path())
+    }
+
+    fn destroy_volume(&self) -> Result<()> {
+        // The volume first: a leftover record without its volume is
+        // recognisably an aborted migration, the reverse would not be.
+        remove_optional(&self.volume).map_err(|e| {
+            Error::meta_io(
+                "remove",
+                &self.volume.display().to_string(),
+                io::Error::other(e.to_string()),
+            )
+        })?;
+        self.remove_index()?;
+        self.remove_record()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_volume_is_all_hole_and_reads_zeroes() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileVolume::create(&dir.path().join("v"), 1 << 20).unwrap();
+        assert_eq!(v.allocated(0, 1 << 20).unwrap(), vec![]);
+        let mut buf = vec![1u8; 4096];
+        v.read_at(&mut buf, 8192).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn allocated_reports_written_extents_and_punched_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileVolume::create(&dir.path().join("v"), 1 << 20).unwrap();
+        v.write_at(&[7u8; 4096], 65536).unwrap();
+        v.write_at(&[7u8; 4096], 65536 + 4096).unwrap();
+        let ext = v.allocated(0, 1 << 20).unwrap();
+        assert_eq!(ext.len(), 1);
+        assert!(
+            ext[0].offset <= 65536 && ext[0].end() >= 65536 + 8192,
+            "{ext:?}"
+        );
+        v.write_zeroes(65536, 8192).unwrap();
+        assert_eq!(v.allocated(0, 1 << 20).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn second_writer_is_refused_while_first_holds_the_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v");
+        let _v = FileVolume::create(&p, 1 << 20).unwrap();
+        let err = FileVolume::open(&p, Access::Exclusive).err().unwrap();
+        assert!(err.to_string().contains("another process"), "{err}");
+        assert!(FileVolume::open(&p, Access::ReadOnly).is_ok());
+    }
+
+    #[test]
+    fn out_of_range_io_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileVolume::create(&dir.path().join("v"), 1 << 20).unwrap();
+        assert!(matches!(
+            v.write_at(&[0u8; 512], (1 << 20) - 256),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn create_refuses_to_overwrite_and_bad_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v");
+        drop(FileVolume::create(&p, 4096).unwrap());
+        assert!(FileVolume::create(&p, 4096).is_err());
+        assert!(FileVolume::create(&dir.path().join("w"), 1000).is_err());
+    }
+}
