@@ -248,16 +248,14 @@ impl RegionIndex {
         )
     }
 
-    /// Clears migrated and written bits (abort copy-back). Caller contract:
-    /// the regions' data is already durable on the source.
-    pub fn clear_regions(&self, regions: &[u64]) -> Result<()> {
-        let words = self.migrated.len() as u64;
-        self.update(
-            regions,
-            false,
-            |w, m| self.written[w].fetch_and(!m, Ordering::AcqRel),
-            words,
-        )?;
+    /// Clears migrated bits (abort copy-back). Caller contract: the
+    /// regions' data is already durable on the source.
+    ///
+    /// Written bits are left set on purpose: if power fails before the
+    /// cleared bit is durable, the region comes back migrated, and its
+    /// written bit must still send it through copy-back, or the volume
+    /// would show the target's bytes now and the source's after the abort.
+    pub fn clear_migrated(&self, regions: &[u64]) -> Result<()> {
         self.update(
             regions,
             false,
@@ -266,8 +264,13 @@ impl RegionIndex {
         )
     }
 
-    /// Sets the written bit of `r`, persisting it (without sync) if it was
-    /// clear. Returns whether it was newly set.
+    /// Sets the written bit of `r` durably if it was clear. Returns whether
+    /// it was newly set.
+    ///
+    /// The bit is synced before returning, so it is durable before any byte
+    /// of the write it covers can be: a write that survives power loss is
+    /// always one an abort copies back. This costs one index sync per
+    /// region per migration.
     pub fn mark_written(&self, r: u64) -> Result<bool> {
         if self.is_written(r) {
             return Ok(false);
@@ -279,6 +282,7 @@ impl RegionIndex {
             |w, m| self.written[w].fetch_or(m, Ordering::AcqRel),
             words,
         )?;
+        self.sync()?;
         Ok(true)
     }
 

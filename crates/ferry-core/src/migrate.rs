@@ -653,7 +653,7 @@ impl MigratingVolume {
         let _g = self
             .locks
             .lock(regions[0], *regions.last().expect("non-empty"));
-        self.index.clear_regions(regions)?;
+        self.index.clear_migrated(regions)?;
         self.index.sync_if_due(INDEX_SYNC_INTERVAL)
     }
 
@@ -879,5 +879,68 @@ impl Volume for MigratingVolume {
             out.extend(leg.allocated(at, l)?);
         }
         Ok(out)
+    }
+}
+
+/// What opening a migration target by its name alone gives.
+pub enum Reopened {
+    /// No migration in progress: the volume to serve as it is.
+    Plain(Arc<dyn Volume>),
+    /// A migration in progress, resumed.
+    Migrating(Arc<MigratingVolume>),
+}
+
+impl Reopened {
+    /// The volume to serve.
+    pub fn volume(&self) -> Arc<dyn Volume> {
+        match self {
+            Reopened::Plain(v) => v.clone(),
+            Reopened::Migrating(m) => m.clone(),
+        }
+    }
+}
+
+/// A volume with its metadata store, as a backend opens it.
+pub type Opened = (Arc<dyn Volume>, Arc<dyn MetaStore>);
+
+/// Reopens whatever `target` holds: finishes a commit or abort that a crash
+/// interrupted, resumes a migration in progress, or returns the plain
+/// target. `open_source` opens the source named in the record.
+pub fn reopen_target(
+    target: Opened,
+    open_source: impl FnOnce(&str) -> Result<Opened>,
+) -> Result<Reopened> {
+    let (target, target_store) = target;
+    let Some(record) = MigratingVolume::load_record(target_store.as_ref())? else {
+        return Ok(Reopened::Plain(target));
+    };
+    match record.state {
+        MigrationState::Committed => {
+            // Leftovers of a commit interrupted before its cleanup.
+            if let Ok((_, source_store)) = open_source(&record.source) {
+                if source_store.load_source_marker()?.as_deref() == Some(record.target.as_str()) {
+                    cleanup_committed(source_store.as_ref(), target_store.as_ref());
+                }
+            }
+            if target_store.read_index()?.is_some() {
+                target_store.remove_index()?;
+            }
+            Ok(Reopened::Plain(target))
+        }
+        MigrationState::Aborted => {
+            let (source, source_store) = open_source(&record.source)?;
+            drop(target);
+            cleanup_aborted(source_store.as_ref(), target_store.as_ref());
+            Ok(Reopened::Plain(source))
+        }
+        _ => {
+            let (source, source_store) = open_source(&record.source)?;
+            Ok(Reopened::Migrating(MigratingVolume::resume(
+                source,
+                source_store,
+                target,
+                target_store,
+            )?))
+        }
     }
 }
