@@ -1,1 +1,26 @@
-fn main() {}
+//! `ferry`: the admin's command for volumes and their live migrations.
+//!
+//! Migration commands talk to whichever process serves the volume (tgtd
+//! with bs_ferry, `ferry serve`, ...) through its control socket; when no
+//! process serves it, they work on the volume directly, in the foreground.
+mod cli;
+mod demo;
+mod migrate;
+mod serve;
+mod units;
+mod workload;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(if cli.verbose { "info" } else { "warn" }),
+    )
+    .format_timestamp_millis()
+    .init();
+    if let Err(e) = cli::run(cli) {
+        eprintln!("ferry: {e:#}");
+        std::process::exit(1);
+    }
+}

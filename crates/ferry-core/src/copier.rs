@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::migrate::{MigratingVolume, RegionCopy, INDEX_SYNC_INTERVAL};
@@ -152,7 +152,7 @@ impl CopyCursor {
 }
 
 /// A snapshot of a migration's progress, as shown by `ferry migrate status`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Progress {
     pub id: String,
     pub source: String,

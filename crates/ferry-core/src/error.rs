@@ -35,6 +35,9 @@ pub enum Error {
     /// The source is already being migrated somewhere.
     #[error("source {source_name} is already being migrated (to {target})")]
     SourceBusy { source_name: String, target: String },
+    /// The source was migrated away and committed; its data is stale.
+    #[error("{source_name} was migrated to {target} and committed; its data is stale (migrate {target} instead)")]
+    SourceRetired { source_name: String, target: String },
     /// The target already carries a migration record.
     #[error("target {0} already holds a migration; resume, commit or abort it first")]
     TargetBusy(String),
@@ -102,8 +105,8 @@ impl Error {
             }
             Error::OutOfRange { .. } => 34, // ERANGE
             Error::Unsupported(_) => 95,    // EOPNOTSUPP
-            Error::SourceBusy { .. } | Error::TargetBusy(_) => 16, // EBUSY
-            Error::NoMigration(_) => 2,     // ENOENT
+            Error::SourceBusy { .. } | Error::SourceRetired { .. } | Error::TargetBusy(_) => 16, // EBUSY
+            Error::NoMigration(_) => 2, // ENOENT
             Error::BadRegionSize(_) | Error::BadSpec { .. } | Error::TargetTooSmall { .. } => 22, // EINVAL
             _ => 5, // EIO
         }

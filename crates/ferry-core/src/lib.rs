@@ -17,6 +17,7 @@ pub mod error;
 pub mod index;
 pub mod locks;
 pub mod migrate;
+pub mod pattern;
 pub mod record;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -28,7 +29,7 @@ pub use error::{Error, Result};
 pub use index::RegionIndex;
 pub use migrate::{MigratingVolume, MigrationPlan};
 pub use record::{MigrationRecord, MigrationState};
-pub use store::MetaStore;
+pub use store::{MetaStore, SourceMarker};
 pub use volume::{Extent, Volume};
 
 /// Default region (object) size: 4 MiB, the RBD default object size, so one

@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::index::{region_size_ok, RegionIndex};
 use crate::locks::RegionLocks;
 use crate::record::{now_unix, MigrationRecord, MigrationState, RECORD_FORMAT};
-use crate::store::MetaStore;
+use crate::store::{MetaStore, SourceMarker};
 use crate::volume::{check_range, Extent, Volume};
 
 /// How often the index is made durable while the copier runs, at most.
@@ -164,10 +164,17 @@ impl MigratingVolume {
                 source_size: source.size(),
             });
         }
-        if let Some(to) = source_store.load_source_marker()? {
-            return Err(Error::SourceBusy {
-                source_name: source.name().to_string(),
-                target: to,
+        if let Some(marker) = source_store.load_source_marker()? {
+            return Err(if marker.committed {
+                Error::SourceRetired {
+                    source_name: source.name().to_string(),
+                    target: marker.target,
+                }
+            } else {
+                Error::SourceBusy {
+                    source_name: source.name().to_string(),
+                    target: marker.target,
+                }
             });
         }
         // A source that is itself the target of an unfinished migration
@@ -190,10 +197,13 @@ impl MigratingVolume {
             }
             Err(e) => return Err(e),
         }
-        if let Some(to) = target_store.load_source_marker()? {
+        if let Some(marker) = target_store.load_source_marker()? {
             return Err(Error::SourceBusy {
                 source_name: target.name().to_string(),
-                target: format!("{to} (a volume being migrated away cannot be a target)"),
+                target: format!(
+                    "{} (a volume migrated away cannot be a target)",
+                    marker.target
+                ),
             });
         }
 
@@ -221,7 +231,7 @@ impl MigratingVolume {
         // marker `resume` writes again.
         let index = RegionIndex::create(target_store.clone(), size, plan.region_size)?;
         target_store.store_record(&record.encode())?;
-        source_store.store_source_marker(&record.target)?;
+        source_store.store_source_marker(&SourceMarker::migrating(&record.target))?;
         log::info!(
             "migration {} started: {} -> {} ({} bytes, {} regions of {} bytes)",
             record.id,
@@ -281,7 +291,7 @@ impl MigratingVolume {
         }
         let index = RegionIndex::open(target_store.clone(), record.size, record.region_size)?;
         if source_store.load_source_marker()?.is_none() {
-            source_store.store_source_marker(&record.target)?;
+            source_store.store_source_marker(&SourceMarker::migrating(&record.target))?;
         }
         log::info!(
             "migration {} resumed in state {}: {}/{} regions on the target",
@@ -742,16 +752,22 @@ impl MigratingVolume {
             rec.id,
             rec.target
         );
-        cleanup_committed(self.source_store.as_ref(), self.target_store.as_ref());
+        cleanup_committed(
+            self.source_store.as_ref(),
+            self.target_store.as_ref(),
+            &rec.target,
+        );
         Ok(())
     }
 }
 
-/// Removes what a committed migration leaves behind. Failures are logged,
-/// not returned: the commit itself is durable, and the next open cleans up.
-pub fn cleanup_committed(source_store: &dyn MetaStore, target_store: &dyn MetaStore) {
-    if let Err(e) = source_store.remove_source_marker() {
-        log::warn!("could not remove the source marker: {e}");
+/// Finishes a committed migration: the source's marker now forwards to
+/// the target (so a LUN configured with the source's name is served from
+/// the target after a restart), and the index goes. Failures are logged,
+/// not returned: the commit itself is durable, and the next open redoes it.
+pub fn cleanup_committed(source_store: &dyn MetaStore, target_store: &dyn MetaStore, target: &str) {
+    if let Err(e) = source_store.store_source_marker(&SourceMarker::committed(target)) {
+        log::warn!("could not mark the source as committed: {e}");
     }
     if let Err(e) = target_store.remove_index() {
         log::warn!("could not remove the region index: {e}");
@@ -918,8 +934,9 @@ pub fn reopen_target(
         MigrationState::Committed => {
             // Leftovers of a commit interrupted before its cleanup.
             if let Ok((_, source_store)) = open_source(&record.source) {
-                if source_store.load_source_marker()?.as_deref() == Some(record.target.as_str()) {
-                    cleanup_committed(source_store.as_ref(), target_store.as_ref());
+                let marker = source_store.load_source_marker()?;
+                if marker == Some(SourceMarker::migrating(&record.target)) {
+                    cleanup_committed(source_store.as_ref(), target_store.as_ref(), &record.target);
                 }
             }
             if target_store.read_index()?.is_some() {

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::error::{Error, Result};
-use crate::store::MetaStore;
+use crate::store::{MetaStore, SourceMarker};
 use crate::volume::{check_range, Extent, Volume};
 
 /// Shared fault-point counter and the point at which to "die".
@@ -218,7 +218,7 @@ impl Volume for SimVolume {
 pub struct SimStore {
     name: String,
     record: Mutex<Option<Vec<u8>>>,
-    marker: Mutex<Option<String>>,
+    marker: Mutex<Option<SourceMarker>>,
     index: Mutex<Option<Image>>,
     destroyed: AtomicBool,
     faults: Arc<Faults>,
@@ -307,12 +307,12 @@ impl MetaStore for SimStore {
         }
         Ok(())
     }
-    fn load_source_marker(&self) -> Result<Option<String>> {
+    fn load_source_marker(&self) -> Result<Option<SourceMarker>> {
         Ok(self.marker.lock().clone())
     }
-    fn store_source_marker(&self, target: &str) -> Result<()> {
+    fn store_source_marker(&self, marker: &SourceMarker) -> Result<()> {
         self.faults.hit(&format!("store marker {}", self.name))?;
-        *self.marker.lock() = Some(target.to_string());
+        *self.marker.lock() = Some(marker.clone());
         Ok(())
     }
     fn remove_source_marker(&self) -> Result<()> {

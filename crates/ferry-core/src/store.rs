@@ -6,6 +6,56 @@
 //! RBD) and tests can substitute a store that simulates crashes.
 use crate::error::Result;
 
+/// What a source volume says about the migration that took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMarker {
+    /// Spec of the target.
+    pub target: String,
+    /// The migration was committed: the volume's data now lives in
+    /// `target`, and whoever opens this volume by name is sent there.
+    pub committed: bool,
+}
+
+impl SourceMarker {
+    pub fn migrating(target: &str) -> Self {
+        SourceMarker {
+            target: target.to_string(),
+            committed: false,
+        }
+    }
+
+    pub fn committed(target: &str) -> Self {
+        SourceMarker {
+            target: target.to_string(),
+            committed: true,
+        }
+    }
+
+    /// One line of text: `migrating <spec>` or `committed <spec>`.
+    pub fn encode(&self) -> String {
+        let word = if self.committed {
+            "committed"
+        } else {
+            "migrating"
+        };
+        format!("{word} {}\n", self.target)
+    }
+
+    /// Parses [`SourceMarker::encode`] output.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (word, target) = text.trim().split_once(' ')?;
+        let committed = match word {
+            "committed" => true,
+            "migrating" => false,
+            _ => return None,
+        };
+        (!target.is_empty()).then(|| SourceMarker {
+            target: target.to_string(),
+            committed,
+        })
+    }
+}
+
 /// Where a volume keeps ferry's metadata about it.
 pub trait MetaStore: Send + Sync {
     /// Where the metadata lives, for messages.
@@ -27,11 +77,10 @@ pub trait MetaStore: Send + Sync {
     /// Makes every completed `write_index` durable.
     fn sync_index(&self) -> Result<()>;
 
-    /// The marker saying this volume is the source of a migration, naming
-    /// the target.
-    fn load_source_marker(&self) -> Result<Option<String>>;
-    /// Writes the marker durably.
-    fn store_source_marker(&self, target: &str) -> Result<()>;
+    /// The marker saying this volume is (or was) the source of a migration.
+    fn load_source_marker(&self) -> Result<Option<SourceMarker>>;
+    /// Writes the marker durably (atomically replacing any old one).
+    fn store_source_marker(&self, marker: &SourceMarker) -> Result<()>;
 
     /// Removes the source marker (a missing one is fine).
     fn remove_source_marker(&self) -> Result<()>;

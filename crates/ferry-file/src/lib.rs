@@ -18,7 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ferry_core::volume::check_range;
-use ferry_core::{Error, Extent, MetaStore, Result, Volume};
+use ferry_core::{Error, Extent, MetaStore, Result, SourceMarker, Volume};
 use parking_lot::Mutex;
 use rustix::fs::{FallocateFlags, SeekFrom};
 
@@ -331,13 +331,21 @@ impl MetaStore for FileMetaStore {
         self.with_index(|f| f.sync_data(), "fdatasync")
     }
 
-    fn load_source_marker(&self) -> Result<Option<String>> {
-        Ok(read_optional(&self.marker_path())?
-            .map(|b| String::from_utf8_lossy(&b).trim().to_string()))
+    fn load_source_marker(&self) -> Result<Option<SourceMarker>> {
+        let path = self.marker_path();
+        match read_optional(&path)? {
+            None => Ok(None),
+            Some(b) => SourceMarker::decode(&String::from_utf8_lossy(&b))
+                .map(Some)
+                .ok_or_else(|| Error::Corrupt {
+                    what: path.display().to_string(),
+                    why: "the source marker is not `migrating <spec>` or `committed <spec>`".into(),
+                }),
+        }
     }
 
-    fn store_source_marker(&self, target: &str) -> Result<()> {
-        replace_file(&self.marker_path(), format!("{target}\n").as_bytes())
+    fn store_source_marker(&self, marker: &SourceMarker) -> Result<()> {
+        replace_file(&self.marker_path(), marker.encode().as_bytes())
     }
 
     fn remove_source_marker(&self) -> Result<()> {

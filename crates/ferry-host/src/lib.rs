@@ -1,1 +1,17 @@
-//! placeholder
+//! Hosting: everything between a front-end (tgt, tcmu-runner, the `ferry`
+//! command) and the engine.
+//!
+//! - [`spec`]: parse the volume specs admins write, open and create volumes;
+//! - [`lun`]: a served LUN whose volume can start migrating, and finish,
+//!   underneath the front-end;
+//! - [`control`]: the Unix-socket control path the `ferry` CLI uses to reach
+//!   whichever process serves a LUN.
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod lun;
+pub mod spec;
+
+pub use control::{ControlServer, Registry, Request, Response};
+pub use lun::{Lun, StartOptions};
+pub use spec::VolumeSpec;

@@ -1,0 +1,323 @@
+//! The control path: how `ferry migrate ...` reaches a process serving a LUN
+//! (tgtd with bs_ferry, tcmu-runner with handler_ferry, `ferry serve`).
+//!
+//! Each hosting process listens on a Unix socket
+//! `$FERRY_RUN_DIR/ferry-<pid>.sock` (default run dir `/run/ferry`, mode
+//! 0700, socket 0600: root only). The protocol is one JSON request line and
+//! one JSON response line per connection. The CLI finds the host of a
+//! volume by asking every socket in the run dir (`list`); sockets whose
+//! process is gone are removed. The I/O path never waits on this: control
+//! requests run on the control thread and take only the LUN's own locks.
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ferry_core::copier::Progress;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::lun::{Lun, StartOptions};
+
+/// The directory holding control sockets.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("FERRY_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/ferry"))
+}
+
+/// A control request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Volumes this process serves.
+    List,
+    Status {
+        volume: String,
+    },
+    Start {
+        volume: String,
+        target: String,
+        options: StartOptions,
+    },
+    Pause {
+        volume: String,
+    },
+    Resume {
+        volume: String,
+    },
+    Rate {
+        volume: String,
+        bytes_per_sec: Option<u64>,
+    },
+    Adaptive {
+        volume: String,
+        on: bool,
+    },
+    Abort {
+        volume: String,
+    },
+    Commit {
+        volume: String,
+    },
+}
+
+impl Request {
+    fn volume(&self) -> Option<&str> {
+        match self {
+            Request::List => None,
+            Request::Status { volume }
+            | Request::Start { volume, .. }
+            | Request::Pause { volume }
+            | Request::Resume { volume }
+            | Request::Rate { volume, .. }
+            | Request::Adaptive { volume, .. }
+            | Request::Abort { volume }
+            | Request::Commit { volume } => Some(volume),
+        }
+    }
+}
+
+/// One served volume, as `list` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Served {
+    pub spec: String,
+    pub size: u64,
+    pub migration: Option<Progress>,
+}
+
+/// A control response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served: Option<Vec<Served>>,
+}
+
+impl Response {
+    fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+    fn progress(r: ferry_core::Result<Progress>) -> Self {
+        match r {
+            Ok(p) => Response {
+                ok: true,
+                progress: Some(p),
+                ..Default::default()
+            },
+            Err(e) => Response::error(e.to_string()),
+        }
+    }
+}
+
+/// The LUNs a process serves, by configured spec.
+#[derive(Default)]
+pub struct Registry {
+    luns: Mutex<BTreeMap<String, Weak<Lun>>>,
+}
+
+impl Registry {
+    pub fn add(&self, lun: &Arc<Lun>) {
+        self.luns
+            .lock()
+            .insert(lun.spec().to_string(), Arc::downgrade(lun));
+    }
+
+    pub fn remove(&self, lun: &Lun) {
+        self.luns.lock().remove(&lun.spec().to_string());
+    }
+
+    fn all(&self) -> Vec<Arc<Lun>> {
+        let mut map = self.luns.lock();
+        map.retain(|_, w| w.strong_count() > 0);
+        map.values().filter_map(Weak::upgrade).collect()
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<Lun>> {
+        self.all().into_iter().find(|l| l.answers_to(name))
+    }
+
+    /// Carries out one request.
+    pub fn handle(&self, req: &Request) -> Response {
+        if let Request::List = req {
+            let served = self
+                .all()
+                .iter()
+                .map(|l| Served {
+                    spec: l.spec().to_string(),
+                    size: ferry_core::Volume::size(l.as_ref()),
+                    migration: l.status(),
+                })
+                .collect();
+            return Response {
+                ok: true,
+                served: Some(served),
+                ..Default::default()
+            };
+        }
+        let name = req.volume().unwrap_or_default();
+        let Some(lun) = self.find(name) else {
+            return Response::error(format!("this process does not serve {name}"));
+        };
+        match req {
+            Request::List => unreachable!("handled above"),
+            Request::Status { .. } => match lun.status() {
+                Some(p) => Response::progress(Ok(p)),
+                None => Response::error(format!("{name} is not being migrated")),
+            },
+            Request::Start {
+                target, options, ..
+            } => Response::progress(lun.start_migration(target, options)),
+            Request::Pause { .. } => Response::progress(lun.set_paused(true)),
+            Request::Resume { .. } => Response::progress(lun.set_paused(false)),
+            Request::Rate { bytes_per_sec, .. } => {
+                Response::progress(lun.set_rate_limit(*bytes_per_sec))
+            }
+            Request::Adaptive { on, .. } => Response::progress(lun.set_adaptive(*on)),
+            Request::Abort { .. } => Response::progress(lun.abort()),
+            Request::Commit { .. } => Response::progress(lun.commit()),
+        }
+    }
+}
+
+/// A listening control socket; removed when dropped.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Listens at `$FERRY_RUN_DIR/ferry-<pid>.sock`.
+    pub fn start(registry: Arc<Registry>) -> std::io::Result<Self> {
+        let dir = run_dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.join(format!("ferry-{}.sock", std::process::id()));
+        Self::start_at(registry, &path)
+    }
+
+    /// Listens at `path`.
+    pub fn start_at(registry: Arc<Registry>, path: &Path) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("ferry-control".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        match conn {
+                            Ok(stream) => serve_one(&registry, stream),
+                            Err(e) => log::warn!("control socket accept failed: {e}"),
+                        }
+                    }
+                })?
+        };
+        log::info!("control socket at {}", path.display());
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_one(registry: &Registry, stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            log::info!("control request: {}", line.trim());
+            registry.handle(&req)
+        }
+        Err(e) => Response::error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    let mut w = &stream;
+    let _ = w.write_all(&out);
+}
+
+/// Sends one request to the socket at `path`.
+pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(&stream);
+    let mut resp = String::new();
+    reader.read_line(&mut resp)?;
+    serde_json::from_str(&resp).map_err(std::io::Error::other)
+}
+
+/// Finds the control socket of the process serving `volume`, if any.
+/// Sockets nobody listens on any more are removed.
+pub fn find_host(volume: &str) -> Option<PathBuf> {
+    let wanted = crate::spec::VolumeSpec::parse(volume).ok()?.to_string();
+    let entries = std::fs::read_dir(run_dir()).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("sock") {
+            continue;
+        }
+        match call(&path, &Request::List) {
+            Ok(resp) => {
+                let served = resp.served.unwrap_or_default();
+                let hit = served.iter().any(|s| {
+                    s.spec == wanted
+                        || s.migration
+                            .as_ref()
+                            .is_some_and(|m| m.source == wanted || m.target == wanted)
+                });
+                if hit {
+                    return Some(path);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                log::info!("removing stale control socket {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => log::warn!("control socket {}: {e}", path.display()),
+        }
+    }
+    None
+}

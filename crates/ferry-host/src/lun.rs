@@ -1,0 +1,424 @@
+//! A hosted LUN: the volume a front-end serves, which can start, run and
+//! finish a migration underneath the front-end without it noticing.
+//!
+//! The LUN is opened by the spec the admin configured (tgtadm
+//! `--backing-store`, targetcli `cfgstring`). That spec keeps naming the
+//! LUN for its whole life, so opening it follows the migration metadata:
+//! a source marker leads to the target and its record, and a committed
+//! migration is served from the target. The LUN's identity (target, LUN
+//! number, serial) never changes; only the volume underneath does.
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::copier::{CopierConfig, Progress};
+use ferry_core::migrate::{reopen_target, Reopened};
+use ferry_core::{
+    Copier, Error, Extent, MigratingVolume, MigrationPlan, MigrationState, Result, Volume,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::VolumeSpec;
+
+/// Options of a migration start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Region size in bytes; `None` = the source's object size.
+    pub region_size: Option<u64>,
+    /// Copier rate limit in bytes per second.
+    pub rate_limit: Option<u64>,
+    pub adaptive: bool,
+    pub paused: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            region_size: None,
+            rate_limit: None,
+            adaptive: true,
+            paused: false,
+        }
+    }
+}
+
+struct Migration {
+    vol: Arc<MigratingVolume>,
+    copier: Option<Copier>,
+}
+
+/// A LUN being served.
+pub struct Lun {
+    spec: VolumeSpec,
+    size: u64,
+    /// The volume I/O goes to. Every I/O holds this shared for its whole
+    /// duration, so swapping it (start of a migration) waits for in-flight
+    /// I/O on the old volume: the copier never misses a write.
+    current: RwLock<Arc<dyn Volume>>,
+    /// Spec of the plain volume underneath: the source while migrating,
+    /// the target once committed.
+    served: Mutex<VolumeSpec>,
+    migration: Mutex<Option<Migration>>,
+    run_copier: bool,
+}
+
+/// Opens what a spec names now, following migration metadata: committed
+/// migrations forward to their target, a migration in progress resumes,
+/// and an abort or commit cut short by a crash is finished. Also returns
+/// the spec of the plain volume served (the source while migrating).
+pub fn resolve(spec: &VolumeSpec) -> Result<(Reopened, VolumeSpec)> {
+    let mut spec = spec.clone();
+    // A volume migrated several times forwards through each target; the
+    // bound only guards against a loop made by hand-edited markers.
+    for _ in 0..32 {
+        let store = spec.store();
+        let marker = store.load_source_marker()?;
+        let Some(marker) = marker else {
+            let (vol, store) = spec.open()?;
+            let record = MigratingVolume::load_record(store.as_ref())?;
+            let reopened = reopen_target((vol, store), |s| VolumeSpec::parse(s)?.open())?;
+            let served = match (&reopened, record) {
+                (Reopened::Plain(_), Some(r)) if r.state == MigrationState::Aborted => {
+                    VolumeSpec::parse(&r.source)?
+                }
+                (Reopened::Migrating(m), _) => VolumeSpec::parse(&m.record().source)?,
+                _ => spec,
+            };
+            return Ok((reopened, served));
+        };
+        let tspec = VolumeSpec::parse(&marker.target)?;
+        if marker.committed {
+            spec = tspec;
+            continue;
+        }
+        let (vol, store) = spec.open()?;
+        let record = if tspec.exists() {
+            MigratingVolume::load_record(tspec.store().as_ref())?
+        } else {
+            None
+        };
+        let Some(record) = record else {
+            // The migration's start or abort was cut short after the marker
+            // was written or before it was removed: nothing refers to it.
+            log::warn!("{spec}: removing a stale marker pointing at {tspec}");
+            store.remove_source_marker()?;
+            return Ok((Reopened::Plain(vol), spec));
+        };
+        let me = spec.to_string();
+        if record.source != me {
+            return Err(Error::Corrupt {
+                what: tspec.to_string(),
+                why: format!(
+                    "its record names source {}, but {me} points at it",
+                    record.source
+                ),
+            });
+        }
+        let mut mine = Some((vol, store));
+        let reopened = reopen_target(tspec.open()?, |_| {
+            Ok(mine.take().expect("source opened once"))
+        })?;
+        let served = if record.state == MigrationState::Committed {
+            tspec
+        } else {
+            spec
+        };
+        return Ok((reopened, served));
+    }
+    Err(Error::Corrupt {
+        what: spec.to_string(),
+        why: "migration markers forward in a loop".into(),
+    })
+}
+
+impl Lun {
+    /// Opens a LUN for serving; a migration in progress resumes, with its
+    /// copier running.
+    pub fn open(spec: &str) -> Result<Arc<Lun>> {
+        Self::open_with(spec, true)
+    }
+
+    /// Opens a LUN; with `run_copier` false, a migration in progress is
+    /// loaded but not advanced (control tools working offline).
+    pub fn open_with(spec: &str, run_copier: bool) -> Result<Arc<Lun>> {
+        let spec = VolumeSpec::parse(spec)?;
+        let (reopened, served) = resolve(&spec)?;
+        let (current, migration): (Arc<dyn Volume>, _) = match reopened {
+            Reopened::Plain(v) => (v, None),
+            Reopened::Migrating(m) => {
+                let copier = if run_copier {
+                    Some(Copier::spawn(m.clone(), CopierConfig::default())?)
+                } else {
+                    None
+                };
+                (m.clone(), Some(Migration { vol: m, copier }))
+            }
+        };
+        log::info!("{spec}: serving {}", current.name());
+        Ok(Arc::new(Lun {
+            size: current.size(),
+            spec,
+            current: RwLock::new(current),
+            served: Mutex::new(served),
+            migration: Mutex::new(migration),
+            run_copier,
+        }))
+    }
+
+    /// The configured spec.
+    pub fn spec(&self) -> &VolumeSpec {
+        &self.spec
+    }
+
+    /// Spec of the plain volume underneath (the source while migrating).
+    pub fn served(&self) -> VolumeSpec {
+        self.served.lock().clone()
+    }
+
+    /// Whether `name` (a spec) names this LUN: its configured spec or
+    /// either side of its migration.
+    pub fn answers_to(&self, name: &str) -> bool {
+        let Ok(wanted) = VolumeSpec::parse(name) else {
+            return false;
+        };
+        let wanted = wanted.to_string();
+        if self.spec.to_string() == wanted || self.served.lock().to_string() == wanted {
+            return true;
+        }
+        match self.migration.lock().as_ref() {
+            Some(m) => {
+                let r = m.vol.record();
+                r.source == wanted || r.target == wanted
+            }
+            None => false,
+        }
+    }
+
+    /// Starts migrating this LUN to `target` (created here with the LUN's
+    /// size). I/O pauses only for the switch itself.
+    pub fn start_migration(&self, target: &str, opts: &StartOptions) -> Result<Progress> {
+        let tspec = VolumeSpec::parse(target)?;
+        let mut slot = self.migration.lock();
+        if let Some(m) = slot.as_ref() {
+            if m.vol.state() != MigrationState::Aborted {
+                return Err(Error::SourceBusy {
+                    source_name: self.spec.to_string(),
+                    target: m.vol.record().target,
+                });
+            }
+        }
+        let served = self.served.lock().clone();
+        if tspec == self.spec || tspec == served {
+            return Err(Error::BadSpec {
+                spec: target.to_string(),
+                why: "the target is the LUN's own volume".into(),
+            });
+        }
+        let mut current = self.current.write();
+        let source = current.clone();
+        let source_store = served.store();
+        if tspec.exists() {
+            return Err(Error::BadSpec {
+                spec: tspec.to_string(),
+                why: "the target already exists; ferry creates it, so nothing is overwritten"
+                    .into(),
+            });
+        }
+        let plan = MigrationPlan {
+            source_spec: served.to_string(),
+            target_spec: tspec.to_string(),
+            source_info: served.identity(source.as_ref()),
+            region_size: opts.region_size.unwrap_or(source.object_size()),
+            rate_limit: opts.rate_limit,
+            adaptive: opts.adaptive,
+            paused: opts.paused,
+        };
+        // Validate what can be checked before creating anything.
+        if !ferry_core::index::region_size_ok(plan.region_size) {
+            return Err(Error::BadRegionSize(plan.region_size));
+        }
+        let (tvol, tstore) = tspec.create(source.size())?;
+        let vol = match MigratingVolume::start(source, source_store, tvol, tstore.clone(), plan) {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing refers to the fresh target yet; do not leave it.
+                let _ = tstore.destroy_volume();
+                return Err(e);
+            }
+        };
+        let copier = if self.run_copier {
+            Some(Copier::spawn(vol.clone(), CopierConfig::default())?)
+        } else {
+            None
+        };
+        *current = vol.clone();
+        let progress = Progress::of(&vol, None);
+        *slot = Some(Migration { vol, copier });
+        Ok(progress)
+    }
+
+    fn with_migration<T>(&self, f: impl FnOnce(&Migration) -> Result<T>) -> Result<T> {
+        match self.migration.lock().as_ref() {
+            Some(m) => f(m),
+            None => Err(Error::NoMigration(self.spec.to_string())),
+        }
+    }
+
+    /// Progress of the migration, if any.
+    pub fn status(&self) -> Option<Progress> {
+        self.migration.lock().as_ref().map(|m| match &m.copier {
+            Some(c) => c.progress(),
+            None => Progress::of(&m.vol, None),
+        })
+    }
+
+    /// Pauses or resumes the copier.
+    pub fn set_paused(&self, paused: bool) -> Result<Progress> {
+        self.with_migration(|m| {
+            match &m.copier {
+                Some(c) => c.set_paused(paused)?,
+                None => m.vol.update_record(|r| r.paused = paused)?,
+            }
+            Ok(Progress::of(&m.vol, None))
+        })
+    }
+
+    /// Sets the copier rate limit (`None`: unlimited).
+    pub fn set_rate_limit(&self, rate: Option<u64>) -> Result<Progress> {
+        self.with_migration(|m| {
+            match &m.copier {
+                Some(c) => c.set_rate_limit(rate)?,
+                None => m
+                    .vol
+                    .update_record(|r| r.rate_limit = rate.filter(|&x| x > 0))?,
+            }
+            Ok(Progress::of(&m.vol, None))
+        })
+    }
+
+    /// Turns adaptive back-off on or off.
+    pub fn set_adaptive(&self, on: bool) -> Result<Progress> {
+        self.with_migration(|m| {
+            match &m.copier {
+                Some(c) => c.set_adaptive(on)?,
+                None => m.vol.update_record(|r| r.adaptive = on)?,
+            }
+            Ok(Progress::of(&m.vol, None))
+        })
+    }
+
+    /// Starts an abort; the copier copies written regions back.
+    pub fn abort(&self) -> Result<Progress> {
+        self.with_migration(|m| {
+            match &m.copier {
+                Some(c) => c.abort()?,
+                None => m.vol.abort()?,
+            }
+            Ok(Progress::of(&m.vol, None))
+        })
+    }
+
+    /// Commits a fully copied migration.
+    pub fn commit(&self) -> Result<Progress> {
+        let mut slot = self.migration.lock();
+        let m = slot
+            .as_ref()
+            .ok_or_else(|| Error::NoMigration(self.spec.to_string()))?;
+        m.vol.commit()?;
+        let progress = Progress::of(&m.vol, None);
+        *self.served.lock() = VolumeSpec::parse(&progress.target)?;
+        // The copier has nothing left to do; the volume keeps routing to
+        // the target until the LUN is next opened, which opens the target.
+        if let Some(mut m) = slot.take() {
+            if let Some(c) = m.copier.take() {
+                c.stop();
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Drives the migration in this thread (no copier thread): to the end
+    /// of the copy, or of an abort. `tick` sees progress after each step.
+    pub fn run_here(&self, mut tick: impl FnMut(&Progress)) -> Result<Progress> {
+        let vol = self.with_migration(|m| Ok(m.vol.clone()))?;
+        let mut cursor = ferry_core::copier::CopyCursor::new(CopierConfig::default());
+        let mut last = std::time::Instant::now();
+        loop {
+            if cursor.step(&vol)? == ferry_core::copier::Step::Finished {
+                break;
+            }
+            if last.elapsed() >= Duration::from_millis(100) {
+                tick(&Progress::of(&vol, None));
+                last = std::time::Instant::now();
+            }
+        }
+        let p = Progress::of(&vol, None);
+        tick(&p);
+        Ok(p)
+    }
+
+    /// Waits until the copier has nothing left to do, or `timeout`.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.status() {
+                None => return true,
+                Some(p)
+                    if matches!(
+                        p.state,
+                        MigrationState::Copied
+                            | MigrationState::Committed
+                            | MigrationState::Aborted
+                    ) =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Volume for Lun {
+    fn name(&self) -> &str {
+        "lun"
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn object_size(&self) -> u64 {
+        self.current.read().object_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.current.read().read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.current.read().write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.current.read().flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.current.read().write_zeroes(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.current.read().discard(offset, len)
+    }
+    fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.current.read().allocated(offset, len)
+    }
+}
+
+impl Drop for Lun {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.migration.lock().take() {
+            if let Some(c) = m.copier.take() {
+                c.stop();
+            }
+        }
+    }
+}
