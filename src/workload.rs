@@ -38,13 +38,19 @@ pub struct WorkloadArgs {
     /// Stop after this long (seconds); 0 = until killed.
     #[arg(long, default_value_t = 0)]
     pub seconds: u64,
-    /// Commit when the copy completes (then keep writing).
+    /// Pause between operations, in microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub op_delay_us: u64,
+    /// Commit when the copy completes, write a little more, and exit.
     #[arg(long)]
     pub commit: bool,
 }
 
 pub fn run(a: WorkloadArgs) -> Result<()> {
     let lun = Lun::open(&a.volume)?;
+    if lun.status().is_some() {
+        lun.set_rate_limit(parse_rate(&a.rate)?)?;
+    }
     if let Some(t) = &a.target {
         let tspec = VolumeSpec::parse(t)?;
         if lun.status().is_none() && !tspec.exists() {
@@ -68,6 +74,7 @@ pub fn run(a: WorkloadArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(a.seed ^ a.first_seq);
     let started = Instant::now();
     let mut seq = a.first_seq;
+    let mut committed_at = None;
     loop {
         if a.seconds > 0 && started.elapsed() >= Duration::from_secs(a.seconds) {
             break;
@@ -76,24 +83,34 @@ pub fn run(a: WorkloadArgs) -> Result<()> {
         let len = 512 * rng.random_range(1..=128u64).min(sectors);
         let off = 512 * rng.random_range(0..=(sectors - len / 512));
         let zero = rng.random_range(0..10) == 0;
-        writeln!(log, "B {seq} {off} {len} {}", if zero { "z" } else { "d" })?;
+        // One write(2) per line, so a kill never leaves half a line.
+        let kind = if zero { "z" } else { "d" };
+        log.write_all(format!("B {seq} {off} {len} {kind}\n").as_bytes())?;
         if zero {
             lun.write_zeroes(off, len)?;
         } else {
             lun.write_at(&pattern::bytes(seq, len as usize), off)?;
         }
-        writeln!(log, "A {seq}")?;
+        log.write_all(format!("A {seq}\n").as_bytes())?;
         if seq % 64 == 0 {
             lun.flush()?;
         }
-        if a.commit
-            && lun
-                .status()
-                .is_some_and(|p| p.state == ferry_core::MigrationState::Copied)
-        {
-            lun.commit()?;
+        if a.commit {
+            match lun.status() {
+                Some(p) if p.state == ferry_core::MigrationState::Copied => {
+                    lun.commit()?;
+                    committed_at = Some(seq);
+                }
+                _ => {}
+            }
+            if committed_at.is_some_and(|c| seq >= c + 100) {
+                break;
+            }
         }
         seq += 1;
+        if a.op_delay_us > 0 {
+            std::thread::sleep(Duration::from_micros(a.op_delay_us));
+        }
     }
     lun.flush()?;
     println!("{seq}");
