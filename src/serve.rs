@@ -14,7 +14,7 @@ pub struct ServeArgs {
     /// Volume specs to serve.
     #[arg(required = true)]
     pub volumes: Vec<String>,
-    /// Control socket path (default: $FERRY_RUN_DIR/ferry-<pid>.sock).
+    /// Control socket path (default: `$FERRY_RUN_DIR/ferry-<pid>.sock`).
     #[arg(long)]
     pub socket: Option<std::path::PathBuf>,
 }

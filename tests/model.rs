@@ -218,7 +218,11 @@ fn size_strategy() -> impl Strategy<Value = u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    // FERRY_PROPTEST_CASES raises the count for soak runs.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("FERRY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
+        ..ProptestConfig::default()
+    })]
 
     /// Every read matches the model at every point, and after driving the
     /// migration to its end the surviving volume holds the model.

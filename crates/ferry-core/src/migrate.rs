@@ -664,7 +664,11 @@ impl MigratingVolume {
             .locks
             .lock(regions[0], *regions.last().expect("non-empty"));
         self.index.clear_migrated(regions)?;
-        self.index.sync_if_due(INDEX_SYNC_INTERVAL)
+        // The cleared bits must be durable before the region locks drop:
+        // from then on writers update only the source, and if power failed
+        // with a bit still set on disk, reads would go back to the target's
+        // older bytes and change again when the abort finishes.
+        self.fenced_flush(|| self.index.sync())
     }
 
     /// Ends an abort once no region is left on the target: records the

@@ -47,7 +47,7 @@ fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
 impl FileVolume {
     /// Creates a new sparse file of `size` bytes; refuses to overwrite.
     pub fn create(path: &Path, size: u64) -> Result<Self> {
-        if size == 0 || size % 512 != 0 {
+        if size == 0 || !size.is_multiple_of(512) {
             return Err(Error::BadSpec {
                 spec: path.display().to_string(),
                 why: format!("size {size} must be a non-zero multiple of 512 bytes"),

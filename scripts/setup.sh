@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what ferry needs on a fresh Debian 12 machine and builds it.
+# Safe to run again: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential pkg-config clang libclang-dev   # bindgen for the plugins' FFI
+  tgt libiscsi-bin libiscsi-dev                   # tgtd target, libiscsi initiators
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+cargo build --release --workspace
+echo "setup: done (binary: target/release/ferry)"
