@@ -1,0 +1,537 @@
+//! Carrying out block commands against a volume.
+//!
+//! Contract with the front-ends: `data_out` is what the initiator sent,
+//! `data_in` is the buffer the transport will return (its length is the
+//! initiator's allocation). [`execute`] returns how many bytes of `data_in`
+//! it filled, or the sense for CHECK CONDITION. It never panics on any
+//! CDB or buffer size: lengths are computed with checked arithmetic and
+//! buffers sliced only within their lengths.
+//!
+//! Zero-length transfers complete without touching the volume (a backend
+//! such as librbd may assert on them). Write caching follows the LUN's
+//! WCE setting: with WCE off, or with FUA, a write is flushed before it is
+//! acknowledged.
+use ferry_core::Volume;
+use parking_lot::Mutex;
+
+use crate::cdb::Command;
+use crate::sense::{asc, from_error, key, Sense};
+
+/// What execution needs to know about the LUN.
+pub struct LunContext<'a> {
+    pub volume: &'a dyn Volume,
+    /// log2 of the logical block size (9 for 512, 12 for 4096).
+    pub block_shift: u32,
+    /// Write cache enabled (mode page 8 WCE). Off: every write is flushed.
+    pub write_cache: bool,
+    /// Serializes COMPARE AND WRITE commands of the LUN among themselves,
+    /// which is what makes them atomic for the lock users (VMFS ATS,
+    /// sanlock) that rely on them.
+    pub caw_lock: &'a Mutex<()>,
+}
+
+impl LunContext<'_> {
+    fn capacity_blocks(&self) -> u64 {
+        self.volume.size() >> self.block_shift
+    }
+
+    /// Byte range of `blocks` at `lba`, range-checked against the LUN.
+    fn range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.capacity_blocks() => {
+                Ok((lba << self.block_shift, blocks << self.block_shift))
+            }
+            _ => Err(Sense::out_of_range()),
+        }
+    }
+
+    fn block_len(&self) -> usize {
+        1usize << self.block_shift
+    }
+}
+
+/// Largest buffer ferry allocates for one command's internal work (WRITE
+/// SAME expansion, verify reads): bounds memory whatever the CDB says.
+const CHUNK: u64 = 1 << 20;
+
+fn write_err(e: ferry_core::Error) -> Sense {
+    from_error(&e, true)
+}
+
+fn read_err(e: ferry_core::Error) -> Sense {
+    from_error(&e, false)
+}
+
+/// Executes `cmd`. Returns the number of `data_in` bytes filled.
+pub fn execute(
+    lun: &LunContext<'_>,
+    cmd: &Command,
+    data_out: &[u8],
+    data_in: &mut [u8],
+) -> Result<usize, Sense> {
+    match *cmd {
+        Command::Read { lba, blocks, .. } => {
+            let (off, len) = lun.range(lba, blocks)?;
+            // Fill what the initiator can take; the transport reports any
+            // residual.
+            let n = (len.min(data_in.len() as u64)) as usize;
+            if n == 0 {
+                return Ok(0);
+            }
+            lun.volume
+                .read_at(&mut data_in[..n], off)
+                .map_err(read_err)?;
+            Ok(n)
+        }
+        Command::Write { lba, blocks, fua } => {
+            let (off, len) = lun.range(lba, blocks)?;
+            write(lun, off, len, data_out, fua)?;
+            Ok(0)
+        }
+        Command::WriteVerify {
+            lba,
+            blocks,
+            bytchk,
+        } => {
+            let (off, len) = lun.range(lba, blocks)?;
+            let n = write(lun, off, len, data_out, true)?;
+            if bytchk {
+                compare(lun, off, &data_out[..n])?;
+            }
+            Ok(0)
+        }
+        Command::Verify {
+            lba,
+            blocks,
+            bytchk,
+        } => {
+            let (off, len) = lun.range(lba, blocks)?;
+            if bytchk {
+                if (data_out.len() as u64) < len {
+                    return Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
+                }
+                compare(lun, off, &data_out[..len as usize])?;
+            } else {
+                // Medium verification: read it all back.
+                let mut buf = vec![0u8; CHUNK.min(len) as usize];
+                let mut done = 0;
+                while done < len {
+                    let n = CHUNK.min(len - done) as usize;
+                    lun.volume
+                        .read_at(&mut buf[..n], off + done)
+                        .map_err(read_err)?;
+                    done += n as u64;
+                }
+            }
+            Ok(0)
+        }
+        Command::WriteSame {
+            lba,
+            blocks,
+            unmap,
+            lbdata,
+            pbdata,
+            ndob,
+        } => {
+            // Zero blocks: from `lba` to the end of the medium (SBC-3 5.48,
+            // with WSNZ = 0 in the block limits VPD page).
+            let blocks = if blocks == 0 {
+                lun.capacity_blocks()
+                    .checked_sub(lba)
+                    .ok_or_else(Sense::out_of_range)?
+            } else {
+                blocks
+            };
+            let (off, len) = lun.range(lba, blocks)?;
+            write_same(lun, off, len, data_out, unmap, lbdata, pbdata, ndob)?;
+            Ok(0)
+        }
+        Command::Unmap { param_len } => {
+            let list = &data_out[..data_out.len().min(param_len as usize)];
+            unmap(lun, list)?;
+            Ok(0)
+        }
+        Command::CompareAndWrite { lba, blocks, fua } => {
+            let (off, len) = lun.range(lba, blocks)?;
+            if len == 0 {
+                return Ok(0);
+            }
+            let half = len as usize;
+            if data_out.len() < 2 * half {
+                return Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
+            }
+            let _g = lun.caw_lock.lock();
+            compare(lun, off, &data_out[..half])?;
+            write(lun, off, len, &data_out[half..2 * half], fua)?;
+            Ok(0)
+        }
+        Command::SynchronizeCache { lba, blocks } => {
+            // The range only has to be valid; ferry flushes the volume.
+            if blocks != 0 || lba != 0 {
+                lun.range(lba, blocks)?;
+            }
+            lun.volume.flush().map_err(write_err)?;
+            Ok(0)
+        }
+        Command::PreFetch { lba, blocks } => {
+            lun.range(lba, blocks)?;
+            Ok(0)
+        }
+    }
+}
+
+/// Writes `len` bytes at `off` from `data`, flushing when asked or when
+/// the write cache is off. A data-out buffer shorter than the CDB asks is
+/// written as far as it goes in whole blocks (as tgt's rdwr does); returns
+/// the bytes written.
+fn write(lun: &LunContext<'_>, off: u64, len: u64, data: &[u8], fua: bool) -> Result<usize, Sense> {
+    let have = (data.len() as u64).min(len);
+    let n = (have >> lun.block_shift << lun.block_shift) as usize;
+    if n == 0 {
+        return Ok(0);
+    }
+    lun.volume.write_at(&data[..n], off).map_err(write_err)?;
+    if fua || !lun.write_cache {
+        lun.volume.flush().map_err(write_err)?;
+    }
+    Ok(n)
+}
+
+/// Compares the medium at `off` with `expect`; MISCOMPARE carries the
+/// offset of the first differing byte (SBC-3 5.2, 5.28).
+fn compare(lun: &LunContext<'_>, off: u64, expect: &[u8]) -> Result<(), Sense> {
+    let mut buf = vec![0u8; (CHUNK as usize).min(expect.len())];
+    let mut done = 0usize;
+    while done < expect.len() {
+        let n = (CHUNK as usize).min(expect.len() - done);
+        lun.volume
+            .read_at(&mut buf[..n], off + done as u64)
+            .map_err(read_err)?;
+        if let Some(i) = buf[..n]
+            .iter()
+            .zip(&expect[done..done + n])
+            .position(|(a, b)| a != b)
+        {
+            return Err(Sense::with_info(
+                key::MISCOMPARE,
+                asc::MISCOMPARE_DURING_VERIFY,
+                (done + i) as u64,
+            ));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_same(
+    lun: &LunContext<'_>,
+    off: u64,
+    len: u64,
+    data_out: &[u8],
+    unmap: bool,
+    lbdata: bool,
+    pbdata: bool,
+    ndob: bool,
+) -> Result<(), Sense> {
+    if len == 0 {
+        return Ok(());
+    }
+    let bl = lun.block_len();
+    let zero_block = vec![0u8; bl];
+    let block: &[u8] = if ndob {
+        &zero_block
+    } else if data_out.len() < bl {
+        return Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
+    } else {
+        &data_out[..bl]
+    };
+    let stamped = lbdata || pbdata;
+    if !stamped && block.iter().all(|&b| b == 0) {
+        // All zeroes: deallocate (UNMAP bit) or zero in place; ferry's
+        // volumes read both back as zeroes (LBPRZ).
+        let r = if unmap {
+            lun.volume.discard(off, len)
+        } else {
+            lun.volume.write_zeroes(off, len)
+        };
+        return r.map_err(write_err);
+    }
+    let per_chunk = (CHUNK as usize / bl).max(1);
+    let mut buf = Vec::with_capacity(per_chunk * bl);
+    let mut done = 0u64;
+    while done < len {
+        let blocks_now = ((len - done) as usize / bl).min(per_chunk);
+        buf.clear();
+        for i in 0..blocks_now {
+            let at = buf.len();
+            buf.extend_from_slice(block);
+            let lba = (off + done) / bl as u64 + i as u64;
+            if lbdata {
+                // SBC-3 5.48: the low 4 bytes of the LBA in the block's
+                // first 4 bytes.
+                buf[at..at + 4].copy_from_slice(&(lba as u32).to_be_bytes());
+            } else if pbdata {
+                // The physical block address (= LBA: one logical block per
+                // physical block) in the first 8 bytes.
+                buf[at..at + 8].copy_from_slice(&lba.to_be_bytes());
+            }
+        }
+        lun.volume.write_at(&buf, off + done).map_err(write_err)?;
+        done += buf.len() as u64;
+    }
+    if !lun.write_cache {
+        lun.volume.flush().map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// UNMAP parameter list (SBC-3 5.28.2): an 8-byte header, then 16-byte
+/// descriptors of (LBA be64, blocks be32). Every descriptor is checked
+/// before any is applied, so a bad list changes nothing.
+fn unmap(lun: &LunContext<'_>, list: &[u8]) -> Result<(), Sense> {
+    if list.is_empty() {
+        return Ok(());
+    }
+    if list.len() < 8 {
+        return Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
+    }
+    let desc_len = usize::from(u16::from_be_bytes([list[2], list[3]]));
+    let descs = &list[8..];
+    let desc_len = desc_len.min(descs.len()) / 16 * 16;
+    let mut ranges = Vec::new();
+    for d in descs[..desc_len].chunks_exact(16) {
+        let lba = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+        let blocks = u64::from(u32::from_be_bytes(d[8..12].try_into().expect("4 bytes")));
+        ranges.push(lun.range(lba, blocks)?);
+    }
+    for (off, len) in ranges {
+        if len > 0 {
+            lun.volume.discard(off, len).map_err(write_err)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdb::parse;
+    use ferry_core::sim::{Faults, SimVolume};
+    use std::sync::Arc;
+
+    const BLOCKS: u64 = 64;
+
+    struct Fixture {
+        vol: Arc<SimVolume>,
+        faults: Arc<Faults>,
+        caw: Mutex<()>,
+    }
+
+    fn fixture() -> Fixture {
+        let faults = Faults::new();
+        Fixture {
+            vol: SimVolume::new("lun", BLOCKS * 512, 4096, faults.clone()),
+            faults,
+            caw: Mutex::new(()),
+        }
+    }
+
+    fn run(f: &Fixture, cdb: &[u8], out: &[u8], in_len: usize) -> Result<Vec<u8>, Sense> {
+        let lun = LunContext {
+            volume: f.vol.as_ref(),
+            block_shift: 9,
+            write_cache: true,
+            caw_lock: &f.caw,
+        };
+        let cmd = parse(cdb)?.expect("block command");
+        let mut data_in = vec![0u8; in_len];
+        let n = execute(&lun, &cmd, out, &mut data_in)?;
+        data_in.truncate(n);
+        Ok(data_in)
+    }
+
+    fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+        let mut c = [0u8; 10];
+        c[0] = 0x2a;
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c[7..9].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+        let mut c = write10(lba, blocks);
+        c[0] = 0x28;
+        c
+    }
+
+    #[test]
+    fn write_then_read_round_trips() {
+        let f = fixture();
+        let data: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
+        run(&f, &write10(3, 2), &data, 0).unwrap();
+        assert_eq!(run(&f, &read10(3, 2), &[], 1024).unwrap(), data);
+    }
+
+    #[test]
+    fn read_past_end_is_lba_out_of_range() {
+        let f = fixture();
+        assert_eq!(
+            run(&f, &read10(63, 2), &[], 1024),
+            Err(Sense::out_of_range())
+        );
+        assert_eq!(
+            run(&f, &read10(u32::MAX, 1), &[], 512),
+            Err(Sense::out_of_range())
+        );
+    }
+
+    #[test]
+    fn zero_length_read_and_write_touch_nothing() {
+        let f = fixture();
+        f.faults.arm(0); // any backend call would fail
+        assert_eq!(run(&f, &read10(5, 0), &[], 0).unwrap(), Vec::<u8>::new());
+        assert_eq!(run(&f, &write10(5, 0), &[], 0).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn read_fills_only_the_allocation() {
+        let f = fixture();
+        assert_eq!(run(&f, &read10(0, 4), &[], 100).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn backend_write_failure_is_medium_error() {
+        let f = fixture();
+        f.faults.arm(0);
+        assert_eq!(
+            run(&f, &write10(0, 1), &[1u8; 512], 0),
+            Err(Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR))
+        );
+    }
+
+    #[test]
+    fn write_same_repeats_the_block_with_lbdata() {
+        let f = fixture();
+        let mut cdb = [0x41, 0x02, 0, 0, 0, 10, 0, 0, 3, 0];
+        run(&f, &cdb, &[0xab; 512], 0).unwrap();
+        let got = run(&f, &read10(10, 3), &[], 1536).unwrap();
+        for (i, block) in got.chunks(512).enumerate() {
+            assert_eq!(&block[..4], &(10 + i as u32).to_be_bytes());
+            assert!(block[4..].iter().all(|&b| b == 0xab));
+        }
+        // Zero data with UNMAP deallocates and reads back zeroes.
+        cdb[1] = 0x08;
+        run(&f, &cdb, &[0; 512], 0).unwrap();
+        assert!(run(&f, &read10(10, 3), &[], 1536)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
+    }
+
+    #[test]
+    fn write_same_zero_blocks_runs_to_the_end() {
+        let f = fixture();
+        let cdb = [0x41, 0, 0, 0, 0, 60, 0, 0, 0, 0];
+        run(&f, &cdb, &[7; 512], 0).unwrap();
+        let got = run(&f, &read10(59, 5), &[], 5 * 512).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 0));
+        assert!(got[512..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn write_same_without_its_block_is_a_length_error() {
+        let f = fixture();
+        let cdb = [0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(
+            run(&f, &cdb, &[], 0),
+            Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH))
+        );
+    }
+
+    fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
+        let mut l = vec![0u8; 8];
+        l[0..2].copy_from_slice(&((6 + 16 * descs.len()) as u16).to_be_bytes());
+        l[2..4].copy_from_slice(&((16 * descs.len()) as u16).to_be_bytes());
+        for &(lba, n) in descs {
+            l.extend_from_slice(&lba.to_be_bytes());
+            l.extend_from_slice(&n.to_be_bytes());
+            l.extend_from_slice(&[0; 4]);
+        }
+        l
+    }
+
+    #[test]
+    fn unmap_zeroes_every_descriptor_or_nothing() {
+        let f = fixture();
+        run(&f, &write10(0, 8), &[9u8; 4096], 0).unwrap();
+        let list = unmap_list(&[(1, 1), (6, 2)]);
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, list.len() as u8, 0];
+        run(&f, &cdb, &list, 0).unwrap();
+        let got = run(&f, &read10(0, 8), &[], 4096).unwrap();
+        let zeroed: Vec<bool> = got.chunks(512).map(|b| b.iter().all(|&x| x == 0)).collect();
+        assert_eq!(
+            zeroed,
+            [false, true, false, false, false, false, true, true]
+        );
+        // One bad descriptor: nothing is unmapped.
+        run(&f, &write10(0, 8), &[9u8; 4096], 0).unwrap();
+        let list = unmap_list(&[(0, 1), (63, 2)]);
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, list.len() as u8, 0];
+        assert_eq!(run(&f, &cdb, &list, 0), Err(Sense::out_of_range()));
+        assert!(run(&f, &read10(0, 1), &[], 512)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 9));
+    }
+
+    #[test]
+    fn compare_and_write_swaps_only_on_match() {
+        let f = fixture();
+        run(&f, &write10(2, 1), &[1u8; 512], 0).unwrap();
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x89;
+        cdb[9] = 2;
+        cdb[13] = 1;
+        let mut data = vec![1u8; 512];
+        data.extend_from_slice(&[2u8; 512]);
+        run(&f, &cdb, &data, 0).unwrap();
+        assert!(run(&f, &read10(2, 1), &[], 512)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 2));
+        // Now the compare half is stale: MISCOMPARE at offset 0, no write.
+        let err = run(&f, &cdb, &data, 0).unwrap_err();
+        assert_eq!(
+            (err.key, err.asc, err.info),
+            (key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY, Some(0))
+        );
+        assert!(run(&f, &read10(2, 1), &[], 512)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 2));
+    }
+
+    #[test]
+    fn verify_with_bytchk_reports_the_first_difference() {
+        let f = fixture();
+        run(&f, &write10(0, 1), &[5u8; 512], 0).unwrap();
+        let mut expect = vec![5u8; 512];
+        expect[300] = 6;
+        let cdb = [0x2f, 0x02, 0, 0, 0, 0, 0, 0, 1, 0];
+        let err = run(&f, &cdb, &expect, 0).unwrap_err();
+        assert_eq!(err.info, Some(300));
+        expect[300] = 5;
+        run(&f, &cdb, &expect, 0).unwrap();
+    }
+
+    #[test]
+    fn synchronize_cache_checks_its_range() {
+        let f = fixture();
+        run(&f, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0).unwrap();
+        assert_eq!(
+            run(&f, &[0x35, 0, 0, 0, 0, 70, 0, 0, 1, 0], &[], 0),
+            Err(Sense::out_of_range())
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The SCSI block-command layer the front-ends share.
+//!
+//! [`cdb`] parses command descriptor blocks into typed [`cdb::Command`]s,
+//! checking lengths and fields; [`exec`] carries a command out against a
+//! [`ferry_core::Volume`] and answers with data or [`sense::Sense`]. Nothing
+//! here knows about tgtd or tcmu-runner, so every command is unit-tested
+//! from literal bytes. Opcodes the SCSI cores answer themselves (INQUIRY,
+//! MODE SENSE, READ CAPACITY, REPORT LUNS, ...) are not handled here.
+#![forbid(unsafe_code)]
+
+pub mod cdb;
+pub mod exec;
+pub mod sense;
+
+pub use cdb::{parse, Command};
+pub use exec::{execute, LunContext};
+pub use sense::Sense;
