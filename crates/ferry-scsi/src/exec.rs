@@ -247,15 +247,14 @@ fn write_same(
         &data_out[..bl]
     };
     let stamped = lbdata || pbdata;
+    if unmap {
+        // SBC-3 5.50: with UNMAP set the device server unmaps the range
+        // rather than writing the block. ferry's volumes read unmapped
+        // blocks as zeroes (LBPRZ = 1), which is what initiators check.
+        return lun.volume.discard(off, len).map_err(write_err);
+    }
     if !stamped && block.iter().all(|&b| b == 0) {
-        // All zeroes: deallocate (UNMAP bit) or zero in place; ferry's
-        // volumes read both back as zeroes (LBPRZ).
-        let r = if unmap {
-            lun.volume.discard(off, len)
-        } else {
-            lun.volume.write_zeroes(off, len)
-        };
-        return r.map_err(write_err);
+        return lun.volume.write_zeroes(off, len).map_err(write_err);
     }
     let per_chunk = (CHUNK as usize / bl).max(1);
     let mut buf = Vec::with_capacity(per_chunk * bl);
@@ -303,6 +302,11 @@ fn unmap(lun: &LunContext<'_>, list: &[u8]) -> Result<(), Sense> {
     for d in descs[..desc_len].chunks_exact(16) {
         let lba = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
         let blocks = u64::from(u32::from_be_bytes(d[8..12].try_into().expect("4 bytes")));
+        if blocks == 0 {
+            // Names no block, so no LBA can be out of range (SBC-3 5.28:
+            // even one past the end is fine).
+            continue;
+        }
         ranges.push(lun.range(lba, blocks)?);
     }
     for (off, len) in ranges {
@@ -420,9 +424,9 @@ mod tests {
             assert_eq!(&block[..4], &(10 + i as u32).to_be_bytes());
             assert!(block[4..].iter().all(|&b| b == 0xab));
         }
-        // Zero data with UNMAP deallocates and reads back zeroes.
+        // UNMAP deallocates, whatever the block, and reads back zeroes.
         cdb[1] = 0x08;
-        run(&f, &cdb, &[0; 512], 0).unwrap();
+        run(&f, &cdb, &[0xff; 512], 0).unwrap();
         assert!(run(&f, &read10(10, 3), &[], 1536)
             .unwrap()
             .iter()
@@ -474,6 +478,10 @@ mod tests {
             zeroed,
             [false, true, false, false, false, false, true, true]
         );
+        // A zero-length descriptor one past the end names no block.
+        let list = unmap_list(&[(BLOCKS, 0)]);
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, list.len() as u8, 0];
+        run(&f, &cdb, &list, 0).unwrap();
         // One bad descriptor: nothing is unmapped.
         run(&f, &write10(0, 8), &[9u8; 4096], 0).unwrap();
         let list = unmap_list(&[(0, 1), (63, 2)]);

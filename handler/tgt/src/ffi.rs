@@ -1,0 +1,287 @@
+//! Declarations of the tgtd (1.0.85, x86_64) ABI a backing store uses,
+//! written here from the layout of tgt's headers, plus runtime binding to
+//! the functions tgtd exports.
+//!
+//! The structs are declared only as far as the plugin touches them; the
+//! sizes and offsets are pinned by the tests below (numbers measured with a
+//! C program compiled against tgt's own headers with tgt's build flags),
+//! and `tests/layout.rs` re-measures them against the headers when tgt's
+//! source is present.
+//!
+//! tgtd's functions are looked up with `dlsym` when tgtd loads the plugin,
+//! not linked: the plugin then loads (and reports a clear error) even if
+//! a symbol is missing, and the rlib links into ordinary test binaries.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
+use std::sync::OnceLock;
+
+/// `struct list_head` (list.h).
+#[repr(C)]
+pub struct ListHead {
+    pub next: *mut ListHead,
+    pub prev: *mut ListHead,
+}
+
+/// `struct scsi_data_buffer` (tgtd.h).
+#[repr(C)]
+pub struct ScsiDataBuffer {
+    /// A pointer stored as `uint64_t`.
+    pub buffer: u64,
+    pub length: u32,
+    pub transfer_len: u32,
+    pub resid: i32,
+}
+
+/// `struct scsi_cmd` (tgtd.h), 480 bytes.
+#[repr(C)]
+pub struct ScsiCmd {
+    pub c_target: *mut c_void,
+    pub c_hlist: ListHead,
+    pub qlist: ListHead,
+    pub dev_id: u64,
+    pub dev: *mut ScsiLu,
+    pub state: c_ulong,
+    pub data_dir: c_int,
+    pub in_sdb: ScsiDataBuffer,
+    pub out_sdb: ScsiDataBuffer,
+    pub cmd_itn_id: u64,
+    /// Byte offset set by sbc for READ/WRITE/WRITE SAME/VERIFY.
+    pub offset: u64,
+    /// Transfer length in bytes, set by sbc (not for VERIFY or SYNC CACHE).
+    pub tl: u32,
+    pub scb: *mut u8,
+    pub scb_len: c_int,
+    pub lun: [u8; 8],
+    pub attribute: c_int,
+    pub tag: u64,
+    pub result: c_int,
+    pub mreq: *mut c_void,
+    pub sense_buffer: [u8; 252],
+    pub sense_len: c_int,
+    pub bs_list: ListHead,
+    pub it_nexus: *mut c_void,
+    pub itn_lu_info: *mut c_void,
+}
+
+/// `scsi_cmd.state` bit: completion will come through `target_cmd_io_done`.
+pub const TGT_CMD_ASYNC: c_ulong = 1 << 2;
+
+/// The leading fields of `struct scsi_lu` (tgtd.h); the rest is reached
+/// through the offsets below. The whole struct is [`SCSI_LU_SIZE`] bytes.
+#[repr(C)]
+pub struct ScsiLu {
+    pub fd: c_int,
+    pub addr: u64,
+    pub size: u64,
+    pub lun: u64,
+    pub path: *mut c_char,
+    pub bsoflags: c_int,
+    pub blk_shift: c_uint,
+}
+
+/// `sizeof(struct scsi_lu)`: the plugin's private data starts here.
+pub const SCSI_LU_SIZE: usize = 7608;
+/// Offset of `struct lu_phy_attr attrs` in `struct scsi_lu`.
+pub const LU_ATTRS: usize = 6376;
+/// Offsets within `struct lu_phy_attr`.
+pub const ATTR_SCSI_SN: usize = 37;
+pub const ATTR_THINPROVISIONING: usize = 141;
+pub const ATTR_LU_VPD: usize = 152;
+/// `lu_vpd[]` slots of the block limits (0xb0) and logical block
+/// provisioning (0xb2) VPD pages: the index is `page & 0x7f`.
+pub const VPD_BLOCK_LIMITS: usize = 0xb0 & 0x7f;
+pub const VPD_LB_PROVISIONING: usize = 0xb2 & 0x7f;
+
+/// `struct vpd` (tgtd.h): only the update hook is used.
+#[repr(C)]
+pub struct Vpd {
+    pub size: u16,
+    pub vpd_update: Option<unsafe extern "C" fn(*mut ScsiLu, *mut c_void)>,
+}
+
+/// `struct mode_pg` (tgtd.h) header; `mode_data` follows at offset 20.
+#[repr(C)]
+pub struct ModePg {
+    pub siblings: ListHead,
+    pub pcode: u8,
+    pub subpcode: u8,
+    pub pcode_size: i16,
+}
+
+/// Offset of `mode_data[]` in `struct mode_pg`.
+pub const MODE_PG_DATA: usize = 20;
+
+/// tgtadm_err values (tgtadm_error.h).
+pub const TGTADM_SUCCESS: c_int = 0;
+pub const TGTADM_NOMEM: c_int = 2;
+pub const TGTADM_INVALID_REQUEST: c_int = 17;
+
+/// SAM status codes (scsi.h).
+pub const SAM_STAT_GOOD: c_int = 0x00;
+pub const SAM_STAT_CHECK_CONDITION: c_int = 0x02;
+
+pub type BsOpen = unsafe extern "C" fn(*mut ScsiLu, *mut c_char, *mut c_int, *mut u64) -> c_int;
+pub type BsClose = unsafe extern "C" fn(*mut ScsiLu);
+pub type BsInit = unsafe extern "C" fn(*mut ScsiLu, *mut c_char) -> c_int;
+pub type BsExit = unsafe extern "C" fn(*mut ScsiLu);
+pub type BsCmdSubmit = unsafe extern "C" fn(*mut ScsiCmd) -> c_int;
+
+/// `struct backingstore_template` (bs.h / tgtd.h), 112 bytes. tgtd links
+/// its `backingstore_siblings` into its list, so an instance must live at
+/// a fixed address for the life of the process.
+#[repr(C)]
+pub struct BackingstoreTemplate {
+    pub bs_name: *const c_char,
+    pub bs_datasize: c_int,
+    pub bs_open: Option<BsOpen>,
+    pub bs_close: Option<BsClose>,
+    pub bs_init: Option<BsInit>,
+    pub bs_exit: Option<BsExit>,
+    pub bs_cmd_submit: Option<BsCmdSubmit>,
+    pub bs_oflags_supported: c_int,
+    /// Opcode bitmap; all clear means "every opcode" (tgt's compat mode).
+    pub bs_supported_ops: [c_ulong; 4],
+    pub backingstore_siblings: ListHead,
+}
+
+pub type EventHandler = unsafe extern "C" fn(c_int, c_int, *mut c_void);
+
+/// The tgtd functions the plugin calls, resolved at load time.
+pub struct Tgtd {
+    pub register_backingstore_template: unsafe extern "C" fn(*mut BackingstoreTemplate) -> c_int,
+    pub target_cmd_io_done: unsafe extern "C" fn(*mut ScsiCmd, c_int),
+    pub sense_data_build: unsafe extern "C" fn(*mut ScsiCmd, u8, u16),
+    pub sense_data_build_with_info: unsafe extern "C" fn(*mut ScsiCmd, u8, u16, u64),
+    pub find_mode_page: unsafe extern "C" fn(*mut ScsiLu, u8, u8) -> *mut ModePg,
+    pub tgt_event_add: unsafe extern "C" fn(c_int, c_int, EventHandler, *mut c_void) -> c_int,
+    pub tgt_event_del: unsafe extern "C" fn(c_int),
+    /// Sets the LU's logical-blocks-per-physical-block exponent from a
+    /// physical block size in bytes (READ CAPACITY 16).
+    pub update_lbppbe: unsafe extern "C" fn(*mut ScsiLu, c_int),
+    pub log_error: unsafe extern "C" fn(*const c_char, ...),
+    pub log_warning: unsafe extern "C" fn(*const c_char, ...),
+    pub log_debug: unsafe extern "C" fn(*const c_char, ...),
+    pub nr_iothreads: *const c_int,
+    pub is_debug: *const c_int,
+}
+
+// SAFETY: the fields are addresses of tgtd's functions and globals, which
+// live for the whole process; sharing the addresses between threads is
+// fine (what may be called from which thread is documented at each use).
+unsafe impl Send for Tgtd {}
+// SAFETY: as above; the struct is immutable after resolution.
+unsafe impl Sync for Tgtd {}
+
+static TGTD: OnceLock<Result<Tgtd, String>> = OnceLock::new();
+
+fn sym(name: &CStr) -> Result<*mut c_void, String> {
+    // SAFETY: dlsym with RTLD_DEFAULT searches the global scope (tgtd is
+    // linked with -E, so its functions are there); `name` is a valid C
+    // string. A null result is turned into an error, never dereferenced.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if p.is_null() {
+        Err(format!("tgtd does not export {}", name.to_string_lossy()))
+    } else {
+        Ok(p)
+    }
+}
+
+macro_rules! resolve_fn {
+    ($name:literal) => {{
+        let p = sym($name)?;
+        // SAFETY: `p` is the non-null address of the tgtd function named
+        // `$name`, whose C signature is the field's type (declared from
+        // tgt's headers above).
+        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+    }};
+}
+
+fn resolve() -> Result<Tgtd, String> {
+    Ok(Tgtd {
+        register_backingstore_template: resolve_fn!(c"register_backingstore_template"),
+        target_cmd_io_done: resolve_fn!(c"target_cmd_io_done"),
+        sense_data_build: resolve_fn!(c"sense_data_build"),
+        sense_data_build_with_info: resolve_fn!(c"sense_data_build_with_info"),
+        find_mode_page: resolve_fn!(c"find_mode_page"),
+        tgt_event_add: resolve_fn!(c"tgt_event_add"),
+        tgt_event_del: resolve_fn!(c"tgt_event_del"),
+        update_lbppbe: resolve_fn!(c"update_lbppbe"),
+        log_error: resolve_fn!(c"log_error"),
+        log_warning: resolve_fn!(c"log_warning"),
+        log_debug: resolve_fn!(c"log_debug"),
+        nr_iothreads: sym(c"nr_iothreads")?.cast(),
+        is_debug: sym(c"is_debug")?.cast(),
+    })
+}
+
+/// tgtd's functions, resolved on first use.
+pub fn tgtd() -> Result<&'static Tgtd, &'static str> {
+    TGTD.get_or_init(resolve).as_ref().map_err(|e| e.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    // Numbers measured on tgt 1.0.85 headers, gcc 12, x86_64, with tgt's
+    // build flags (-D_GNU_SOURCE -DUSE_SIGNALFD -DUSE_TIMERFD -DUSE_EVENTFD).
+
+    #[test]
+    fn scsi_cmd_layout_matches_tgt() {
+        assert_eq!(size_of::<ScsiCmd>(), 480);
+        assert_eq!(offset_of!(ScsiCmd, dev), 48);
+        assert_eq!(offset_of!(ScsiCmd, state), 56);
+        assert_eq!(offset_of!(ScsiCmd, data_dir), 64);
+        assert_eq!(offset_of!(ScsiCmd, in_sdb), 72);
+        assert_eq!(offset_of!(ScsiCmd, out_sdb), 96);
+        assert_eq!(offset_of!(ScsiCmd, cmd_itn_id), 120);
+        assert_eq!(offset_of!(ScsiCmd, offset), 128);
+        assert_eq!(offset_of!(ScsiCmd, tl), 136);
+        assert_eq!(offset_of!(ScsiCmd, scb), 144);
+        assert_eq!(offset_of!(ScsiCmd, scb_len), 152);
+        assert_eq!(offset_of!(ScsiCmd, tag), 168);
+        assert_eq!(offset_of!(ScsiCmd, result), 176);
+        assert_eq!(offset_of!(ScsiCmd, sense_buffer), 192);
+        assert_eq!(offset_of!(ScsiCmd, sense_len), 444);
+        assert_eq!(offset_of!(ScsiCmd, bs_list), 448);
+    }
+
+    #[test]
+    fn data_buffer_layout_matches_tgt() {
+        assert_eq!(size_of::<ScsiDataBuffer>(), 24);
+        assert_eq!(offset_of!(ScsiDataBuffer, length), 8);
+        assert_eq!(offset_of!(ScsiDataBuffer, transfer_len), 12);
+        assert_eq!(offset_of!(ScsiDataBuffer, resid), 16);
+    }
+
+    #[test]
+    fn scsi_lu_head_layout_matches_tgt() {
+        assert_eq!(offset_of!(ScsiLu, fd), 0);
+        assert_eq!(offset_of!(ScsiLu, size), 16);
+        assert_eq!(offset_of!(ScsiLu, path), 32);
+        assert_eq!(offset_of!(ScsiLu, bsoflags), 40);
+        assert_eq!(offset_of!(ScsiLu, blk_shift), 44);
+    }
+
+    #[test]
+    fn template_layout_matches_tgt() {
+        assert_eq!(size_of::<BackingstoreTemplate>(), 112);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_datasize), 8);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_open), 16);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_close), 24);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_init), 32);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_exit), 40);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_cmd_submit), 48);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_oflags_supported), 56);
+        assert_eq!(offset_of!(BackingstoreTemplate, bs_supported_ops), 64);
+        assert_eq!(offset_of!(BackingstoreTemplate, backingstore_siblings), 96);
+    }
+
+    #[test]
+    fn vpd_and_mode_page_layout_matches_tgt() {
+        assert_eq!(offset_of!(Vpd, vpd_update), 8);
+        assert_eq!(size_of::<ModePg>(), MODE_PG_DATA);
+    }
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# SCSI conformance of a ferry LUN against tgt's own rdwr backing store,
+# with libiscsi's iscsi-test-cu, one test per process under a watchdog.
+#
+#   scripts/conformance.sh OUTDIR [FILTER]
+#
+# Serves three LUNs from one private tgtd (127.0.0.1:$PORT): tgt rdwr on a
+# 1 GiB file, a ferry LUN on an equal file volume, and a ferry LUN whose
+# volume is being migrated (copier rate-limited so the migration lasts the
+# whole run). Writes OUTDIR/{rdwr,ferry,ferry-migrating}.tsv (test, result)
+# with result pass / fail / skip / timeout, and prints the counts.
+# FILTER (a grep -E pattern on test names) runs a subset.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+filter=${2:-.}
+port=${CONFORMANCE_PORT:-3290}
+ctl=$port
+ferry=${FERRY_BIN:-$here/target/release/ferry}
+work=$(mktemp -d /var/tmp/ferry-conformance.XXXXXX)
+export FERRY_RUN_DIR=$work/run
+iqn=iqn.2026-11.org.ferry:conformance
+
+cleanup() {
+  tgtadm -C "$ctl" --op delete --mode system >/dev/null 2>&1 || true
+  sleep 0.5
+  if [ -n "${tgtd_pid:-}" ]; then kill -9 "$tgtd_pid" 2>/dev/null; wait "$tgtd_pid" 2>/dev/null; fi || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+tgtd -f --iscsi portal=127.0.0.1:$port -C "$ctl" >"$out/tgtd.log" 2>&1 &
+tgtd_pid=$!
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+truncate -s 1G "$work/rdwr.img"
+"$ferry" volume create "$work/ferry.img" --size 1G >/dev/null
+"$ferry" volume create "$work/mig-src.img" --size 1G >/dev/null
+# Data everywhere, so the copier has real work for the whole run.
+dd if=/dev/urandom of="$work/mig-src.img" bs=1M count=1024 conv=notrunc status=none
+
+add_lun() { # tid name bstype path
+  tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid "$1" -T "$iqn:$2"
+  tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid "$1" --lun 1 --bstype "$3" --backing-store "$4"
+  tgtadm -C "$ctl" --lld iscsi --op update --mode logicalunit --tid "$1" --lun 1 --params thin_provisioning=1
+  tgtadm -C "$ctl" --lld iscsi --op update --mode target --tid "$1" --name MaxRecvDataSegmentLength --value 262144
+  tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid "$1" -I ALL
+}
+add_lun 1 rdwr rdwr "$work/rdwr.img"
+add_lun 2 ferry ferry "file:$work/ferry.img"
+add_lun 3 ferry-migrating ferry "file:$work/mig-src.img"
+generation=0
+# Keeps the third LUN mid-migration: tests that overwrite the whole LUN
+# (WRITE SAME to the end, UNMAP) finish a copy at once, so before each test
+# a copied migration is committed and a new one started from the result.
+ensure_migrating() {
+  local state
+  state=$("$ferry" migrate status "file:$work/mig-src.img" --json 2>/dev/null | sed -n 's/.*"state": "\(.*\)".*/\1/p' || true)
+  if [ "$state" = "copying" ]; then echo copying; return; fi
+  [ "$state" = "copied" ] && "$ferry" migrate commit "file:$work/mig-src.img" --json >/dev/null
+  generation=$((generation + 1))
+  # Volumes two generations back are stale sources; their data can go
+  # (the forwarding markers stay).
+  rm -f "$work/mig-$((generation - 2)).img"
+  "$ferry" migrate start "file:$work/mig-src.img" "file:$work/mig-$generation.img" \
+    --rate 1M --region-size 1M --json >/dev/null
+  echo started
+}
+
+tests=$(iscsi-test-cu --list | grep -E '^ALL\.[^.]+\.[^.]+$' | grep -E "$filter" || true)
+
+run_one() { # name url -> result
+  local log rc
+  log=$(timeout -k 5 60 iscsi-test-cu --dataloss --test="$1" "$2" 2>&1) && rc=0 || rc=$?
+  if [ "$rc" -ge 124 ]; then echo timeout; return; fi
+  local failed
+  failed=$(printf '%s\n' "$log" | awk '$1=="tests"{print $5}' | head -1)
+  if [ "${failed:-1}" != "0" ]; then echo fail
+  elif printf '%s\n' "$log" | grep -q '\[SKIPPED\]'; then echo skip
+  else echo pass; fi
+}
+
+for target in rdwr ferry ferry-migrating; do
+  : >"$out/$target.tsv"
+done
+for t in $tests; do
+  name=${t#ALL.}
+  tid=1
+  for target in rdwr ferry ferry-migrating; do
+    [ "$target" = ferry-migrating ] && ensure_migrating >/dev/null
+    r=$(run_one "$t" "iscsi://127.0.0.1:$port/$iqn:$target/1")
+    printf '%s\t%s\n' "$name" "$r" >>"$out/$target.tsv"
+    tid=$((tid + 1))
+  done
+done
+
+echo "migrations started and committed under the third LUN during the run: $generation"
+for target in rdwr ferry ferry-migrating; do
+  printf '%-16s' "$target"
+  for r in pass fail skip timeout; do
+    printf ' %s %s' "$(grep -c $'\t'"$r"'$' "$out/$target.tsv" || true)" "$r"
+  done
+  echo
+done
