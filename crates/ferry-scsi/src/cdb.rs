@@ -22,6 +22,7 @@ pub mod op {
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8a;
+    pub const ORWRITE_16: u8 = 0x8b;
     pub const WRITE_VERIFY_16: u8 = 0x8e;
     pub const VERIFY_16: u8 = 0x8f;
     pub const PRE_FETCH_16: u8 = 0x90;
@@ -72,6 +73,12 @@ pub enum Command {
         param_len: u32,
     },
     CompareAndWrite {
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+    },
+    /// ORWRITE(16): OR the data-out buffer into the medium (SBC-3 5.10).
+    OrWrite {
         lba: u64,
         blocks: u64,
         fua: bool,
@@ -231,6 +238,11 @@ pub fn parse(cdb: &[u8]) -> Result<Option<Command>, Sense> {
                 blocks: u64::from(cdb[13]),
                 fua,
             }
+        }
+        op::ORWRITE_16 => {
+            check_no_protect(cdb)?;
+            let (lba, blocks) = lba_len(cdb);
+            Command::OrWrite { lba, blocks, fua }
         }
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
             let (lba, blocks) = lba_len(cdb);
@@ -410,6 +422,22 @@ mod tests {
                 lba: 3,
                 blocks: 1,
                 fua: true
+            }
+        );
+    }
+
+    #[test]
+    fn orwrite_16() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x8b;
+        cdb[9] = 2;
+        cdb[13] = 3;
+        assert_eq!(
+            p(&cdb),
+            Command::OrWrite {
+                lba: 2,
+                blocks: 3,
+                fua: false
             }
         );
     }

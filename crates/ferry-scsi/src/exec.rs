@@ -165,6 +165,25 @@ pub fn execute(
             write(lun, off, len, &data_out[half..2 * half], fua)?;
             Ok(0)
         }
+        Command::OrWrite { lba, blocks, fua } => {
+            let (off, len) = lun.range(lba, blocks)?;
+            if len == 0 {
+                return Ok(0);
+            }
+            if (data_out.len() as u64) < len {
+                return Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
+            }
+            // Read-modify-write; the CAW lock keeps two of these (or a
+            // COMPARE AND WRITE) on one LUN from interleaving.
+            let _g = lun.caw_lock.lock();
+            let mut cur = vec![0u8; len as usize];
+            lun.volume.read_at(&mut cur, off).map_err(read_err)?;
+            for (c, d) in cur.iter_mut().zip(data_out) {
+                *c |= d;
+            }
+            write(lun, off, len, &cur, fua)?;
+            Ok(0)
+        }
         Command::SynchronizeCache { lba, blocks } => {
             // The range only has to be valid; ferry flushes the volume.
             if blocks != 0 || lba != 0 {
@@ -518,6 +537,18 @@ mod tests {
             .unwrap()
             .iter()
             .all(|&b| b == 2));
+    }
+
+    #[test]
+    fn orwrite_ors_into_the_medium() {
+        let f = fixture();
+        run(&f, &write10(1, 1), &[0x0f; 512], 0).unwrap();
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x8b;
+        cdb[9] = 1;
+        cdb[13] = 1;
+        run(&f, &cdb, &[0xf0; 512], 0).unwrap();
+        assert!(run(&f, &read10(1, 1), &[], 512).unwrap().iter().all(|&b| b == 0xff));
     }
 
     #[test]

@@ -1,0 +1,207 @@
+//! Shared harness of the end-to-end tests: a private tgtd serving ferry
+//! LUNs on its own loopback port, the freshly built bs_ferry.so installed
+//! where tgtd loads it, and the project's binaries.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>`, from the test binary's own location.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// A binary built from this workspace (`cargo build --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace` (scripts/test.sh does)", p.display());
+    p
+}
+
+/// Whether the machine has what a test needs; outside CI a missing piece
+/// skips the test, in CI (CI=true) it fails it.
+pub fn require(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{tool} is missing in CI: scripts/setup.sh installs it");
+        eprintln!("skipping: {tool} is not installed");
+    }
+    found
+}
+
+/// Copies the built plugin to where tgtd loads it, atomically (a new
+/// inode), so tgtds already running keep their mapped copy intact.
+pub fn install_plugin() {
+    let built = target_dir().join("libbs_ferry.so");
+    assert!(built.exists(), "{} is not built: run `cargo build --workspace`", built.display());
+    let dir = Path::new("/usr/lib/tgt/backing-store");
+    std::fs::create_dir_all(dir).unwrap();
+    let dest = dir.join("bs_ferry.so");
+    let new = std::fs::read(&built).unwrap();
+    if std::fs::read(&dest).ok().as_deref() == Some(&new[..]) {
+        return;
+    }
+    // tgtd dlopens every file in the directory, so the temporary name
+    // starts with a dot (tgtd skips those).
+    let tmp = dir.join(format!(".bs_ferry.so.{}", std::process::id()));
+    std::fs::write(&tmp, &new).unwrap();
+    std::fs::rename(&tmp, &dest).unwrap();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tgtd of the test's own.
+pub struct Tgtd {
+    pub port: u16,
+    pub run_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Tgtd {
+    /// Starts tgtd on a free loopback port; its control socket for
+    /// `ferry migrate` goes to `run_dir`.
+    pub fn start(run_dir: &Path) -> Tgtd {
+        install_plugin();
+        let port = free_port();
+        let mut t = Tgtd {
+            port,
+            run_dir: run_dir.to_path_buf(),
+            log: run_dir.with_extension(format!("tgtd-{port}.log")),
+            child: None,
+        };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.run_dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new("tgtd")
+            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{}", self.port)])
+            .args(["-C", &self.port.to_string()])
+            .env("FERRY_RUN_DIR", &self.run_dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tgtd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tgtd did not listen on {}: {}", self.port, self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    pub fn tgtadm(&self, args: &[&str]) -> Output {
+        Command::new("tgtadm")
+            .args(["-C", &self.port.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = self.tgtadm(args);
+        assert!(out.status.success(), "tgtadm {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+    }
+
+    pub fn iqn(tid: u32) -> String {
+        format!("iqn.2026-11.org.ferry:test{tid}")
+    }
+
+    /// Creates target `tid` with good defaults (large data segments).
+    pub fn add_target(&self, tid: u32) {
+        let tid_s = tid.to_string();
+        self.ok(&["--op", "new", "--mode", "target", "--tid", &tid_s, "-T", &Self::iqn(tid)]);
+        self.ok(&[
+            "--op", "update", "--mode", "target", "--tid", &tid_s,
+            "--name", "MaxRecvDataSegmentLength", "--value", "262144",
+        ]);
+        self.ok(&["--op", "bind", "--mode", "target", "--tid", &tid_s, "-I", "ALL"]);
+    }
+
+    /// Adds a ferry LUN; returns tgtadm's output (callers check failures).
+    pub fn add_ferry_lun(&self, tid: u32, lun: u32, spec: &str) -> Output {
+        self.tgtadm(&[
+            "--op", "new", "--mode", "logicalunit", "--tid", &tid.to_string(),
+            "--lun", &lun.to_string(), "--bstype", "ferry", "--backing-store", spec,
+        ])
+    }
+
+    pub fn url(&self, tid: u32, lun: u32) -> String {
+        format!("iscsi://127.0.0.1:{}/{}/{lun}", self.port, Self::iqn(tid))
+    }
+
+    /// Whether tgtd is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Crash: SIGKILL, no shutdown of any kind.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts tgtd again on the same port (after `kill9`).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Orderly stop (tgtd ignores SIGTERM).
+    pub fn stop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("tgtadm")
+                .args(["-C", &self.port.to_string(), "--op", "delete", "--mode", "system"])
+                .output();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.kill9();
+        }
+    }
+}
+
+impl Drop for Tgtd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs a command to completion, returning its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running a command")
+}
+
+/// Asserts a command succeeded, showing its stderr otherwise.
+pub fn check(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
