@@ -45,6 +45,21 @@ pub enum Error {
     /// A bad argument, caught before anything was sent.
     #[error("{0}")]
     Invalid(String),
+
+    /// Reading or writing a local file (the load log).
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A load log that doesn't parse.
+    #[error("{path}:{line}: {message}")]
+    Log {
+        path: std::path::PathBuf,
+        line: usize,
+        message: String,
+    },
 }
 
 impl Error {

@@ -189,11 +189,9 @@ impl Designator {
         match self.designator_type {
             Designator::TYPE_NAA => format!("naa.{hex}"),
             Designator::TYPE_EUI64 => format!("eui.{hex}"),
-            _ if self.code_set == 2 || self.code_set == 3 => {
-                String::from_utf8_lossy(&self.value)
-                    .trim_end_matches(['\0', ' '])
-                    .to_string()
-            }
+            _ if self.code_set == 2 || self.code_set == 3 => String::from_utf8_lossy(&self.value)
+                .trim_end_matches(['\0', ' '])
+                .to_string(),
             _ => hex,
         }
     }
