@@ -1,0 +1,290 @@
+//! `ferry-iscsi`: a small iSCSI initiator for ferry's tests, benchmarks and
+//! demos: look at a LUN, fill and check it with a pattern, and run a
+//! verifying load that can be checked again after a target crash.
+//!
+//! ```text
+//! ferry-iscsi info URL [--json]
+//! ferry-iscsi write-pattern  URL --seed S [--offset-blocks N] [--blocks M]
+//! ferry-iscsi verify-pattern URL --seed S [--offset-blocks N] [--blocks M]
+//! ferry-iscsi load URL [--seconds T] [--qd Q] [--block-size 4096] [--read-pct P]
+//!                      [--random] [--fua] [--seed S] [--log FILE]
+//!                      [--offset-blocks N] [--blocks M]
+//! ferry-iscsi load URL --verify-log FILE [--seed S]
+//! ```
+//!
+//! with `URL` = `iscsi://host[:port]/target-iqn/lun` and the global
+//! `--timeout SECS` (login and every command, default 10) and
+//! `--initiator IQN`.
+//!
+//! Exit status: 0 when everything checked out, 1 when data did not match
+//! (the first mismatching LBA is printed), 2 on any other error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use ferry_initiator::{
+    region, run_load, verify_log, ConnectOptions, LoadConfig, Region, Session, DEFAULT_INITIATOR,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-iscsi",
+    version,
+    about = "iSCSI initiator for ferry's tests and benchmarks (libiscsi)"
+)]
+struct Cli {
+    /// Seconds before login or any command gives up.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
+    /// Initiator name to log in with.
+    #[arg(long, global = true, default_value = DEFAULT_INITIATOR)]
+    initiator: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Capacity, block size, serial number and device identifiers.
+    Info {
+        /// iscsi://HOST:PORT/TARGET-IQN/LUN
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write deterministic data (from the seed and each LBA) over a range.
+    WritePattern {
+        url: String,
+        #[command(flatten)]
+        range: RangeArgs,
+    },
+    /// Check a range holds what write-pattern wrote with the same seed.
+    VerifyPattern {
+        url: String,
+        #[command(flatten)]
+        range: RangeArgs,
+    },
+    /// Verifying async load (prints a JSON summary), or --verify-log.
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct RangeArgs {
+    #[arg(long)]
+    seed: u64,
+    /// First block of the range.
+    #[arg(long, default_value_t = 0)]
+    offset_blocks: u64,
+    /// Blocks in the range (default: to the end of the LUN).
+    #[arg(long)]
+    blocks: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    url: String,
+    /// Run time.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Commands in flight.
+    #[arg(long, default_value_t = 1)]
+    qd: usize,
+    /// Bytes per I/O (a multiple of the LUN's block size).
+    #[arg(long, default_value_t = 4096)]
+    block_size: usize,
+    /// Percentage of reads.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    read_pct: u8,
+    /// Random offsets (default: sequential).
+    #[arg(long)]
+    random: bool,
+    /// Writes with FUA.
+    #[arg(long)]
+    fua: bool,
+    /// Seed of the written data [default: 1; for --verify-log, the one in
+    /// the log's header].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Append every acknowledged write to this file (`W <seq> <lba> <blocks>`).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    offset_blocks: u64,
+    #[arg(long)]
+    blocks: Option<u64>,
+    /// Instead of a load: re-read every block named in this log and check
+    /// it holds the last logged write.
+    #[arg(long, conflicts_with = "log")]
+    verify_log: Option<PathBuf>,
+}
+
+/// How a command ended, short of an error.
+enum Verdict {
+    Ok,
+    Mismatch,
+    Failed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Verdict::Ok) => ExitCode::SUCCESS,
+        Ok(Verdict::Mismatch) => ExitCode::from(1),
+        Ok(Verdict::Failed) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("ferry-iscsi: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn connect(cli: &Cli, url: &str) -> Result<Session> {
+    let opts = ConnectOptions {
+        initiator_name: cli.initiator.clone(),
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+    };
+    Ok(Session::connect_with(url, &opts)?)
+}
+
+fn run(cli: Cli) -> Result<Verdict> {
+    match &cli.cmd {
+        Cmd::Info { url, json } => {
+            let mut s = connect(&cli, url)?;
+            let serial = s.inquiry_serial().context("reading the serial number")?;
+            let id = s
+                .inquiry_device_id()
+                .context("reading the device identifiers")?;
+            let (bs, n) = (s.block_size(), s.num_blocks());
+            if *json {
+                let designators: Vec<_> = id
+                    .designators
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "type": d.type_name(),
+                            "association": d.association,
+                            "code_set": d.code_set,
+                            "value": d.display_value(),
+                        })
+                    })
+                    .collect();
+                let out = json!({
+                    "url": url,
+                    "block_size": bs,
+                    "num_blocks": n,
+                    "capacity_bytes": u64::from(bs) * n,
+                    "serial": serial,
+                    "device_id": id.primary(),
+                    "designators": designators,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let bytes = u64::from(bs) * n;
+                println!("url:        {url}");
+                println!("block size: {bs}");
+                println!("blocks:     {n}");
+                println!(
+                    "capacity:   {bytes} bytes ({:.1} MiB)",
+                    bytes as f64 / f64::from(1 << 20)
+                );
+                println!("serial:     {serial}");
+                println!("device id:  {}", id.primary().unwrap_or_else(|| "-".into()));
+                for d in &id.designators {
+                    println!(
+                        "  {:<20} assoc {} {}",
+                        d.type_name(),
+                        d.association,
+                        d.display_value()
+                    );
+                }
+            }
+            Ok(Verdict::Ok)
+        }
+        Cmd::WritePattern { url, range } => {
+            let mut s = connect(&cli, url)?;
+            let r = Region::resolve(&s, range.offset_blocks, range.blocks)?;
+            let bytes = region::write_pattern(&mut s, range.seed, r)?;
+            s.synchronize_cache().context("flushing")?;
+            println!(
+                "wrote {} blocks ({bytes} bytes) from lba {} with seed {}",
+                r.blocks, r.offset_blocks, range.seed
+            );
+            Ok(Verdict::Ok)
+        }
+        Cmd::VerifyPattern { url, range } => {
+            let mut s = connect(&cli, url)?;
+            let r = Region::resolve(&s, range.offset_blocks, range.blocks)?;
+            let check = region::verify_pattern(&mut s, range.seed, r)?;
+            match check.first_mismatch_lba {
+                Some(lba) => {
+                    eprintln!(
+                        "mismatch at lba {lba} ({} of {} blocks differ)",
+                        check.mismatched_blocks, check.checked_blocks
+                    );
+                    Ok(Verdict::Mismatch)
+                }
+                None => {
+                    println!(
+                        "verified {} blocks from lba {} with seed {}",
+                        check.checked_blocks, r.offset_blocks, range.seed
+                    );
+                    Ok(Verdict::Ok)
+                }
+            }
+        }
+        Cmd::Load(a) => {
+            let mut s = connect(&cli, &a.url)?;
+            if let Some(path) = &a.verify_log {
+                let v = verify_log(&mut s, path, a.seed)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                if let Some(lba) = v.first_mismatch_lba {
+                    eprintln!(
+                        "mismatch at lba {lba}: {}",
+                        v.first_mismatch.as_deref().unwrap_or("")
+                    );
+                    return Ok(Verdict::Mismatch);
+                }
+                return Ok(Verdict::Ok);
+            }
+            if !(a.seconds > 0.0 && a.seconds.is_finite()) {
+                anyhow::bail!("--seconds must be positive");
+            }
+            let cfg = LoadConfig {
+                duration: Duration::from_secs_f64(a.seconds),
+                qd: a.qd,
+                io_size: a.block_size,
+                read_pct: a.read_pct,
+                random: a.random,
+                seed: a.seed.unwrap_or(1),
+                fua: a.fua,
+                offset_blocks: a.offset_blocks,
+                blocks: a.blocks,
+                log: a.log.clone(),
+                drain_timeout: Duration::from_secs(cli.timeout.max(1) + 5),
+            };
+            let sum = run_load(&mut s, &cfg)?;
+            println!("{}", serde_json::to_string_pretty(&sum)?);
+            if let Some(lba) = sum.first_mismatch_lba {
+                eprintln!(
+                    "mismatch at lba {lba} ({} mismatching reads)",
+                    sum.mismatches
+                );
+                Ok(Verdict::Mismatch)
+            } else if sum.errors > 0 {
+                eprintln!(
+                    "{} errors, first: {}",
+                    sum.errors,
+                    sum.first_error.as_deref().unwrap_or("?")
+                );
+                Ok(Verdict::Failed)
+            } else {
+                Ok(Verdict::Ok)
+            }
+        }
+    }
+}
