@@ -25,4 +25,10 @@ if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null
 fi
 
 cargo build --release --workspace
-echo "setup: done (binary: target/release/ferry)"
+
+# tgtd loads every file in its backing-store directory; install bs_ferry.so
+# atomically (a new inode), so a running tgtd keeps its mapped copy.
+install -d /usr/lib/tgt/backing-store
+install -m 0755 target/release/libbs_ferry.so /usr/lib/tgt/backing-store/.bs_ferry.so.new
+mv /usr/lib/tgt/backing-store/.bs_ferry.so.new /usr/lib/tgt/backing-store/bs_ferry.so
+echo "setup: done (target/release/ferry, ferry-iscsi; /usr/lib/tgt/backing-store/bs_ferry.so)"

@@ -28,7 +28,7 @@ mod session;
 mod sys;
 
 pub use error::{Error, Result};
-pub use load::{run_load, verify_log, LoadConfig, LoadSummary, VerifySummary};
+pub use load::{read_log, run_load, verify_log, LoadConfig, LoadSummary, VerifySummary};
 pub use region::{verify_pattern, write_pattern, PatternCheck, Region};
 pub use scsi::{Designator, DeviceId, ScsiOutcome, ScsiStatus, Sense};
 pub use session::{Completion, ConnectOptions, Session, DEFAULT_INITIATOR, MAX_TRANSFER};

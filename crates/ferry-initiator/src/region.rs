@@ -79,6 +79,17 @@ pub struct PatternCheck {
 /// Reads `region` back and compares every block with the pattern of
 /// `seed`.
 pub fn verify_pattern(s: &mut Session, seed: u64, region: Region) -> Result<PatternCheck> {
+    verify_pattern_except(s, seed, region, &std::collections::BTreeSet::new())
+}
+
+/// Like [`verify_pattern`], skipping the blocks in `skip` (for example the
+/// blocks a load overwrote since the pattern was written).
+pub fn verify_pattern_except(
+    s: &mut Session,
+    seed: u64,
+    region: Region,
+    skip: &std::collections::BTreeSet<u64>,
+) -> Result<PatternCheck> {
     let bs = s.block_size() as usize;
     let mut want = vec![0; bs];
     let mut check = PatternCheck {
@@ -90,6 +101,9 @@ pub fn verify_pattern(s: &mut Session, seed: u64, region: Region) -> Result<Patt
         let got = s.read(lba, n)?;
         for (i, blk) in got.chunks(bs).enumerate() {
             let at = lba + i as u64;
+            if skip.contains(&at) {
+                continue;
+            }
             pattern::fill_lba(seed, at, &mut want);
             check.checked_blocks += 1;
             if blk != want.as_slice() {

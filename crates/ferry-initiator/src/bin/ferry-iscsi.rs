@@ -10,6 +10,7 @@
 //!                      [--random] [--fua] [--seed S] [--log FILE]
 //!                      [--offset-blocks N] [--blocks M]
 //! ferry-iscsi load URL --verify-log FILE [--seed S]
+//! ferry-iscsi checksum URL
 //! ```
 //!
 //! with `URL` = `iscsi://host[:port]/target-iqn/lun` and the global
@@ -68,7 +69,13 @@ enum Cmd {
         url: String,
         #[command(flatten)]
         range: RangeArgs,
+        /// Skip the blocks a load log says were overwritten since.
+        #[arg(long)]
+        skip_log: Option<PathBuf>,
     },
+    /// SHA-256 of the whole LUN as read over iSCSI (hex), to compare with
+    /// a checksum of the backing file.
+    Checksum { url: String },
     /// Verifying async load (prints a JSON summary), or --verify-log.
     Load(LoadArgs),
 }
@@ -216,10 +223,35 @@ fn run(cli: Cli) -> Result<Verdict> {
             );
             Ok(Verdict::Ok)
         }
-        Cmd::VerifyPattern { url, range } => {
+        Cmd::Checksum { url } => {
+            use sha2::Digest;
+            let mut s = connect(&cli, url)?;
+            let (bs, n) = (u64::from(s.block_size()), s.num_blocks());
+            // 1 MiB reads: few round trips, bounded memory.
+            let step = ((1u64 << 20) / bs).max(1);
+            let mut h = sha2::Sha256::new();
+            let mut lba = 0;
+            while lba < n {
+                let count = step.min(n - lba) as u32; // ≤ 1 MiB / block size
+                h.update(s.read(lba, count)?);
+                lba += u64::from(count);
+            }
+            let digest = h.finalize();
+            println!("{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            Ok(Verdict::Ok)
+        }
+        Cmd::VerifyPattern {
+            url,
+            range,
+            skip_log,
+        } => {
             let mut s = connect(&cli, url)?;
             let r = Region::resolve(&s, range.offset_blocks, range.blocks)?;
-            let check = region::verify_pattern(&mut s, range.seed, r)?;
+            let skip = match skip_log {
+                Some(p) => ferry_initiator::read_log(p)?.last_write.into_keys().collect(),
+                None => std::collections::BTreeSet::new(),
+            };
+            let check = region::verify_pattern_except(&mut s, range.seed, r, &skip)?;
             match check.first_mismatch_lba {
                 Some(lba) => {
                     eprintln!(
