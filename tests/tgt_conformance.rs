@@ -25,7 +25,11 @@ fn ferry_passes_what_tgt_rdwr_passes_idle_and_while_migrating() {
     }
     common::install_plugin();
     let out = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/conformance.sh");
     let run = Command::new("bash")
         .arg(&script)
@@ -48,9 +52,15 @@ fn ferry_passes_what_tgt_rdwr_passes_idle_and_while_migrating() {
                 regressions.push(format!("{target}: {test} is {mine}, tgt rdwr passes it"));
             }
             if recorded.get(test).map(String::as_str) == Some("pass") && mine != "pass" {
-                regressions.push(format!("{target}: {test} is {mine}, the recorded run passed it"));
+                regressions.push(format!(
+                    "{target}: {test} is {mine}, the recorded run passed it"
+                ));
             }
         }
     }
-    assert!(regressions.is_empty(), "conformance regressions:\n{}", regressions.join("\n"));
+    assert!(
+        regressions.is_empty(),
+        "conformance regressions:\n{}",
+        regressions.join("\n")
+    );
 }

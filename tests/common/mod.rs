@@ -20,7 +20,11 @@ pub fn target_dir() -> PathBuf {
 /// A binary built from this workspace (`cargo build --workspace`).
 pub fn bin(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} is not built: run `cargo build --workspace` (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -33,7 +37,10 @@ pub fn require(tool: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{tool} is missing in CI: scripts/setup.sh installs it");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is missing in CI: scripts/setup.sh installs it"
+        );
         eprintln!("skipping: {tool} is not installed");
     }
     found
@@ -43,7 +50,11 @@ pub fn require(tool: &str) -> bool {
 /// inode), so tgtds already running keep their mapped copy intact.
 pub fn install_plugin() {
     let built = target_dir().join("libbs_ferry.so");
-    assert!(built.exists(), "{} is not built: run `cargo build --workspace`", built.display());
+    assert!(
+        built.exists(),
+        "{} is not built: run `cargo build --workspace`",
+        built.display()
+    );
     let dir = Path::new("/usr/lib/tgt/backing-store");
     std::fs::create_dir_all(dir).unwrap();
     let dest = dir.join("bs_ferry.so");
@@ -59,12 +70,18 @@ pub fn install_plugin() {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A tgtd of the test's own.
 pub struct Tgtd {
     pub port: u16,
+    /// tgtd's management channel number (`-C`); it must fit a C short.
+    pub ctl: u16,
     pub run_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -78,6 +95,8 @@ impl Tgtd {
         let port = free_port();
         let mut t = Tgtd {
             port,
+            // 10000-19999: clear of the initiator crate's 20000-29999.
+            ctl: 10000 + port % 10000,
             run_dir: run_dir.to_path_buf(),
             log: run_dir.with_extension(format!("tgtd-{port}.log")),
             child: None,
@@ -88,10 +107,14 @@ impl Tgtd {
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.run_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new("tgtd")
             .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{}", self.port)])
-            .args(["-C", &self.port.to_string()])
+            .args(["-C", &self.ctl.to_string()])
             .env("FERRY_RUN_DIR", &self.run_dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -100,7 +123,12 @@ impl Tgtd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tgtd did not listen on {}: {}", self.port, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "tgtd did not listen on {}: {}",
+                self.port,
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -111,7 +139,7 @@ impl Tgtd {
 
     pub fn tgtadm(&self, args: &[&str]) -> Output {
         Command::new("tgtadm")
-            .args(["-C", &self.port.to_string(), "--lld", "iscsi"])
+            .args(["-C", &self.ctl.to_string(), "--lld", "iscsi"])
             .args(args)
             .output()
             .unwrap()
@@ -119,7 +147,12 @@ impl Tgtd {
 
     fn ok(&self, args: &[&str]) {
         let out = self.tgtadm(args);
-        assert!(out.status.success(), "tgtadm {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+        assert!(
+            out.status.success(),
+            "tgtadm {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
     }
 
     pub fn iqn(tid: u32) -> String {
@@ -129,19 +162,48 @@ impl Tgtd {
     /// Creates target `tid` with good defaults (large data segments).
     pub fn add_target(&self, tid: u32) {
         let tid_s = tid.to_string();
-        self.ok(&["--op", "new", "--mode", "target", "--tid", &tid_s, "-T", &Self::iqn(tid)]);
         self.ok(&[
-            "--op", "update", "--mode", "target", "--tid", &tid_s,
-            "--name", "MaxRecvDataSegmentLength", "--value", "262144",
+            "--op",
+            "new",
+            "--mode",
+            "target",
+            "--tid",
+            &tid_s,
+            "-T",
+            &Self::iqn(tid),
         ]);
-        self.ok(&["--op", "bind", "--mode", "target", "--tid", &tid_s, "-I", "ALL"]);
+        self.ok(&[
+            "--op",
+            "update",
+            "--mode",
+            "target",
+            "--tid",
+            &tid_s,
+            "--name",
+            "MaxRecvDataSegmentLength",
+            "--value",
+            "262144",
+        ]);
+        self.ok(&[
+            "--op", "bind", "--mode", "target", "--tid", &tid_s, "-I", "ALL",
+        ]);
     }
 
     /// Adds a ferry LUN; returns tgtadm's output (callers check failures).
     pub fn add_ferry_lun(&self, tid: u32, lun: u32, spec: &str) -> Output {
         self.tgtadm(&[
-            "--op", "new", "--mode", "logicalunit", "--tid", &tid.to_string(),
-            "--lun", &lun.to_string(), "--bstype", "ferry", "--backing-store", spec,
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            &tid.to_string(),
+            "--lun",
+            &lun.to_string(),
+            "--bstype",
+            "ferry",
+            "--backing-store",
+            spec,
         ])
     }
 
@@ -151,7 +213,9 @@ impl Tgtd {
 
     /// Whether tgtd is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Crash: SIGKILL, no shutdown of any kind.
@@ -168,11 +232,30 @@ impl Tgtd {
         self.spawn();
     }
 
-    /// Orderly stop (tgtd ignores SIGTERM).
+    /// Orderly stop (tgtd ignores SIGTERM, and refuses to stop while a
+    /// target exists): delete the targets, then the system.
     pub fn stop(&mut self) {
         if self.child.is_some() {
+            let show = self.tgtadm(&["--op", "show", "--mode", "target"]);
+            for line in String::from_utf8_lossy(&show.stdout).lines() {
+                if let Some(tid) = line
+                    .strip_prefix("Target ")
+                    .and_then(|l| l.split(':').next())
+                {
+                    self.tgtadm(&[
+                        "--op", "delete", "--mode", "target", "--tid", tid, "--force",
+                    ]);
+                }
+            }
             let _ = Command::new("tgtadm")
-                .args(["-C", &self.port.to_string(), "--op", "delete", "--mode", "system"])
+                .args([
+                    "-C",
+                    &self.ctl.to_string(),
+                    "--op",
+                    "delete",
+                    "--mode",
+                    "system",
+                ])
                 .output();
             let deadline = Instant::now() + Duration::from_secs(5);
             while self.alive() && Instant::now() < deadline {

@@ -1,0 +1,423 @@
+//! ferry LUNs served by a real tgtd (bs_ferry.so) to a real iSCSI
+//! initiator (libiscsi): data integrity through a live migration with
+//! pause/resume, a SIGKILL of tgtd mid-migration and its restart, commit,
+//! another restart; abort; LUN identity throughout; bad input.
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, check, Tgtd};
+use ferry_initiator::{ScsiStatus, Session};
+use serde_json::Value;
+
+/// 128 MiB: 262144 blocks of 512 bytes, in four ranges of 65536 blocks
+/// that the phases of a test load one each, so each phase's log can be
+/// checked on its own at the end.
+const SIZE: &str = "128M";
+const RANGE: u64 = 65536;
+
+fn ferry(t: &Tgtd, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_RUN_DIR", &t.run_dir)
+        .output()
+        .unwrap()
+}
+
+fn ferry_json(t: &Tgtd, args: &[&str]) -> Value {
+    let out = ferry(t, args);
+    serde_json::from_str(&check(&out, &format!("ferry {args:?}"))).unwrap()
+}
+
+fn iscsi(args: &[&str]) -> std::process::Output {
+    Command::new(bin("ferry-iscsi"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Starts a verifying load on range `r` in the background.
+fn load(url: &str, r: u64, seconds: u32, log: &Path) -> Child {
+    Command::new(bin("ferry-iscsi"))
+        .args(["load", url, "--qd", "8", "--read-pct", "50", "--random"])
+        .args(["--seconds", &seconds.to_string(), "--seed", "11"])
+        .args([
+            "--offset-blocks",
+            &(r * RANGE).to_string(),
+            "--blocks",
+            &RANGE.to_string(),
+        ])
+        .arg("--log")
+        .arg(log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn verify_log(url: &str, log: &Path) {
+    let out = iscsi(&["load", url, "--verify-log", log.to_str().unwrap()]);
+    check(&out, &format!("verify-log {}", log.display()));
+}
+
+fn verify_pattern(url: &str, r: u64, log: &Path) {
+    let out = iscsi(&[
+        "verify-pattern",
+        url,
+        "--seed",
+        "7",
+        "--offset-blocks",
+        &(r * RANGE).to_string(),
+        "--blocks",
+        &RANGE.to_string(),
+        "--skip-log",
+        log.to_str().unwrap(),
+    ]);
+    check(&out, "verify-pattern");
+}
+
+fn identity(url: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(&check(&iscsi(&["info", url, "--json"]), "info")).unwrap();
+    (v["serial"].to_string(), v["device_id"].to_string())
+}
+
+fn status(t: &Tgtd, vol: &str) -> Value {
+    ferry_json(t, &["migrate", "status", vol, "--json"])
+}
+
+fn wait_state(t: &Tgtd, vol: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(t, vol);
+        if s["state"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "migration never became {want}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    check(&out, "sha256sum")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn serve(t: &Tgtd, spec: &str) {
+    t.add_target(1);
+    let out = t.add_ferry_lun(1, 1, spec);
+    check(&out, "adding the ferry LUN");
+}
+
+#[test]
+fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("file:{}", dir.path().join("src.img").display());
+    let dst_path = dir.path().join("dst.img");
+    let dst = format!("file:{}", dst_path.display());
+    let logs: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("load{i}.log")))
+        .collect();
+    let mut t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &ferry(&t, &["volume", "create", &src, "--size", SIZE]),
+        "volume create",
+    );
+    serve(&t, &src);
+    let url = t.url(1, 1);
+    check(
+        &iscsi(&["write-pattern", &url, "--seed", "7"]),
+        "write-pattern",
+    );
+    let id0 = identity(&url);
+
+    // Phase 0: migration starts under load; pause and resume mid-way.
+    let p = ferry_json(
+        &t,
+        &[
+            "migrate",
+            "start",
+            &src,
+            &dst,
+            "--rate",
+            "8M",
+            "--region-size",
+            "1M",
+            "--json",
+        ],
+    );
+    assert_eq!(p["state"], "copying");
+    let l0 = load(&url, 0, 3, &logs[0]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        ferry_json(&t, &["migrate", "pause", &src, "--json"])["paused"],
+        true
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ferry_json(&t, &["migrate", "resume", &src, "--json"])["paused"],
+        false
+    );
+    check(&l0.wait_with_output().unwrap(), "load 0");
+    verify_log(&url, &logs[0]);
+
+    // Phase 1: tgtd is killed with SIGKILL under load, mid-migration.
+    let l1 = load(&url, 1, 30, &logs[1]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = status(&t, &src);
+    assert_eq!(before["state"], "copying", "{before}");
+    t.kill9();
+    let out = l1.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the load should see the target die");
+    t.restart();
+    serve(&t, &src); // the same configuration as before the crash
+    let after = status(&t, &src);
+    assert_eq!(after["state"], "copying", "{after}");
+    assert!(
+        after["regions_done"].as_u64() >= before["regions_done"].as_u64(),
+        "{before} -> {after}"
+    );
+    verify_log(&url, &logs[0]);
+    verify_log(&url, &logs[1]);
+    assert_eq!(
+        identity(&url),
+        id0,
+        "the LUN's identity changed across the crash"
+    );
+
+    // Phase 2: the copy finishes under load; commit.
+    let l2 = load(&url, 2, 3, &logs[2]);
+    ferry_json(&t, &["migrate", "rate", &src, "unlimited", "--json"]);
+    check(&l2.wait_with_output().unwrap(), "load 2");
+    wait_state(&t, &src, "copied");
+    assert_eq!(
+        ferry_json(&t, &["migrate", "commit", &src, "--json"])["state"],
+        "committed"
+    );
+    for (i, log) in logs.iter().take(3).enumerate() {
+        verify_log(&url, log);
+        verify_pattern(&url, i as u64, log);
+    }
+    assert_eq!(identity(&url), id0);
+
+    // Phase 3: an orderly restart with the same configuration serves the
+    // committed target; writes continue.
+    t.stop();
+    t.restart();
+    serve(&t, &src);
+    assert_eq!(identity(&url), id0);
+    check(
+        &load(&url, 3, 2, &logs[3]).wait_with_output().unwrap(),
+        "load 3",
+    );
+    for log in &logs {
+        verify_log(&url, log);
+    }
+    let over_iscsi = check(&iscsi(&["checksum", &url]), "checksum")
+        .trim()
+        .to_string();
+    assert_eq!(
+        over_iscsi,
+        sha256_file(&dst_path),
+        "the LUN is not the target file"
+    );
+    let info = ferry_json(&t, &["volume", "info", &src, "--json"]);
+    assert_eq!(info["migrated_to"]["committed"], true);
+}
+
+#[test]
+fn abort_over_iscsi_gives_the_source_every_write_back() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("src.img");
+    let src = format!("file:{}", src_path.display());
+    let dst_path = dir.path().join("dst.img");
+    let dst = format!("file:{}", dst_path.display());
+    let log = dir.path().join("load.log");
+    let t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &ferry(&t, &["volume", "create", &src, "--size", SIZE]),
+        "volume create",
+    );
+    serve(&t, &src);
+    let url = t.url(1, 1);
+    check(
+        &iscsi(&["write-pattern", &url, "--seed", "7"]),
+        "write-pattern",
+    );
+    ferry_json(
+        &t,
+        &[
+            "migrate",
+            "start",
+            &src,
+            &dst,
+            "--rate",
+            "16M",
+            "--region-size",
+            "1M",
+            "--json",
+        ],
+    );
+    let l = load(&url, 1, 4, &log);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Abort while the load runs; I/O continues through the copy-back.
+    assert_eq!(
+        ferry_json(&t, &["migrate", "abort", &src, "--json"])["state"],
+        "aborting"
+    );
+    check(&l.wait_with_output().unwrap(), "load");
+    wait_state(&t, &src, "aborted");
+    verify_log(&url, &log);
+    verify_pattern(&url, 1, &log);
+    assert!(!dst_path.exists(), "the aborted target was not discarded");
+    let over_iscsi = check(&iscsi(&["checksum", &url]), "checksum")
+        .trim()
+        .to_string();
+    assert_eq!(
+        over_iscsi,
+        sha256_file(&src_path),
+        "the source does not hold the LUN's data"
+    );
+}
+
+fn expect_sense(s: &mut Session, cdb: &[u8], out: Option<&[u8]>, key: u8, asc: u8, what: &str) {
+    let r = s
+        .raw_cdb(cdb, out, if out.is_some() { 0 } else { 4096 })
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::CheckCondition, "{what}: {r:?}");
+    let sense = r.sense.unwrap_or_else(|| panic!("{what}: no sense"));
+    assert_eq!((sense.key, sense.asc), (key, asc), "{what}: {sense:?}");
+}
+
+fn expect_good(s: &mut Session, cdb: &[u8], out: Option<&[u8]>, in_len: usize, what: &str) {
+    let r = s.raw_cdb(cdb, out, in_len).unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "{what}: {r:?}");
+}
+
+#[test]
+fn bad_input_gets_errors_or_sense_and_tgtd_survives() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("file:{}", dir.path().join("src.img").display());
+    let mut t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &ferry(&t, &["volume", "create", &src, "--size", "16M"]),
+        "volume create",
+    );
+    t.add_target(1);
+    // Bad backing-store specs and options are refused; tgtd carries on.
+    for spec in ["nbd:volume", "file:/nonexistent/ferry.img", "rbd:"] {
+        let out = t.add_ferry_lun(1, 1, spec);
+        assert!(!out.status.success(), "{spec:?} was accepted");
+    }
+    let out = t.tgtadm(&[
+        "--op",
+        "new",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "1",
+        "--bstype",
+        "ferry",
+        "--backing-store",
+        &src,
+        "--bsopts",
+        "bogus=1",
+    ]);
+    assert!(!out.status.success(), "unknown --bsopts accepted");
+    assert!(t.alive());
+    let log = t.log_text();
+    assert!(log.contains("unknown volume type"), "{log}");
+    assert!(log.contains("No such file"), "{log}");
+    assert!(log.contains("bogus"), "{log}");
+
+    check(&t.add_ferry_lun(1, 1, &src), "a good LUN");
+    let mut s = Session::connect(&t.url(1, 1)).unwrap();
+    let blocks = s.num_blocks();
+    // READ(16) past the end: ILLEGAL REQUEST / LBA OUT OF RANGE.
+    let mut read16 = [0u8; 16];
+    read16[0] = 0x88;
+    read16[2..10].copy_from_slice(&(blocks - 1).to_be_bytes());
+    read16[13] = 2;
+    expect_sense(&mut s, &read16, None, 0x05, 0x21, "READ(16) past the end");
+    // An LBA so large that LBA + length overflows.
+    read16[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+    expect_sense(&mut s, &read16, None, 0x05, 0x21, "READ(16) overflowing");
+    // Zero-length READ and WRITE complete without touching the volume.
+    expect_good(
+        &mut s,
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        None,
+        0,
+        "READ(10) of 0 blocks",
+    );
+    expect_good(
+        &mut s,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        None,
+        0,
+        "WRITE(10) of 0 blocks",
+    );
+    // WRITE SAME(10) with 0 blocks runs to the end of the LUN.
+    let last = (blocks - 4) as u32;
+    let mut ws = [0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    ws[2..6].copy_from_slice(&last.to_be_bytes());
+    expect_good(&mut s, &ws, Some(&[0x5a; 512]), 0, "WRITE SAME to the end");
+    let tail = s.read(blocks - 4, 4).unwrap();
+    assert!(tail.iter().all(|&b| b == 0x5a));
+    // VERIFY(10) with BYTCHK and wrong data: MISCOMPARE.
+    expect_sense(
+        &mut s,
+        &[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 1, 0],
+        Some(&[0xee; 512]),
+        0x0e,
+        0x1d,
+        "VERIFY miscompare",
+    );
+    // UNMAP with a descriptor past the end.
+    let mut list = vec![0u8, 22, 0, 16, 0, 0, 0, 0];
+    list.extend_from_slice(&blocks.to_be_bytes());
+    list.extend_from_slice(&8u32.to_be_bytes());
+    list.extend_from_slice(&[0; 4]);
+    expect_sense(
+        &mut s,
+        &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
+        Some(&list),
+        0x05,
+        0x21,
+        "UNMAP past the end",
+    );
+    // Malformed CDBs: protection fields, a vendor-specific opcode.
+    expect_sense(
+        &mut s,
+        &[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0],
+        None,
+        0x05,
+        0x24,
+        "READ(10) with RDPROTECT",
+    );
+    let r = s.raw_cdb(&[0xc5, 0, 0, 0, 0, 0], None, 0).unwrap();
+    assert_eq!(r.status, ScsiStatus::CheckCondition, "vendor opcode: {r:?}");
+    // And the LUN still works.
+    s.write(0, &[1u8; 4096]).unwrap();
+    assert_eq!(s.read(0, 8).unwrap(), vec![1u8; 4096]);
+    assert!(t.alive(), "tgtd died: {}", t.log_text());
+}
