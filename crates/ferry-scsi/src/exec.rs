@@ -548,7 +548,10 @@ mod tests {
         cdb[9] = 1;
         cdb[13] = 1;
         run(&f, &cdb, &[0xf0; 512], 0).unwrap();
-        assert!(run(&f, &read10(1, 1), &[], 512).unwrap().iter().all(|&b| b == 0xff));
+        assert!(run(&f, &read10(1, 1), &[], 512)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0xff));
     }
 
     #[test]

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# iSCSI speed of a ferry LUN against tgt's own rdwr backing store, in one
+# run on one tgtd, idle and while the ferry LUN is being migrated.
+#
+#   benches/iscsi.sh [SECONDS-PER-RUN]      (default 5; after scripts/setup.sh)
+#
+# Workloads (ferry-iscsi, libiscsi async): 4 KiB random read and write at
+# queue depth 1 and 32, 1 MiB sequential read and write at QD 8. Prints
+# IOPS and the ratios ferry/rdwr (goal >= 1.0) and ferry-migrating /
+# ferry-idle (goal >= 0.8 at the default copier settings: unlimited rate,
+# adaptive back-off). The migrating runs keep a migration in progress:
+# before each run a finished one is committed and another started.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=$here/target/release
+secs=${1:-5}
+port=${BENCH_PORT:-3291}
+work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
+export FERRY_RUN_DIR=$work/run
+iqn=iqn.2026-11.org.ferry:bench
+size=1G
+
+cleanup() {
+  tgtadm -C "$port" --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+  tgtadm -C "$port" --op delete --mode target --tid 2 --force >/dev/null 2>&1 || true
+  tgtadm -C "$port" --op delete --mode system >/dev/null 2>&1 || true
+  sleep 0.5
+  if [ -n "${tgtd_pid:-}" ]; then kill -9 "$tgtd_pid" 2>/dev/null; wait "$tgtd_pid" 2>/dev/null; fi || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+install -m 0755 "$bin/libbs_ferry.so" /usr/lib/tgt/backing-store/.bs_ferry.tmp
+mv /usr/lib/tgt/backing-store/.bs_ferry.tmp /usr/lib/tgt/backing-store/bs_ferry.so
+tgtd -f --iscsi portal=127.0.0.1:$port -C "$port" >"$work/tgtd.log" 2>&1 &
+tgtd_pid=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+# Equal files, fully written, for both stores.
+dd if=/dev/urandom of="$work/rdwr.img" bs=1M count=1024 status=none
+cp "$work/rdwr.img" "$work/ferry.img"
+for tid in 1 2; do
+  name=$([ $tid = 1 ] && echo rdwr || echo ferry)
+  tgtadm -C "$port" --lld iscsi --op new --mode target --tid $tid -T "$iqn:$name"
+  tgtadm -C "$port" --lld iscsi --op update --mode target --tid $tid --name MaxRecvDataSegmentLength --value 262144
+  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid $tid -I ALL
+done
+tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rdwr --backing-store "$work/rdwr.img"
+tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 --bstype ferry --backing-store "file:$work/ferry.img"
+
+gen=0
+ensure_migrating() {
+  local state
+  state=$("$bin/ferry" migrate status "file:$work/ferry.img" --json 2>/dev/null | sed -n 's/.*"state": "\(.*\)".*/\1/p' || true)
+  [ "$state" = copying ] && return
+  [ "$state" = copied ] && "$bin/ferry" migrate commit "file:$work/ferry.img" --json >/dev/null
+  gen=$((gen + 1))
+  rm -f "$work/mig-$((gen - 2)).img"
+  "$bin/ferry" migrate start "file:$work/ferry.img" "file:$work/mig-$gen.img" --json >/dev/null
+}
+ensure_idle() {
+  local state
+  while :; do
+    state=$(state_now)
+    case "$state" in
+      copying) sleep 0.2 ;;
+      copied) "$bin/ferry" migrate commit "file:$work/ferry.img" --json >/dev/null ;;
+      *) return ;;
+    esac
+  done
+}
+state_now() {
+  "$bin/ferry" migrate status "file:$work/ferry.img" --json 2>/dev/null | sed -n 's/.*"state": "\(.*\)".*/\1/p' || true
+}
+
+measure() { # url qd bs readpct random -> iops
+  local args=(load "$1" --seconds "$secs" --qd "$2" --block-size "$3" --read-pct "$4" --seed 3)
+  [ "$5" = random ] && args+=(--random)
+  "$bin/ferry-iscsi" "${args[@]}" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["iops"]))'
+}
+
+printf '%-22s %10s %10s %10s %12s %14s\n' workload rdwr ferry ferry-mig ferry/rdwr mig/idle
+for spec in "4K-randread-qd1 1 4096 100 random" "4K-randread-qd32 32 4096 100 random" \
+            "4K-randwrite-qd1 1 4096 0 random" "4K-randwrite-qd32 32 4096 0 random" \
+            "1M-seqread-qd8 8 1048576 100 seq" "1M-seqwrite-qd8 8 1048576 0 seq"; do
+  set -- $spec
+  # Idle: alternate the two stores twice and keep each one's best, so
+  # page-cache writeback from the previous run hits both alike.
+  ensure_idle
+  rd=0; fe=0
+  for _ in 1 2; do
+    r=$(measure "iscsi://127.0.0.1:$port/$iqn:rdwr/1" "$2" "$3" "$4" "$5"); [ "$r" -gt "$rd" ] && rd=$r
+    f=$(measure "iscsi://127.0.0.1:$port/$iqn:ferry/1" "$2" "$3" "$4" "$5"); [ "$f" -gt "$fe" ] && fe=$f
+  done
+  ensure_migrating
+  mi=$(measure "iscsi://127.0.0.1:$port/$iqn:ferry/1" "$2" "$3" "$4" "$5")
+  note=$([ "$(state_now)" = copying ] && echo "" || echo " (copy finished during the run)")
+  printf '%-22s %10s %10s %10s %12s %14s%s\n' "$1" "$rd" "$fe" "$mi" \
+    "$(python3 -c "print(f'{$fe/$rd:.2f}x')")" "$(python3 -c "print(f'{$mi/$fe:.2f}x')")" "$note"
+done
+echo "(IOPS; $secs s per run; migrations started during the migrating runs: $gen)"
