@@ -109,8 +109,9 @@ start_daemon() {
   fi
   rm -f "$DIR/run/$name.pid"
   # The daemons fork into the background once initialised and write their
-  # pid file themselves (`pid file` in ceph.conf).
-  "ceph-$type" -c "$CONF" -i "$id" >>"$DIR/log/$name.stderr" 2>&1 ||
+  # pid file themselves (`pid file` in ceph.conf). They must not inherit
+  # the lock's descriptor (9), or they would hold the lock for life.
+  "ceph-$type" -c "$CONF" -i "$id" >>"$DIR/log/$name.stderr" 2>&1 9>&- ||
     die "ceph-$type -i $id failed to start (see $DIR/log/$name.log and $name.stderr)"
   local i
   for i in $(seq 1 100); do
@@ -262,11 +263,17 @@ wait_clean() {
 
 # ----- commands ---------------------------------------------------------
 
+# Serialises start and stop on one DIR (tests start the shared cluster from
+# several processes at once).
+lock() {
+  exec 9>"$DIR/.lock"
+  flock -w "${CEPH_LOCK_TIMEOUT:-600}" 9 || die "$DIR/.lock is held by another process"
+}
+
 cmd_start() {
   ensure_packages
   mkdir -p "$DIR"
-  exec 9>"$DIR/.lock"
-  flock 9
+  lock
   local began=$SECONDS all_running=1 name
   if [ -f "$DIR/initialized" ] && [ -f "$CONF" ]; then
     for name in $(daemons); do
@@ -297,30 +304,27 @@ cmd_start() {
 }
 
 cmd_stop_locked() {
-  local name pid pids=() i
+  local name pid i
   [ -d "$DIR/run" ] || {
     say "nothing to stop in $DIR"
     return 0
   }
-  # OSD first, mon last: the OSD can still tell the mon it is going down.
+  # One at a time, OSD first and mon last: the OSD tells the mon it is going
+  # down (with the mon gone it waits 5 s for an answer).
   for name in "osd.$(osd_id)" mgr.x mon.a; do
-    if pid=$(daemon_pid "$name"); then
-      kill -TERM "$pid" 2>/dev/null || true
-      pids+=("$pid")
-      say "stopping $name (pid $pid)"
-    fi
-  done
-  for pid in "${pids[@]}"; do
+    pid=$(daemon_pid "$name") || continue
+    say "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq 1 150); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
-      say "pid $pid ignored SIGTERM for 15s; killing it"
+      say "$name (pid $pid) ignored SIGTERM for 15s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
+    rm -f "$DIR/run/$name.pid"
   done
-  rm -f "$DIR"/run/*.pid
 }
 
 cmd_stop() {
@@ -328,8 +332,7 @@ cmd_stop() {
     say "no cluster in $DIR"
     return 0
   }
-  exec 9>"$DIR/.lock"
-  flock 9
+  lock
   cmd_stop_locked
 }
 

@@ -25,16 +25,27 @@
 //! transitions (commit, abort) take the `legs` lock exclusively, which waits
 //! for every in-flight I/O: each I/O holds it shared from start to end.
 //!
-//! Durability order (the rule the whole design rests on): a region's
-//! migrated bit reaches the index store only after the region's data is
-//! durable on the target (`sync_target` before `mark_migrated`); during
-//! abort, a region's bits are cleared only after its data is durable on the
-//! source. A failed flush fences the volume: no later I/O is acknowledged on
-//! top of data whose durability is unknown.
+//! Durability order (the rule the whole design rests on, see also
+//! `index.rs`):
+//! - a region's migrated bit is set only after its data was written to the
+//!   target, so a reopen after a process crash (same boot: the page cache
+//!   survives) finds both;
+//! - a region is *confirmed* only after a flush of the target that began
+//!   after the region was marked (`checkpoint`: snapshot the bits, flush
+//!   the target, confirm the snapshot, sync the index). After power loss
+//!   only confirmed regions are trusted, so target data is always durable
+//!   before the index entry that routes reads to it. Checkpoints run on
+//!   every flush the initiator asks for and at least every second while
+//!   the copier works;
+//! - during an abort, a region's bits are cleared only after its data is
+//!   durable on the source, and the clear is synced before writers go to
+//!   the source alone.
+//! A failed flush fences the volume: no later I/O is acknowledged on top
+//! of data whose durability is unknown.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
@@ -104,6 +115,7 @@ pub struct MigratingVolume {
     fence_reason: Mutex<Option<String>>,
     /// Foreground operations started; the adaptive copier watches it.
     foreground_ops: AtomicU64,
+    last_checkpoint: Mutex<Instant>,
 }
 
 fn state_code(s: MigrationState) -> u8 {
@@ -334,6 +346,7 @@ impl MigratingVolume {
             fenced: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
             foreground_ops: AtomicU64::new(0),
+            last_checkpoint: Mutex::new(Instant::now()),
         }
     }
 
@@ -424,8 +437,26 @@ impl MigratingVolume {
         runs
     }
 
-    fn sync_target(&self, legs: &Legs) -> Result<()> {
-        self.fenced_flush(|| legs.target().flush())
+    /// Makes everything written so far durable and confirms the migrated
+    /// regions: snapshot the bits, flush the data, then confirm and sync
+    /// the index (the ORDERING rule in the module docs).
+    fn checkpoint(&self, legs: &Legs) -> Result<()> {
+        let snapshot = self.index.snapshot();
+        if self.state() == MigrationState::Aborting {
+            self.fenced_flush(|| legs.source().flush())?;
+        }
+        self.fenced_flush(|| legs.target().flush())?;
+        self.fenced_flush(|| self.index.confirm(snapshot.as_deref()))?;
+        *self.last_checkpoint.lock() = Instant::now();
+        Ok(())
+    }
+
+    /// A checkpoint if the last one is older than [`INDEX_SYNC_INTERVAL`].
+    fn checkpoint_if_due(&self, legs: &Legs) -> Result<()> {
+        if self.last_checkpoint.lock().elapsed() >= INDEX_SYNC_INTERVAL {
+            self.checkpoint(legs)?;
+        }
+        Ok(())
     }
 
     /// Reads `[start,end)` of the source into a buffer and lays `overlay`
@@ -488,9 +519,9 @@ impl MigratingVolume {
             let merged = self.merged_region(legs, start, end, at, data, len)?;
             legs.target().write_at(&merged, start)?;
         }
-        // ORDERING: the region's data must be durable on the target before
-        // its migrated bit can reach the index store.
-        self.sync_target(legs)?;
+        // ORDERING: data on the target first, then the migrated bit; it is
+        // confirmed (trusted after power loss) by the next checkpoint,
+        // which flushes the target before it writes the confirmation.
         self.index.mark_migrated(&[r])
     }
 
@@ -595,11 +626,10 @@ impl MigratingVolume {
         if self.state() != MigrationState::Copying {
             return Ok(());
         }
-        // ORDERING: one flush makes the whole batch durable on the target;
-        // only then may the batch's bits reach the index store.
-        self.sync_target(&legs)?;
+        // ORDERING: the batch's data is written; the bits route reads to
+        // it now and are confirmed by a checkpoint, at least every second.
         self.index.mark_migrated(regions)?;
-        self.index.sync_if_due(INDEX_SYNC_INTERVAL)
+        self.checkpoint_if_due(&legs)
     }
 
     /// Once every region is migrated, records the `copied` state. Returns
@@ -614,8 +644,7 @@ impl MigratingVolume {
         {
             return Ok(false);
         }
-        self.sync_target(&legs)?;
-        self.fenced_flush(|| self.index.sync())?;
+        self.checkpoint(&legs)?;
         self.update_record(|r| r.state = MigrationState::Copied)?;
         self.state
             .store(state_code(MigrationState::Copied), Ordering::Release);
@@ -663,12 +692,11 @@ impl MigratingVolume {
         let _g = self
             .locks
             .lock(regions[0], *regions.last().expect("non-empty"));
-        self.index.clear_migrated(regions)?;
-        // The cleared bits must be durable before the region locks drop:
-        // from then on writers update only the source, and if power failed
-        // with a bit still set on disk, reads would go back to the target's
+        // The cleared bits are synced before the region locks drop: from
+        // then on writers update only the source, and if power failed with
+        // a bit still set on disk, reads would go back to the target's
         // older bytes and change again when the abort finishes.
-        self.fenced_flush(|| self.index.sync())
+        self.fenced_flush(|| self.index.clear_migrated(regions))
     }
 
     /// Ends an abort once no region is left on the target: records the
@@ -711,7 +739,10 @@ impl MigratingVolume {
             }
         }
         // No forward I/O is in flight (we hold the legs lock exclusively),
-        // so every write so far has its written bit set.
+        // so every write so far has its written bit set. Confirm every
+        // migrated region first: during the abort nothing new is marked,
+        // and the copy-back rewrites the confirmed bits from the migrated.
+        self.checkpoint(&_legs)?;
         self.update_record(|r| r.state = MigrationState::Aborting)?;
         self.state
             .store(state_code(MigrationState::Aborting), Ordering::Release);
@@ -743,8 +774,7 @@ impl MigratingVolume {
                 })
             }
         }
-        let target = legs.target.clone().expect("target present when copied");
-        self.fenced_flush(|| target.flush())?;
+        self.checkpoint(&legs)?;
         self.update_record(|r| r.state = MigrationState::Committed)?;
         self.state
             .store(state_code(MigrationState::Committed), Ordering::Release);
@@ -869,15 +899,8 @@ impl Volume for MigratingVolume {
         match self.state() {
             MigrationState::Committed => self.fenced_flush(|| legs.target().flush()),
             MigrationState::Aborted => self.fenced_flush(|| legs.source().flush()),
-            state => {
-                if state == MigrationState::Aborting {
-                    self.fenced_flush(|| legs.source().flush())?;
-                }
-                // Data first, then the index: a written bit must be durable
-                // whenever the write it covers is.
-                self.fenced_flush(|| legs.target().flush())?;
-                self.fenced_flush(|| self.index.sync())
-            }
+            // Data first, then the index (`checkpoint`).
+            _ => self.checkpoint(&legs),
         }
     }
 

@@ -220,6 +220,8 @@ pub struct SimStore {
     record: Mutex<Option<Vec<u8>>>,
     marker: Mutex<Option<SourceMarker>>,
     index: Mutex<Option<Image>>,
+    /// Simulated boot id: a power crash is a reboot.
+    epoch: Mutex<[u8; 16]>,
     destroyed: AtomicBool,
     faults: Arc<Faults>,
 }
@@ -231,16 +233,18 @@ impl SimStore {
             record: Mutex::new(None),
             marker: Mutex::new(None),
             index: Mutex::new(None),
+            epoch: Mutex::new([1; 16]),
             destroyed: AtomicBool::new(false),
             faults,
         })
     }
 
-    /// Simulates power loss on the index.
+    /// Simulates power loss on the index, and the reboot after it.
     pub fn power_crash(&self, rng: &mut impl Rng) {
         if let Some(img) = self.index.lock().as_mut() {
             img.power_crash(rng);
         }
+        rng.fill(&mut self.epoch.lock()[..]);
     }
 
     /// Whether `destroy_volume` was called.
@@ -306,6 +310,9 @@ impl MetaStore for SimStore {
             img.flush();
         }
         Ok(())
+    }
+    fn epoch(&self) -> Option<[u8; 16]> {
+        Some(*self.epoch.lock())
     }
     fn load_source_marker(&self) -> Result<Option<SourceMarker>> {
         Ok(self.marker.lock().clone())

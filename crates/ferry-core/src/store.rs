@@ -77,6 +77,14 @@ pub trait MetaStore: Send + Sync {
     /// Makes every completed `write_index` durable.
     fn sync_index(&self) -> Result<()>;
 
+    /// The generation of the caches that `write_index` and volume writes
+    /// may sit in before a sync: for local files, the host's boot id. A
+    /// different epoch at reopen means those caches were lost (power loss
+    /// or reboot), so only what was confirmed durable can be trusted.
+    /// `None` means every write is durable when it returns (RADOS), so
+    /// nothing is ever lost that way.
+    fn epoch(&self) -> Option<[u8; 16]>;
+
     /// The marker saying this volume is (or was) the source of a migration.
     fn load_source_marker(&self) -> Result<Option<SourceMarker>>;
     /// Writes the marker durably (atomically replacing any old one).

@@ -253,6 +253,27 @@ fn remove_optional(path: &Path) -> Result<()> {
     }
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), as 16 bytes. If it
+/// cannot be read, all-ones: every reopen then looks like the same boot,
+/// which keeps kill -9 safety and is logged, since power-loss detection is
+/// lost.
+fn boot_id() -> [u8; 16] {
+    static ID: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let text = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let hex: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+        let mut id = [0xffu8; 16];
+        if hex.len() == 32 {
+            for (i, b) in id.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0xff);
+            }
+        } else {
+            log::warn!("no boot id; power loss cannot be told from a process crash");
+        }
+        id
+    })
+}
+
 fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
@@ -329,6 +350,12 @@ impl MetaStore for FileMetaStore {
 
     fn sync_index(&self) -> Result<()> {
         self.with_index(|f| f.sync_data(), "fdatasync")
+    }
+
+    /// The host's boot id: index words and volume data written through
+    /// the page cache survive a process crash but not a reboot.
+    fn epoch(&self) -> Option<[u8; 16]> {
+        Some(boot_id())
     }
 
     fn load_source_marker(&self) -> Result<Option<SourceMarker>> {

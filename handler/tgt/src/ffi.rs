@@ -282,6 +282,9 @@ mod tests {
     #[test]
     fn vpd_and_mode_page_layout_matches_tgt() {
         assert_eq!(offset_of!(Vpd, vpd_update), 8);
-        assert_eq!(size_of::<ModePg>(), MODE_PG_DATA);
+        // mode_data[] follows pcode_size directly (offset 20); the Rust
+        // struct's size is padded to 24 like C's, which has the array.
+        assert_eq!(offset_of!(ModePg, pcode), 16);
+        assert_eq!(offset_of!(ModePg, pcode_size) + 2, MODE_PG_DATA);
     }
 }
