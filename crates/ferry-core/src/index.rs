@@ -166,7 +166,9 @@ impl RegionIndex {
         if tail != 0 {
             let mask = !((1u64 << tail) - 1);
             if index.migrated[words - 1].load(Ordering::Relaxed) & mask != 0 {
-                return Err(corrupt("the region index has bits past the last region".into()));
+                return Err(corrupt(
+                    "the region index has bits past the last region".into(),
+                ));
             }
         }
         if caches_lost || stored_epoch != index.epoch {
@@ -183,7 +185,11 @@ impl RegionIndex {
             // before anything relies on it.
             let _p = index.persist.lock();
             for i in 0..words {
-                index.put(Bitmap::Migrated, i, index.migrated[i].load(Ordering::Relaxed))?;
+                index.put(
+                    Bitmap::Migrated,
+                    i,
+                    index.migrated[i].load(Ordering::Relaxed),
+                )?;
                 index.put(Bitmap::Written, i, index.written[i].load(Ordering::Relaxed))?;
             }
             index.store.write_index(0, &index.header())?;
@@ -339,7 +345,11 @@ impl RegionIndex {
             words.sort_unstable();
             words.dedup();
             for w in words {
-                self.put(Bitmap::Confirmed, w, self.migrated[w].load(Ordering::Acquire))?;
+                self.put(
+                    Bitmap::Confirmed,
+                    w,
+                    self.migrated[w].load(Ordering::Acquire),
+                )?;
             }
         }
         self.sync()
@@ -367,7 +377,12 @@ impl RegionIndex {
         if !self.changed.swap(false, Ordering::AcqRel) {
             return None;
         }
-        Some(self.migrated.iter().map(|w| w.load(Ordering::Acquire)).collect())
+        Some(
+            self.migrated
+                .iter()
+                .map(|w| w.load(Ordering::Acquire))
+                .collect(),
+        )
     }
 
     /// Confirms the regions of `snapshot` that are still migrated, then
@@ -384,12 +399,18 @@ impl RegionIndex {
                 }
             }
         }
-        self.sync().inspect_err(|_| self.changed.store(true, Ordering::Release))
+        self.sync()
+            .inspect_err(|_| self.changed.store(true, Ordering::Release))
     }
 
     /// Applies `apply` (which returns the word's new value) to the words of
     /// `regions` and writes the changed words to the store.
-    fn update(&self, regions: &[u64], map: Bitmap, apply: impl Fn(usize, u64) -> u64) -> Result<()> {
+    fn update(
+        &self,
+        regions: &[u64],
+        map: Bitmap,
+        apply: impl Fn(usize, u64) -> u64,
+    ) -> Result<()> {
         let _p = self.persist.lock();
         let mut words: Vec<usize> = Vec::with_capacity(regions.len());
         for &r in regions {

@@ -40,6 +40,7 @@
 //! - during an abort, a region's bits are cleared only after its data is
 //!   durable on the source, and the clear is synced before writers go to
 //!   the source alone.
+//!
 //! A failed flush fences the volume: no later I/O is acknowledged on top
 //! of data whose durability is unknown.
 use std::collections::BTreeMap;

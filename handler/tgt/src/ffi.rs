@@ -188,28 +188,38 @@ fn sym(name: &CStr) -> Result<*mut c_void, String> {
 }
 
 macro_rules! resolve_fn {
-    ($name:literal) => {{
+    ($name:literal, $ty:ty) => {{
         let p = sym($name)?;
         // SAFETY: `p` is the non-null address of the tgtd function named
-        // `$name`, whose C signature is the field's type (declared from
-        // tgt's headers above).
-        unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+        // `$name`, whose C signature is `$ty` (declared from tgt's headers
+        // above).
+        unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
     }};
 }
 
+type RegisterFn = unsafe extern "C" fn(*mut BackingstoreTemplate) -> c_int;
+type IoDoneFn = unsafe extern "C" fn(*mut ScsiCmd, c_int);
+type SenseFn = unsafe extern "C" fn(*mut ScsiCmd, u8, u16);
+type SenseInfoFn = unsafe extern "C" fn(*mut ScsiCmd, u8, u16, u64);
+type FindModePageFn = unsafe extern "C" fn(*mut ScsiLu, u8, u8) -> *mut ModePg;
+type EventAddFn = unsafe extern "C" fn(c_int, c_int, EventHandler, *mut c_void) -> c_int;
+type EventDelFn = unsafe extern "C" fn(c_int);
+type LbppbeFn = unsafe extern "C" fn(*mut ScsiLu, c_int);
+type LogFn = unsafe extern "C" fn(*const c_char, ...);
+
 fn resolve() -> Result<Tgtd, String> {
     Ok(Tgtd {
-        register_backingstore_template: resolve_fn!(c"register_backingstore_template"),
-        target_cmd_io_done: resolve_fn!(c"target_cmd_io_done"),
-        sense_data_build: resolve_fn!(c"sense_data_build"),
-        sense_data_build_with_info: resolve_fn!(c"sense_data_build_with_info"),
-        find_mode_page: resolve_fn!(c"find_mode_page"),
-        tgt_event_add: resolve_fn!(c"tgt_event_add"),
-        tgt_event_del: resolve_fn!(c"tgt_event_del"),
-        update_lbppbe: resolve_fn!(c"update_lbppbe"),
-        log_error: resolve_fn!(c"log_error"),
-        log_warning: resolve_fn!(c"log_warning"),
-        log_debug: resolve_fn!(c"log_debug"),
+        register_backingstore_template: resolve_fn!(c"register_backingstore_template", RegisterFn),
+        target_cmd_io_done: resolve_fn!(c"target_cmd_io_done", IoDoneFn),
+        sense_data_build: resolve_fn!(c"sense_data_build", SenseFn),
+        sense_data_build_with_info: resolve_fn!(c"sense_data_build_with_info", SenseInfoFn),
+        find_mode_page: resolve_fn!(c"find_mode_page", FindModePageFn),
+        tgt_event_add: resolve_fn!(c"tgt_event_add", EventAddFn),
+        tgt_event_del: resolve_fn!(c"tgt_event_del", EventDelFn),
+        update_lbppbe: resolve_fn!(c"update_lbppbe", LbppbeFn),
+        log_error: resolve_fn!(c"log_error", LogFn),
+        log_warning: resolve_fn!(c"log_warning", LogFn),
+        log_debug: resolve_fn!(c"log_debug", LogFn),
         nr_iothreads: sym(c"nr_iothreads")?.cast(),
         is_debug: sym(c"is_debug")?.cast(),
     })

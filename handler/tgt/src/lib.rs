@@ -102,13 +102,15 @@ pub extern "C" fn register_bs_module() {
 /// Options accepted in `--bsopts` (none yet): anything else is refused so
 /// a typo is not silently ignored.
 fn check_bsopts(opts: &str) -> Result<(), String> {
-    for kv in opts.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
-        return Err(format!(
-            "unknown --bsopts option {key:?} (bs_ferry takes none)"
-        ));
+    match opts.split(';').map(str::trim).find(|s| !s.is_empty()) {
+        None => Ok(()),
+        Some(kv) => {
+            let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+            Err(format!(
+                "unknown --bsopts option {key:?} (bs_ferry takes none)"
+            ))
+        }
     }
-    Ok(())
 }
 
 unsafe extern "C" fn bs_init(lu: *mut ScsiLu, bsopts: *mut c_char) -> c_int {

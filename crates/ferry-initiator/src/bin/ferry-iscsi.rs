@@ -237,7 +237,13 @@ fn run(cli: Cli) -> Result<Verdict> {
                 lba += u64::from(count);
             }
             let digest = h.finalize();
-            println!("{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            println!(
+                "{}",
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
             Ok(Verdict::Ok)
         }
         Cmd::VerifyPattern {
@@ -248,7 +254,10 @@ fn run(cli: Cli) -> Result<Verdict> {
             let mut s = connect(&cli, url)?;
             let r = Region::resolve(&s, range.offset_blocks, range.blocks)?;
             let skip = match skip_log {
-                Some(p) => ferry_initiator::read_log(p)?.last_write.into_keys().collect(),
+                Some(p) => ferry_initiator::read_log(p)?
+                    .last_write
+                    .into_keys()
+                    .collect(),
                 None => std::collections::BTreeSet::new(),
             };
             let check = region::verify_pattern_except(&mut s, range.seed, r, &skip)?;
