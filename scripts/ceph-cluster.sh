@@ -109,9 +109,17 @@ start_daemon() {
   fi
   rm -f "$DIR/run/$name.pid"
   # The daemons fork into the background once initialised and write their
-  # pid file themselves (`pid file` in ceph.conf). They must not inherit
-  # the lock's descriptor (9), or they would hold the lock for life.
-  "ceph-$type" -c "$CONF" -i "$id" >>"$DIR/log/$name.stderr" 2>&1 9>&- ||
+  # pid file themselves (`pid file` in ceph.conf). They keep every
+  # descriptor they inherit, so all but stdin/out/err are closed first:
+  # otherwise they would hold our lock (and any lock or pipe of whoever ran
+  # us) for life.
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done 2>/dev/null
+    exec "ceph-$type" -c "$CONF" -i "$id"
+  ) </dev/null >>"$DIR/log/$name.stderr" 2>&1 ||
     die "ceph-$type -i $id failed to start (see $DIR/log/$name.log and $name.stderr)"
   local i
   for i in $(seq 1 100); do
@@ -213,15 +221,19 @@ init_cluster() {
 }
 
 ensure_pools() {
-  local existing pool
-  existing=$(cephc osd pool ls) || die "listing pools failed"
+  local detail pool line
+  detail=$(cephc osd pool ls detail) || die "listing pools failed"
   for pool in "${POOLS[@]}"; do
-    if ! grep -qx -- "$pool" <<<"$existing"; then
+    line=$(grep -F "'$pool' " <<<"$detail" || true)
+    if [ -z "$line" ]; then
       cephc osd pool create "$pool" "$PG_NUM" "$PG_NUM" replicated >/dev/null 2>&1 ||
         die "creating pool $pool failed"
     fi
-    # Idempotent: tags the pool for rbd and creates its directory objects.
-    rbdc pool init "$pool" || die "rbd pool init $pool failed"
+    # Tags the pool for rbd and creates its directory objects; skipped
+    # when done before (it costs most of an "already running" start).
+    if ! grep -q 'application rbd' <<<"$line"; then
+      rbdc pool init "$pool" || die "rbd pool init $pool failed"
+    fi
   done
 }
 

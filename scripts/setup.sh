@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential pkg-config clang libclang-dev   # bindgen for the plugins' FFI
   tgt libiscsi-bin libiscsi-dev                   # tgtd target, libiscsi initiators
+  librbd-dev librados-dev                         # the RBD backend (feature rbd)
+  ceph-mon ceph-osd ceph-mgr ceph-common          # loopback test clusters
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -16,7 +18,7 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null 2>&1; then
@@ -24,7 +26,7 @@ if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null
   cargo install --locked cargo-nextest
 fi
 
-cargo build --release --workspace
+cargo build --release --workspace --all-features
 
 # tgtd loads every file in its backing-store directory; install bs_ferry.so
 # atomically (a new inode), so a running tgtd keeps its mapped copy.

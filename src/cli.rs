@@ -69,7 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Volume(VolumeCmd::Create(a)) => {
             let spec = VolumeSpec::parse(&a.spec)?;
             let size = parse_size(&a.size)?;
-            spec.create(size)
+            spec.create(size, None)
                 .with_context(|| format!("creating {spec}"))?;
             println!("created {spec} ({})", human(size));
             Ok(())

@@ -71,7 +71,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // 1. A source volume with data and holes.
     println!("1. creating {source} ({}) with data", human(size));
     {
-        let (vol, _) = VolumeSpec::parse(&source)?.create(size)?;
+        let (vol, _) = VolumeSpec::parse(&source)?.create(size, None)?;
         for b in 0..size / BLOCK {
             if !initial_is_hole(b) {
                 vol.write_at(&expected(b, 0), b * BLOCK)?;

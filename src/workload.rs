@@ -53,7 +53,7 @@ pub fn run(a: WorkloadArgs) -> Result<()> {
     }
     if let Some(t) = &a.target {
         let tspec = VolumeSpec::parse(t)?;
-        if lun.status().is_none() && !tspec.exists() {
+        if lun.status().is_none() && !tspec.exists()? {
             lun.start_migration(
                 t,
                 &StartOptions {

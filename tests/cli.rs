@@ -50,7 +50,10 @@ fn fails_with(run_dir: &Path, args: &[&str], needle: &str) {
 /// A 4 MiB source with data; returns its spec and contents.
 fn source_with_data(dir: &Path) -> (String, Vec<u8>) {
     let spec = format!("file:{}", dir.join("src.img").display());
-    let (vol, _) = VolumeSpec::parse(&spec).unwrap().create(4 << 20).unwrap();
+    let (vol, _) = VolumeSpec::parse(&spec)
+        .unwrap()
+        .create(4 << 20, None)
+        .unwrap();
     let data = pattern::bytes(9, 4 << 20);
     vol.write_at(&data, 0).unwrap();
     vol.flush().unwrap();

@@ -139,7 +139,10 @@ fn sigkill_mid_migration_many_times_loses_no_acknowledged_write() {
     let target = format!("file:{}", dir.path().join("dst.img").display());
     let mut model = vec![0u8; SIZE as usize];
     {
-        let (vol, _) = VolumeSpec::parse(&source).unwrap().create(SIZE).unwrap();
+        let (vol, _) = VolumeSpec::parse(&source)
+            .unwrap()
+            .create(SIZE, None)
+            .unwrap();
         // Data in three of every four 64 KiB blocks; the rest are holes.
         for b in 0..SIZE / 65536 {
             if b % 4 != 2 {

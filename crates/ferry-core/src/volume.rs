@@ -65,6 +65,12 @@ pub trait Volume: Send + Sync {
         self.write_zeroes(offset, len)
     }
 
+    /// The concrete volume, for a host that needs backend-specific calls
+    /// (creating an RBD target "like" its source). `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Extents within `[offset, offset+len)` that may hold non-zero data, in
     /// order. Bytes outside them are guaranteed to read as zeroes. The
     /// default reports the whole range.

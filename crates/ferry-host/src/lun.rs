@@ -71,8 +71,9 @@ pub fn resolve(spec: &VolumeSpec) -> Result<(Reopened, VolumeSpec)> {
     // A volume migrated several times forwards through each target; the
     // bound only guards against a loop made by hand-edited markers.
     for _ in 0..32 {
-        let store = spec.store();
-        let marker = store.load_source_marker()?;
+        // A temporary: for RBD the store holds an image handle, and a second
+        // handle in this process would look like another client.
+        let marker = spec.store()?.load_source_marker()?;
         let Some(marker) = marker else {
             let (vol, store) = spec.open()?;
             let record = MigratingVolume::load_record(store.as_ref())?;
@@ -92,8 +93,8 @@ pub fn resolve(spec: &VolumeSpec) -> Result<(Reopened, VolumeSpec)> {
             continue;
         }
         let (vol, store) = spec.open()?;
-        let record = if tspec.exists() {
-            MigratingVolume::load_record(tspec.store().as_ref())?
+        let record = if tspec.exists()? {
+            MigratingVolume::load_record(tspec.store()?.as_ref())?
         } else {
             None
         };
@@ -216,8 +217,8 @@ impl Lun {
         }
         let mut current = self.current.write();
         let source = current.clone();
-        let source_store = served.store();
-        if tspec.exists() {
+        let source_store = served.store_of(source.as_ref())?;
+        if tspec.exists()? {
             return Err(Error::BadSpec {
                 spec: tspec.to_string(),
                 why: "the target already exists; ferry creates it, so nothing is overwritten"
@@ -237,7 +238,8 @@ impl Lun {
         if !ferry_core::index::region_size_ok(plan.region_size) {
             return Err(Error::BadRegionSize(plan.region_size));
         }
-        let (tvol, tstore) = tspec.create(source.size())?;
+        served.precheck(source.as_ref(), &tspec)?;
+        let (tvol, tstore) = tspec.create(source.size(), Some(source.as_ref()))?;
         let vol = match MigratingVolume::start(source, source_store, tvol, tstore.clone(), plan) {
             Ok(v) => v,
             Err(e) => {

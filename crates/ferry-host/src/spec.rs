@@ -2,8 +2,8 @@
 //! targetcli `cfgstring` and on the `ferry` command line.
 //!
 //! - `file:/abs/path` or a plain path: a local sparse file (the default);
-//! - `rbd:pool/image[@snap]`: a Ceph RBD image (needs the `rbd` backend,
-//!   which this build reports as missing with a clear error).
+//! - `rbd:pool/image[@snap][?conf=/path/ceph.conf&id=admin&keyring=/path]`:
+//!   a Ceph RBD image (with the `rbd` feature; a build without it says so).
 //!
 //! Specs stored in migration records are always canonical (`file:` plus an
 //! absolute path), so a record can be reopened from any working directory.
@@ -19,6 +19,13 @@ use ferry_file::{Access, FileMetaStore, FileVolume};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeSpec {
     File(PathBuf),
+    #[cfg(feature = "rbd")]
+    Rbd(ferry_rbd::RbdSpec),
+}
+
+#[cfg(feature = "rbd")]
+fn rbd_err<'a>(op: &'static str, what: &'a str) -> impl FnOnce(ferry_rbd::RbdError) -> Error + 'a {
+    move |e| e.into_core(op, what)
 }
 
 impl VolumeSpec {
@@ -37,8 +44,12 @@ impl VolumeSpec {
         if spec_trim.contains('\0') || spec_trim.contains('\n') {
             return Err(bad("the spec contains a NUL or newline"));
         }
-        if let Some(rest) = spec_trim.strip_prefix("rbd:") {
-            let _ = rest;
+        if spec_trim.starts_with("rbd:") {
+            #[cfg(feature = "rbd")]
+            return ferry_rbd::RbdSpec::parse(spec_trim)
+                .map(VolumeSpec::Rbd)
+                .map_err(|e| e.into_core("parse", spec_trim));
+            #[cfg(not(feature = "rbd"))]
             return Err(bad(
                 "this ferry build has no RBD backend (rebuild with --features rbd)",
             ));
@@ -83,32 +94,111 @@ impl VolumeSpec {
                 let store: Arc<dyn MetaStore> = Arc::new(FileMetaStore::new(path));
                 Ok((vol, store))
             }
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => {
+                // One image handle for data and metadata: two handles in
+                // one process would fight over the exclusive lock.
+                let what = s.to_string();
+                let vol = ferry_rbd::RbdVolume::open(s).map_err(rbd_err("open", &what))?;
+                let store: Arc<dyn MetaStore> = Arc::new(vol.meta_store());
+                Ok((Arc::new(vol), store))
+            }
         }
     }
 
-    /// Metadata store of the volume, without opening the volume itself.
-    pub fn store(&self) -> Arc<dyn MetaStore> {
+    /// Metadata store of the volume (for RBD this opens the image).
+    pub fn store(&self) -> Result<Arc<dyn MetaStore>> {
         match self {
-            VolumeSpec::File(path) => Arc::new(FileMetaStore::new(path)),
+            VolumeSpec::File(path) => Ok(Arc::new(FileMetaStore::new(path))),
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => Ok(Arc::new(
+                ferry_rbd::RbdMetaStore::open(s).map_err(rbd_err("open", &s.to_string()))?,
+            )),
         }
     }
 
-    /// Whether the volume exists.
-    pub fn exists(&self) -> bool {
+    /// Metadata store of `vol`, an open volume of this spec: for RBD it
+    /// shares the volume's image handle instead of opening another.
+    pub fn store_of(&self, vol: &dyn Volume) -> Result<Arc<dyn MetaStore>> {
+        let _ = vol;
+        #[cfg(feature = "rbd")]
+        if let Some(rbd) = vol
+            .as_any()
+            .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>())
+        {
+            return Ok(Arc::new(rbd.meta_store()));
+        }
+        self.store()
+    }
+
+    /// Whether the volume exists. Errors (an unreachable cluster) are not
+    /// "no": callers must not conclude a volume is gone when they cannot
+    /// tell.
+    pub fn exists(&self) -> Result<bool> {
         match self {
-            VolumeSpec::File(path) => path.exists(),
+            VolumeSpec::File(path) => Ok(path.exists()),
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => {
+                let what = s.to_string();
+                let cluster = ferry_rbd::Cluster::connect(&s.connect_options())
+                    .map_err(rbd_err("connect", &what))?;
+                let io = cluster
+                    .ioctx(&s.pool)
+                    .map_err(rbd_err("open pool", &what))?;
+                ferry_rbd::image_exists(&io, &s.image).map_err(rbd_err("look up", &what))
+            }
         }
     }
 
     /// Creates a new, empty volume of `size` bytes; refuses an existing one.
-    pub fn create(&self, size: u64) -> Result<Opened> {
+    /// `like` is the source of a migration: an RBD target copies its object
+    /// size, features, striping and image metadata when the source is RBD.
+    pub fn create(&self, size: u64, like: Option<&dyn Volume>) -> Result<Opened> {
         match self {
             VolumeSpec::File(path) => {
+                let _ = like;
                 let vol: Arc<dyn Volume> = Arc::new(FileVolume::create(path, size)?);
                 let store: Arc<dyn MetaStore> = Arc::new(FileMetaStore::new(path));
                 Ok((vol, store))
             }
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => {
+                let what = s.to_string();
+                let like = like
+                    .and_then(|v| v.as_any())
+                    .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>());
+                let vol = ferry_rbd::RbdVolume::create(s, size, like)
+                    .map_err(rbd_err("create", &what))?;
+                if let Some(src) = like {
+                    let n = ferry_rbd::copy_metadata(src, &vol)
+                        .map_err(rbd_err("copy metadata to", &what))?;
+                    log::info!("{what}: copied {n} image metadata keys from {}", src.spec());
+                }
+                let store: Arc<dyn MetaStore> = Arc::new(vol.meta_store());
+                Ok((Arc::new(vol), store))
+            }
         }
+    }
+
+    /// Checks that a migration from `source` (served under this spec) to
+    /// `target` can start: for RBD, the seed's prechecks (no other client,
+    /// target pool present, writable and large enough, no image of that
+    /// name), each with its own message.
+    pub fn precheck(&self, source: &dyn Volume, target: &VolumeSpec) -> Result<()> {
+        let _ = (source, target);
+        #[cfg(feature = "rbd")]
+        if let (Some(src), VolumeSpec::Rbd(t)) = (
+            source
+                .as_any()
+                .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>()),
+            target,
+        ) {
+            let what = t.to_string();
+            ferry_rbd::precheck_migration(src, t)
+                .and_then(|r| r.ensure_ok())
+                .map_err(rbd_err("precheck migration to", &what))?;
+        }
+        Ok(())
     }
 
     /// Identity facts recorded in a target as "original volume info".
@@ -117,6 +207,17 @@ impl VolumeSpec {
         m.insert("spec".to_string(), self.to_string());
         m.insert("size".to_string(), vol.size().to_string());
         match self {
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(_) => {
+                if let Some(Ok(id)) = vol
+                    .as_any()
+                    .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>())
+                    .map(|r| r.identity())
+                {
+                    m.extend(id);
+                }
+                m.insert("backend".to_string(), "rbd".to_string());
+            }
             VolumeSpec::File(path) => {
                 m.insert("backend".to_string(), "file".to_string());
                 if let Ok(meta) = std::fs::metadata(path) {
@@ -154,6 +255,8 @@ impl fmt::Display for VolumeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VolumeSpec::File(p) => write!(f, "file:{}", p.display()),
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => write!(f, "{s}"),
         }
     }
 }
@@ -184,6 +287,7 @@ mod tests {
             ("", "empty"),
             ("nbd:foo", "unknown volume type"),
             ("file:", "needs a path"),
+            #[cfg(not(feature = "rbd"))]
             ("rbd:pool/img", "no RBD backend"),
         ] {
             let err = VolumeSpec::parse(spec).unwrap_err().to_string();
