@@ -1,0 +1,123 @@
+//! RBD LUNs over iSCSI: a tgtd LUN on a Ceph RBD image (loopback cluster,
+//! `CEPH_CONF`) migrated live under a verifying iSCSI load between pools,
+//! across clusters (`CEPH_CONF_B`, when set) and from RBD to a local file,
+//! each migration committed and checked.
+#![cfg(feature = "rbd")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, check, Tgtd};
+use serde_json::Value;
+
+fn ceph_conf(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(c) if Path::new(&c).exists() => Some(c),
+        _ => None,
+    }
+}
+
+fn ferry_json(t: &Tgtd, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_RUN_DIR", &t.run_dir)
+        .output()
+        .unwrap();
+    serde_json::from_str(&check(&out, &format!("ferry {args:?}"))).unwrap()
+}
+
+fn iscsi(args: &[&str]) -> String {
+    let out = Command::new(bin("ferry-iscsi")).args(args).output().unwrap();
+    check(&out, &format!("ferry-iscsi {args:?}"))
+}
+
+/// Blocks each step loads: step `k` owns `[k * STEP, (k + 1) * STEP)`, so
+/// its log and the pattern around it can be checked on their own.
+const STEP: u64 = 16384;
+
+/// Migrates the LUN's volume to `target` under load on step `k`'s blocks,
+/// commits, verifies.
+fn migrate_under_load(t: &Tgtd, lun_spec: &str, target: &str, log: &Path, url: &str, k: u64) {
+    let (first, count) = ((k * STEP).to_string(), STEP.to_string());
+    let load = Command::new(bin("ferry-iscsi"))
+        .args(["load", url, "--seconds", "4", "--qd", "8", "--read-pct", "50", "--random"])
+        .args(["--seed", "5", "--offset-blocks", &first, "--blocks", &count])
+        .arg("--log")
+        .arg(log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let p = ferry_json(t, &["migrate", "start", lun_spec, target, "--rate", "64M", "--json"]);
+    assert_eq!(p["state"], "copying", "{p}");
+    check(&load.wait_with_output().unwrap(), "load");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ferry_json(t, &["migrate", "status", lun_spec, "--json"])["state"] != "copied" {
+        assert!(Instant::now() < deadline, "the copy to {target} did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ferry_json(t, &["migrate", "commit", lun_spec, "--json"])["state"], "committed");
+    iscsi(&["load", url, "--verify-log", log.to_str().unwrap()]);
+    iscsi(&[
+        "verify-pattern", url, "--seed", "9", "--skip-log", log.to_str().unwrap(),
+        "--offset-blocks", &first, "--blocks", &count,
+    ]);
+}
+
+#[test]
+fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let Some(conf) = ceph_conf("CEPH_CONF") else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CEPH_CONF is not set in CI: .ci/run starts the clusters");
+        eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("tgt{}x{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let src = format!("rbd:ferry-a/{name}?conf={conf}");
+    let t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["volume", "create", &src, "--size", "64M"])
+            .output()
+            .unwrap(),
+        "create the RBD image",
+    );
+    t.add_target(1);
+    check(&t.add_ferry_lun(1, 1, &src), "an RBD LUN");
+    let url = t.url(1, 1);
+    // 65536 blocks of 512 bytes: the first 32 MiB get a pattern and a load.
+    iscsi(&["write-pattern", &url, "--seed", "9", "--blocks", "65536"]);
+    let serial = iscsi(&["info", &url, "--json"]);
+
+    // Between pools of one cluster.
+    let pool_b = format!("rbd:ferry-b/{name}?conf={conf}");
+    migrate_under_load(&t, &src, &pool_b, &dir.path().join("l1.log"), &url, 0);
+
+    // Across clusters, when a second one is up.
+    if let Some(conf_b) = ceph_conf("CEPH_CONF_B") {
+        let other = format!("rbd:ferry-a/{name}?conf={conf_b}");
+        migrate_under_load(&t, &src, &other, &dir.path().join("l2.log"), &url, 1);
+    } else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CEPH_CONF_B is not set in CI");
+        eprintln!("skipping the cross-cluster step: CEPH_CONF_B is not set");
+    }
+
+    // And out of Ceph onto a local file; the file then holds the LUN.
+    let file = dir.path().join("final.img");
+    migrate_under_load(&t, &src, &format!("file:{}", file.display()), &dir.path().join("l3.log"), &url, 2);
+    for log in ["l1.log", "l3.log"] {
+        iscsi(&["load", &url, "--verify-log", dir.path().join(log).to_str().unwrap()]);
+    }
+    let over_iscsi = iscsi(&["checksum", &url]).trim().to_string();
+    let out = Command::new("sha256sum").arg(&file).output().unwrap();
+    let on_disk = check(&out, "sha256sum").split_whitespace().next().unwrap().to_string();
+    assert_eq!(over_iscsi, on_disk);
+    assert_eq!(iscsi(&["info", &url, "--json"]), serial, "the LUN's identity changed");
+}
