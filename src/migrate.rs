@@ -33,7 +33,7 @@ pub enum MigrateCmd {
     /// Abort: the source gets every write back and the target is discarded.
     Abort(WaitArgs),
     /// Commit a copied migration: the target stands alone.
-    Commit(VolArgs),
+    Commit(CommitArgs),
     /// Drive a migration that no process serves, in the foreground.
     Run(VolArgs),
 }
@@ -71,6 +71,19 @@ pub struct StartArgs {
 pub struct VolArgs {
     /// The volume (source or target spec).
     pub volume: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CommitArgs {
+    /// The volume (source or target spec).
+    pub volume: String,
+    /// Delete the source volume after the commit (default: keep it
+    /// untouched). An RBD source's forwarding marker goes with it, so
+    /// configure the LUN with the target's spec afterwards.
+    #[arg(long)]
+    pub remove_source: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -179,13 +192,21 @@ pub fn run(cmd: MigrateCmd) -> Result<()> {
                 |l| l.set_adaptive(on),
             )
         }
-        MigrateCmd::Commit(a) => simple(
-            &a,
-            Request::Commit {
+        MigrateCmd::Commit(a) => {
+            let remove = a.remove_source;
+            let v = VolArgs {
                 volume: a.volume.clone(),
-            },
-            |l| l.commit(),
-        ),
+                json: a.json,
+            };
+            simple(
+                &v,
+                Request::Commit {
+                    volume: a.volume,
+                    remove_source: remove,
+                },
+                |l| l.commit_with(remove),
+            )
+        }
         MigrateCmd::Abort(a) => abort(a),
         MigrateCmd::Run(a) => {
             let lun = offline(&a.volume)?;

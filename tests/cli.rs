@@ -248,8 +248,18 @@ fn migration_of_a_served_volume_is_steered_through_the_control_socket() {
         || ok_json(&run, &["migrate", "status", &src, "--json"])["state"] == "copied",
         "the copy to finish",
     );
-    let p = ok_json(&run, &["migrate", "commit", &src, "--json"]);
+    let p = ok_json(
+        &run,
+        &["migrate", "commit", &src, "--remove-source", "--json"],
+    );
     assert_eq!(p["state"], "committed");
     drop(server);
     assert_eq!(contents(&dst), data);
+    // The source is gone; its marker still forwards the LUN's name.
+    assert!(
+        !dir.path().join("src.img").exists(),
+        "--remove-source kept the source"
+    );
+    let info = ok_json(&run, &["volume", "info", &dst, "--json"]);
+    assert_eq!(info["size"], 4 << 20);
 }

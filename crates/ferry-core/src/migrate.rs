@@ -796,6 +796,29 @@ impl MigratingVolume {
     }
 }
 
+impl MigratingVolume {
+    /// After commit, deletes the source volume (the admin's choice: the
+    /// default keeps it untouched). For a file source its marker stays, so
+    /// the LUN's configured name still leads to the target; an RBD
+    /// source's marker goes with the image, so such a LUN must then be
+    /// configured with the target's spec.
+    pub fn remove_source(&self) -> Result<()> {
+        if self.state() != MigrationState::Committed {
+            return Err(Error::WrongState {
+                op: "remove the source",
+                state: self.state().to_string(),
+            });
+        }
+        self.source_store.destroy_volume()?;
+        log::info!(
+            "migration {}: source {} removed",
+            self.record().id,
+            self.record().source
+        );
+        Ok(())
+    }
+}
+
 /// Finishes a committed migration: the source's marker now forwards to
 /// the target (so a LUN configured with the source's name is served from
 /// the target after a restart), and the index goes. Failures are logged,

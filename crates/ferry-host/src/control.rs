@@ -63,6 +63,9 @@ pub enum Request {
     },
     Commit {
         volume: String,
+        /// Delete the source after the commit.
+        #[serde(default)]
+        remove_source: bool,
     },
 }
 
@@ -77,7 +80,7 @@ impl Request {
             | Request::Rate { volume, .. }
             | Request::Adaptive { volume, .. }
             | Request::Abort { volume }
-            | Request::Commit { volume } => Some(volume),
+            | Request::Commit { volume, .. } => Some(volume),
         }
     }
 }
@@ -187,7 +190,9 @@ impl Registry {
             }
             Request::Adaptive { on, .. } => Response::progress(lun.set_adaptive(*on)),
             Request::Abort { .. } => Response::progress(lun.abort()),
-            Request::Commit { .. } => Response::progress(lun.commit()),
+            Request::Commit { remove_source, .. } => {
+                Response::progress(lun.commit_with(*remove_source))
+            }
         }
     }
 }

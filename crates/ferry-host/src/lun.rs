@@ -322,11 +322,19 @@ impl Lun {
 
     /// Commits a fully copied migration.
     pub fn commit(&self) -> Result<Progress> {
+        self.commit_with(false)
+    }
+
+    /// Commits, and with `remove_source` deletes the source afterwards.
+    pub fn commit_with(&self, remove_source: bool) -> Result<Progress> {
         let mut slot = self.migration.lock();
         let m = slot
             .as_ref()
             .ok_or_else(|| Error::NoMigration(self.spec.to_string()))?;
         m.vol.commit()?;
+        if remove_source {
+            m.vol.remove_source()?;
+        }
         let progress = Progress::of(&m.vol, None);
         *self.served.lock() = VolumeSpec::parse(&progress.target)?;
         // The copier has nothing left to do; the volume keeps routing to
