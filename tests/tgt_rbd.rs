@@ -30,7 +30,10 @@ fn ferry_json(t: &Tgtd, args: &[&str]) -> Value {
 }
 
 fn iscsi(args: &[&str]) -> String {
-    let out = Command::new(bin("ferry-iscsi")).args(args).output().unwrap();
+    let out = Command::new(bin("ferry-iscsi"))
+        .args(args)
+        .output()
+        .unwrap();
     check(&out, &format!("ferry-iscsi {args:?}"))
 }
 
@@ -43,7 +46,17 @@ const STEP: u64 = 16384;
 fn migrate_under_load(t: &Tgtd, lun_spec: &str, target: &str, log: &Path, url: &str, k: u64) {
     let (first, count) = ((k * STEP).to_string(), STEP.to_string());
     let load = Command::new(bin("ferry-iscsi"))
-        .args(["load", url, "--seconds", "4", "--qd", "8", "--read-pct", "50", "--random"])
+        .args([
+            "load",
+            url,
+            "--seconds",
+            "4",
+            "--qd",
+            "8",
+            "--read-pct",
+            "50",
+            "--random",
+        ])
         .args(["--seed", "5", "--offset-blocks", &first, "--blocks", &count])
         .arg("--log")
         .arg(log)
@@ -52,19 +65,38 @@ fn migrate_under_load(t: &Tgtd, lun_spec: &str, target: &str, log: &Path, url: &
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let p = ferry_json(t, &["migrate", "start", lun_spec, target, "--rate", "64M", "--json"]);
+    let p = ferry_json(
+        t,
+        &[
+            "migrate", "start", lun_spec, target, "--rate", "64M", "--json",
+        ],
+    );
     assert_eq!(p["state"], "copying", "{p}");
     check(&load.wait_with_output().unwrap(), "load");
     let deadline = Instant::now() + Duration::from_secs(120);
     while ferry_json(t, &["migrate", "status", lun_spec, "--json"])["state"] != "copied" {
-        assert!(Instant::now() < deadline, "the copy to {target} did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "the copy to {target} did not finish"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(ferry_json(t, &["migrate", "commit", lun_spec, "--json"])["state"], "committed");
+    assert_eq!(
+        ferry_json(t, &["migrate", "commit", lun_spec, "--json"])["state"],
+        "committed"
+    );
     iscsi(&["load", url, "--verify-log", log.to_str().unwrap()]);
     iscsi(&[
-        "verify-pattern", url, "--seed", "9", "--skip-log", log.to_str().unwrap(),
-        "--offset-blocks", &first, "--blocks", &count,
+        "verify-pattern",
+        url,
+        "--seed",
+        "9",
+        "--skip-log",
+        log.to_str().unwrap(),
+        "--offset-blocks",
+        &first,
+        "--blocks",
+        &count,
     ]);
 }
 
@@ -74,12 +106,19 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
         return;
     }
     let Some(conf) = ceph_conf("CEPH_CONF") else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CEPH_CONF is not set in CI: .ci/run starts the clusters");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CEPH_CONF is not set in CI: .ci/run starts the clusters"
+        );
         eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("tgt{}x{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let name = format!(
+        "tgt{}x{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
     let src = format!("rbd:ferry-a/{name}?conf={conf}");
     let t = Tgtd::start(&dir.path().join("run"));
     check(
@@ -105,19 +144,42 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
         let other = format!("rbd:ferry-a/{name}?conf={conf_b}");
         migrate_under_load(&t, &src, &other, &dir.path().join("l2.log"), &url, 1);
     } else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CEPH_CONF_B is not set in CI");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CEPH_CONF_B is not set in CI"
+        );
         eprintln!("skipping the cross-cluster step: CEPH_CONF_B is not set");
     }
 
     // And out of Ceph onto a local file; the file then holds the LUN.
     let file = dir.path().join("final.img");
-    migrate_under_load(&t, &src, &format!("file:{}", file.display()), &dir.path().join("l3.log"), &url, 2);
+    migrate_under_load(
+        &t,
+        &src,
+        &format!("file:{}", file.display()),
+        &dir.path().join("l3.log"),
+        &url,
+        2,
+    );
     for log in ["l1.log", "l3.log"] {
-        iscsi(&["load", &url, "--verify-log", dir.path().join(log).to_str().unwrap()]);
+        iscsi(&[
+            "load",
+            &url,
+            "--verify-log",
+            dir.path().join(log).to_str().unwrap(),
+        ]);
     }
     let over_iscsi = iscsi(&["checksum", &url]).trim().to_string();
     let out = Command::new("sha256sum").arg(&file).output().unwrap();
-    let on_disk = check(&out, "sha256sum").split_whitespace().next().unwrap().to_string();
+    let on_disk = check(&out, "sha256sum")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(over_iscsi, on_disk);
-    assert_eq!(iscsi(&["info", &url, "--json"]), serial, "the LUN's identity changed");
+    assert_eq!(
+        iscsi(&["info", &url, "--json"]),
+        serial,
+        "the LUN's identity changed"
+    );
 }
