@@ -371,6 +371,14 @@ impl MigratingVolume {
         self.foreground_ops.load(Ordering::Relaxed)
     }
 
+    /// Records `state` durably, then switches to it. Callers hold the legs
+    /// lock exclusively, so no I/O sees the switch half done.
+    fn enter(&self, state: MigrationState) -> Result<()> {
+        self.update_record(|r| r.state = state)?;
+        self.state.store(state_code(state), Ordering::Release);
+        Ok(())
+    }
+
     /// Updates and durably stores the record.
     pub fn update_record(&self, change: impl FnOnce(&mut MigrationRecord)) -> Result<()> {
         let mut rec = self.record.lock();
@@ -646,9 +654,7 @@ impl MigratingVolume {
             return Ok(false);
         }
         self.checkpoint(&legs)?;
-        self.update_record(|r| r.state = MigrationState::Copied)?;
-        self.state
-            .store(state_code(MigrationState::Copied), Ordering::Release);
+        self.enter(MigrationState::Copied)?;
         log::info!(
             "migration {}: every region is on the target",
             self.record.lock().id
@@ -712,9 +718,7 @@ impl MigratingVolume {
         }
         let source = legs.source.clone().expect("source present while aborting");
         self.fenced_flush(|| source.flush())?;
-        self.update_record(|r| r.state = MigrationState::Aborted)?;
-        self.state
-            .store(state_code(MigrationState::Aborted), Ordering::Release);
+        self.enter(MigrationState::Aborted)?;
         legs.target = None;
         drop(legs);
         let id = self.record.lock().id.clone();
@@ -728,7 +732,7 @@ impl MigratingVolume {
     /// Starts an abort. The copier then copies written regions back; reads
     /// and writes continue throughout.
     pub fn abort(&self) -> Result<()> {
-        let _legs = self.legs.write();
+        let legs = self.legs.write();
         match self.state() {
             MigrationState::Copying | MigrationState::Copied => {}
             MigrationState::Aborting => return Ok(()),
@@ -743,10 +747,8 @@ impl MigratingVolume {
         // so every write so far has its written bit set. Confirm every
         // migrated region first: during the abort nothing new is marked,
         // and the copy-back rewrites the confirmed bits from the migrated.
-        self.checkpoint(&_legs)?;
-        self.update_record(|r| r.state = MigrationState::Aborting)?;
-        self.state
-            .store(state_code(MigrationState::Aborting), Ordering::Release);
+        self.checkpoint(&legs)?;
+        self.enter(MigrationState::Aborting)?;
         log::info!(
             "migration {}: abort started, {} written regions to copy back",
             self.record.lock().id,
@@ -776,9 +778,7 @@ impl MigratingVolume {
             }
         }
         self.checkpoint(&legs)?;
-        self.update_record(|r| r.state = MigrationState::Committed)?;
-        self.state
-            .store(state_code(MigrationState::Committed), Ordering::Release);
+        self.enter(MigrationState::Committed)?;
         legs.source = None;
         drop(legs);
         let rec = self.record();
