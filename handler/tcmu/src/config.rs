@@ -1,0 +1,154 @@
+//! The handler's cfgstring: which ferry volume a backstore serves.
+//!
+//! targetcli (`/backstores/user:ferry create name=lun0 size=1G
+//! cfgstring=/srv/vol0.img`) stores `ferry/<cfgstring>` in the device's
+//! configfs `dev_config`; tcmu-runner hands that whole string, handler
+//! prefix included, to `check_config` (from targetcli's D-Bus check and
+//! again when the device appears) and to `open`. The part after `ferry/`
+//! is a ferry volume spec, optionally followed by tcmu-runner's own
+//! `;tcmur_cmd_time_out=N` option, which tcmu-runner removes before
+//! `open` but not before `check_config`.
+//!
+//! rtslib refuses a `:` anywhere in a cfgstring, so through targetcli a
+//! file volume is named by its plain absolute path, and an RBD image as
+//! `rbd/pool/image[@snap][?options]` (the form tcmu-runner's own rbd
+//! handler uses), which means the spec `rbd:pool/image...`. Specs with a
+//! scheme (`file:/path`, `rbd:...`) work when `dev_config` is written to
+//! configfs directly. Relative paths are refused: they would resolve
+//! against tcmu-runner's working directory.
+#![forbid(unsafe_code)]
+
+use ferry_host::VolumeSpec;
+
+/// The handler's subtype, and the prefix of its cfgstrings.
+pub const SUBTYPE: &str = "ferry";
+
+/// What `targetcli ... help create` shows for the cfgstring.
+pub const CFG_DESC: &str = "A ferry volume: the absolute path of a file volume \
+(made with `ferry volume create /path --size N`), e.g. cfgstring=/srv/vol0.img, \
+or rbd/pool/image for a Ceph RBD image (builds with RBD support). \
+The LUN follows the volume through `ferry migrate` (start, commit, abort) and \
+tcmu-runner restarts; the backstore size must not exceed the volume's.";
+
+/// tcmu-runner's options, which may trail the spec after `;`.
+const RUNNER_OPTIONS: &[&str] = &["tcmur_cmd_time_out"];
+
+/// Parses a cfgstring (`ferry/<spec>[;option=value...]`, or a bare spec)
+/// into the volume spec it names. Errors say what is wrong, for targetcli
+/// to show.
+pub fn parse(cfgstring: &str) -> Result<VolumeSpec, String> {
+    let rest = cfgstring
+        .strip_prefix(SUBTYPE)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(cfgstring);
+    let mut parts = rest.split(';');
+    let spec = parts.next().unwrap_or_default().trim();
+    for opt in parts.map(str::trim).filter(|o| !o.is_empty()) {
+        let key = opt.split_once('=').map_or(opt, |(k, _)| k);
+        if !RUNNER_OPTIONS.contains(&key) {
+            return Err(format!(
+                "unknown option {key:?} in cfgstring {cfgstring:?} (ferry takes none)"
+            ));
+        }
+    }
+    if spec.is_empty() {
+        return Err(format!(
+            "cfgstring {cfgstring:?} names no volume; expected an absolute path such as /srv/vol0.img"
+        ));
+    }
+    // rtslib-friendly spelling of `rbd:` (no colon).
+    let spec = match spec.strip_prefix("rbd/") {
+        Some(rest) => std::borrow::Cow::Owned(format!("rbd:{rest}")),
+        None => std::borrow::Cow::Borrowed(spec),
+    };
+    let spec = spec.as_ref();
+    let path = spec.strip_prefix("file:").unwrap_or(spec);
+    let has_scheme = spec
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.contains('/'));
+    if (!has_scheme || spec.starts_with("file:")) && !path.starts_with('/') {
+        return Err(format!(
+            "volume path {path:?} is relative; give an absolute path (tcmu-runner's working \
+             directory is not yours)"
+        ));
+    }
+    VolumeSpec::parse(spec).map_err(|e| e.to_string())
+}
+
+/// Full check for `check_config`: the cfgstring parses and names a volume
+/// that exists (or a migration's source, which forwards to its target).
+pub fn check(cfgstring: &str) -> Result<VolumeSpec, String> {
+    let spec = parse(cfgstring)?;
+    let marker = spec
+        .store()
+        .and_then(|s| s.load_source_marker())
+        .map_err(|e| e.to_string())?;
+    if !spec.exists().map_err(|e| e.to_string())? && marker.is_none() {
+        return Err(format!(
+            "{spec} does not exist; create it first with `ferry volume create {spec} --size <bytes>`"
+        ));
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_prefix_and_runner_options_are_stripped() {
+        assert_eq!(
+            parse("ferry//srv/v.img").unwrap().to_string(),
+            "file:/srv/v.img"
+        );
+        assert_eq!(
+            parse("ferry//srv/v.img;tcmur_cmd_time_out=30")
+                .unwrap()
+                .to_string(),
+            "file:/srv/v.img"
+        );
+        assert_eq!(
+            parse("ferry/file:/srv/v.img").unwrap().to_string(),
+            "file:/srv/v.img"
+        );
+        assert_eq!(parse("/a/../b").unwrap().to_string(), "file:/b");
+    }
+
+    #[test]
+    fn bad_cfgstrings_say_why() {
+        for (cfg, why) in [
+            ("ferry/", "names no volume"),
+            ("ferry/vol.img", "relative"),
+            ("ferry/file:vol.img", "relative"),
+            ("ferry//v.img;conf=/x", "unknown option \"conf\""),
+            ("ferry/nbd:foo", "unknown volume type"),
+        ] {
+            let err = parse(cfg).unwrap_err();
+            assert!(err.contains(why), "{cfg:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rbd_slash_means_rbd_colon() {
+        let plain = ferry_host::VolumeSpec::parse("rbd:pool/img@s").map(|s| s.to_string());
+        let ours = parse("ferry/rbd/pool/img@s").map(|s| s.to_string());
+        match (plain, ours) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b),
+            (a, b) => panic!("{a:?} vs {b:?}"),
+        }
+    }
+
+    #[test]
+    fn check_wants_an_existing_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.img");
+        let cfg = format!("ferry/{}", path.display());
+        assert!(check(&cfg).unwrap_err().contains("does not exist"));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        assert_eq!(
+            check(&cfg).unwrap().to_string(),
+            format!("file:{}", path.display())
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! The handler's worker threads, shared by all its devices.
+//!
+//! tcmu-runner (with `nr_threads = 0`) calls the I/O callouts on each
+//! device's single command thread; a callout only queues the command here
+//! and returns, and a worker carries it out against the volume and
+//! completes it through tcmu-runner. Commands of one device therefore run
+//! in parallel on all workers, and a slow one (a copy-up, a flush that
+//! checkpoints a migration) holds up nothing else. The workers block all
+//! signals, so tcmu-runner's signal handling stays on its threads.
+#![forbid(unsafe_code)]
+
+use std::sync::OnceLock;
+
+use crossbeam_channel::Sender;
+
+/// A queued command: runs once on a worker and must complete its command
+/// whatever happens (the shim's closures catch their own panics).
+pub type Job = Box<dyn FnOnce() + Send>;
+
+pub struct Pool {
+    jobs: Sender<Job>,
+    workers: usize,
+}
+
+/// Default worker count: enough to keep a few files or an RBD image busy
+/// on a small machine; `FERRY_TCMU_WORKERS` (1 to 64) overrides it.
+const DEFAULT_WORKERS: usize = 8;
+
+static POOL: OnceLock<Result<Pool, String>> = OnceLock::new();
+
+/// The pool, started on first use.
+pub fn pool() -> Result<&'static Pool, &'static str> {
+    POOL.get_or_init(start).as_ref().map_err(|e| e.as_str())
+}
+
+fn worker_count(var: Option<&str>) -> usize {
+    var.and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(DEFAULT_WORKERS, |n| n.clamp(1, 64))
+}
+
+fn start() -> Result<Pool, String> {
+    let workers = worker_count(std::env::var("FERRY_TCMU_WORKERS").ok().as_deref());
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    for i in 0..workers {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("ferry-tcmu-{i}"))
+            .spawn(move || {
+                crate::ffi::block_signals();
+                while let Ok(job) = rx.recv() {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        log::error!("a queued command panicked outside its own boundary");
+                    }
+                }
+            })
+            .map_err(|e| format!("spawning worker {i}: {e}"))?;
+    }
+    log::info!("{workers} I/O workers started");
+    Ok(Pool { jobs: tx, workers })
+}
+
+impl Pool {
+    /// Queues `job`; gives it back if the pool cannot take it.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.jobs.send(job).map_err(|e| e.into_inner())
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_count_is_bounded() {
+        assert_eq!(worker_count(None), DEFAULT_WORKERS);
+        assert_eq!(worker_count(Some("0")), 1);
+        assert_eq!(worker_count(Some("100")), 64);
+        assert_eq!(worker_count(Some(" 3 ")), 3);
+        assert_eq!(worker_count(Some("x")), DEFAULT_WORKERS);
+    }
+
+    #[test]
+    fn jobs_run_on_workers() {
+        let p = pool().unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        p.submit(Box::new(move || {
+            tx.send(std::thread::current().name().map(str::to_string))
+                .unwrap();
+        }))
+        .map_err(|_| "rejected")
+        .unwrap();
+        let name = rx.recv().unwrap().unwrap();
+        assert!(name.starts_with("ferry-tcmu-"), "{name}");
+        // A panicking job does not take its worker down.
+        for _ in 0..p.workers() {
+            p.submit(Box::new(|| panic!("boom")))
+                .map_err(|_| "rejected")
+                .unwrap();
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        p.submit(Box::new(move || tx.send(()).unwrap()))
+            .map_err(|_| "rejected")
+            .unwrap();
+        rx.recv().unwrap();
+    }
+}

@@ -1,0 +1,279 @@
+#!/bin/bash
+# Guest side of tests/guest_tcmu.rs: serves a ferry volume through LIO
+# (tcmu-runner with handler_ferry.so, configured with targetcli), logs in
+# with open-iscsi over loopback, and migrates the volume live under a
+# verifying fio load.
+#
+# Runs as root in the test guest (scripts/guest/run-guest.sh), with the
+# share at /share holding this script, libhandler_ferry.so and ferry.
+# Reports through /share/result ("ok" or "FAIL: why"); /share/guest.log
+# has the timed steps, the tcmu-runner log and fio output are copied
+# beside it.
+#
+# Checks, in order:
+#  - tcmu-runner loads the handler and exports the ferry subtype on D-Bus;
+#  - targetcli refuses a relative cfgstring and a missing volume, with the
+#    handler's reason; accepts the volume (user:ferry backstore, 256 MiB)
+#  - the iSCSI login shows a 256 MiB LIO-ORG disk;
+#  - during the migration (rate-limited, started under load): fio random
+#    writes verify (crc32c), the range filled before it re-verifies three
+#    times, tcmu-runner is SIGKILLed mid-copy and restarted (the backstore
+#    reopens, the migration resumes, fio sees no error), WRITE SAME,
+#    COMPARE AND WRITE (match, and MISCOMPARE for a stale compare) and
+#    UNMAP (reads back zeroes) work;
+#  - the migration reaches "copied" and commits; the source forwards;
+#  - tcmu-runner is SIGKILLed and restarted again: the backstore, still
+#    configured with the source, now serves the target;
+#  - fio verify-only passes over both fio ranges, and the whole LUN read
+#    over iSCSI equals the target file.
+#
+# Disk layout of the 256 MiB LUN (fio regions do not overlap, so each
+# verifies on its own):
+#   [0, 96M)     written sequentially before the migration; re-read and
+#                verified during it (reads routed to source or target),
+#                and after the commit
+#   [96M, 224M)  random writes of 4-64 KiB with crc32c headers during the
+#                migration (copy-ups of unmigrated regions), verified when
+#                written and again after the commit
+#   [224M, 256M) WRITE SAME, COMPARE AND WRITE and UNMAP with sg3-utils
+set -uo pipefail
+
+S=/share
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+VOL=/var/lib/ferry/src.img
+DST=/var/lib/ferry/dst.img
+IQN=iqn.2026-11.org.ferry:guest
+MiB=$((1024 * 1024))
+
+# Seconds since boot, and since an earlier reading of it.
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+log() { printf '[%7s] %s\n' "$(now)" "$*" | tee -a "$S/guest.log"; }
+collect() {
+  cp /var/log/tcmu-runner.log "$S/tcmu-runner.log" 2>/dev/null || true
+  dmesg >"$S/dmesg.log" 2>/dev/null || true
+}
+fail() {
+  log "FAIL: $*"
+  echo "FAIL: $*" >"$S/result"
+  collect
+  exit 1
+}
+# Runs a step and fails the test when it fails, with its output logged.
+must() {
+  local out
+  if ! out=$("$@" 2>&1); then
+    echo "$out" >>"$S/guest.log"
+    fail "$*"
+  fi
+  [ -n "$out" ] && echo "$out" >>"$S/guest.log"
+  return 0
+}
+
+: >"$S/guest.log"
+log "guest up (kernel $(uname -r))"
+
+# --- kernel and services -------------------------------------------------
+for m in configfs target_core_mod target_core_user uio iscsi_target_mod \
+  scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod; do
+  modprobe "$m" || fail "modprobe $m"
+done
+mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config ||
+  fail "mounting configfs"
+ip link set lo up
+mkdir -p /run/dbus /run/lock/iscsi /var/lib/ferry /var/log /etc/iscsi
+dbus-daemon --system --fork || fail "dbus-daemon"
+
+handler_dir=$(dpkg -L tcmu-runner | sed -n 's|/handler_[^/]*\.so$||p' | head -n1)
+[ -d "$handler_dir" ] || fail "no tcmu-runner handler directory"
+install -m 0755 "$S/libhandler_ferry.so" "$handler_dir/handler_ferry.so"
+install -m 0755 "$S/ferry" /usr/local/bin/ferry
+log "handler installed in $handler_dir"
+
+must ferry volume create "$VOL" --size 256M
+
+runner_pid=
+start_runner() {
+  tcmu-runner >>"$S/tcmu-runner.out" 2>&1 &
+  runner_pid=$!
+  local i
+  for i in $(seq 1 120); do
+    if dbus-send --system --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+      org.freedesktop.DBus.ListNames 2>/dev/null | grep -q org.kernel.TCMUService1; then
+      return 0
+    fi
+    kill -0 "$runner_pid" 2>/dev/null || fail "tcmu-runner exited: $(tail -n 5 "$S/tcmu-runner.out")"
+    sleep 0.25
+  done
+  fail "tcmu-runner did not register on D-Bus"
+}
+start_runner
+desc=$(dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1/ferry \
+  org.freedesktop.DBus.Properties.Get string:org.kernel.TCMUService1 string:ConfigDesc 2>&1)
+echo "$desc" | grep -q "A ferry volume" ||
+  fail "handler_ferry did not register: $desc $(grep -i ferry /var/log/tcmu-runner.log | tail -n 3)"
+log "tcmu-runner $runner_pid up, handler registered"
+
+# --- LIO configuration through targetcli ----------------------------------
+# A bad cfgstring is refused with the handler's reason (D-Bus CheckConfig).
+if out=$(targetcli /backstores/user:ferry create name=bad size=256M cfgstring=relative.img 2>&1); then
+  fail "a relative cfgstring was accepted"
+fi
+echo "$out" | grep -q "relative" || fail "no reason for a bad cfgstring: $out"
+if out=$(targetcli /backstores/user:ferry create name=bad size=256M cfgstring=/var/lib/ferry/none.img 2>&1); then
+  fail "a missing volume was accepted"
+fi
+echo "$out" | grep -q "does not exist" || fail "no reason for a missing volume: $out"
+log "bad cfgstrings refused with reasons"
+
+t=$(now)
+must targetcli /backstores/user:ferry create name=lun0 size=256M cfgstring="$VOL"
+must targetcli /iscsi create "$IQN"
+must targetcli "/iscsi/$IQN/tpg1/luns" create /backstores/user:ferry/lun0
+must targetcli "/iscsi/$IQN/tpg1" set attribute authentication=0 demo_mode_write_protect=0 \
+  generate_node_acls=1 cache_dynamic_acls=1
+log "LIO configured with targetcli ($(since "$t") s)"
+core=$(ls -d /sys/kernel/config/target/core/user_*/lun0 | head -n1)
+log "pgr_support=$(cat "$core/attrib/pgr_support" 2>/dev/null) alua_support=$(cat "$core/attrib/alua_support" 2>/dev/null) hw_max_sectors=$(cat "$core/attrib/hw_max_sectors") emulate_write_cache=$(cat "$core/attrib/emulate_write_cache" 2>/dev/null)"
+
+# --- initiator ------------------------------------------------------------
+echo "InitiatorName=iqn.2026-11.org.ferry:initiator" >/etc/iscsi/initiatorname.iscsi
+iscsid || fail "iscsid"
+must iscsiadm -m discovery -t st -p 127.0.0.1:3260
+must iscsiadm -m node -T "$IQN" -p 127.0.0.1:3260 --login
+DEV=
+for i in $(seq 1 100); do
+  for d in /sys/block/sd*; do
+    [ -e "$d/device/vendor" ] || continue
+    if grep -q LIO-ORG "$d/device/vendor"; then DEV=/dev/$(basename "$d"); fi
+  done
+  [ -n "$DEV" ] && [ -b "$DEV" ] && break
+  sleep 0.1
+done
+[ -n "$DEV" ] || fail "no LIO-ORG disk after login"
+size=$(blockdev --getsize64 "$DEV")
+[ "$size" = $((256 * MiB)) ] || fail "$DEV is $size bytes, not 256 MiB"
+log "logged in: $DEV ($(cat /sys/block/${DEV#/dev/}/device/model | tr -s ' '), $size bytes)"
+sg_vpd -p lbpv "$DEV" >>"$S/guest.log" 2>&1 || true
+
+fio_common=(--filename="$DEV" --direct=1 --ioengine=libaio --verify=crc32c --verify_fatal=1
+  --randrepeat=1 --group_reporting)
+fill=(--name=fill "${fio_common[@]}" --rw=write --bs=1M --iodepth=4 --offset=0 --size=96M)
+rand=(--name=rand "${fio_common[@]}" --rw=randwrite --bsrange=4k-64k --iodepth=16
+  --offset=96M --size=128M --io_size=48M)
+
+t=$(now)
+fio "${fill[@]}" --do_verify=0 >"$S/fio-fill.log" 2>&1 || fail "fio fill: $(tail -n 5 "$S/fio-fill.log")"
+log "filled [0, 96M) ($(since "$t") s)"
+
+# --- live migration under load -------------------------------------------
+t=$(now)
+fio "${rand[@]}" --do_verify=1 >"$S/fio-rand.log" 2>&1 &
+fio_rand=$!
+(
+  # Re-read and verify the filled part over and over while migrating.
+  for pass in 1 2 3; do
+    fio "${fill[@]}" --verify_only --iodepth=8 >>"$S/fio-reread.log" 2>&1 || exit 1
+  done
+) &
+fio_reread=$!
+sleep 2
+# Rate-limited so the copy spans the load (and the restart below).
+must ferry migrate start "$VOL" "$DST" --rate 5M
+log "migration started: $VOL -> $DST"
+
+state() { ferry migrate status "$VOL" --json 2>/dev/null | sed -n 's/.*"state": "\([a-z]*\)".*/\1/p'; }
+done_bytes() { ferry migrate status "$VOL" --json 2>/dev/null | sed -n 's/.*"bytes_done": \([0-9]*\).*/\1/p'; }
+
+# Kill tcmu-runner a quarter into the copy of the filled regions (the
+# copier takes regions in order; holes are marked without copying), with
+# fio running: at 5 MiB/s over ten seconds of copying remain, so a slow
+# guest still kills mid-copy.
+for i in $(seq 1 200); do
+  b=$(done_bytes)
+  [ -n "$b" ] && [ "$b" -ge $((24 * MiB)) ] && break
+  sleep 0.25
+done
+[ "$(state)" = copying ] || fail "the copy ended before the restart could test anything ($(state))"
+log "killing tcmu-runner at $(done_bytes) bytes copied (fio running)"
+kill -9 "$runner_pid"
+wait "$runner_pid" 2>/dev/null
+sleep 1
+t_restart=$(now)
+start_runner
+for i in $(seq 1 120); do
+  [ -n "$(state)" ] && break
+  sleep 0.25
+done
+[ -n "$(state)" ] || fail "the restarted tcmu-runner does not serve $VOL"
+log "tcmu-runner restarted as $runner_pid, serving again in $(since "$t_restart") s; migration $(state) at $(done_bytes) bytes"
+
+# Block commands tcmu-runner hands to the handler's WRITE SAME, COMPARE
+# AND WRITE and UNMAP callouts, while the migration runs.
+lba0=$((224 * MiB / 512))
+head -c 512 /dev/zero | tr '\0' '\253' >/tmp/ws.bin
+must sg_write_same --lba=$lba0 --num=64 --in=/tmp/ws.bin "$DEV"
+dd if="$DEV" iflag=direct bs=32k count=1 skip=$((224 * MiB / 32768)) 2>/dev/null | cmp -s - <(head -c 32768 /dev/zero | tr '\0' '\253') ||
+  fail "WRITE SAME data did not read back"
+{ head -c 512 /dev/zero | tr '\0' '\253'; head -c 512 /dev/zero | tr '\0' '\315'; } >/tmp/caw.bin
+must sg_compare_and_write --lba=$lba0 --num=1 --inc=/tmp/caw.bin "$DEV"
+if sg_compare_and_write --lba=$lba0 --num=1 --inc=/tmp/caw.bin "$DEV" >/tmp/caw2.out 2>&1; then
+  fail "COMPARE AND WRITE with a stale compare half succeeded"
+fi
+grep -qi miscompare /tmp/caw2.out || fail "no MISCOMPARE: $(cat /tmp/caw2.out)"
+dd if="$DEV" iflag=direct bs=512 count=1 skip=$lba0 2>/dev/null | cmp -s - <(head -c 512 /dev/zero | tr '\0' '\315') ||
+  fail "COMPARE AND WRITE data did not read back"
+must blkdiscard -o $((228 * MiB)) -l $((4 * MiB)) "$DEV"
+dd if="$DEV" iflag=direct bs=1M count=4 skip=228 2>/dev/null | cmp -s - <(head -c $((4 * MiB)) /dev/zero) ||
+  fail "discarded range does not read back as zeroes"
+log "WRITE SAME, COMPARE AND WRITE (match and MISCOMPARE) and UNMAP checked"
+
+wait "$fio_rand" || fail "fio random writes with verify: $(grep -E 'err=|verify|bad' "$S/fio-rand.log" | head -n 5)"
+log "random writes + verify done ($(since "$t") s): $(grep -E '^ +write:' "$S/fio-rand.log" | head -n1 | sed 's/^ *//')"
+wait "$fio_reread" || fail "re-reading the filled range: $(grep -E 'err=|verify|bad' "$S/fio-reread.log" | head -n 5)"
+log "filled range re-verified 3 times during the migration"
+
+for i in $(seq 1 600); do
+  [ "$(state)" = copied ] && break
+  sleep 0.25
+done
+[ "$(state)" = copied ] || fail "migration not copied: $(ferry migrate status "$VOL" 2>&1)"
+log "migration copied ($(since "$t") s after the load started)"
+must ferry migrate commit "$VOL"
+ferry volume info "$VOL" --json | grep -q '"committed": true' ||
+  fail "the source does not forward to the committed target: $(ferry volume info "$VOL" 2>&1)"
+log "committed"
+
+# --- after the commit -----------------------------------------------------
+# The backstore still names the source; reopened, it serves the target.
+opens=$(grep -c "src.img: open," /var/log/tcmu-runner.log)
+kill -9 "$runner_pid"
+wait "$runner_pid" 2>/dev/null
+t_restart=$(now)
+start_runner
+for i in $(seq 1 120); do
+  [ "$(grep -c "src.img: open," /var/log/tcmu-runner.log)" -gt "$opens" ] && break
+  sleep 0.25
+done
+[ "$(grep -c "src.img: open," /var/log/tcmu-runner.log)" -gt "$opens" ] ||
+  fail "the restarted tcmu-runner did not reopen the backstore"
+# The checks below read the LUN through the new tcmu-runner: the source
+# never saw the writes made during the migration, so they pass only if
+# the reopened backstore serves the target.
+log "tcmu-runner restarted after the commit: $(grep "src.img: serving" /var/log/tcmu-runner.log | tail -n1 | sed 's/.*ferry: //') ($(since "$t_restart") s)"
+fio "${fill[@]}" --verify_only >"$S/fio-fill-verify.log" 2>&1 ||
+  fail "verify of the filled range after commit: $(grep -E 'err=|verify|bad' "$S/fio-fill-verify.log" | head -n 5)"
+fio "${rand[@]}" --verify_only >"$S/fio-rand-verify.log" 2>&1 ||
+  fail "verify of the random writes after commit: $(grep -E 'err=|verify|bad' "$S/fio-rand-verify.log" | head -n 5)"
+log "fio verify-only passes over both ranges after the commit"
+sync
+t=$(now)
+diff=$(dd if="$DEV" iflag=direct bs=4M 2>/dev/null | cmp - "$DST" 2>&1) ||
+  fail "the LUN differs from the target volume: $diff"
+log "the whole LUN, read over iSCSI, equals the target volume file ($(since "$t") s)"
+
+must iscsiadm -m node -T "$IQN" -p 127.0.0.1:3260 --logout
+collect
+grep -E "ferry" /var/log/tcmu-runner.log | tail -n 20 >>"$S/guest.log"
+log "all checks passed"
+echo ok >"$S/result"
