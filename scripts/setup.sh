@@ -9,6 +9,7 @@ packages=(
   tgt libiscsi-bin libiscsi-dev                   # tgtd target, libiscsi initiators
   librbd-dev librados-dev                         # the RBD backend (feature rbd)
   ceph-mon ceph-osd ceph-mgr ceph-common          # loopback test clusters
+  qemu-system-x86 debootstrap                     # the LIO/tcmu-runner guest tests
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -33,4 +34,12 @@ cargo build --release --workspace --all-features
 install -d /usr/lib/tgt/backing-store
 install -m 0755 target/release/libbs_ferry.so /usr/lib/tgt/backing-store/.bs_ferry.so.new
 mv /usr/lib/tgt/backing-store/.bs_ferry.so.new /usr/lib/tgt/backing-store/bs_ferry.so
+# tcmu-runner loads handler_*.so from its handler directory (only where
+# tcmu-runner is installed; on this project's machines it runs in the
+# guest VM of the tests).
+tcmu_dir=/usr/lib/x86_64-linux-gnu/tcmu-runner
+if [ -d "$tcmu_dir" ]; then
+  install -m 0755 target/release/libhandler_ferry.so "$tcmu_dir/.handler_ferry.so.new"
+  mv "$tcmu_dir/.handler_ferry.so.new" "$tcmu_dir/handler_ferry.so"
+fi
 echo "setup: done (target/release/ferry, ferry-iscsi; /usr/lib/tgt/backing-store/bs_ferry.so)"
