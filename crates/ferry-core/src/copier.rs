@@ -26,6 +26,10 @@ pub struct CopierConfig {
     pub batch_bytes: u64,
     /// Longest a copied region waits to be marked.
     pub batch_age: Duration,
+    /// Regions copied at once (each on its own thread, in region order):
+    /// the bound on objects in flight, which hides per-object latency on
+    /// network backends such as RBD.
+    pub parallel: usize,
 }
 
 impl Default for CopierConfig {
@@ -35,6 +39,7 @@ impl Default for CopierConfig {
             // without holding much unmarked work at risk of a crash.
             batch_bytes: 64 << 20,
             batch_age: INDEX_SYNC_INTERVAL,
+            parallel: 4,
         }
     }
 }
@@ -103,7 +108,19 @@ impl CopyCursor {
         };
         let index = vol.index();
         // Forward: regions not migrated yet. Back: regions still migrated.
-        let Some(r) = index.next_with(self.next, !forward) else {
+        // The next `parallel` of them, in order.
+        let mut regions = Vec::with_capacity(self.config.parallel.max(1));
+        let mut from = self.next;
+        while regions.len() < self.config.parallel.max(1) {
+            match index.next_with(from, !forward) {
+                Some(r) => {
+                    regions.push(r);
+                    from = r + 1;
+                }
+                None => break,
+            }
+        }
+        let Some(&last) = regions.last() else {
             self.commit_batch(vol)?;
             let done = if forward {
                 vol.finish_copy()?
@@ -118,23 +135,63 @@ impl CopyCursor {
             self.next = 0;
             return Ok(Step::Worked { bytes: 0 });
         };
-        let outcome = if forward {
-            vol.copy_region(r, &mut self.buf)?
-        } else {
-            vol.copy_back_region(r, &mut self.buf)?
-        };
-        self.next = r + 1;
-        let bytes = match outcome {
-            RegionCopy::Skipped => 0,
-            RegionCopy::Copied { bytes } => {
-                if self.batch.is_empty() {
-                    self.batch_started = Instant::now();
-                }
-                self.batch.push(r);
-                self.batch_bytes += bytes;
-                bytes
+        let copy = |r: u64, buf: &mut Vec<u8>| {
+            if forward {
+                vol.copy_region(r, buf)
+            } else {
+                vol.copy_back_region(r, buf)
             }
         };
+        let outcomes: Vec<Result<RegionCopy>> = if regions.len() == 1 {
+            vec![copy(regions[0], &mut self.buf)]
+        } else {
+            // Each region takes its own region lock, so copies in parallel
+            // never touch the same bytes; the batch (and so the marking)
+            // stays in region order.
+            std::thread::scope(|s| {
+                let handles: Vec<_> = regions
+                    .iter()
+                    .map(|&r| s.spawn(move || copy(r, &mut Vec::new())))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::volume_io(
+                                "copy",
+                                "copier",
+                                0,
+                                std::io::Error::other("a copy thread panicked"),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        self.next = last + 1;
+        let mut bytes = 0;
+        let mut first_error = None;
+        for (r, outcome) in regions.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(RegionCopy::Skipped) => {}
+                Ok(RegionCopy::Copied { bytes: n }) => {
+                    if self.batch.is_empty() {
+                        self.batch_started = Instant::now();
+                    }
+                    self.batch.push(r);
+                    self.batch_bytes += n;
+                    bytes += n;
+                }
+                // A failed region stays unmarked and is copied again on a
+                // later pass; the first error is reported.
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         if self.batch_bytes >= self.config.batch_bytes
             || self.batch.len() >= 4096
             || (!self.batch.is_empty() && self.batch_started.elapsed() >= self.config.batch_age)
