@@ -183,3 +183,45 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
         "the LUN's identity changed"
     );
 }
+
+#[test]
+fn file_volume_migrates_into_rbd_offline_with_the_cli() {
+    use ferry_core::Volume;
+    let Some(conf) = ceph_conf("CEPH_CONF") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CEPH_CONF is not set in CI"
+        );
+        eprintln!("skipping: CEPH_CONF names no cluster");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("file:{}", dir.path().join("src.img").display());
+    let name = format!("fromfile{}", std::process::id());
+    let dst = format!("rbd:ferry-b/{name}?conf={conf}");
+    let data = ferry_core::pattern::bytes(77, 8 << 20);
+    {
+        let (vol, _) = ferry_host::VolumeSpec::parse(&src)
+            .unwrap()
+            .create(16 << 20, None)
+            .unwrap();
+        vol.write_at(&data, 4 << 20).unwrap(); // a hole, data, a hole
+        vol.flush().unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["migrate", "start", &src, &dst, "--commit", "--json"])
+        .env("FERRY_RUN_DIR", dir.path().join("run"))
+        .output()
+        .unwrap();
+    let p: Value = serde_json::from_str(&check(&out, "file -> rbd migration")).unwrap();
+    assert_eq!(p["state"], "committed");
+    let (vol, _) = ferry_host::VolumeSpec::parse(&dst).unwrap().open().unwrap();
+    let mut got = vec![0u8; 16 << 20];
+    vol.read_at(&mut got, 0).unwrap();
+    assert!(got[..4 << 20].iter().all(|&b| b == 0));
+    assert!(
+        got[4 << 20..12 << 20] == data[..],
+        "the RBD image lacks the file's data"
+    );
+    assert!(got[12 << 20..].iter().all(|&b| b == 0));
+}
