@@ -93,6 +93,8 @@ fn cursor() -> CopyCursor {
     CopyCursor::new(CopierConfig {
         batch_bytes: 4 * MIB,
         batch_age: Duration::from_millis(200),
+        // Several objects in flight, as the copier runs by default.
+        parallel: 4,
     })
 }
 
