@@ -69,7 +69,8 @@ enum Cmd {
         url: String,
         #[command(flatten)]
         range: RangeArgs,
-        /// Skip the blocks a load log says were overwritten since.
+        /// Skip the blocks a load log says were overwritten since, and blocks
+        /// holding an (unacknowledged) write stamped by that load.
         #[arg(long)]
         skip_log: Option<PathBuf>,
     },
@@ -253,14 +254,14 @@ fn run(cli: Cli) -> Result<Verdict> {
         } => {
             let mut s = connect(&cli, url)?;
             let r = Region::resolve(&s, range.offset_blocks, range.blocks)?;
-            let skip = match skip_log {
-                Some(p) => ferry_initiator::read_log(p)?
-                    .last_write
-                    .into_keys()
-                    .collect(),
-                None => std::collections::BTreeSet::new(),
+            let (skip, load_seed) = match skip_log {
+                Some(p) => {
+                    let log = ferry_initiator::read_log(p)?;
+                    (log.last_write.into_keys().collect(), log.seed)
+                }
+                None => (std::collections::BTreeSet::new(), None),
             };
-            let check = region::verify_pattern_except(&mut s, range.seed, r, &skip)?;
+            let check = region::verify_pattern_except(&mut s, range.seed, r, &skip, load_seed)?;
             match check.first_mismatch_lba {
                 Some(lba) => {
                     eprintln!(
