@@ -502,13 +502,7 @@ impl MigratingVolume {
         data: Option<&[u8]>,
         discard: bool,
     ) -> Result<()> {
-        let apply_target = |at: u64, len: u64| -> Result<()> {
-            match data {
-                Some(d) => legs.target().write_at(d, at),
-                None if discard => legs.target().discard(at, len),
-                None => legs.target().write_zeroes(at, len),
-            }
-        };
+        let apply_target = |at: u64, len: u64| apply(legs.target(), at, len, data, discard);
         // Fast path: bits only go 0 -> 1 while copying, so a region seen
         // migrated and written stays so for the rest of this I/O.
         if self.index.is_migrated(r) && self.index.is_written(r) {
@@ -545,20 +539,13 @@ impl MigratingVolume {
         data: Option<&[u8]>,
         discard: bool,
     ) -> Result<()> {
-        let apply = |v: &dyn Volume| -> Result<()> {
-            match data {
-                Some(d) => v.write_at(d, at),
-                None if discard => v.discard(at, len),
-                None => v.write_zeroes(at, len),
-            }
-        };
         let _g = self.locks.lock(r, r);
         if self.index.is_migrated(r) {
             self.index.mark_written(r)?;
-            apply(legs.source())?;
-            apply(legs.target())
+            apply(legs.source(), at, len, data, discard)?;
+            apply(legs.target(), at, len, data, discard)
         } else {
-            apply(legs.source())
+            apply(legs.source(), at, len, data, discard)
         }
     }
 
@@ -566,20 +553,8 @@ impl MigratingVolume {
         check_range(self.size, offset, len)?;
         let legs = self.begin()?;
         match self.state() {
-            MigrationState::Committed => {
-                return match data {
-                    Some(d) => legs.target().write_at(d, offset),
-                    None if discard => legs.target().discard(offset, len),
-                    None => legs.target().write_zeroes(offset, len),
-                }
-            }
-            MigrationState::Aborted => {
-                return match data {
-                    Some(d) => legs.source().write_at(d, offset),
-                    None if discard => legs.source().discard(offset, len),
-                    None => legs.source().write_zeroes(offset, len),
-                }
-            }
+            MigrationState::Committed => return apply(legs.target(), offset, len, data, discard),
+            MigrationState::Aborted => return apply(legs.source(), offset, len, data, discard),
             _ => {}
         }
         let aborting = self.state() == MigrationState::Aborting;
@@ -587,11 +562,7 @@ impl MigratingVolume {
             let first = self.index.region_of(offset);
             let last = self.index.region_of(offset + len - 1);
             if self.index.all_migrated_and_written(first, last) {
-                return match data {
-                    Some(d) => legs.target().write_at(d, offset),
-                    None if discard => legs.target().discard(offset, len),
-                    None => legs.target().write_zeroes(offset, len),
-                };
+                return apply(legs.target(), offset, len, data, discard);
             }
         }
         for (r, at, l) in self.pieces(offset, len) {
@@ -839,6 +810,16 @@ pub fn cleanup_aborted(source_store: &dyn MetaStore, target_store: &dyn MetaStor
     }
     if let Err(e) = source_store.remove_source_marker() {
         log::warn!("could not remove the source marker: {e}");
+    }
+}
+
+/// Applies one modification to one volume: `data` is written, or (`None`)
+/// the range is discarded or zeroed.
+fn apply(v: &dyn Volume, at: u64, len: u64, data: Option<&[u8]>, discard: bool) -> Result<()> {
+    match data {
+        Some(d) => v.write_at(d, at),
+        None if discard => v.discard(at, len),
+        None => v.write_zeroes(at, len),
     }
 }
 
