@@ -197,6 +197,28 @@ impl Registry {
     }
 }
 
+/// The registry of the LUNs this process serves: one per process, shared
+/// by every LUN a plugin opens (tgtd, tcmu-runner).
+pub fn process_registry() -> &'static Arc<Registry> {
+    static REGISTRY: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| Arc::new(Registry::default()))
+}
+
+/// Starts this process's control socket for [`process_registry`] once.
+/// A plugin calls it from its host's main thread, so the control thread
+/// inherits the host's signal mask. `host` names the process in the error
+/// logged when the socket cannot be created.
+pub fn ensure_process_server(host: &str) {
+    static SERVER: std::sync::OnceLock<Mutex<Option<ControlServer>>> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| match ControlServer::start(process_registry().clone()) {
+        Ok(s) => Mutex::new(Some(s)),
+        Err(e) => {
+            log::error!("no control socket ({e}); `ferry migrate` cannot reach this {host}");
+            Mutex::new(None)
+        }
+    });
+}
+
 /// A listening control socket; removed when dropped.
 pub struct ControlServer {
     path: PathBuf,

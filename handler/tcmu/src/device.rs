@@ -12,28 +12,6 @@ use parking_lot::Mutex;
 use crate::config;
 use crate::exec::{self, DevState};
 
-/// The LUNs this tcmu-runner serves, for the control socket.
-pub fn registry() -> &'static Arc<ferry_host::Registry> {
-    static REGISTRY: OnceLock<Arc<ferry_host::Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Arc::new(ferry_host::Registry::default()))
-}
-
-/// Starts the control socket (`$FERRY_RUN_DIR/ferry-<pid>.sock`) once.
-pub fn ensure_control() {
-    static SERVER: OnceLock<Mutex<Option<ferry_host::ControlServer>>> = OnceLock::new();
-    SERVER.get_or_init(
-        || match ferry_host::ControlServer::start(registry().clone()) {
-            Ok(s) => Mutex::new(Some(s)),
-            Err(e) => {
-                log::error!(
-                    "no control socket ({e}); `ferry migrate` cannot reach this tcmu-runner"
-                );
-                Mutex::new(None)
-            }
-        },
-    );
-}
-
 /// Specs of the open devices: a second backstore on the same volume is
 /// refused at `check_config`, with a message, rather than at `open`.
 fn served() -> &'static Mutex<BTreeSet<String>> {
@@ -67,8 +45,8 @@ pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevSt
     if let Some(note) = exec::check_size(lun_bytes, lun.size())? {
         log::warn!("{name}: {note}");
     }
-    registry().add(&lun);
-    ensure_control();
+    ferry_host::control::process_registry().add(&lun);
+    ferry_host::control::ensure_process_server("tcmu-runner");
     served().lock().insert(name.clone());
     log::info!(
         "{name}: open, {lun_bytes} bytes in {block_size}-byte blocks (volume {} bytes)",
@@ -86,7 +64,7 @@ pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevSt
 /// is outstanding, so this drops the last strong reference to the LUN
 /// (stopping its copier; the migration resumes at the next open).
 pub fn close(state: Arc<DevState>) {
-    registry().remove(&state.lun);
+    ferry_host::control::process_registry().remove(&state.lun);
     served().lock().remove(&state.spec);
     if let Err(e) = state.lun.flush() {
         log::error!("{}: flush at close failed: {e}", state.spec);

@@ -190,8 +190,8 @@ unsafe extern "C" fn bs_open(
             );
             return -1;
         }
-        runtime::registry().add(&lun);
-        runtime::ensure_control();
+        ferry_host::control::process_registry().add(&lun);
+        ferry_host::control::ensure_process_server("tgtd");
         let state = Arc::new(LunState {
             lun,
             block_shift,
@@ -241,7 +241,7 @@ unsafe extern "C" fn bs_close(lu: *mut ScsiLu) {
             (*slot).state.take()
         };
         if let Some(state) = state {
-            runtime::registry().remove(&state.lun);
+            ferry_host::control::process_registry().remove(&state.lun);
             if let Err(e) = ferry_core::Volume::flush(state.lun.as_ref()) {
                 log::error!("{}: flush at close failed: {e}", state.lun.spec());
             }

@@ -226,24 +226,3 @@ unsafe extern "C" fn on_completions(fd: c_int, _events: c_int, _data: *mut c_voi
         }
     });
 }
-
-/// The registry of LUNs this tgtd serves, for the control socket.
-pub fn registry() -> &'static Arc<ferry_host::Registry> {
-    static REGISTRY: OnceLock<Arc<ferry_host::Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Arc::new(ferry_host::Registry::default()))
-}
-
-/// Starts the control socket once (main thread, so its thread inherits
-/// tgtd's signal mask).
-pub fn ensure_control() {
-    static SERVER: OnceLock<Mutex<Option<ferry_host::ControlServer>>> = OnceLock::new();
-    SERVER.get_or_init(
-        || match ferry_host::ControlServer::start(registry().clone()) {
-            Ok(s) => Mutex::new(Some(s)),
-            Err(e) => {
-                log::error!("no control socket ({e}); `ferry migrate` cannot reach this tgtd");
-                Mutex::new(None)
-            }
-        },
-    );
-}
