@@ -1,0 +1,158 @@
+//! Which node serves which LUN.
+//!
+//! A LUN is served by the node holding its claim (an ephemeral znode: it
+//! disappears when that node's session ends). Claims are sticky: a node
+//! that comes back after a failure does not take its LUNs back, so a
+//! flapping node cannot make LUNs flap. When a LUN has no claim, the live
+//! nodes permitted to serve it try in order of preference, each waiting
+//! [`CLAIM_STEP`] times its rank, so the most preferred live node wins
+//! unless it is slow or failing, and the claim itself (an atomic create)
+//! guarantees a single winner either way.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::schema::Lun;
+use crate::state::Snapshot;
+
+/// The wait per rank before a less preferred node claims an unowned LUN.
+pub const CLAIM_STEP: Duration = Duration::from_millis(750);
+
+/// The nodes permitted to serve `lun` that are live now, most preferred
+/// first. A LUN without a node list may run on any node in the map, in
+/// name order.
+pub fn candidates<'a>(snap: &'a Snapshot, lun: &'a Lun) -> Vec<&'a str> {
+    let permitted: Vec<&str> = if lun.nodes.is_empty() {
+        snap.map.nodes.keys().map(String::as_str).collect()
+    } else {
+        lun.nodes.iter().map(String::as_str).collect()
+    };
+    permitted
+        .into_iter()
+        .filter(|n| snap.live.contains_key(*n) && snap.map.nodes.contains_key(*n))
+        .collect()
+}
+
+/// What one node should do about the LUNs of a snapshot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NodePlan {
+    /// LUNs this node holds the claim of and should serve.
+    pub serve: Vec<String>,
+    /// Unclaimed LUNs this node may claim, with how long to wait first.
+    pub claim: BTreeMap<String, Duration>,
+    /// Claims this node holds but should give up (LUN removed from the
+    /// map, or this node no longer permitted): stop serving, then release.
+    pub release: Vec<String>,
+}
+
+/// Plans for node `me`.
+pub fn plan(snap: &Snapshot, me: &str) -> NodePlan {
+    let mut p = NodePlan::default();
+    for (name, lun) in &snap.map.luns {
+        let permitted = lun.nodes.is_empty() || lun.nodes.iter().any(|n| n == me);
+        match snap.owners.get(name).map(String::as_str) {
+            Some(owner) if owner == me => {
+                if permitted && snap.map.nodes.contains_key(me) {
+                    p.serve.push(name.clone());
+                } else {
+                    p.release.push(name.clone());
+                }
+            }
+            Some(_) => {}
+            None => {
+                if let Some(rank) = candidates(snap, lun).iter().position(|n| *n == me) {
+                    // rank < number of nodes, far below u32::MAX.
+                    p.claim.insert(name.clone(), CLAIM_STEP * rank as u32);
+                }
+            }
+        }
+    }
+    for (lun, owner) in &snap.owners {
+        if owner == me && !snap.map.luns.contains_key(lun) {
+            p.release.push(lun.clone());
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::*;
+    use crate::state::LiveNode;
+
+    fn snap(nodes: &[&str], live: &[&str]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for n in nodes {
+            s.map.nodes.insert(
+                n.to_string(),
+                Node {
+                    name: n.to_string(),
+                    portal: "127.0.0.1:3260".into(),
+                    frontend: Frontend::Tgt,
+                },
+            );
+        }
+        for n in live {
+            s.live.insert(
+                n.to_string(),
+                LiveNode {
+                    portal: String::new(),
+                    pid: 1,
+                    since: 0,
+                },
+            );
+        }
+        s
+    }
+
+    fn lun(s: &mut Snapshot, name: &str, nodes: &[&str]) {
+        s.map.luns.insert(
+            name.into(),
+            Lun {
+                name: name.into(),
+                target: "iqn.2026-11.org.ferry:t".into(),
+                lun: 1,
+                spec: format!("file:/{name}"),
+                cache_mode: CacheMode::default(),
+                nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            },
+        );
+    }
+
+    #[test]
+    fn most_preferred_live_node_claims_first() {
+        let mut s = snap(&["a", "b", "c"], &["b", "c"]);
+        lun(&mut s, "l", &["a", "b", "c"]);
+        assert_eq!(plan(&s, "b").claim["l"], Duration::ZERO);
+        assert_eq!(plan(&s, "c").claim["l"], CLAIM_STEP);
+        assert!(plan(&s, "a").claim.is_empty());
+    }
+
+    #[test]
+    fn claims_are_sticky_when_the_preferred_node_returns() {
+        let mut s = snap(&["a", "b"], &["a", "b"]);
+        lun(&mut s, "l", &["a", "b"]);
+        s.owners.insert("l".into(), "b".into());
+        assert_eq!(plan(&s, "a"), NodePlan::default());
+        assert_eq!(plan(&s, "b").serve, vec!["l".to_string()]);
+    }
+
+    #[test]
+    fn owner_releases_luns_removed_or_no_longer_permitted() {
+        let mut s = snap(&["a", "b"], &["a", "b"]);
+        lun(&mut s, "l", &["b"]);
+        s.owners.insert("l".into(), "a".into());
+        s.owners.insert("gone".into(), "a".into());
+        let p = plan(&s, "a");
+        assert_eq!(p.release, vec!["l".to_string(), "gone".to_string()]);
+        assert!(p.serve.is_empty());
+    }
+
+    #[test]
+    fn lun_without_node_list_runs_anywhere() {
+        let mut s = snap(&["a", "b"], &["a", "b"]);
+        lun(&mut s, "l", &[]);
+        assert_eq!(plan(&s, "a").claim["l"], Duration::ZERO);
+        assert_eq!(plan(&s, "b").claim["l"], CLAIM_STEP);
+    }
+}

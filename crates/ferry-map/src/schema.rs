@@ -1,0 +1,604 @@
+//! The desired state admins edit: targets, LUNs, initiator ACLs and
+//! gateway nodes. Each entity is one document (one znode in ZooKeeper, one
+//! entry of the map file) keyed by its name, so edits to different
+//! entities never conflict and edits to one entity are compare-and-set on
+//! its version. `docs/map.md` describes the layout for admins.
+//!
+//! Validation here is what every writer runs before committing: names and
+//! IQNs are checked for syntax, and cross-references (a LUN's target, an
+//! initiator's LUNs, a LUN's nodes) must exist in the same map.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::MapError;
+
+/// The kinds of documents in the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Target,
+    Lun,
+    Initiator,
+    Node,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Target, Kind::Lun, Kind::Initiator, Kind::Node];
+
+    /// The directory (znode) holding documents of this kind.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Kind::Target => "targets",
+            Kind::Lun => "luns",
+            Kind::Initiator => "initiators",
+            Kind::Node => "nodes",
+        }
+    }
+
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Target => "target",
+            Kind::Lun => "LUN",
+            Kind::Initiator => "initiator",
+            Kind::Node => "node",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.noun())
+    }
+}
+
+/// CHAP credentials. Passwords are stored in the map (protected by its
+/// ACL) and never printed or logged; `Debug` masks them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapCredential {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for ChapCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChapCredential")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// An iSCSI target: the name initiators log in to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub iqn: String,
+    /// Portals (`address:port`) admins want the target reachable on; each
+    /// serving node listens on its own portal (see [`Node`]), so this is
+    /// what LIO binds and what discovery should advertise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portals: Vec<String>,
+    /// Incoming CHAP: initiators must authenticate with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapCredential>,
+}
+
+/// How a LUN's writes reach stable storage (seed 003). Stored in the map;
+/// the data path honours FUA and SYNCHRONIZE CACHE in every mode but
+/// `unsafe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Every write is durable before it is acknowledged (WCE=0).
+    #[default]
+    Writethrough,
+    /// No gateway cache; the volume's own write cache, flushed on request.
+    None,
+    /// Gateway cache, flushed on SYNCHRONIZE CACHE / FUA (WCE=1).
+    Writeback,
+    /// Flushes are ignored: fast, and loses data on a crash.
+    Unsafe,
+    /// Like writethrough, bypassing every cache.
+    Directsync,
+}
+
+impl CacheMode {
+    pub const ALL: [CacheMode; 5] = [
+        CacheMode::Writethrough,
+        CacheMode::None,
+        CacheMode::Writeback,
+        CacheMode::Unsafe,
+        CacheMode::Directsync,
+    ];
+
+    /// Modes that keep every host's view coherent when several initiators
+    /// share the LUN: no gateway-side cache another host cannot see, and
+    /// flushes honoured.
+    pub fn safe_for_shared(self) -> bool {
+        matches!(
+            self,
+            CacheMode::Writethrough | CacheMode::None | CacheMode::Directsync
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Writethrough => "writethrough",
+            CacheMode::None => "none",
+            CacheMode::Writeback => "writeback",
+            CacheMode::Unsafe => "unsafe",
+            CacheMode::Directsync => "directsync",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = MapError;
+    fn from_str(s: &str) -> Result<Self, MapError> {
+        CacheMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                MapError::invalid(format!(
+                    "unknown cache mode {s:?} (one of: writethrough, none, writeback, unsafe, directsync)"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A logical unit: a volume exported under a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lun {
+    pub name: String,
+    /// The target (IQN) exporting it.
+    pub target: String,
+    /// The SCSI LUN number under the target (1-255; 0 is tgt's controller).
+    pub lun: u32,
+    /// The volume spec (`file:/path`, `rbd:pool/image`).
+    pub spec: String,
+    #[serde(default)]
+    pub cache_mode: CacheMode,
+    /// Nodes allowed to serve it, in order of preference; empty means any
+    /// node in the map.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+/// An initiator and the LUNs it may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Initiator {
+    pub iqn: String,
+    #[serde(default)]
+    pub luns: BTreeSet<String>,
+}
+
+/// The target front-end a node drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Frontend {
+    #[default]
+    Tgt,
+    Lio,
+}
+
+/// A gateway node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// Where its target listens (`address:port`).
+    pub portal: String,
+    #[serde(default)]
+    pub frontend: Frontend,
+}
+
+/// The whole desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub targets: BTreeMap<String, Target>,
+    pub luns: BTreeMap<String, Lun>,
+    pub initiators: BTreeMap<String, Initiator>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// The longest name a map entity may have (IQNs: RFC 3720 allows 223 bytes).
+const MAX_IQN: usize = 223;
+const MAX_NAME: usize = 63;
+
+/// Checks an iSCSI name: `iqn.yyyy-mm.reversed.domain[:anything]`,
+/// `eui.` + 16 hex digits or `naa.` + 16 or 32 hex digits (RFC 3720 3.2.6).
+/// Names are compared case-insensitively by initiators, so only lower case
+/// is accepted here to keep one spelling per name.
+pub fn check_iqn(name: &str) -> Result<(), MapError> {
+    let bad = |why: &str| {
+        Err(MapError::invalid(format!(
+            "invalid iSCSI name {name:?}: {why} (expected iqn.yyyy-mm.reversed.domain[:id], eui.<16 hex> or naa.<16|32 hex>)"
+        )))
+    };
+    if name.len() > MAX_IQN {
+        return bad("longer than 223 bytes");
+    }
+    if let Some(hex) = name.strip_prefix("eui.") {
+        if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        return bad("eui. takes 16 hex digits");
+    }
+    if let Some(hex) = name.strip_prefix("naa.") {
+        if (hex.len() == 16 || hex.len() == 32) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        return bad("naa. takes 16 or 32 hex digits");
+    }
+    let Some(rest) = name.strip_prefix("iqn.") else {
+        return bad("it must start with iqn., eui. or naa.");
+    };
+    let date = rest.get(..7).unwrap_or("");
+    let date_ok = date.len() == 7
+        && date[..4].bytes().all(|b| b.is_ascii_digit())
+        && date.as_bytes()[4] == b'-'
+        && date[5..].bytes().all(|b| b.is_ascii_digit())
+        && matches!(date[5..].parse::<u8>(), Ok(1..=12));
+    if !date_ok {
+        return bad("no yyyy-mm date after iqn.");
+    }
+    let authority = &rest[7..];
+    let Some(authority) = authority.strip_prefix('.') else {
+        return bad("no naming authority after the date");
+    };
+    let (domain, _id) = authority.split_once(':').unwrap_or((authority, ""));
+    if domain.is_empty()
+        || domain.split('.').any(str::is_empty)
+        || !domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return bad("the naming authority must be a reversed domain name in lower case");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b':'))
+    {
+        return bad("only lower-case letters, digits, '-', '.' and ':' are allowed");
+    }
+    Ok(())
+}
+
+/// Checks a LUN or node name: it becomes a znode name and a file name.
+pub fn check_name(kind: Kind, name: &str) -> Result<(), MapError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MapError::invalid(format!(
+            "invalid {} name {name:?}: 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit",
+            kind.noun()
+        )))
+    }
+}
+
+/// Checks an `address:port` portal.
+pub fn check_portal(portal: &str) -> Result<(), MapError> {
+    portal
+        .parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| {
+            MapError::invalid(format!(
+                "invalid portal {portal:?}: expected address:port, e.g. 192.0.2.10:3260"
+            ))
+        })
+}
+
+fn check_chap(c: &ChapCredential) -> Result<(), MapError> {
+    // RFC 3720 wants secrets of 12-16 bytes at least for CHAP to resist
+    // offline guessing; tgt and LIO accept 12 and up.
+    if c.user.is_empty() || c.user.contains(char::is_whitespace) {
+        return Err(MapError::invalid(
+            "CHAP user must be non-empty, without spaces",
+        ));
+    }
+    if c.password.len() < 12 || c.password.len() > 255 {
+        return Err(MapError::invalid("CHAP secret must be 12-255 bytes"));
+    }
+    Ok(())
+}
+
+impl Target {
+    pub fn validate(&self) -> Result<(), MapError> {
+        check_iqn(&self.iqn)?;
+        for p in &self.portals {
+            check_portal(p)?;
+        }
+        if let Some(c) = &self.chap {
+            check_chap(c)?;
+        }
+        Ok(())
+    }
+}
+
+impl Node {
+    pub fn validate(&self) -> Result<(), MapError> {
+        check_name(Kind::Node, &self.name)?;
+        check_portal(&self.portal)
+    }
+}
+
+impl Initiator {
+    pub fn validate(&self) -> Result<(), MapError> {
+        check_iqn(&self.iqn)
+    }
+}
+
+impl Lun {
+    /// Checks the LUN on its own (not its references).
+    pub fn validate(&self) -> Result<(), MapError> {
+        check_name(Kind::Lun, &self.name)?;
+        check_iqn(&self.target)?;
+        if !(1..=255).contains(&self.lun) {
+            return Err(MapError::invalid(format!(
+                "LUN number {} out of range 1-255 (0 is the target's controller)",
+                self.lun
+            )));
+        }
+        if self.spec.trim().is_empty() {
+            return Err(MapError::invalid("empty volume spec"));
+        }
+        let mut seen = BTreeSet::new();
+        for n in &self.nodes {
+            check_name(Kind::Node, n)?;
+            if !seen.insert(n) {
+                return Err(MapError::invalid(format!("node {n} listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClusterMap {
+    /// Checks every entity and every reference; what a commit must pass.
+    pub fn validate(&self) -> Result<(), MapError> {
+        for (k, t) in &self.targets {
+            debug_assert_eq!(k, &t.iqn);
+            t.validate()?;
+        }
+        for n in self.nodes.values() {
+            n.validate()?;
+        }
+        let mut numbers = BTreeMap::new();
+        let mut specs = BTreeMap::new();
+        for l in self.luns.values() {
+            l.validate()?;
+            if !self.targets.contains_key(&l.target) {
+                return Err(MapError::NotFound {
+                    kind: Kind::Target,
+                    name: l.target.clone(),
+                });
+            }
+            for n in &l.nodes {
+                if !self.nodes.contains_key(n) {
+                    return Err(MapError::NotFound {
+                        kind: Kind::Node,
+                        name: n.clone(),
+                    });
+                }
+            }
+            if let Some(other) = numbers.insert((&l.target, l.lun), &l.name) {
+                return Err(MapError::invalid(format!(
+                    "LUN number {} of {} is taken by {other}",
+                    l.lun, l.target
+                )));
+            }
+            if let Some(other) = specs.insert(l.spec.trim(), &l.name) {
+                return Err(MapError::invalid(format!(
+                    "volume {} is already exported as LUN {other}",
+                    l.spec
+                )));
+            }
+            if !l.cache_mode.safe_for_shared() && self.sharers(&l.name) > 1 {
+                return Err(unsafe_shared(l));
+            }
+        }
+        for i in self.initiators.values() {
+            i.validate()?;
+            for l in &i.luns {
+                if !self.luns.contains_key(l) {
+                    return Err(MapError::NotFound {
+                        kind: Kind::Lun,
+                        name: l.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many initiators may use a LUN.
+    pub fn sharers(&self, lun: &str) -> usize {
+        self.initiators
+            .values()
+            .filter(|i| i.luns.contains(lun))
+            .count()
+    }
+
+    /// Initiators allowed on a target: those mapped to any of its LUNs.
+    /// (tgt's ACLs are per target; LIO's mapped LUNs are finer.)
+    pub fn initiators_of_target(&self, iqn: &str) -> BTreeSet<String> {
+        self.initiators
+            .values()
+            .filter(|i| {
+                i.luns
+                    .iter()
+                    .any(|l| self.luns.get(l).is_some_and(|l| l.target == iqn))
+            })
+            .map(|i| i.iqn.clone())
+            .collect()
+    }
+}
+
+fn unsafe_shared(l: &Lun) -> MapError {
+    MapError::invalid(format!(
+        "LUN {} is shared by several initiators and cache mode {} could show them stale or lost data; use writethrough, none or directsync",
+        l.name, l.cache_mode
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iqn_syntax_accepts_the_three_forms() {
+        for ok in [
+            "iqn.2026-11.org.ferry:lun1",
+            "iqn.1994-05.com.redhat:5b3c9a1f",
+            "iqn.2003-01.org.linux-iscsi.host.x8664:sn.1234",
+            "eui.02004567a425678d",
+            "naa.52004567ba64678d",
+            "naa.52004567ba64678d52004567ba64678d",
+        ] {
+            check_iqn(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn iqn_syntax_rejects_malformed_names() {
+        for bad in [
+            "",
+            "iqn",
+            "iqn.2026.org.ferry",
+            "iqn.2026-13.org.ferry:x",
+            "iqn.2026-11:x",
+            "iqn.2026-11.Org.Ferry:x",
+            "iqn.2026-11.org..ferry",
+            "iqn.2026-11.org.ferry:has space",
+            "eui.123",
+            "naa.zz004567ba64678d",
+            "target1",
+        ] {
+            assert!(check_iqn(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_iqn(&format!("iqn.2026-11.org.ferry:{}", "a".repeat(220))).is_err());
+    }
+
+    #[test]
+    fn names_become_znodes_so_slashes_are_refused() {
+        assert!(check_name(Kind::Lun, "db-01").is_ok());
+        for bad in ["", "a/b", ".hidden", "-x", "a b", &"x".repeat(64)] {
+            assert!(check_name(Kind::Lun, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn sample() -> ClusterMap {
+        let mut m = ClusterMap::default();
+        let t = "iqn.2026-11.org.ferry:t1".to_string();
+        m.targets.insert(
+            t.clone(),
+            Target {
+                iqn: t.clone(),
+                portals: vec![],
+                chap: None,
+            },
+        );
+        m.nodes.insert(
+            "a".into(),
+            Node {
+                name: "a".into(),
+                portal: "127.0.0.1:3260".into(),
+                frontend: Frontend::Tgt,
+            },
+        );
+        m.luns.insert(
+            "l1".into(),
+            Lun {
+                name: "l1".into(),
+                target: t,
+                lun: 1,
+                spec: "file:/v/l1".into(),
+                cache_mode: CacheMode::Writeback,
+                nodes: vec!["a".into()],
+            },
+        );
+        m
+    }
+
+    fn add_initiator(m: &mut ClusterMap, iqn: &str, lun: &str) {
+        m.initiators.insert(
+            iqn.into(),
+            Initiator {
+                iqn: iqn.into(),
+                luns: [lun.to_string()].into(),
+            },
+        );
+    }
+
+    #[test]
+    fn writeback_is_refused_once_a_second_initiator_shares_the_lun() {
+        let mut m = sample();
+        add_initiator(&mut m, "iqn.2026-11.org.ferry:h1", "l1");
+        m.validate().unwrap();
+        add_initiator(&mut m, "iqn.2026-11.org.ferry:h2", "l1");
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("writethrough, none or directsync"), "{e}");
+        m.luns.get_mut("l1").unwrap().cache_mode = CacheMode::None;
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn references_must_exist() {
+        let mut m = sample();
+        m.luns.get_mut("l1").unwrap().nodes = vec!["zz".into()];
+        assert!(matches!(
+            m.validate(),
+            Err(MapError::NotFound {
+                kind: Kind::Node,
+                ..
+            })
+        ));
+        let mut m = sample();
+        add_initiator(&mut m, "iqn.2026-11.org.ferry:h1", "nope");
+        assert!(matches!(
+            m.validate(),
+            Err(MapError::NotFound {
+                kind: Kind::Lun,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn one_volume_is_exported_once() {
+        let mut m = sample();
+        let mut l2 = m.luns["l1"].clone();
+        l2.name = "l2".into();
+        l2.lun = 2;
+        m.luns.insert("l2".into(), l2);
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("already exported"));
+    }
+
+    #[test]
+    fn chap_secret_is_masked_in_debug() {
+        let c = ChapCredential {
+            user: "u".into(),
+            password: "supersecret123".into(),
+        };
+        assert!(!format!("{c:?}").contains("supersecret"));
+    }
+}
