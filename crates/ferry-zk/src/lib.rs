@@ -1,0 +1,632 @@
+//! The cluster LUN map in ZooKeeper (3.6 or later: persistent recursive
+//! watches).
+//!
+//! Layout under the root (default `/ferry`; `zk://h1:2181,h2:2181/path`):
+//!
+//! | znode | kind | written by |
+//! |---|---|---|
+//! | `version` | persistent; its version is the map's version | every edit |
+//! | `targets/<iqn>`, `luns/<name>`, `initiators/<iqn>`, `nodes/<name>` | persistent JSON | admins (CLI) |
+//! | `migrations/<lun>` | persistent JSON request | admins |
+//! | `live/<node>` | **ephemeral** registration | the node's agent |
+//! | `owners/<lun>` | **ephemeral** serving claim | the serving node's agent |
+//! | `status/<node>`, `migration-status/<lun>` | persistent JSON reports | agents |
+//!
+//! Every edit of the desired state is one `multi`: a version check of
+//! `version` (so it applies to exactly the map that was validated), the
+//! document writes with their own expected versions, and a write of
+//! `version` that bumps it. Agents hold one persistent recursive watch on
+//! the root; a change anywhere wakes them (their own reports excepted).
+//!
+//! With credentials (`user:password`, digest scheme) every znode is
+//! created with the creator-only ACL, so clients without them can neither
+//! read CHAP secrets nor change the map. Credentials are never logged.
+//!
+//! The client runs on a private single-worker tokio runtime, so the
+//! session's heartbeats continue while the agent blocks in `tgtadm`; the
+//! API here is blocking.
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_map::state::{LiveNode, MigrationRequest, MigrationStatus, NodeStatus, Snapshot};
+use ferry_map::store::{Event, MapStore, Op, Session};
+use ferry_map::{Kind, MapError};
+use parking_lot::Mutex;
+use zookeeper_client as zk;
+
+/// How to reach the map.
+#[derive(Clone)]
+pub struct ZkConfig {
+    /// `host:port[,host:port...]`.
+    pub servers: String,
+    /// The map's root znode.
+    pub root: String,
+    /// `user:password` for the digest scheme.
+    pub auth: Option<String>,
+    pub session_timeout: Duration,
+    /// How long to try reaching a server before giving up.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ZkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkConfig")
+            .field("servers", &self.servers)
+            .field("root", &self.root)
+            .field("auth", &self.auth.as_ref().map(|_| "<hidden>"))
+            .field("session_timeout", &self.session_timeout)
+            .finish()
+    }
+}
+
+impl ZkConfig {
+    /// Parses `zk://host:port[,host:port]/root` (root defaults to
+    /// `/ferry`).
+    pub fn parse(url: &str) -> Result<ZkConfig, MapError> {
+        let bad = |why: &str| MapError::invalid(format!("invalid ZooKeeper URL {url:?}: {why} (expected zk://host:port[,host:port...][/root])"));
+        let rest = url.strip_prefix("zk://").ok_or_else(|| bad("no zk:// prefix"))?;
+        let (servers, root) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/ferry"),
+        };
+        if servers.is_empty() {
+            return Err(bad("no servers"));
+        }
+        for s in servers.split(',') {
+            let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("a server without :port"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad("bad host:port"));
+            }
+        }
+        let root = root.trim_end_matches('/');
+        if root.is_empty()
+            || root.contains("//")
+            || !root[1..].split('/').all(|c| {
+                !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
+        {
+            return Err(bad("bad root path"));
+        }
+        Ok(ZkConfig {
+            servers: servers.to_string(),
+            root: root.to_string(),
+            auth: None,
+            session_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Dirs under the root, created on first use.
+const DIRS: [&str; 9] = [
+    "targets",
+    "luns",
+    "initiators",
+    "nodes",
+    "migrations",
+    "live",
+    "owners",
+    "status",
+    "migration-status",
+];
+
+/// A connection to the map in ZooKeeper.
+pub struct ZkStore {
+    cfg: ZkConfig,
+    rt: tokio::runtime::Runtime,
+    client: zk::Client,
+    session: Arc<Mutex<Session>>,
+    watcher: Mutex<Option<zk::PersistentWatcher>>,
+}
+
+fn zk_err(op: &'static str, path: &str, e: zk::Error) -> MapError {
+    match e {
+        zk::Error::NoAuth => MapError::NotAuthorized {
+            op,
+            path: path.to_string(),
+        },
+        zk::Error::SessionExpired => MapError::SessionExpired,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::NoHosts => MapError::Unreachable {
+            store: "ZooKeeper".into(),
+            why: e.to_string(),
+        },
+        zk::Error::AuthFailed => MapError::NotAuthorized {
+            op: "authenticate to",
+            path: path.to_string(),
+        },
+        e => MapError::Store {
+            op,
+            path: path.to_string(),
+            why: e.to_string(),
+        },
+    }
+}
+
+impl ZkStore {
+    /// Connects, authenticates, and makes sure the layout exists. Fails
+    /// with [`MapError::Unreachable`] after `connect_timeout`.
+    pub fn connect(cfg: ZkConfig) -> Result<ZkStore, MapError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ferry-zk")
+            .enable_all()
+            .build()
+            .map_err(|e| MapError::Io {
+                op: "starting",
+                path: "ZooKeeper client runtime".into(),
+                source: e,
+            })?;
+        let unreachable = |why: String| MapError::Unreachable {
+            store: format!("zk://{}{}", cfg.servers, cfg.root),
+            why,
+        };
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(cfg.session_timeout)
+            .with_connection_timeout(cfg.connect_timeout);
+        if let Some(a) = &cfg.auth {
+            connector = connector.with_auth("digest", a.as_bytes());
+        }
+        let servers = cfg.servers.clone();
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(cfg.connect_timeout, connector.connect(&servers)).await
+            })
+            .map_err(|_| {
+                unreachable(format!(
+                    "no server answered within {:?}",
+                    cfg.connect_timeout
+                ))
+            })?
+            .map_err(|e| match e {
+                zk::Error::AuthFailed => MapError::NotAuthorized {
+                    op: "authenticate to",
+                    path: cfg.root.clone(),
+                },
+                e => unreachable(e.to_string()),
+            })?;
+        let session = Arc::new(Mutex::new(Session::Connected));
+        {
+            let session = session.clone();
+            let mut states = client.state_watcher();
+            rt.spawn(async move {
+                loop {
+                    let s = states.changed().await;
+                    let mut cur = session.lock();
+                    *cur = match s {
+                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                            Session::Connected
+                        }
+                        zk::SessionState::Disconnected => match *cur {
+                            Session::Disconnected(t) => Session::Disconnected(t),
+                            _ => Session::Disconnected(Instant::now()),
+                        },
+                        _ => Session::Expired,
+                    };
+                    log::info!("ZooKeeper session: {s:?}");
+                    if matches!(*cur, Session::Expired) {
+                        break;
+                    }
+                }
+            });
+        }
+        let store = ZkStore {
+            cfg,
+            rt,
+            client,
+            session,
+            watcher: Mutex::new(None),
+        };
+        store.ensure_layout()?;
+        Ok(store)
+    }
+
+    fn run<T>(&self, f: impl Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.cfg.root)
+    }
+
+    fn acls(&self) -> zk::Acls<'static> {
+        if self.cfg.auth.is_some() {
+            zk::Acls::creator_all()
+        } else {
+            zk::Acls::anyone_all()
+        }
+    }
+
+    fn ensure_layout(&self) -> Result<(), MapError> {
+        let opts = zk::CreateMode::Persistent.with_acls(self.acls());
+        // Ancestors of the root (e.g. /prod for /prod/ferry) and the root.
+        let mut cur = String::new();
+        for comp in self.cfg.root[1..].split('/') {
+            cur = format!("{cur}/{comp}");
+            self.create_if_missing(&cur, &opts)?;
+        }
+        for d in DIRS.iter().copied().chain(["version"]) {
+            self.create_if_missing(&self.path(d), &opts)?;
+        }
+        Ok(())
+    }
+
+    fn create_if_missing(&self, path: &str, opts: &zk::CreateOptions<'_>) -> Result<(), MapError> {
+        match self.run(self.client.create(path, b"", opts)) {
+            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(zk_err("creating", path, e)),
+        }
+    }
+
+    fn get(&self, path: &str) -> Result<Option<(Vec<u8>, i32)>, MapError> {
+        match self.run(self.client.get_data(path)) {
+            Ok((d, st)) => Ok(Some((d, st.version))),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(zk_err("reading", path, e)),
+        }
+    }
+
+    fn children(&self, dir: &str) -> Result<Vec<String>, MapError> {
+        let p = self.path(dir);
+        self.run(self.client.list_children(&p))
+            .map_err(|e| zk_err("listing", &p, e))
+    }
+
+    /// Every document under `dir`, parsed.
+    fn docs<T: serde::de::DeserializeOwned>(&self, dir: &str) -> Result<BTreeMap<String, (T, i32)>, MapError> {
+        let mut out = BTreeMap::new();
+        for name in self.children(dir)? {
+            let p = self.path(&format!("{dir}/{name}"));
+            // Gone between the listing and the read: skip it.
+            let Some((data, v)) = self.get(&p)? else {
+                continue;
+            };
+            let doc = serde_json::from_slice(&data).map_err(|e| MapError::Corrupt {
+                path: p.clone(),
+                why: e.to_string(),
+            })?;
+            out.insert(name, (doc, v));
+        }
+        Ok(out)
+    }
+
+    fn version(&self) -> Result<i32, MapError> {
+        let p = self.path("version");
+        self.get(&p)?
+            .map(|(_, v)| v)
+            .ok_or_else(|| MapError::Corrupt {
+                path: p,
+                why: "missing".into(),
+            })
+    }
+
+    fn read_snapshot(&self) -> Result<Snapshot, MapError> {
+        let mut s = Snapshot {
+            version: self.version()?,
+            ..Default::default()
+        };
+        for (k, (t, v)) in self.docs("targets")? {
+            s.versions.insert((Kind::Target, k.clone()), v);
+            s.map.targets.insert(k, t);
+        }
+        for (k, (t, v)) in self.docs("luns")? {
+            s.versions.insert((Kind::Lun, k.clone()), v);
+            s.map.luns.insert(k, t);
+        }
+        for (k, (t, v)) in self.docs("initiators")? {
+            s.versions.insert((Kind::Initiator, k.clone()), v);
+            s.map.initiators.insert(k, t);
+        }
+        for (k, (t, v)) in self.docs("nodes")? {
+            s.versions.insert((Kind::Node, k.clone()), v);
+            s.map.nodes.insert(k, t);
+        }
+        s.migrations = self.docs("migrations")?;
+        s.live = self
+            .docs::<LiveNode>("live")?
+            .into_iter()
+            .map(|(k, (l, _))| (k, l))
+            .collect();
+        for name in self.children("owners")? {
+            if let Some((d, _)) = self.get(&self.path(&format!("owners/{name}")))? {
+                s.owners.insert(name, String::from_utf8_lossy(&d).into_owned());
+            }
+        }
+        s.status = self
+            .docs::<NodeStatus>("status")?
+            .into_iter()
+            .map(|(k, (l, _))| (k, l))
+            .collect();
+        s.migration_status = self
+            .docs::<MigrationStatus>("migration-status")?
+            .into_iter()
+            .map(|(k, (l, _))| (k, l))
+            .collect();
+        Ok(s)
+    }
+
+    fn doc_path(&self, kind: Kind, name: &str) -> String {
+        self.path(&format!("{}/{name}", kind.dir()))
+    }
+
+    fn put_report(&self, path: String, bytes: Vec<u8>) -> Result<(), MapError> {
+        match self.run(self.client.set_data(&path, &bytes, None)) {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NoNode) => {
+                let opts = zk::CreateMode::Persistent.with_acls(self.acls());
+                match self.run(self.client.create(&path, &bytes, &opts)) {
+                    Ok(_) => Ok(()),
+                    Err(zk::Error::NodeExists) => self
+                        .run(self.client.set_data(&path, &bytes, None))
+                        .map(|_| ())
+                        .map_err(|e| zk_err("writing", &path, e)),
+                    Err(e) => Err(zk_err("creating", &path, e)),
+                }
+            }
+            Err(e) => Err(zk_err("writing", &path, e)),
+        }
+    }
+
+    /// Whether an event concerns the desired state or membership (agents'
+    /// own reports do not wake agents).
+    fn interesting(&self, path: &str) -> bool {
+        let rel = path.strip_prefix(&self.cfg.root).unwrap_or(path);
+        !(rel.starts_with("/status") || rel.starts_with("/migration-status"))
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, MapError> {
+    serde_json::to_vec(v).map_err(|e| MapError::invalid(e.to_string()))
+}
+
+impl MapStore for ZkStore {
+    fn describe(&self) -> String {
+        format!("zk://{}{}", self.cfg.servers, self.cfg.root)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, MapError> {
+        // Reads are several requests; a snapshot is consistent when the
+        // map's version did not move while it was read.
+        for _ in 0..10 {
+            let s = self.read_snapshot()?;
+            if self.version()? == s.version {
+                return Ok(s);
+            }
+        }
+        Err(MapError::Store {
+            op: "reading",
+            path: self.cfg.root.clone(),
+            why: "the map kept changing during ten reads".into(),
+        })
+    }
+
+    fn commit(&self, base: i32, ops: &[Op]) -> Result<i32, MapError> {
+        let vpath = self.path("version");
+        let opts = zk::CreateMode::Persistent.with_acls(self.acls());
+        let mut w = self.client.new_multi_writer();
+        let add = |r: Result<(), zk::Error>, p: &str| r.map_err(|e| zk_err("preparing", p, e));
+        add(w.add_check_version(&vpath, base), &vpath)?;
+        let mut what = vec![("the map".to_string(), base, None)];
+        for op in ops {
+            match op {
+                Op::Create { kind, name, doc } => {
+                    let p = self.doc_path(*kind, name);
+                    add(w.add_create(&p, &to_json(doc)?, &opts), &p)?;
+                    what.push((p, -1, Some((*kind, name.clone()))));
+                }
+                Op::Set {
+                    kind,
+                    name,
+                    doc,
+                    version,
+                } => {
+                    let p = self.doc_path(*kind, name);
+                    add(w.add_set_data(&p, &to_json(doc)?, Some(*version)), &p)?;
+                    what.push((p, *version, Some((*kind, name.clone()))));
+                }
+                Op::Delete {
+                    kind,
+                    name,
+                    version,
+                } => {
+                    let p = self.doc_path(*kind, name);
+                    add(w.add_delete(&p, Some(*version)), &p)?;
+                    what.push((p, *version, Some((*kind, name.clone()))));
+                }
+            }
+        }
+        add(w.add_set_data(&vpath, b"", Some(base)), &vpath)?;
+        match self.run(w.commit()) {
+            Ok(results) => match results.last() {
+                Some(zk::MultiWriteResult::SetData { stat }) => Ok(stat.version),
+                _ => self.version(),
+            },
+            Err(zk::MultiWriteError::OperationFailed { index, source }) => {
+                let (p, expected, doc) = what
+                    .get(index)
+                    .cloned()
+                    .unwrap_or_else(|| (vpath.clone(), base, None));
+                let actual = || {
+                    self.get(&p)
+                        .ok()
+                        .flatten()
+                        .map_or(-1, |(_, v)| v)
+                };
+                Err(match (source, doc) {
+                    (zk::Error::BadVersion, None) => MapError::Conflict {
+                        what: "the map".into(),
+                        expected,
+                        actual: self.version().unwrap_or(-1),
+                    },
+                    (zk::Error::BadVersion, Some(_)) => MapError::Conflict {
+                        what: p.clone(),
+                        expected,
+                        actual: actual(),
+                    },
+                    (zk::Error::NodeExists, Some((kind, name))) => MapError::Exists { kind, name },
+                    (zk::Error::NoNode, Some((kind, name))) => MapError::NotFound { kind, name },
+                    (e, _) => zk_err("committing", &p, e),
+                })
+            }
+            Err(zk::MultiWriteError::RequestFailed { source }) => {
+                Err(zk_err("committing", &self.cfg.root, source))
+            }
+        }
+    }
+
+    fn request_migration(
+        &self,
+        lun: &str,
+        req: &MigrationRequest,
+        expect: Option<i32>,
+    ) -> Result<(), MapError> {
+        let p = self.path(&format!("migrations/{lun}"));
+        let vpath = self.path("version");
+        let bytes = to_json(req)?;
+        let mut w = self.client.new_multi_writer();
+        let add = |r: Result<(), zk::Error>| r.map_err(|e| zk_err("preparing", &p, e));
+        match expect {
+            None => add(w.add_create(
+                &p,
+                &bytes,
+                &zk::CreateMode::Persistent.with_acls(self.acls()),
+            ))?,
+            Some(v) => add(w.add_set_data(&p, &bytes, Some(v)))?,
+        }
+        // Bump the map version too, so every agent's watch sees one change.
+        add(w.add_set_data(&vpath, b"", None))?;
+        match self.run(w.commit()) {
+            Ok(_) => Ok(()),
+            Err(zk::MultiWriteError::OperationFailed {
+                index: 0,
+                source: zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode,
+            }) => Err(MapError::Conflict {
+                what: format!("migration request of {lun}"),
+                expected: expect.unwrap_or(-1),
+                actual: self.get(&p)?.map_or(-1, |(_, v)| v),
+            }),
+            Err(e) => Err(zk_err("committing", &p, e.into())),
+        }
+    }
+
+    fn register(&self, node: &str, live: &LiveNode) -> Result<(), MapError> {
+        let p = self.path(&format!("live/{node}"));
+        let opts = zk::CreateMode::Ephemeral.with_acls(self.acls());
+        match self.run(self.client.create(&p, &to_json(live)?, &opts)) {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NodeExists) => {
+                // Ours from before a reconnect, or another live agent's.
+                let st = self
+                    .run(self.client.check_stat(&p))
+                    .map_err(|e| zk_err("reading", &p, e))?;
+                match st {
+                    Some(st) if st.ephemeral_owner == self.client.session_id().0 => Ok(()),
+                    Some(_) => Err(MapError::Exists {
+                        kind: Kind::Node,
+                        name: format!("{node} (registered by another live agent; wait for its session to end)"),
+                    }),
+                    None => self.register(node, live),
+                }
+            }
+            Err(e) => Err(zk_err("registering", &p, e)),
+        }
+    }
+
+    fn claim(&self, lun: &str, node: &str) -> Result<bool, MapError> {
+        let p = self.path(&format!("owners/{lun}"));
+        let opts = zk::CreateMode::Ephemeral.with_acls(self.acls());
+        match self.run(self.client.create(&p, node.as_bytes(), &opts)) {
+            Ok(_) => Ok(true),
+            Err(zk::Error::NodeExists) => {
+                let st = self
+                    .run(self.client.check_stat(&p))
+                    .map_err(|e| zk_err("reading", &p, e))?;
+                Ok(st.is_some_and(|st| st.ephemeral_owner == self.client.session_id().0))
+            }
+            Err(e) => Err(zk_err("claiming", &p, e)),
+        }
+    }
+
+    fn release(&self, lun: &str, node: &str) -> Result<(), MapError> {
+        let p = self.path(&format!("owners/{lun}"));
+        match self.get(&p)? {
+            Some((d, v)) if d == node.as_bytes() => match self.run(self.client.delete(&p, Some(v))) {
+                Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                Err(e) => Err(zk_err("releasing", &p, e)),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn put_status(&self, node: &str, status: &NodeStatus) -> Result<(), MapError> {
+        self.put_report(self.path(&format!("status/{node}")), to_json(status)?)
+    }
+
+    fn put_migration_status(&self, lun: &str, status: &MigrationStatus) -> Result<(), MapError> {
+        self.put_report(self.path(&format!("migration-status/{lun}")), to_json(status)?)
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<Event, MapError> {
+        let mut slot = self.watcher.lock();
+        if slot.is_none() {
+            let w = self
+                .run(self.client.watch(&self.cfg.root, zk::AddWatchMode::PersistentRecursive))
+                .map_err(|e| zk_err("watching", &self.cfg.root, e))?;
+            *slot = Some(w);
+        }
+        let w = slot.as_mut().expect("set above");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ev = self.run(async { tokio::time::timeout_at(deadline, w.changed()).await });
+            let Ok(ev) = ev else {
+                return Ok(Event::Timeout);
+            };
+            if ev.event_type == zk::EventType::Session {
+                if ev.session_state == zk::SessionState::Expired {
+                    *slot = None;
+                    return Err(MapError::SessionExpired);
+                }
+                return Ok(Event::Changed);
+            }
+            if self.interesting(&ev.path) {
+                // Swallow the rest of this burst (one multi fires several).
+                while let Ok(Ok(_)) = self.run(async {
+                    Ok::<_, ()>(tokio::time::timeout(Duration::from_millis(2), w.changed()).await)
+                }) {}
+                return Ok(Event::Changed);
+            }
+        }
+    }
+
+    fn session(&self) -> Session {
+        *self.session.lock()
+    }
+
+    fn session_timeout(&self) -> Duration {
+        self.client.session_timeout()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parsing() {
+        let c = ZkConfig::parse("zk://127.0.0.1:2181").unwrap();
+        assert_eq!((c.servers.as_str(), c.root.as_str()), ("127.0.0.1:2181", "/ferry"));
+        let c = ZkConfig::parse("zk://a:1,b:2/prod/ferry/").unwrap();
+        assert_eq!((c.servers.as_str(), c.root.as_str()), ("a:1,b:2", "/prod/ferry"));
+        for bad in ["127.0.0.1:2181", "zk://", "zk://host", "zk://h:x", "zk://h:1//x", "zk://h:1/a b"] {
+            assert!(ZkConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_stay_out_of_debug_output() {
+        let mut c = ZkConfig::parse("zk://h:1").unwrap();
+        c.auth = Some("admin:topsecret".into());
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+}
