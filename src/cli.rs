@@ -34,6 +34,15 @@ pub enum Command {
     /// Create a volume with data, migrate it live under a verifying
     /// workload, commit, and check every byte.
     Demo(crate::demo::DemoArgs),
+    /// Edit and inspect the cluster LUN map (ZooKeeper or a local file).
+    Map {
+        #[command(flatten)]
+        args: crate::map::MapArgs,
+        #[command(subcommand)]
+        cmd: crate::map::MapCmd,
+    },
+    /// Run this node's agent: serve the LUNs the map gives it through tgtd.
+    Agent(crate::agent::AgentArgs),
     /// Internal: a logged write workload for crash tests.
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
@@ -79,6 +88,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => crate::serve::run(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Workload(a) => crate::workload::run(a),
+        Command::Map { args, cmd } => crate::map::run(&args, cmd),
+        Command::Agent(a) => crate::agent::run(a),
     }
 }
 

@@ -3,8 +3,10 @@
 //! Migration commands talk to whichever process serves the volume (tgtd
 //! with bs_ferry, `ferry serve`, ...) through its control socket; when no
 //! process serves it, they work on the volume directly, in the foreground.
+mod agent;
 mod cli;
 mod demo;
+mod map;
 mod migrate;
 mod serve;
 mod units;

@@ -319,8 +319,13 @@ pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
 /// Finds the control socket of the process serving `volume`, if any.
 /// Sockets nobody listens on any more are removed.
 pub fn find_host(volume: &str) -> Option<PathBuf> {
+    find_host_in(&run_dir(), volume)
+}
+
+/// [`find_host`] among the sockets of `dir`.
+pub fn find_host_in(dir: &Path, volume: &str) -> Option<PathBuf> {
     let wanted = crate::spec::VolumeSpec::parse(volume).ok()?.to_string();
-    let entries = std::fs::read_dir(run_dir()).ok()?;
+    let entries = std::fs::read_dir(dir).ok()?;
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("sock") {

@@ -65,8 +65,12 @@ impl ZkConfig {
     /// Parses `zk://host:port[,host:port]/root` (root defaults to
     /// `/ferry`).
     pub fn parse(url: &str) -> Result<ZkConfig, MapError> {
-        let bad = |why: &str| MapError::invalid(format!("invalid ZooKeeper URL {url:?}: {why} (expected zk://host:port[,host:port...][/root])"));
-        let rest = url.strip_prefix("zk://").ok_or_else(|| bad("no zk:// prefix"))?;
+        let bad = |why: &str| {
+            MapError::invalid(format!("invalid ZooKeeper URL {url:?}: {why} (expected zk://host:port[,host:port...][/root])"))
+        };
+        let rest = url
+            .strip_prefix("zk://")
+            .ok_or_else(|| bad("no zk:// prefix"))?;
         let (servers, root) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/ferry"),
@@ -75,7 +79,9 @@ impl ZkConfig {
             return Err(bad("no servers"));
         }
         for s in servers.split(',') {
-            let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("a server without :port"))?;
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| bad("a server without :port"))?;
             if host.is_empty() || port.parse::<u16>().is_err() {
                 return Err(bad("bad host:port"));
             }
@@ -84,7 +90,9 @@ impl ZkConfig {
         if root.is_empty()
             || root.contains("//")
             || !root[1..].split('/').all(|c| {
-                !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             })
         {
             return Err(bad("bad root path"));
@@ -128,10 +136,12 @@ fn zk_err(op: &'static str, path: &str, e: zk::Error) -> MapError {
             path: path.to_string(),
         },
         zk::Error::SessionExpired => MapError::SessionExpired,
-        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::NoHosts => MapError::Unreachable {
-            store: "ZooKeeper".into(),
-            why: e.to_string(),
-        },
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::NoHosts => {
+            MapError::Unreachable {
+                store: "ZooKeeper".into(),
+                why: e.to_string(),
+            }
+        }
         zk::Error::AuthFailed => MapError::NotAuthorized {
             op: "authenticate to",
             path: path.to_string(),
@@ -219,6 +229,9 @@ impl ZkStore {
             watcher: Mutex::new(None),
         };
         store.ensure_layout()?;
+        // Watch from the start, so nothing between the first snapshot and
+        // the first wait goes unseen.
+        store.ensure_watch()?;
         Ok(store)
     }
 
@@ -274,7 +287,10 @@ impl ZkStore {
     }
 
     /// Every document under `dir`, parsed.
-    fn docs<T: serde::de::DeserializeOwned>(&self, dir: &str) -> Result<BTreeMap<String, (T, i32)>, MapError> {
+    fn docs<T: serde::de::DeserializeOwned>(
+        &self,
+        dir: &str,
+    ) -> Result<BTreeMap<String, (T, i32)>, MapError> {
         let mut out = BTreeMap::new();
         for name in self.children(dir)? {
             let p = self.path(&format!("{dir}/{name}"));
@@ -330,7 +346,8 @@ impl ZkStore {
             .collect();
         for name in self.children("owners")? {
             if let Some((d, _)) = self.get(&self.path(&format!("owners/{name}")))? {
-                s.owners.insert(name, String::from_utf8_lossy(&d).into_owned());
+                s.owners
+                    .insert(name, String::from_utf8_lossy(&d).into_owned());
             }
         }
         s.status = self
@@ -366,6 +383,20 @@ impl ZkStore {
             }
             Err(e) => Err(zk_err("writing", &path, e)),
         }
+    }
+
+    fn ensure_watch(&self) -> Result<(), MapError> {
+        let mut slot = self.watcher.lock();
+        if slot.is_none() {
+            let w = self
+                .run(
+                    self.client
+                        .watch(&self.cfg.root, zk::AddWatchMode::PersistentRecursive),
+                )
+                .map_err(|e| zk_err("watching", &self.cfg.root, e))?;
+            *slot = Some(w);
+        }
+        Ok(())
     }
 
     /// Whether an event concerns the desired state or membership (agents'
@@ -447,12 +478,7 @@ impl MapStore for ZkStore {
                     .get(index)
                     .cloned()
                     .unwrap_or_else(|| (vpath.clone(), base, None));
-                let actual = || {
-                    self.get(&p)
-                        .ok()
-                        .flatten()
-                        .map_or(-1, |(_, v)| v)
-                };
+                let actual = || self.get(&p).ok().flatten().map_or(-1, |(_, v)| v);
                 Err(match (source, doc) {
                     (zk::Error::BadVersion, None) => MapError::Conflict {
                         what: "the map".into(),
@@ -551,7 +577,8 @@ impl MapStore for ZkStore {
     fn release(&self, lun: &str, node: &str) -> Result<(), MapError> {
         let p = self.path(&format!("owners/{lun}"));
         match self.get(&p)? {
-            Some((d, v)) if d == node.as_bytes() => match self.run(self.client.delete(&p, Some(v))) {
+            Some((d, v)) if d == node.as_bytes() => match self.run(self.client.delete(&p, Some(v)))
+            {
                 Ok(()) | Err(zk::Error::NoNode) => Ok(()),
                 Err(e) => Err(zk_err("releasing", &p, e)),
             },
@@ -564,18 +591,18 @@ impl MapStore for ZkStore {
     }
 
     fn put_migration_status(&self, lun: &str, status: &MigrationStatus) -> Result<(), MapError> {
-        self.put_report(self.path(&format!("migration-status/{lun}")), to_json(status)?)
+        self.put_report(
+            self.path(&format!("migration-status/{lun}")),
+            to_json(status)?,
+        )
     }
 
     fn wait(&self, timeout: Duration) -> Result<Event, MapError> {
+        self.ensure_watch()?;
         let mut slot = self.watcher.lock();
-        if slot.is_none() {
-            let w = self
-                .run(self.client.watch(&self.cfg.root, zk::AddWatchMode::PersistentRecursive))
-                .map_err(|e| zk_err("watching", &self.cfg.root, e))?;
-            *slot = Some(w);
-        }
-        let w = slot.as_mut().expect("set above");
+        let Some(w) = slot.as_mut() else {
+            return Err(MapError::SessionExpired);
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let ev = self.run(async { tokio::time::timeout_at(deadline, w.changed()).await });
@@ -615,10 +642,23 @@ mod tests {
     #[test]
     fn url_parsing() {
         let c = ZkConfig::parse("zk://127.0.0.1:2181").unwrap();
-        assert_eq!((c.servers.as_str(), c.root.as_str()), ("127.0.0.1:2181", "/ferry"));
+        assert_eq!(
+            (c.servers.as_str(), c.root.as_str()),
+            ("127.0.0.1:2181", "/ferry")
+        );
         let c = ZkConfig::parse("zk://a:1,b:2/prod/ferry/").unwrap();
-        assert_eq!((c.servers.as_str(), c.root.as_str()), ("a:1,b:2", "/prod/ferry"));
-        for bad in ["127.0.0.1:2181", "zk://", "zk://host", "zk://h:x", "zk://h:1//x", "zk://h:1/a b"] {
+        assert_eq!(
+            (c.servers.as_str(), c.root.as_str()),
+            ("a:1,b:2", "/prod/ferry")
+        );
+        for bad in [
+            "127.0.0.1:2181",
+            "zk://",
+            "zk://host",
+            "zk://h:x",
+            "zk://h:1//x",
+            "zk://h:1/a b",
+        ] {
             assert!(ZkConfig::parse(bad).is_err(), "{bad}");
         }
     }

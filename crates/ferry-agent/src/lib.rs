@@ -1,0 +1,476 @@
+//! The per-node agent (`ferry agent`): keeps one gateway node's target in
+//! line with the cluster LUN map.
+//!
+//! Each pass: read a snapshot of the map, [`plan`] which LUNs this node
+//! serves (its claims) and which it may claim, give up what it must, take
+//! claims whose turn came, compute the target this node should present,
+//! apply only the difference to tgtd, execute pending migration requests
+//! for the LUNs it serves, and report status. Passes run when the map
+//! changes (a watch, not polling), and on timers only for claim turns,
+//! retries after errors and migration progress reports.
+//!
+//! Fencing, so two nodes never write one volume:
+//! - a claim is an ephemeral node: it lasts exactly as long as this
+//!   node's session, and another node claims only after it is gone;
+//! - this node stops serving (removes every LUN) as soon as its session
+//!   is known expired, or once it has been cut off from the store for
+//!   the whole session timeout (by then the store has expired it);
+//! - the volume itself is locked by the process serving it (an exclusive
+//!   `flock` on file volumes), so a new owner cannot open it until the
+//!   old server let go; that attempt fails, is reported, and is retried.
+//!
+//! A LUN given up is removed from tgtd before its claim is released.
+//!
+//! [`plan`]: ferry_map::placement::plan
+pub mod tgt;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_core::MigrationState;
+use ferry_host::control::{self, Request};
+use ferry_host::StartOptions;
+use ferry_map::placement::{plan, NodePlan};
+use ferry_map::state::{now_ms, LiveNode, MigrationAction, MigrationStatus, NodeStatus, Snapshot};
+use ferry_map::store::{Event, MapStore, Session};
+use ferry_map::{ChapCredential, MapError};
+
+use crate::tgt::{diff, TgtOp, Tgtadm, WantedTarget};
+
+/// How often a pass runs anyway while something waits: a claim turn, a
+/// retry after an error, a migration in progress.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How often a pass runs with nothing pending: a resync in case tgtd was
+/// changed behind the agent's back (not how map changes are seen).
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Makes a fresh store connection (after a session expired).
+pub type Connect = Box<dyn Fn() -> Result<Box<dyn MapStore>, MapError> + Send>;
+
+/// The agent's settings.
+pub struct AgentConfig {
+    pub node: String,
+    pub tgt: Tgtadm,
+    /// Where the serving processes' control sockets are (tgtd's
+    /// `FERRY_RUN_DIR`), for migration requests.
+    pub run_dir: PathBuf,
+}
+
+/// The agent of one node.
+pub struct Agent {
+    cfg: AgentConfig,
+    connect: Connect,
+    store: Option<Box<dyn MapStore>>,
+    registered: bool,
+    /// When this node first saw each unowned LUN it may claim.
+    unowned_since: BTreeMap<String, Instant>,
+    /// CHAP secrets applied per target since start.
+    chap: BTreeMap<String, ChapCredential>,
+    /// Whether this node currently serves nothing because it fenced itself.
+    fenced: bool,
+}
+
+/// What one pass found.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    pub version: i32,
+    pub serving: Vec<String>,
+    pub errors: BTreeMap<String, String>,
+    /// When the next pass should run at the latest.
+    pub next: Option<Duration>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig, connect: Connect) -> Agent {
+        Agent {
+            cfg,
+            connect,
+            store: None,
+            registered: false,
+            unowned_since: BTreeMap::new(),
+            chap: BTreeMap::new(),
+            fenced: false,
+        }
+    }
+
+    /// Runs passes until `stop` is set: on every change of the map, and
+    /// otherwise when a pass asked to run again (claim turns, retries,
+    /// migration reports) or every 30 s as a resync of tgtd's state.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        log::info!("agent for node {} starting", self.cfg.node);
+        let mut due = Instant::now();
+        let mut changed = false;
+        while !stop.load(Ordering::Relaxed) {
+            if changed || Instant::now() >= due {
+                let next = match self.pass() {
+                    Ok(r) => r.next.unwrap_or(RESYNC),
+                    Err(e) => {
+                        log::warn!("node {}: {e}", self.cfg.node);
+                        if matches!(e, MapError::SessionExpired) {
+                            self.lost_session();
+                        }
+                        RETRY
+                    }
+                };
+                due = Instant::now() + next.min(RESYNC);
+            }
+            // Short slices so a stop request is seen within a second.
+            let slice = due.saturating_duration_since(Instant::now()).min(RETRY);
+            changed = self.wait(slice);
+        }
+        log::info!(
+            "agent for node {} stopping (LUNs keep being served)",
+            self.cfg.node
+        );
+    }
+
+    /// Waits for a change of the map; true if one came.
+    fn wait(&mut self, timeout: Duration) -> bool {
+        let Some(store) = &self.store else {
+            std::thread::sleep(timeout);
+            return true;
+        };
+        match store.wait(timeout) {
+            Ok(Event::Changed) => true,
+            Ok(Event::Timeout) => false,
+            Err(MapError::SessionExpired) => {
+                self.lost_session();
+                true
+            }
+            Err(e) => {
+                log::warn!("watching the map: {e}");
+                std::thread::sleep(timeout);
+                true
+            }
+        }
+    }
+
+    /// The session ended: every claim is gone, so stop serving at once.
+    fn lost_session(&mut self) {
+        log::warn!(
+            "node {}: session with the map expired; fencing",
+            self.cfg.node
+        );
+        self.fence();
+        self.store = None;
+        self.registered = false;
+    }
+
+    /// Removes every ferry LUN from the local target.
+    fn fence(&mut self) {
+        match self.cfg.tgt.show() {
+            Ok(shown) => {
+                for op in diff(&shown, &BTreeMap::new(), &BTreeMap::new()) {
+                    if let Err(e) = self.cfg.tgt.apply(&op) {
+                        log::error!("fencing: {e}");
+                    }
+                }
+            }
+            Err(e) => log::error!("fencing: {e}"),
+        }
+        self.fenced = true;
+    }
+
+    fn store(&mut self) -> Result<&dyn MapStore, MapError> {
+        if self.store.is_none() {
+            self.store = Some((self.connect)()?);
+            self.registered = false;
+        }
+        Ok(self.store.as_deref().expect("set above"))
+    }
+
+    /// One reconcile pass.
+    pub fn pass(&mut self) -> Result<PassReport, MapError> {
+        let node = self.cfg.node.clone();
+        let store = self.store()?;
+        match store.session() {
+            Session::Expired => return Err(MapError::SessionExpired),
+            Session::Disconnected(since) => {
+                let timeout = store.session_timeout();
+                if since.elapsed() >= timeout && !self.fenced {
+                    log::warn!(
+                        "node {node}: cut off from the map for {:?} (session timeout {timeout:?}); fencing",
+                        since.elapsed()
+                    );
+                    self.fence();
+                }
+                return Ok(PassReport {
+                    next: Some(RETRY),
+                    ..Default::default()
+                });
+            }
+            Session::Connected => {}
+        }
+        let mut snap = store.snapshot()?;
+        if !snap.map.nodes.contains_key(&node) {
+            return Err(MapError::NotFound {
+                kind: ferry_map::Kind::Node,
+                name: format!(
+                    "{node} (add it with `ferry map node add {node} --portal ADDR:PORT`)"
+                ),
+            });
+        }
+        if !self.registered || !snap.live.contains_key(&node) {
+            let live = LiveNode {
+                portal: snap.map.nodes[&node].portal.clone(),
+                pid: std::process::id(),
+                since: now_ms() / 1000,
+            };
+            self.store()?.register(&node, &live)?;
+            self.registered = true;
+            // Plan with this node counted as live.
+            snap = self.store()?.snapshot()?;
+        }
+        let mut report = PassReport {
+            version: snap.version,
+            ..Default::default()
+        };
+        let p = plan(&snap, &node);
+        let serve = self.claim_turns(&p, &mut report)?;
+        let wanted = wanted_targets(&snap, &serve);
+        let shown = self.cfg.tgt.show().map_err(|e| MapError::Store {
+            op: "reading",
+            path: "tgtd".into(),
+            why: e.to_string(),
+        })?;
+        let ops = diff(&shown, &wanted, &self.chap);
+        if !ops.is_empty() {
+            log::info!(
+                "node {node}: applying {} change(s) for map version {}",
+                ops.len(),
+                snap.version
+            );
+        }
+        let mut failed_luns = BTreeSet::new();
+        let mut failed_tids = BTreeSet::new();
+        for op in &ops {
+            let tid = match op {
+                TgtOp::NewLun { tid, .. }
+                | TgtOp::Bind { tid, .. }
+                | TgtOp::Account { tid, .. } => Some(*tid),
+                _ => None,
+            };
+            if tid.is_some_and(|t| failed_tids.contains(&t)) {
+                continue;
+            }
+            match self.cfg.tgt.apply(op) {
+                Ok(()) => {
+                    if let TgtOp::Account { chap, tid } = op {
+                        if let Some(t) = wanted_iqn_of(&shown, &ops, *tid) {
+                            self.chap.insert(t, chap.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("node {node}: {e}");
+                    let key = op
+                        .lun_name()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "target".into());
+                    if let Some(l) = op.lun_name() {
+                        failed_luns.insert(l.to_string());
+                    }
+                    if let TgtOp::NewTarget { tid, .. } = op {
+                        failed_tids.insert(*tid);
+                    }
+                    report.errors.insert(key, e.why);
+                }
+            }
+        }
+        // Give up claims only once tgtd no longer serves those LUNs.
+        for lun in &p.release {
+            let still = wanted
+                .values()
+                .any(|w| w.luns.values().any(|(n, _)| n == lun));
+            if !still && !failed_luns.contains(lun) {
+                self.store()?.release(lun, &node)?;
+            }
+        }
+        self.fenced = false;
+        report.serving = serve
+            .into_iter()
+            .filter(|l| !failed_luns.contains(l))
+            .collect();
+        let migrating = self.migrations(&snap, &report.serving)?;
+        if !report.errors.is_empty() || migrating {
+            report.next = Some(report.next.map_or(RETRY, |n| n.min(RETRY)));
+        }
+        let status = NodeStatus {
+            applied_version: snap.version,
+            serving: report.serving.clone(),
+            errors: report.errors.clone(),
+            at_ms: now_ms(),
+        };
+        self.store()?.put_status(&node, &status)?;
+        Ok(report)
+    }
+
+    /// Takes the claims whose turn came; returns the LUNs to serve.
+    fn claim_turns(
+        &mut self,
+        p: &NodePlan,
+        report: &mut PassReport,
+    ) -> Result<Vec<String>, MapError> {
+        let node = self.cfg.node.clone();
+        let mut serve = p.serve.clone();
+        self.unowned_since.retain(|l, _| p.claim.contains_key(l));
+        let now = Instant::now();
+        for (lun, delay) in &p.claim {
+            let since = *self.unowned_since.entry(lun.clone()).or_insert(now);
+            let due = since + *delay;
+            if now >= due {
+                if self.store()?.claim(lun, &node)? {
+                    log::info!("node {node}: claimed LUN {lun}");
+                    serve.push(lun.clone());
+                }
+                self.unowned_since.remove(lun);
+            } else {
+                let left = due - now;
+                report.next = Some(report.next.map_or(left, |n| n.min(left)));
+            }
+        }
+        serve.sort();
+        Ok(serve)
+    }
+
+    /// Executes new migration requests of served LUNs and reports their
+    /// progress; true while any of them is still copying.
+    fn migrations(&mut self, snap: &Snapshot, serving: &[String]) -> Result<bool, MapError> {
+        let node = self.cfg.node.clone();
+        let mut active = false;
+        for lun in serving {
+            let Some((req, _)) = snap.migrations.get(lun) else {
+                continue;
+            };
+            let spec = &snap.map.luns[lun].spec;
+            let prev = snap.migration_status.get(lun);
+            let done = prev.map_or(0, |s| s.done_seq);
+            let mut status = MigrationStatus {
+                done_seq: done,
+                node: node.clone(),
+                error: prev.and_then(|p| p.error.clone()),
+                progress: None,
+                at_ms: now_ms(),
+            };
+            if req.seq > done {
+                log::info!(
+                    "node {node}: migration request {} for {lun}: {:?}",
+                    req.seq,
+                    req.action
+                );
+                status.error = self.execute(spec, &req.action).err();
+                status.done_seq = req.seq;
+            }
+            let progress = self
+                .control(
+                    spec,
+                    Request::Status {
+                        volume: spec.clone(),
+                    },
+                )
+                .ok()
+                .and_then(|r| r.progress);
+            if let Some(p) = &progress {
+                active |= matches!(p.state, MigrationState::Copying | MigrationState::Aborting);
+            }
+            status.progress = progress.and_then(|p| serde_json::to_value(p).ok());
+            let changed = prev.is_none_or(|p| {
+                p.done_seq != status.done_seq
+                    || p.error != status.error
+                    || p.progress != status.progress
+            });
+            if changed {
+                self.store()?.put_migration_status(lun, &status)?;
+            }
+        }
+        Ok(active)
+    }
+
+    fn control(&self, spec: &str, req: Request) -> Result<control::Response, String> {
+        let sock = control::find_host_in(&self.cfg.run_dir, spec)
+            .ok_or_else(|| format!("no process on this node serves {spec}"))?;
+        let r = control::call(&sock, &req)
+            .map_err(|e| format!("control socket {}: {e}", sock.display()))?;
+        if r.ok {
+            Ok(r)
+        } else {
+            Err(r.error.unwrap_or_else(|| "failed".into()))
+        }
+    }
+
+    fn execute(&self, spec: &str, action: &MigrationAction) -> Result<(), String> {
+        let volume = spec.to_string();
+        let req = match action {
+            MigrationAction::Start { target, rate } => {
+                // Idempotent across a move: a migration already under way
+                // (resumed from its record) is the one requested.
+                if let Ok(r) = self.control(
+                    spec,
+                    Request::Status {
+                        volume: volume.clone(),
+                    },
+                ) {
+                    if r.progress.is_some() {
+                        return Ok(());
+                    }
+                }
+                Request::Start {
+                    volume,
+                    target: target.clone(),
+                    options: StartOptions {
+                        rate_limit: *rate,
+                        ..StartOptions::default()
+                    },
+                }
+            }
+            MigrationAction::Pause => Request::Pause { volume },
+            MigrationAction::Resume => Request::Resume { volume },
+            MigrationAction::Rate { rate } => Request::Rate {
+                volume,
+                bytes_per_sec: *rate,
+            },
+            MigrationAction::Abort => Request::Abort { volume },
+            MigrationAction::Commit { remove_source } => Request::Commit {
+                volume,
+                remove_source: *remove_source,
+            },
+        };
+        self.control(spec, req).map(drop)
+    }
+}
+
+fn wanted_iqn_of(shown: &[tgt::ShownTarget], ops: &[TgtOp], tid: u32) -> Option<String> {
+    shown
+        .iter()
+        .find(|t| t.tid == tid)
+        .map(|t| t.iqn.clone())
+        .or_else(|| {
+            ops.iter().find_map(|o| match o {
+                TgtOp::NewTarget { tid: t, iqn } if *t == tid => Some(iqn.clone()),
+                _ => None,
+            })
+        })
+}
+
+/// The targets this node presents when it serves `serve`.
+pub fn wanted_targets(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedTarget> {
+    let mut out: BTreeMap<String, WantedTarget> = BTreeMap::new();
+    for name in serve {
+        let Some(l) = snap.map.luns.get(name) else {
+            continue;
+        };
+        let Some(t) = snap.map.targets.get(&l.target) else {
+            continue;
+        };
+        let w = out.entry(l.target.clone()).or_insert_with(|| WantedTarget {
+            luns: BTreeMap::new(),
+            initiators: snap.map.initiators_of_target(&l.target),
+            chap: t.chap.clone(),
+        });
+        w.luns.insert(l.lun, (l.name.clone(), l.spec.clone()));
+    }
+    out
+}

@@ -1,0 +1,680 @@
+//! Driving tgtd through `tgtadm`: reading what it serves, and turning the
+//! difference from what it should serve into the fewest commands.
+//!
+//! The agent manages the targets that the map names plus any target with
+//! a ferry-backed LUN (a LUN it created earlier); every other target in
+//! the same tgtd is left alone, so admins may run other targets beside.
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use ferry_map::ChapCredential;
+
+/// A target as `tgtadm --op show` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShownTarget {
+    pub tid: u32,
+    pub iqn: String,
+    /// LUN number -> (backing-store type, path); LUN 0 (the controller)
+    /// is left out.
+    pub luns: BTreeMap<u32, (String, String)>,
+    pub accounts: BTreeSet<String>,
+    /// Bound initiator names and addresses.
+    pub acls: BTreeSet<String>,
+}
+
+/// Parses `tgtadm --lld iscsi --mode target --op show`.
+pub fn parse_show(text: &str) -> Vec<ShownTarget> {
+    #[derive(PartialEq)]
+    enum Section {
+        Other,
+        Luns,
+        Accounts,
+        Acls,
+    }
+    let mut out: Vec<ShownTarget> = Vec::new();
+    let mut section = Section::Other;
+    let mut lun: Option<u32> = None;
+    let mut bstype = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = line.strip_prefix("Target ") {
+            if let Some((tid, iqn)) = rest.split_once(": ") {
+                if let Ok(tid) = tid.parse() {
+                    out.push(ShownTarget {
+                        tid,
+                        iqn: iqn.trim().to_string(),
+                        ..Default::default()
+                    });
+                    section = Section::Other;
+                    continue;
+                }
+            }
+        }
+        let Some(cur) = out.last_mut() else {
+            continue;
+        };
+        match t {
+            "LUN information:" => section = Section::Luns,
+            "Account information:" => section = Section::Accounts,
+            "ACL information:" => section = Section::Acls,
+            "System information:" | "I_T nexus information:" => section = Section::Other,
+            _ => match section {
+                Section::Luns => {
+                    if let Some(n) = t.strip_prefix("LUN: ") {
+                        lun = n.parse().ok();
+                    } else if let Some(b) = t.strip_prefix("Backing store type: ") {
+                        bstype = b.to_string();
+                    } else if let Some(p) = t.strip_prefix("Backing store path: ") {
+                        if let Some(n) = lun.filter(|n| *n != 0) {
+                            cur.luns.insert(n, (bstype.clone(), p.to_string()));
+                        }
+                    }
+                }
+                Section::Accounts if !t.is_empty() => {
+                    // Outgoing accounts are shown as "user (outgoing)".
+                    cur.accounts
+                        .insert(t.split_whitespace().next().unwrap_or(t).to_string());
+                }
+                Section::Acls if !t.is_empty() => {
+                    cur.acls.insert(t.to_string());
+                }
+                _ => {}
+            },
+        }
+    }
+    out
+}
+
+/// What one target should look like on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WantedTarget {
+    /// LUN number -> (LUN name, volume spec).
+    pub luns: BTreeMap<u32, (String, String)>,
+    pub initiators: BTreeSet<String>,
+    pub chap: Option<ChapCredential>,
+}
+
+/// One tgtadm step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TgtOp {
+    DeleteTarget {
+        tid: u32,
+    },
+    DeleteLun {
+        tid: u32,
+        lun: u32,
+        name: Option<String>,
+    },
+    Unbind {
+        tid: u32,
+        initiator: String,
+    },
+    UnbindAccount {
+        tid: u32,
+        user: String,
+    },
+    NewTarget {
+        tid: u32,
+        iqn: String,
+    },
+    NewLun {
+        tid: u32,
+        lun: u32,
+        name: String,
+        spec: String,
+    },
+    Bind {
+        tid: u32,
+        initiator: String,
+    },
+    /// (Re)creates the account and binds it.
+    Account {
+        tid: u32,
+        chap: ChapCredential,
+    },
+}
+
+impl TgtOp {
+    /// The LUN an operation is about, for per-LUN error reports.
+    pub fn lun_name(&self) -> Option<&str> {
+        match self {
+            TgtOp::NewLun { name, .. } => Some(name),
+            TgtOp::DeleteLun { name, .. } => name.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+fn same_spec(a: &str, b: &str) -> bool {
+    a.trim() == b.trim()
+}
+
+/// The steps from `shown` to `wanted`: removals first (so a LUN that
+/// moves or goes away stops being served before anything new starts),
+/// then additions. `known_chap` is what this agent applied since it
+/// started (tgtd cannot show secrets), so a secret is re-applied after a
+/// restart or a change.
+pub fn diff(
+    shown: &[ShownTarget],
+    wanted: &BTreeMap<String, WantedTarget>,
+    known_chap: &BTreeMap<String, ChapCredential>,
+) -> Vec<TgtOp> {
+    let mut removals = Vec::new();
+    let mut additions = Vec::new();
+    let managed = |t: &ShownTarget| {
+        wanted.contains_key(&t.iqn) || t.luns.values().any(|(bs, _)| bs == "ferry")
+    };
+    let used: BTreeSet<u32> = shown.iter().map(|t| t.tid).collect();
+    let mut free = (1u32..).filter(|t| !used.contains(t));
+    for t in shown.iter().filter(|t| managed(t)) {
+        let Some(w) = wanted.get(&t.iqn) else {
+            removals.push(TgtOp::DeleteTarget { tid: t.tid });
+            continue;
+        };
+        for (n, (bs, path)) in &t.luns {
+            match w.luns.get(n) {
+                Some((_, spec)) if bs == "ferry" && same_spec(spec, path) => {}
+                other => removals.push(TgtOp::DeleteLun {
+                    tid: t.tid,
+                    lun: *n,
+                    name: other.map(|(name, _)| name.clone()),
+                }),
+            }
+        }
+        for (n, (name, spec)) in &w.luns {
+            let present = t
+                .luns
+                .get(n)
+                .is_some_and(|(bs, path)| bs == "ferry" && same_spec(spec, path));
+            if !present {
+                additions.push(TgtOp::NewLun {
+                    tid: t.tid,
+                    lun: *n,
+                    name: name.clone(),
+                    spec: spec.clone(),
+                });
+            }
+        }
+        for a in t.acls.difference(&w.initiators) {
+            removals.push(TgtOp::Unbind {
+                tid: t.tid,
+                initiator: a.clone(),
+            });
+        }
+        for a in w.initiators.difference(&t.acls) {
+            additions.push(TgtOp::Bind {
+                tid: t.tid,
+                initiator: a.clone(),
+            });
+        }
+        let wanted_user = w.chap.as_ref().map(|c| c.user.as_str());
+        for u in &t.accounts {
+            if Some(u.as_str()) != wanted_user {
+                removals.push(TgtOp::UnbindAccount {
+                    tid: t.tid,
+                    user: u.clone(),
+                });
+            }
+        }
+        if let Some(c) = &w.chap {
+            if !t.accounts.contains(&c.user) || known_chap.get(&t.iqn) != Some(c) {
+                additions.push(TgtOp::Account {
+                    tid: t.tid,
+                    chap: c.clone(),
+                });
+            }
+        }
+    }
+    for (iqn, w) in wanted {
+        if shown.iter().any(|t| &t.iqn == iqn) {
+            continue;
+        }
+        let tid = free.next().expect("tids are unbounded");
+        additions.push(TgtOp::NewTarget {
+            tid,
+            iqn: iqn.clone(),
+        });
+        for (n, (name, spec)) in &w.luns {
+            additions.push(TgtOp::NewLun {
+                tid,
+                lun: *n,
+                name: name.clone(),
+                spec: spec.clone(),
+            });
+        }
+        for a in &w.initiators {
+            additions.push(TgtOp::Bind {
+                tid,
+                initiator: a.clone(),
+            });
+        }
+        if let Some(c) = &w.chap {
+            additions.push(TgtOp::Account {
+                tid,
+                chap: c.clone(),
+            });
+        }
+    }
+    removals.extend(additions);
+    removals
+}
+
+/// A failed tgtadm command (its arguments never include secrets).
+#[derive(Debug, thiserror::Error)]
+#[error("tgtadm {args}: {why}")]
+pub struct TgtError {
+    pub args: String,
+    pub why: String,
+}
+
+/// One tgtd, reached through its management channel.
+#[derive(Debug, Clone)]
+pub struct Tgtadm {
+    /// tgtd's `-C` control port (None: the default channel).
+    pub control: Option<u16>,
+}
+
+/// The SCSI identity of a LUN, the same on every node that serves it, so
+/// initiators (and multipath) see one device wherever it moves. tgt's
+/// default (IET + tid + lun) would differ from node to node.
+pub fn scsi_identity(lun_name: &str) -> (String, String) {
+    // FNV-1a: a stable, dependency-free hash for a 16-hex-digit serial.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in lun_name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let sn = format!("{h:016x}");
+    // tgt takes up to 24 bytes of SCSI ID.
+    let id: String = format!("ferry-{lun_name}").chars().take(24).collect();
+    (id, sn)
+}
+
+impl Tgtadm {
+    fn run(&self, args: &[&str], redact: bool) -> Result<String, TgtError> {
+        let mut cmd = Command::new("tgtadm");
+        if let Some(c) = self.control {
+            cmd.args(["-C", &c.to_string()]);
+        }
+        cmd.args(["--lld", "iscsi"]).args(args);
+        let shown = if redact {
+            "--mode account --op new (credentials hidden)".to_string()
+        } else {
+            args.join(" ")
+        };
+        let out = cmd.output().map_err(|e| TgtError {
+            args: shown.clone(),
+            why: format!("cannot run tgtadm: {e}"),
+        })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(TgtError {
+                args: shown,
+                why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    pub fn show(&self) -> Result<Vec<ShownTarget>, TgtError> {
+        self.run(&["--mode", "target", "--op", "show"], false)
+            .map(|t| parse_show(&t))
+    }
+
+    /// Applies one step.
+    pub fn apply(&self, op: &TgtOp) -> Result<(), TgtError> {
+        let s = |v: &u32| v.to_string();
+        match op {
+            TgtOp::DeleteTarget { tid } => self
+                .run(
+                    &[
+                        "--mode",
+                        "target",
+                        "--op",
+                        "delete",
+                        "--force",
+                        "--tid",
+                        &s(tid),
+                    ],
+                    false,
+                )
+                .map(drop),
+            TgtOp::DeleteLun { tid, lun, .. } => self
+                .run(
+                    &[
+                        "--mode",
+                        "logicalunit",
+                        "--op",
+                        "delete",
+                        "--tid",
+                        &s(tid),
+                        "--lun",
+                        &s(lun),
+                    ],
+                    false,
+                )
+                .map(drop),
+            TgtOp::Unbind { tid, initiator } => self
+                .run(
+                    &[
+                        "--mode",
+                        "target",
+                        "--op",
+                        "unbind",
+                        "--tid",
+                        &s(tid),
+                        acl_flag(initiator),
+                        initiator,
+                    ],
+                    false,
+                )
+                .map(drop),
+            TgtOp::UnbindAccount { tid, user } => self
+                .run(
+                    &[
+                        "--mode",
+                        "account",
+                        "--op",
+                        "unbind",
+                        "--tid",
+                        &s(tid),
+                        "--user",
+                        user,
+                    ],
+                    false,
+                )
+                .map(drop),
+            TgtOp::NewTarget { tid, iqn } => self
+                .run(
+                    &[
+                        "--mode",
+                        "target",
+                        "--op",
+                        "new",
+                        "--tid",
+                        &s(tid),
+                        "--targetname",
+                        iqn,
+                    ],
+                    false,
+                )
+                .map(drop),
+            TgtOp::NewLun {
+                tid,
+                lun,
+                name,
+                spec,
+            } => {
+                self.run(
+                    &[
+                        "--mode",
+                        "logicalunit",
+                        "--op",
+                        "new",
+                        "--tid",
+                        &s(tid),
+                        "--lun",
+                        &s(lun),
+                        "--bstype",
+                        "ferry",
+                        "--backing-store",
+                        spec,
+                    ],
+                    false,
+                )?;
+                let (id, sn) = scsi_identity(name);
+                self.run(
+                    &[
+                        "--mode",
+                        "logicalunit",
+                        "--op",
+                        "update",
+                        "--tid",
+                        &s(tid),
+                        "--lun",
+                        &s(lun),
+                        "--params",
+                        &format!("scsi_id={id},scsi_sn={sn}"),
+                    ],
+                    false,
+                )
+                .map(drop)
+            }
+            TgtOp::Bind { tid, initiator } => self
+                .run(
+                    &[
+                        "--mode",
+                        "target",
+                        "--op",
+                        "bind",
+                        "--tid",
+                        &s(tid),
+                        acl_flag(initiator),
+                        initiator,
+                    ],
+                    false,
+                )
+                .map(drop),
+            TgtOp::Account { tid, chap } => {
+                // Accounts are global in tgtd: replace it so a changed
+                // secret takes effect. (The secret is on tgtadm's command
+                // line, visible to root only through /proc.)
+                let _ = self.run(
+                    &["--mode", "account", "--op", "delete", "--user", &chap.user],
+                    false,
+                );
+                self.run(
+                    &[
+                        "--mode",
+                        "account",
+                        "--op",
+                        "new",
+                        "--user",
+                        &chap.user,
+                        "--password",
+                        &chap.password,
+                    ],
+                    true,
+                )?;
+                self.run(
+                    &[
+                        "--mode",
+                        "account",
+                        "--op",
+                        "bind",
+                        "--tid",
+                        &s(tid),
+                        "--user",
+                        &chap.user,
+                    ],
+                    false,
+                )
+                .map(drop)
+            }
+        }
+    }
+}
+
+/// tgt binds initiators by name (`-Q`) or by address (`-I`).
+fn acl_flag(who: &str) -> &'static str {
+    if who.starts_with("iqn.") || who.starts_with("eui.") || who.starts_with("naa.") {
+        "--initiator-name"
+    } else {
+        "--initiator-address"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOW: &str = "Target 3: iqn.2026-11.org.ferry:probe
+    System information:
+        Driver: iscsi
+        State: ready
+    I_T nexus information:
+    LUN information:
+        LUN: 0
+            Type: controller
+            Backing store type: null
+            Backing store path: None
+            Backing store flags: 
+        LUN: 1
+            Type: disk
+            Backing store type: ferry
+            Backing store path: /tmp/probe.img
+            Backing store flags: 
+    Account information:
+        bob
+    ACL information:
+        iqn.1994-05.com.redhat:host1
+Target 4: iqn.2026-11.org.other:plain
+    System information:
+    LUN information:
+        LUN: 0
+            Backing store type: null
+            Backing store path: None
+        LUN: 1
+            Backing store type: rdwr
+            Backing store path: /tmp/other.img
+    Account information:
+    ACL information:
+        ALL
+";
+
+    fn iqn() -> String {
+        "iqn.2026-11.org.ferry:probe".into()
+    }
+
+    #[test]
+    fn show_output_is_parsed_per_target() {
+        let t = parse_show(SHOW);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].tid, 3);
+        assert_eq!(t[0].iqn, iqn());
+        assert_eq!(
+            t[0].luns[&1],
+            ("ferry".to_string(), "/tmp/probe.img".to_string())
+        );
+        assert!(!t[0].luns.contains_key(&0));
+        assert!(t[0].accounts.contains("bob"));
+        assert!(t[0].acls.contains("iqn.1994-05.com.redhat:host1"));
+        assert_eq!(t[1].acls, ["ALL".to_string()].into());
+    }
+
+    #[test]
+    fn nothing_to_do_when_tgtd_matches() {
+        let shown = parse_show(SHOW);
+        let chap = ChapCredential {
+            user: "bob".into(),
+            password: "0123456789ab".into(),
+        };
+        let wanted = BTreeMap::from([(
+            iqn(),
+            WantedTarget {
+                luns: BTreeMap::from([(1, ("l1".into(), "/tmp/probe.img".into()))]),
+                initiators: ["iqn.1994-05.com.redhat:host1".to_string()].into(),
+                chap: Some(chap.clone()),
+            },
+        )]);
+        let known = BTreeMap::from([(iqn(), chap)]);
+        assert_eq!(diff(&shown, &wanted, &known), vec![]);
+    }
+
+    #[test]
+    fn unwanted_ferry_target_goes_and_foreign_targets_stay() {
+        let shown = parse_show(SHOW);
+        let ops = diff(&shown, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(ops, vec![TgtOp::DeleteTarget { tid: 3 }]);
+    }
+
+    #[test]
+    fn new_target_gets_a_free_tid_and_removals_come_first() {
+        let shown = parse_show(SHOW);
+        let wanted = BTreeMap::from([
+            (
+                iqn(),
+                WantedTarget {
+                    luns: BTreeMap::from([(2, ("l2".into(), "/v/l2".into()))]),
+                    initiators: BTreeSet::new(),
+                    chap: None,
+                },
+            ),
+            (
+                "iqn.2026-11.org.ferry:new".to_string(),
+                WantedTarget {
+                    luns: BTreeMap::from([(1, ("n1".into(), "/v/n1".into()))]),
+                    initiators: ["iqn.2026-11.org.ferry:h".to_string()].into(),
+                    chap: None,
+                },
+            ),
+        ]);
+        let ops = diff(&shown, &wanted, &BTreeMap::new());
+        assert_eq!(
+            ops,
+            vec![
+                TgtOp::DeleteLun {
+                    tid: 3,
+                    lun: 1,
+                    name: None
+                },
+                TgtOp::Unbind {
+                    tid: 3,
+                    initiator: "iqn.1994-05.com.redhat:host1".into()
+                },
+                TgtOp::UnbindAccount {
+                    tid: 3,
+                    user: "bob".into()
+                },
+                TgtOp::NewLun {
+                    tid: 3,
+                    lun: 2,
+                    name: "l2".into(),
+                    spec: "/v/l2".into()
+                },
+                TgtOp::NewTarget {
+                    tid: 1,
+                    iqn: "iqn.2026-11.org.ferry:new".into()
+                },
+                TgtOp::NewLun {
+                    tid: 1,
+                    lun: 1,
+                    name: "n1".into(),
+                    spec: "/v/n1".into()
+                },
+                TgtOp::Bind {
+                    tid: 1,
+                    initiator: "iqn.2026-11.org.ferry:h".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_chap_secret_is_reapplied() {
+        let shown = parse_show(SHOW);
+        let chap = ChapCredential {
+            user: "bob".into(),
+            password: "0123456789ab".into(),
+        };
+        let wanted = BTreeMap::from([(
+            iqn(),
+            WantedTarget {
+                luns: BTreeMap::from([(1, ("l1".into(), "/tmp/probe.img".into()))]),
+                initiators: ["iqn.1994-05.com.redhat:host1".to_string()].into(),
+                chap: Some(chap.clone()),
+            },
+        )]);
+        assert_eq!(
+            diff(&shown, &wanted, &BTreeMap::new()),
+            vec![TgtOp::Account { tid: 3, chap }]
+        );
+    }
+
+    #[test]
+    fn scsi_identity_is_stable_and_bounded() {
+        assert_eq!(scsi_identity("db"), scsi_identity("db"));
+        assert_ne!(scsi_identity("db").1, scsi_identity("dc").1);
+        assert!(scsi_identity(&"x".repeat(63)).0.len() <= 24);
+    }
+}

@@ -1,0 +1,59 @@
+//! `ferry agent`: keep this node's tgtd in line with the cluster LUN map.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ferry_agent::tgt::Tgtadm;
+use ferry_agent::{Agent, AgentConfig};
+
+use crate::map::MapArgs;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// This node's name in the map (`ferry map node add`).
+    #[arg(long)]
+    pub node: String,
+    /// tgtd's management channel (`tgtd -C N`); default: tgtd's default.
+    #[arg(long)]
+    pub tgtd_control: Option<u16>,
+    /// Where tgtd's ferry LUNs put their control sockets (tgtd's
+    /// `FERRY_RUN_DIR`), for migration requests.
+    #[arg(long, env = "FERRY_RUN_DIR", default_value = "/run/ferry")]
+    pub run_dir: PathBuf,
+    #[command(flatten)]
+    pub map: MapArgs,
+}
+
+pub fn run(a: AgentArgs) -> Result<()> {
+    ferry_map::schema::check_name(ferry_map::Kind::Node, &a.node)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let map = a.map.clone();
+    // The first connection is made here so that a bad URL or bad
+    // credentials fail the command at once; later ones (after a session
+    // expired) are retried by the agent.
+    let first = std::sync::Mutex::new(Some(map.open()?));
+    let connect: ferry_agent::Connect = Box::new(move || {
+        if let Some(s) = first.lock().ok().and_then(|mut f| f.take()) {
+            return Ok(s);
+        }
+        map.open().map_err(|e| ferry_map::MapError::Unreachable {
+            store: map.map.clone(),
+            why: format!("{e:#}"),
+        })
+    });
+    let cfg = AgentConfig {
+        node: a.node.clone(),
+        tgt: Tgtadm {
+            control: a.tgtd_control,
+        },
+        run_dir: a.run_dir.clone(),
+    };
+    eprintln!("ferry agent: node {} on {}", a.node, a.map.map);
+    Agent::new(cfg, connect).run(&stop);
+    Ok(())
+}
