@@ -3,6 +3,8 @@
 //! where tgtd loads it, and the project's binaries.
 #![allow(dead_code)]
 
+pub mod zk;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -69,7 +71,7 @@ pub fn install_plugin() {
     std::fs::rename(&tmp, &dest).unwrap();
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

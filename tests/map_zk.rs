@@ -1,0 +1,388 @@
+//! `ferry map` against a real ZooKeeper: edits, validation, concurrent
+//! conflicting edits, ACLs, and an unreachable server.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::check;
+use common::zk::ZooKeeper;
+use serde_json::Value;
+
+const T1: &str = "iqn.2026-11.org.ferry:t1";
+const H1: &str = "iqn.2026-11.org.ferry:h1";
+const H2: &str = "iqn.2026-11.org.ferry:h2";
+
+fn map(url: &str, auth: Option<&Path>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.arg("map")
+        .args(args)
+        .env("FERRY_MAP", url)
+        .env_remove("FERRY_ZK_AUTH_FILE");
+    if let Some(a) = auth {
+        c.env("FERRY_ZK_AUTH_FILE", a);
+    }
+    c.output().unwrap()
+}
+
+fn ok(url: &str, args: &[&str]) -> String {
+    check(&map(url, None, args), &format!("ferry map {args:?}"))
+}
+
+/// Runs a command that must fail; returns its error message.
+fn fails(url: &str, auth: Option<&Path>, args: &[&str]) -> String {
+    let out = map(url, auth, args);
+    assert!(
+        !out.status.success(),
+        "ferry map {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn show(url: &str) -> Value {
+    serde_json::from_str(&ok(url, &["show", "--json"])).unwrap()
+}
+
+fn base_map(url: &str) {
+    ok(url, &["node", "add", "a", "--portal", "127.0.0.1:3260"]);
+    ok(url, &["target", "add", T1]);
+    ok(
+        url,
+        &[
+            "lun", "add", "l1", "--target", T1, "--lun", "1", "--spec", "/srv/v1", "--nodes", "a",
+        ],
+    );
+    ok(url, &["initiator", "add", H1, "--lun", "l1"]);
+}
+
+#[test]
+fn map_edits_are_validated_and_versioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(zk) = ZooKeeper::start(dir.path()) else {
+        return;
+    };
+    let url = zk.url("edits");
+    base_map(&url);
+    let s = show(&url);
+    assert_eq!(s["version"], 4);
+    assert_eq!(s["map"]["luns"]["l1"]["spec"], "file:/srv/v1");
+    assert_eq!(s["map"]["initiators"][H1]["luns"][0], "l1");
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["target", "add", "iqn.2026-11.Org.Ferry:x"],
+            "invalid iSCSI name",
+        ),
+        (&["target", "add", "target1"], "invalid iSCSI name"),
+        (&["target", "add", T1], "already exists"),
+        (
+            &[
+                "lun", "add", "l1", "--target", T1, "--lun", "2", "--spec", "/srv/x",
+            ],
+            "LUN l1 already exists",
+        ),
+        (
+            &[
+                "lun", "add", "l2", "--target", T1, "--lun", "1", "--spec", "/srv/x",
+            ],
+            "is taken by l1",
+        ),
+        (
+            &[
+                "lun",
+                "add",
+                "l2",
+                "--target",
+                "iqn.2026-11.org.ferry:none",
+                "--lun",
+                "2",
+                "--spec",
+                "/srv/x",
+            ],
+            "unknown target",
+        ),
+        (
+            &[
+                "lun", "add", "l2", "--target", T1, "--lun", "2", "--spec", "/srv/x", "--nodes",
+                "zz",
+            ],
+            "unknown node zz",
+        ),
+        (
+            &[
+                "lun", "add", "l2", "--target", T1, "--lun", "0", "--spec", "/srv/x",
+            ],
+            "out of range",
+        ),
+        (
+            &[
+                "lun", "add", "l/2", "--target", T1, "--lun", "2", "--spec", "/srv/x",
+            ],
+            "invalid LUN name",
+        ),
+        (
+            &[
+                "lun",
+                "add",
+                "l2",
+                "--target",
+                T1,
+                "--lun",
+                "2",
+                "--spec",
+                "/srv/x",
+                "--cache-mode",
+                "fast",
+            ],
+            "unknown cache mode",
+        ),
+        (&["lun", "remove", "nope"], "unknown LUN nope"),
+        (&["initiator", "map", H1, "nope"], "unknown LUN nope"),
+        (&["initiator", "map", H2, "l1"], "unknown initiator"),
+        (
+            &["node", "add", "b", "--portal", "nowhere"],
+            "invalid portal",
+        ),
+        (&["target", "remove", T1], "still exports LUN l1"),
+    ];
+    for (args, want) in cases {
+        let e = fails(&url, None, args);
+        assert!(e.contains(want), "ferry map {args:?}: {e:?} lacks {want:?}");
+    }
+    // No failed edit changed anything.
+    assert_eq!(show(&url)["version"], 4);
+
+    // A LUN shared by two initiators refuses caching modes that would
+    // show one host stale data, and names the safe ones.
+    ok(&url, &["lun", "set", "l1", "--cache-mode", "writeback"]);
+    ok(&url, &["initiator", "add", H2]);
+    let e = fails(&url, None, &["initiator", "map", H2, "l1"]);
+    assert!(e.contains("writethrough, none or directsync"), "{e}");
+    ok(&url, &["lun", "set", "l1", "--cache-mode", "none"]);
+    ok(&url, &["initiator", "map", H2, "l1"]);
+
+    // Removing a LUN removes it from every initiator in the same commit.
+    ok(&url, &["lun", "remove", "l1"]);
+    let s = show(&url);
+    assert!(s["map"]["initiators"][H1]["luns"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(s["map"]["initiators"][H2]["luns"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn concurrent_conflicting_edits_have_one_winner_and_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(zk) = ZooKeeper::start(dir.path()) else {
+        return;
+    };
+    let url = zk.url("race");
+    base_map(&url);
+
+    // Compare-and-set on a document's version: the second writer holding
+    // the same version loses with a conflict naming what moved.
+    let v = show(&url)["version"].as_i64().unwrap();
+    ok(
+        &url,
+        &[
+            "lun",
+            "set",
+            "l1",
+            "--spec",
+            "/srv/v1b",
+            "--expect-version",
+            "0",
+        ],
+    );
+    let e = fails(
+        &url,
+        None,
+        &[
+            "lun",
+            "set",
+            "l1",
+            "--spec",
+            "/srv/v1c",
+            "--expect-version",
+            "0",
+        ],
+    );
+    assert!(
+        e.contains("conflict") && e.contains("expected version 0, now 1"),
+        "{e}"
+    );
+    assert_eq!(show(&url)["map"]["luns"]["l1"]["spec"], "file:/srv/v1b");
+    assert_eq!(show(&url)["version"].as_i64().unwrap(), v + 1);
+
+    // Eight admins add the same LUN at once with different volumes:
+    // exactly one wins, the rest are told it exists.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+            c.args(["map", "lun", "add", "same", "--target", T1, "--lun", "9"])
+                .args(["--spec", &format!("/srv/same-{i}")])
+                .env("FERRY_MAP", &url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let won = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(won, 1, "{outs:?}");
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("LUN same already exists"), "{e}");
+    }
+
+    // Eight admins add different LUNs at once: none is lost, and every
+    // commit bumped the version exactly once.
+    let before = show(&url)["version"].as_i64().unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+            c.args(["map", "lun", "add", &format!("m{i}"), "--target", T1])
+                .args([
+                    "--lun",
+                    &(20 + i).to_string(),
+                    "--spec",
+                    &format!("/srv/m{i}"),
+                ])
+                .env("FERRY_MAP", &url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for c in racers {
+        let o = c.wait_with_output().unwrap();
+        check(&o, "concurrent lun add");
+    }
+    let s = show(&url);
+    assert_eq!(s["version"].as_i64().unwrap(), before + 8);
+    for i in 0..8 {
+        assert!(s["map"]["luns"][format!("m{i}")].is_object());
+    }
+}
+
+#[test]
+fn digest_acl_keeps_clients_without_credentials_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(zk) = ZooKeeper::start(dir.path()) else {
+        return;
+    };
+    let url = zk.url("secure");
+    let auth = dir.path().join("zk-auth");
+    std::fs::write(&auth, "ferry-admin:s3cret-zk-pass\n").unwrap();
+    let wrong = dir.path().join("zk-wrong");
+    std::fs::write(&wrong, "ferry-admin:not-it\n").unwrap();
+    let secret = dir.path().join("chap");
+    std::fs::write(&secret, "chap-secret-0123\n").unwrap();
+    check(
+        &map(
+            &url,
+            Some(&auth),
+            &[
+                "target",
+                "add",
+                T1,
+                "--chap-user",
+                "u1",
+                "--chap-secret-file",
+                secret.to_str().unwrap(),
+            ],
+        ),
+        "target add with CHAP",
+    );
+    let shown = check(&map(&url, Some(&auth), &["show", "--json"]), "show");
+    assert!(
+        shown.contains("u1") && !shown.contains("chap-secret-0123"),
+        "{shown}"
+    );
+
+    for who in [None, Some(wrong.as_path())] {
+        let e = fails(&url, who, &["show"]);
+        assert!(e.contains("not authorized"), "{e}");
+        let e = fails(&url, who, &["node", "add", "x", "--portal", "127.0.0.1:1"]);
+        assert!(e.contains("not authorized"), "{e}");
+    }
+    let bad = dir.path().join("zk-bad");
+    std::fs::write(&bad, "no-colon\n").unwrap();
+    let e = fails(&url, Some(&bad), &["show"]);
+    assert!(e.contains("expected one line user:password"), "{e}");
+}
+
+#[test]
+fn unreachable_zookeeper_fails_with_a_timeout_not_a_hang() {
+    // A port nothing listens on.
+    let port = common::free_port();
+    let url = format!("zk://127.0.0.1:{port}/ferry");
+    let t = Instant::now();
+    let e = fails(&url, None, &["--timeout", "2s", "show"]);
+    assert!(e.contains("unreachable"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    for bad in ["zk://", "zk://host", "http://x", "zk://h:1/a b"] {
+        let e = fails(bad, None, &["show"]);
+        assert!(e.contains("invalid"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn embedded_file_map_takes_the_same_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file:{}", dir.path().join("map").display());
+    base_map(&url);
+    let e = fails(
+        &url,
+        None,
+        &[
+            "lun", "add", "l1", "--target", T1, "--lun", "2", "--spec", "/srv/x",
+        ],
+    );
+    assert!(e.contains("already exists"), "{e}");
+    ok(
+        &url,
+        &["lun", "set", "l1", "--nodes", "a", "--expect-version", "0"],
+    );
+    let s = show(&url);
+    assert_eq!(s["version"], 4, "a no-op change commits nothing");
+    ok(
+        &url,
+        &[
+            "lun",
+            "set",
+            "l1",
+            "--spec",
+            "/srv/v2",
+            "--expect-version",
+            "0",
+        ],
+    );
+    let e = fails(
+        &url,
+        None,
+        &[
+            "lun",
+            "set",
+            "l1",
+            "--spec",
+            "/srv/v3",
+            "--expect-version",
+            "0",
+        ],
+    );
+    assert!(e.contains("conflict"), "{e}");
+}
