@@ -281,6 +281,9 @@ pub struct MigrateStatus {
     /// copied, committed or aborted.
     #[arg(long)]
     pub until: Option<String>,
+    /// Give up waiting after this long, e.g. 10m.
+    #[arg(long, default_value = "1h")]
+    pub wait_timeout: String,
 }
 
 fn check_expect(
@@ -679,7 +682,12 @@ fn migrate(store: &dyn MapStore, cmd: MapMigrateCmd) -> Result<()> {
 }
 
 fn migrate_status(store: &dyn MapStore, a: &MigrateStatus) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3600);
+    if let Some(u) = &a.until {
+        if !["copying", "copied", "committed", "aborting", "aborted"].contains(&u.as_str()) {
+            bail!("--until takes copied, committed or aborted, not {u:?}");
+        }
+    }
+    let deadline = Instant::now() + parse_duration(&a.wait_timeout)?;
     loop {
         let s = store.snapshot()?;
         if !s.map.luns.contains_key(&a.lun) {
@@ -692,10 +700,7 @@ fn migrate_status(store: &dyn MapStore, a: &MigrateStatus) -> Result<()> {
             (None, _) => true,
             _ => false,
         };
-        let state = st
-            .as_ref()
-            .and_then(|st| st.progress.as_ref())
-            .and_then(|p| p["state"].as_str().map(str::to_string));
+        let state = st.as_ref().and_then(|st| st.state.clone());
         let reached = match &a.until {
             None => true,
             Some(u) => state.as_deref() == Some(u.as_str()),
@@ -726,6 +731,9 @@ fn migrate_status(store: &dyn MapStore, a: &MigrateStatus) -> Result<()> {
                             );
                             if let Some(e) = &st.error {
                                 println!("  error: {e}");
+                            }
+                            if let Some(state) = &st.state {
+                                println!("  {state}");
                             }
                             if let Some(p) = &st.progress {
                                 println!(

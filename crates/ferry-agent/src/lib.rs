@@ -352,6 +352,7 @@ impl Agent {
                 done_seq: done,
                 node: node.clone(),
                 error: prev.and_then(|p| p.error.clone()),
+                state: prev.and_then(|p| p.state.clone()),
                 progress: None,
                 at_ms: now_ms(),
             };
@@ -373,13 +374,25 @@ impl Agent {
                 )
                 .ok()
                 .and_then(|r| r.progress);
-            if let Some(p) = &progress {
-                active |= matches!(p.state, MigrationState::Copying | MigrationState::Aborting);
+            match &progress {
+                Some(p) => {
+                    active |= matches!(p.state, MigrationState::Copying | MigrationState::Aborting);
+                    status.state = Some(p.state.to_string());
+                }
+                // The serving process forgets a migration once it ended;
+                // the last request executed says how.
+                None if status.error.is_none() => match req.action {
+                    MigrationAction::Commit { .. } => status.state = Some("committed".into()),
+                    MigrationAction::Abort => status.state = Some("aborted".into()),
+                    _ => {}
+                },
+                None => {}
             }
             status.progress = progress.and_then(|p| serde_json::to_value(p).ok());
             let changed = prev.is_none_or(|p| {
                 p.done_seq != status.done_seq
                     || p.error != status.error
+                    || p.state != status.state
                     || p.progress != status.progress
             });
             if changed {

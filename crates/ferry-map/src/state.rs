@@ -68,6 +68,11 @@ pub struct MigrationStatus {
     pub node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// copying, copied, committed, aborting or aborted (the progress's
+    /// state while the serving process has a migration, then how the last
+    /// one ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// The copier's progress as the serving process reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<serde_json::Value>,

@@ -112,8 +112,11 @@ pub fn from_error(err: &ferry_core::Error, writing: bool) -> Sense {
             Sense::new(key::MEDIUM_ERROR, asc::READ_ERROR)
         }
         // Fenced volumes and metadata failures are the target's fault,
-        // not the medium's.
-        _ => Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE),
+        // not the medium's; the log says which.
+        e => {
+            log::error!("answering HARDWARE ERROR: {e}");
+            Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+        }
     }
 }
 

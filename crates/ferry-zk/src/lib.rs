@@ -27,6 +27,7 @@
 //! API here is blocking.
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,7 +127,10 @@ pub struct ZkStore {
     rt: tokio::runtime::Runtime,
     client: zk::Client,
     session: Arc<Mutex<Session>>,
-    watcher: Mutex<Option<zk::PersistentWatcher>>,
+    /// Bumped on every reconnection (see [`ZkStore::ensure_watch`]).
+    reconnects: Arc<AtomicU64>,
+    /// The watch, and the reconnection count when it was added.
+    watcher: Mutex<Option<(zk::PersistentWatcher, u64)>>,
 }
 
 fn zk_err(op: &'static str, path: &str, e: zk::Error) -> MapError {
@@ -197,13 +201,20 @@ impl ZkStore {
                 e => unreachable(e.to_string()),
             })?;
         let session = Arc::new(Mutex::new(Session::Connected));
+        let reconnects = Arc::new(AtomicU64::new(0));
         {
             let session = session.clone();
+            let reconnects = reconnects.clone();
             let mut states = client.state_watcher();
             rt.spawn(async move {
                 loop {
                     let s = states.changed().await;
                     let mut cur = session.lock();
+                    if matches!(s, zk::SessionState::SyncConnected)
+                        && matches!(*cur, Session::Disconnected(_))
+                    {
+                        reconnects.fetch_add(1, AtomicOrdering::SeqCst);
+                    }
                     *cur = match s {
                         zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                             Session::Connected
@@ -226,6 +237,7 @@ impl ZkStore {
             rt,
             client,
             session,
+            reconnects,
             watcher: Mutex::new(None),
         };
         store.ensure_layout()?;
@@ -385,16 +397,23 @@ impl ZkStore {
         }
     }
 
+    /// Adds the persistent recursive watch on the root, and adds it again
+    /// after every reconnection: the client library (0.11) re-registers
+    /// only one-shot watches with the server when it reconnects, so a
+    /// persistent watch would silently stop firing after a ZooKeeper
+    /// restart. The new watch is added before the old one is dropped, so
+    /// the server always has one.
     fn ensure_watch(&self) -> Result<(), MapError> {
         let mut slot = self.watcher.lock();
-        if slot.is_none() {
+        let epoch = self.reconnects.load(AtomicOrdering::SeqCst);
+        if slot.as_ref().is_none_or(|(_, e)| *e != epoch) {
             let w = self
                 .run(
                     self.client
                         .watch(&self.cfg.root, zk::AddWatchMode::PersistentRecursive),
                 )
                 .map_err(|e| zk_err("watching", &self.cfg.root, e))?;
-            *slot = Some(w);
+            *slot = Some((w, epoch));
         }
         Ok(())
     }
@@ -600,7 +619,7 @@ impl MapStore for ZkStore {
     fn wait(&self, timeout: Duration) -> Result<Event, MapError> {
         self.ensure_watch()?;
         let mut slot = self.watcher.lock();
-        let Some(w) = slot.as_mut() else {
+        let Some((w, _)) = slot.as_mut() else {
             return Err(MapError::SessionExpired);
         };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -613,6 +632,14 @@ impl MapStore for ZkStore {
                 if ev.session_state == zk::SessionState::Expired {
                     *slot = None;
                     return Err(MapError::SessionExpired);
+                }
+                if ev.session_state == zk::SessionState::SyncConnected {
+                    // Reconnected: add the watch again on the next wait
+                    // (see `ensure_watch`); what changed meanwhile is
+                    // read by the pass this wakes.
+                    if let Some((_, e)) = slot.as_mut() {
+                        *e = u64::MAX;
+                    }
                 }
                 return Ok(Event::Changed);
             }

@@ -1,0 +1,412 @@
+//! Node agents against a real ZooKeeper and real tgtds: three gateway
+//! nodes on one machine (each its own tgtd on its own loopback port),
+//! convergence after map changes, a node killed with SIGKILL while a
+//! migration runs on its LUN, ZooKeeper restarted under the agents, and
+//! the dead node coming back without taking its LUNs back.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::zk::ZooKeeper;
+use common::{bin, check, Tgtd};
+use serde_json::Value;
+
+const TARGET: &str = "iqn.2026-11.org.ferry:cluster";
+/// ferry-iscsi's default initiator name.
+const INITIATOR: &str = "iqn.2026-11.org.ferry:initiator";
+/// The agents' ZooKeeper session timeout: a dead node's LUNs move after it.
+const SESSION: Duration = Duration::from_secs(5);
+
+struct Node {
+    name: String,
+    tgtd: Tgtd,
+    agent: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start_agent(&mut self, url: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["agent", "--node", &self.name])
+            .args(["--tgtd-control", &self.tgtd.ctl.to_string()])
+            .arg("--run-dir")
+            .arg(&self.tgtd.run_dir)
+            .args(["--session-timeout", &format!("{}s", SESSION.as_secs())])
+            .env("FERRY_MAP", url)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    fn portal(&self) -> String {
+        format!("127.0.0.1:{}", self.tgtd.port)
+    }
+
+    fn url(&self, lun: u32) -> String {
+        format!("iscsi://{}/{TARGET}/{lun}", self.portal())
+    }
+
+    /// The node dies: agent and tgtd both get SIGKILL.
+    fn kill9(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        self.tgtd.kill9();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+fn ferry(url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_MAP", url)
+        .output()
+        .unwrap();
+    check(&out, &format!("ferry {args:?}"))
+}
+
+fn show(url: &str) -> Value {
+    serde_json::from_str(&ferry(url, &["map", "show", "--json"])).unwrap()
+}
+
+fn iscsi(args: &[&str]) -> std::process::Output {
+    Command::new(bin("ferry-iscsi"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Waits until `cond` holds on the map (up to `limit`); returns how long
+/// it took.
+fn wait_map(url: &str, limit: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        let s = show(url);
+        if cond(&s) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{what}: not within {limit:?}; map: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `node` reports serving `lun` at map version `v` or later.
+fn serves(s: &Value, node: &str, lun: &str, v: i64) -> bool {
+    let st = &s["status"][node];
+    st["applied_version"].as_i64().unwrap_or(-1) >= v
+        && st["serving"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l == lun))
+        && s["owners"][lun] == node
+}
+
+fn owner(s: &Value, lun: &str) -> Option<String> {
+    s["owners"][lun].as_str().map(str::to_string)
+}
+
+#[test]
+fn agents_converge_fail_over_and_rejoin_without_flapping() {
+    if !common::require("tgtd") || !common::require("tgtadm") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut zk) = ZooKeeper::start(&dir.path().join("zk")) else {
+        return;
+    };
+    let url = zk.url("ferry");
+    let vols = dir.path().join("vols");
+    std::fs::create_dir_all(&vols).unwrap();
+    let vol = |n: &str| format!("file:{}", vols.join(n).display());
+
+    // Three nodes; the map names them before their agents start.
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let names = ["a", "b", "c"];
+    for n in names {
+        // The agent is started below, once the node is in the map.
+        let run_dir = dir.path().join(format!("run-{n}"));
+        let tgtd = Tgtd::start(&run_dir);
+        ferry(
+            &url,
+            &[
+                "map",
+                "node",
+                "add",
+                n,
+                "--portal",
+                &format!("127.0.0.1:{}", tgtd.port),
+            ],
+        );
+        nodes.insert(
+            n.to_string(),
+            Node {
+                name: n.to_string(),
+                tgtd,
+                agent: None,
+                log: dir.path().join(format!("agent-{n}.log")),
+            },
+        );
+    }
+    for n in nodes.values_mut() {
+        n.start_agent(&url);
+    }
+    ferry(&url, &["map", "target", "add", TARGET]);
+    ferry(&url, &["volume", "create", &vol("v1"), "--size", "64M"]);
+    ferry(
+        &url,
+        &[
+            "map",
+            "lun",
+            "add",
+            "v1",
+            "--target",
+            TARGET,
+            "--lun",
+            "1",
+            "--spec",
+            &vol("v1"),
+            "--nodes",
+            "a,b,c",
+        ],
+    );
+    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "v1"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(15), "v1 served by a", |s| {
+        serves(s, "a", "v1", v)
+    });
+    let a_url = nodes["a"].url(1);
+    check(
+        &iscsi(&["write-pattern", &a_url, "--seed", "7"]),
+        "write-pattern via a",
+    );
+
+    // Convergence: from a committed change to the serving node's report
+    // that its tgtd reflects it.
+    let mut times = Vec::new();
+    for i in 2..=6u32 {
+        let name = format!("v{i}");
+        ferry(&url, &["volume", "create", &vol(&name), "--size", "16M"]);
+        ferry(
+            &url,
+            &[
+                "map",
+                "lun",
+                "add",
+                &name,
+                "--target",
+                TARGET,
+                "--lun",
+                &i.to_string(),
+                "--spec",
+                &vol(&name),
+                "--nodes",
+                "a,b",
+            ],
+        );
+        let t = Instant::now();
+        let v = show(&url)["version"].as_i64().unwrap();
+        ferry(&url, &["map", "initiator", "map", INITIATOR, &name]);
+        wait_map(&url, Duration::from_secs(10), "new LUN served", |s| {
+            serves(s, "a", &name, v + 1)
+        });
+        times.push(t.elapsed());
+        // What the status claims, tgtd does: the LUN answers on a's portal.
+        check(&iscsi(&["info", &nodes["a"].url(i)]), "info on a new LUN");
+    }
+    times.sort();
+    eprintln!(
+        "convergence (commit -> node reports applied): median {:?}, max {:?} over {} changes",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
+
+    // A migration requested through the map runs on the serving node;
+    // rate-limited so it is still copying when that node dies.
+    ferry(
+        &url,
+        &[
+            "map",
+            "migrate",
+            "start",
+            "v1",
+            "--to",
+            &vol("v1-new"),
+            "--rate",
+            "4M",
+        ],
+    );
+    wait_map(
+        &url,
+        Duration::from_secs(15),
+        "migration copying on a",
+        |s| {
+            let p = &s["migration_status"]["v1"]["progress"];
+            p["state"] == "copying" && p["bytes_done"].as_u64().unwrap_or(0) > 0
+        },
+    );
+
+    // Node a dies. Its LUNs must be served by another node within the
+    // session timeout + 5 s, with every byte written before intact.
+    let killed = Instant::now();
+    nodes.get_mut("a").unwrap().kill9();
+    let took = wait_map(&url, SESSION + Duration::from_secs(5), "v1 re-homed", |s| {
+        owner(s, "v1").is_some_and(|o| o != "a" && serves(s, &o, "v1", 0))
+    });
+    let new_owner = owner(&show(&url), "v1").unwrap();
+    eprintln!(
+        "node a killed: v1 served by {new_owner} after {:?} (session timeout {SESSION:?})",
+        killed.elapsed()
+    );
+    assert!(took <= SESSION + Duration::from_secs(5));
+    let b_url = nodes[&new_owner].url(1);
+    check(
+        &iscsi(&["verify-pattern", &b_url, "--seed", "7"]),
+        "data written through a, read through the new owner",
+    );
+    // The LUNs restricted to a and b went to b.
+    for i in 2..=6u32 {
+        let s = show(&url);
+        assert_eq!(owner(&s, &format!("v{i}")).as_deref(), Some("b"), "{s:#}");
+    }
+
+    // The migration resumed on the new owner from its persistent index;
+    // finish it through the map and commit.
+    ferry(&url, &["map", "migrate", "rate", "v1", "unlimited"]);
+    wait_map(
+        &url,
+        Duration::from_secs(60),
+        "migration copied on the new owner",
+        |s| s["migration_status"]["v1"]["state"] == "copied",
+    );
+    let s = show(&url);
+    assert_eq!(s["migration_status"]["v1"]["node"], new_owner.as_str());
+    ferry(&url, &["map", "migrate", "commit", "v1"]);
+    ferry(
+        &url,
+        &[
+            "map",
+            "migrate",
+            "status",
+            "v1",
+            "--wait",
+            "--until",
+            "committed",
+            "--wait-timeout",
+            "60s",
+        ],
+    );
+    check(
+        &iscsi(&["verify-pattern", &b_url, "--seed", "7"]),
+        "pattern after commit",
+    );
+
+    // ZooKeeper restarts under the agents: they keep serving, and the
+    // next change still converges.
+    zk.restart();
+    ferry(&url, &["volume", "create", &vol("v9"), "--size", "16M"]);
+    ferry(
+        &url,
+        &[
+            "map",
+            "lun",
+            "add",
+            "v9",
+            "--target",
+            TARGET,
+            "--lun",
+            "9",
+            "--spec",
+            &vol("v9"),
+            "--nodes",
+            "c,b",
+        ],
+    );
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(
+        &url,
+        Duration::from_secs(15),
+        "v9 served by c after a ZooKeeper restart",
+        |s| serves(s, "c", "v9", v),
+    );
+    assert_eq!(
+        owner(&show(&url), "v1").as_deref(),
+        Some(new_owner.as_str())
+    );
+    check(
+        &iscsi(&["verify-pattern", &b_url, "--seed", "7"]),
+        "pattern after ZooKeeper restart",
+    );
+
+    // Node a comes back: it registers, and takes nothing back (claims are
+    // sticky, so a flapping node cannot make LUNs flap).
+    {
+        let a = nodes.get_mut("a").unwrap();
+        a.tgtd.restart();
+        a.start_agent(&url);
+    }
+    wait_map(&url, Duration::from_secs(15), "a live again", |s| {
+        s["live"]["a"].is_object()
+            && s["status"]["a"]["applied_version"].as_i64().unwrap_or(-1) >= v
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let s = show(&url);
+    assert_eq!(
+        owner(&s, "v1").as_deref(),
+        Some(new_owner.as_str()),
+        "{s:#}"
+    );
+    assert!(
+        s["status"]["a"]["serving"].as_array().unwrap().is_empty(),
+        "{s:#}"
+    );
+    let shown = nodes["a"]
+        .tgtd
+        .tgtadm(&["--op", "show", "--mode", "target"]);
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains(TARGET));
+
+    // Removing a LUN from the map takes it off its node.
+    ferry(&url, &["map", "lun", "remove", "v9"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(10), "v9 removed", |s| {
+        s["status"]["c"]["applied_version"].as_i64().unwrap_or(-1) >= v && owner(s, "v9").is_none()
+    });
+    let out = iscsi(&["info", &nodes["c"].url(9)]);
+    assert!(!out.status.success(), "v9 still answers on c");
+
+    for n in nodes.values() {
+        let log = n.log_text();
+        assert!(
+            !log.contains("panicked"),
+            "agent {} panicked:\n{log}",
+            n.name
+        );
+    }
+}
