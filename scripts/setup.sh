@@ -10,6 +10,7 @@ packages=(
   librbd-dev librados-dev                         # the RBD backend (feature rbd)
   ceph-mon ceph-osd ceph-mgr ceph-common          # loopback test clusters
   qemu-system-x86 debootstrap                     # the LIO/tcmu-runner guest tests
+  zookeeper                                       # the cluster LUN map (tests start their own servers)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -392,6 +392,17 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
         .tgtadm(&["--op", "show", "--mode", "target"]);
     assert!(!String::from_utf8_lossy(&shown.stdout).contains(TARGET));
 
+    // An admin moves a LUN by changing where it may run: the owner takes
+    // it off its tgtd, then releases it, and the allowed node claims it.
+    ferry(&url, &["map", "lun", "set", "v2", "--nodes", "a"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(10), "v2 moved to a", |s| {
+        serves(s, "a", "v2", v)
+    });
+    check(&iscsi(&["info", &nodes["a"].url(2)]), "v2 answers on a");
+    let out = iscsi(&["info", &nodes["b"].url(2)]);
+    assert!(!out.status.success(), "v2 still answers on b");
+
     // Removing a LUN from the map takes it off its node.
     ferry(&url, &["map", "lun", "remove", "v9"]);
     let v = show(&url)["version"].as_i64().unwrap();
