@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use ferry_agent::tgt::Tgtadm;
-use ferry_agent::{Agent, AgentConfig};
+use ferry_agent::{Agent, AgentConfig, LioFrontend, TgtFrontend};
 
 use crate::map::MapArgs;
 
@@ -15,9 +15,17 @@ pub struct AgentArgs {
     /// This node's name in the map (`ferry map node add`).
     #[arg(long)]
     pub node: String,
+    /// The target to drive: tgt (tgtd through tgtadm) or lio (configfs;
+    /// LUNs served by tcmu-runner with handler_ferry). Must match the
+    /// node's entry in the map.
+    #[arg(long, default_value = "tgt")]
+    pub frontend: String,
     /// tgtd's management channel (`tgtd -C N`); default: tgtd's default.
     #[arg(long)]
     pub tgtd_control: Option<u16>,
+    /// LIO's configfs directory.
+    #[arg(long, default_value = "/sys/kernel/config/target")]
+    pub configfs: PathBuf,
     /// Where tgtd's ferry LUNs put their control sockets (tgtd's
     /// `FERRY_RUN_DIR`), for migration requests.
     #[arg(long, env = "FERRY_RUN_DIR", default_value = "/run/ferry")]
@@ -46,11 +54,19 @@ pub fn run(a: AgentArgs) -> Result<()> {
             why: format!("{e:#}"),
         })
     });
+    let frontend: Box<dyn ferry_agent::Frontend> = match a.frontend.as_str() {
+        "tgt" => Box::new(TgtFrontend::new(Tgtadm {
+            control: a.tgtd_control,
+        })),
+        "lio" => Box::new(LioFrontend {
+            root: a.configfs.clone(),
+            node: a.node.clone(),
+        }),
+        f => anyhow::bail!("unknown frontend {f:?} (tgt or lio)"),
+    };
     let cfg = AgentConfig {
         node: a.node.clone(),
-        tgt: Tgtadm {
-            control: a.tgtd_control,
-        },
+        frontend,
         run_dir: a.run_dir.clone(),
     };
     eprintln!("ferry agent: node {} on {}", a.node, a.map.map);

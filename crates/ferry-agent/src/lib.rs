@@ -22,6 +22,8 @@
 //! A LUN given up is removed from tgtd before its claim is released.
 //!
 //! [`plan`]: ferry_map::placement::plan
+pub mod frontend;
+pub mod lio;
 pub mod tgt;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,9 +37,9 @@ use ferry_host::StartOptions;
 use ferry_map::placement::{plan, NodePlan};
 use ferry_map::state::{now_ms, LiveNode, MigrationAction, MigrationStatus, NodeStatus, Snapshot};
 use ferry_map::store::{Event, MapStore, Session};
-use ferry_map::{ChapCredential, MapError};
+use ferry_map::MapError;
 
-use crate::tgt::{diff, TgtOp, Tgtadm, WantedTarget};
+pub use crate::frontend::{Frontend, LioFrontend, TgtFrontend};
 
 /// How often a pass runs anyway while something waits: a claim turn, a
 /// retry after an error, a migration in progress.
@@ -53,7 +55,7 @@ pub type Connect = Box<dyn Fn() -> Result<Box<dyn MapStore>, MapError> + Send>;
 /// The agent's settings.
 pub struct AgentConfig {
     pub node: String,
-    pub tgt: Tgtadm,
+    pub frontend: Box<dyn Frontend>,
     /// Where the serving processes' control sockets are (tgtd's
     /// `FERRY_RUN_DIR`), for migration requests.
     pub run_dir: PathBuf,
@@ -67,8 +69,6 @@ pub struct Agent {
     registered: bool,
     /// When this node first saw each unowned LUN it may claim.
     unowned_since: BTreeMap<String, Instant>,
-    /// CHAP secrets applied per target since start.
-    chap: BTreeMap<String, ChapCredential>,
     /// Whether this node currently serves nothing because it fenced itself.
     fenced: bool,
 }
@@ -91,7 +91,6 @@ impl Agent {
             store: None,
             registered: false,
             unowned_since: BTreeMap::new(),
-            chap: BTreeMap::new(),
             fenced: false,
         }
     }
@@ -161,15 +160,8 @@ impl Agent {
 
     /// Removes every ferry LUN from the local target.
     fn fence(&mut self) {
-        match self.cfg.tgt.show() {
-            Ok(shown) => {
-                for op in diff(&shown, &BTreeMap::new(), &BTreeMap::new()) {
-                    if let Err(e) = self.cfg.tgt.apply(&op) {
-                        log::error!("fencing: {e}");
-                    }
-                }
-            }
-            Err(e) => log::error!("fencing: {e}"),
+        if let Err(e) = self.cfg.frontend.clear() {
+            log::error!("fencing: {e}");
         }
         self.fenced = true;
     }
@@ -230,62 +222,32 @@ impl Agent {
         };
         let p = plan(&snap, &node);
         let serve = self.claim_turns(&p, &mut report)?;
-        let wanted = wanted_targets(&snap, &serve);
-        let shown = self.cfg.tgt.show().map_err(|e| MapError::Store {
-            op: "reading",
-            path: "tgtd".into(),
-            why: e.to_string(),
-        })?;
-        let ops = diff(&shown, &wanted, &self.chap);
-        if !ops.is_empty() {
-            log::info!(
-                "node {node}: applying {} change(s) for map version {}",
-                ops.len(),
-                snap.version
-            );
-        }
-        let mut failed_luns = BTreeSet::new();
-        let mut failed_tids = BTreeSet::new();
-        for op in &ops {
-            let tid = match op {
-                TgtOp::NewLun { tid, .. }
-                | TgtOp::Bind { tid, .. }
-                | TgtOp::Account { tid, .. } => Some(*tid),
-                _ => None,
+        if let Some(n) = snap.map.nodes.get(&node) {
+            let want = match n.frontend {
+                ferry_map::Frontend::Tgt => "tgt",
+                ferry_map::Frontend::Lio => "lio",
             };
-            if tid.is_some_and(|t| failed_tids.contains(&t)) {
-                continue;
-            }
-            match self.cfg.tgt.apply(op) {
-                Ok(()) => {
-                    if let TgtOp::Account { chap, tid } = op {
-                        if let Some(t) = wanted_iqn_of(&shown, &ops, *tid) {
-                            self.chap.insert(t, chap.clone());
-                        }
-                    }
-                }
-                Err(e) => {
-                    log::warn!("node {node}: {e}");
-                    let key = op
-                        .lun_name()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| "target".into());
-                    if let Some(l) = op.lun_name() {
-                        failed_luns.insert(l.to_string());
-                    }
-                    if let TgtOp::NewTarget { tid, .. } = op {
-                        failed_tids.insert(*tid);
-                    }
-                    report.errors.insert(key, e.why);
-                }
+            if want != self.cfg.frontend.name() {
+                return Err(MapError::invalid(format!(
+                    "node {node} is a {want} node in the map, but this agent drives {} (--frontend)",
+                    self.cfg.frontend.name()
+                )));
             }
         }
-        // Give up claims only once tgtd no longer serves those LUNs.
-        for lun in &p.release {
-            let still = wanted
-                .values()
-                .any(|w| w.luns.values().any(|(n, _)| n == lun));
-            if !still && !failed_luns.contains(lun) {
+        report.errors =
+            self.cfg
+                .frontend
+                .reconcile(&snap, &serve)
+                .map_err(|why| MapError::Store {
+                    op: "reconciling",
+                    path: self.cfg.frontend.name().into(),
+                    why,
+                })?;
+        let failed_luns: BTreeSet<String> = report.errors.keys().cloned().collect();
+        // Give up claims only once the target no longer serves those
+        // LUNs: after a pass without any failure.
+        if report.errors.is_empty() {
+            for lun in &p.release {
                 self.store()?.release(lun, &node)?;
             }
         }
@@ -453,37 +415,4 @@ impl Agent {
         };
         self.control(spec, req).map(drop)
     }
-}
-
-fn wanted_iqn_of(shown: &[tgt::ShownTarget], ops: &[TgtOp], tid: u32) -> Option<String> {
-    shown
-        .iter()
-        .find(|t| t.tid == tid)
-        .map(|t| t.iqn.clone())
-        .or_else(|| {
-            ops.iter().find_map(|o| match o {
-                TgtOp::NewTarget { tid: t, iqn } if *t == tid => Some(iqn.clone()),
-                _ => None,
-            })
-        })
-}
-
-/// The targets this node presents when it serves `serve`.
-pub fn wanted_targets(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedTarget> {
-    let mut out: BTreeMap<String, WantedTarget> = BTreeMap::new();
-    for name in serve {
-        let Some(l) = snap.map.luns.get(name) else {
-            continue;
-        };
-        let Some(t) = snap.map.targets.get(&l.target) else {
-            continue;
-        };
-        let w = out.entry(l.target.clone()).or_insert_with(|| WantedTarget {
-            luns: BTreeMap::new(),
-            initiators: snap.map.initiators_of_target(&l.target),
-            chap: t.chap.clone(),
-        });
-        w.luns.insert(l.lun, (l.name.clone(), l.spec.clone()));
-    }
-    out
 }

@@ -1,0 +1,262 @@
+//! The local target an agent drives: tgtd (through tgtadm) or LIO
+//! (through configfs). Both take the same input, the snapshot and the
+//! LUNs this node serves, and change only what differs.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use ferry_host::VolumeSpec;
+use ferry_map::{ChapCredential, Snapshot};
+
+use crate::lio::{Lio, WantedLio};
+use crate::tgt::{diff, scsi_identity, TgtOp, Tgtadm, WantedTarget};
+
+/// A node's target.
+pub trait Frontend: Send {
+    fn name(&self) -> &'static str;
+    /// Makes the target present exactly the LUNs in `serve` (with their
+    /// targets, ACLs and CHAP). Returns what failed, by LUN name where it
+    /// concerns one LUN; an error aborts the pass.
+    fn reconcile(
+        &mut self,
+        snap: &Snapshot,
+        serve: &[String],
+    ) -> Result<BTreeMap<String, String>, String>;
+    /// Stops serving every ferry LUN (fencing).
+    fn clear(&mut self) -> Result<(), String>;
+}
+
+/// The targets this node presents when it serves `serve` (tgt's view:
+/// initiators per target).
+pub fn wanted_targets(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedTarget> {
+    let mut out: BTreeMap<String, WantedTarget> = BTreeMap::new();
+    for name in serve {
+        let Some(l) = snap.map.luns.get(name) else {
+            continue;
+        };
+        let Some(t) = snap.map.targets.get(&l.target) else {
+            continue;
+        };
+        let w = out.entry(l.target.clone()).or_insert_with(|| WantedTarget {
+            luns: BTreeMap::new(),
+            initiators: snap.map.initiators_of_target(&l.target),
+            chap: t.chap.clone(),
+        });
+        w.luns.insert(l.lun, (l.name.clone(), l.spec.clone()));
+    }
+    out
+}
+
+/// tgtd, reached through tgtadm.
+pub struct TgtFrontend {
+    pub tgt: Tgtadm,
+    /// CHAP secrets applied per target since start (tgtd cannot show them).
+    chap: BTreeMap<String, ChapCredential>,
+}
+
+impl TgtFrontend {
+    pub fn new(tgt: Tgtadm) -> Self {
+        TgtFrontend {
+            tgt,
+            chap: BTreeMap::new(),
+        }
+    }
+}
+
+impl Frontend for TgtFrontend {
+    fn name(&self) -> &'static str {
+        "tgt"
+    }
+
+    fn reconcile(
+        &mut self,
+        snap: &Snapshot,
+        serve: &[String],
+    ) -> Result<BTreeMap<String, String>, String> {
+        let wanted = wanted_targets(snap, serve);
+        let shown = self.tgt.show().map_err(|e| e.to_string())?;
+        let ops = diff(&shown, &wanted, &self.chap);
+        if !ops.is_empty() {
+            log::info!(
+                "tgt: applying {} change(s) for map version {}",
+                ops.len(),
+                snap.version
+            );
+        }
+        let lun_of_path = |tid: u32, lun: u32| {
+            shown
+                .iter()
+                .find(|t| t.tid == tid)
+                .and_then(|t| t.luns.get(&lun))
+                .and_then(|(_, path)| {
+                    snap.map
+                        .luns
+                        .values()
+                        .find(|l| l.spec.trim() == path.trim())
+                })
+                .map(|l| l.name.clone())
+        };
+        let iqn_of = |tid: u32| {
+            shown
+                .iter()
+                .find(|t| t.tid == tid)
+                .map(|t| t.iqn.clone())
+                .or_else(|| {
+                    ops.iter().find_map(|o| match o {
+                        TgtOp::NewTarget { tid: t, iqn } if *t == tid => Some(iqn.clone()),
+                        _ => None,
+                    })
+                })
+        };
+        let mut errors = BTreeMap::new();
+        let mut failed_tids = BTreeSet::new();
+        for op in &ops {
+            let tid = match op {
+                TgtOp::NewLun { tid, .. }
+                | TgtOp::Bind { tid, .. }
+                | TgtOp::Account { tid, .. } => Some(*tid),
+                _ => None,
+            };
+            if tid.is_some_and(|t| failed_tids.contains(&t)) {
+                continue;
+            }
+            match self.tgt.apply(op) {
+                Ok(()) => {
+                    if let TgtOp::Account { chap, tid } = op {
+                        if let Some(iqn) = iqn_of(*tid) {
+                            self.chap.insert(iqn, chap.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    let key = match op {
+                        TgtOp::NewLun { name, .. } => name.clone(),
+                        TgtOp::DeleteLun { tid, lun, .. } => lun_of_path(*tid, *lun)
+                            .unwrap_or_else(|| format!("tid {tid} lun {lun}")),
+                        TgtOp::NewTarget { tid, iqn } => {
+                            failed_tids.insert(*tid);
+                            format!("target {iqn}")
+                        }
+                        other => format!("{other:?}")
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("tgt")
+                            .to_string(),
+                    };
+                    errors.insert(key, e.why);
+                }
+            }
+        }
+        Ok(errors)
+    }
+
+    fn clear(&mut self) -> Result<(), String> {
+        let shown = self.tgt.show().map_err(|e| e.to_string())?;
+        let mut first = Ok(());
+        for op in diff(&shown, &BTreeMap::new(), &BTreeMap::new()) {
+            if let Err(e) = self.tgt.apply(&op) {
+                log::error!("fencing: {e}");
+                if first.is_ok() {
+                    first = Err(e.to_string());
+                }
+            }
+        }
+        first
+    }
+}
+
+/// LIO, through configfs; the LUNs run in tcmu-runner (handler_ferry).
+pub struct LioFrontend {
+    pub root: PathBuf,
+    pub node: String,
+}
+
+/// What LIO should present: per target, the LUNs and, per initiator, the
+/// LUNs it is mapped to (LIO masks per LUN).
+pub fn wanted_lio(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedLio> {
+    let mut out: BTreeMap<String, WantedLio> = BTreeMap::new();
+    for name in serve {
+        let Some(l) = snap.map.luns.get(name) else {
+            continue;
+        };
+        let Some(t) = snap.map.targets.get(&l.target) else {
+            continue;
+        };
+        let w = out.entry(l.target.clone()).or_insert_with(|| WantedLio {
+            chap: t.chap.clone(),
+            ..Default::default()
+        });
+        w.luns.insert(l.lun, (l.name.clone(), l.spec.clone()));
+        for i in snap
+            .map
+            .initiators
+            .values()
+            .filter(|i| i.luns.contains(name))
+        {
+            w.acls.entry(i.iqn.clone()).or_default().insert(l.lun);
+        }
+    }
+    out
+}
+
+// Without the `rbd` feature, files are the only kind of volume.
+#[allow(irrefutable_let_patterns)]
+fn volume_size(spec: &str) -> Result<u64, String> {
+    let parsed = VolumeSpec::parse(spec).map_err(|e| e.to_string())?;
+    if let VolumeSpec::File(path) = &parsed {
+        // The file may be locked by a process serving it; its length is
+        // all a new backstore needs.
+        return std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let (vol, _) = parsed.open_read_only().map_err(|e| e.to_string())?;
+    Ok(vol.size())
+}
+
+impl LioFrontend {
+    fn lio(&self, snap: &Snapshot) -> Lio {
+        let portal = snap
+            .map
+            .nodes
+            .get(&self.node)
+            .map(|n| n.portal.clone())
+            .unwrap_or_else(|| "0.0.0.0:3260".into());
+        Lio {
+            root: self.root.clone(),
+            portal,
+        }
+    }
+}
+
+impl Frontend for LioFrontend {
+    fn name(&self) -> &'static str {
+        "lio"
+    }
+
+    fn reconcile(
+        &mut self,
+        snap: &Snapshot,
+        serve: &[String],
+    ) -> Result<BTreeMap<String, String>, String> {
+        if !self.root.join("core").is_dir() {
+            return Err(format!(
+                "{} has no LIO (load target_core_mod and mount configfs)",
+                self.root.display()
+            ));
+        }
+        let wanted = wanted_lio(snap, serve);
+        Ok(self
+            .lio(snap)
+            .reconcile(&wanted, &volume_size, &|name| scsi_identity(name).1))
+    }
+
+    fn clear(&mut self) -> Result<(), String> {
+        Lio {
+            root: self.root.clone(),
+            portal: String::new(),
+        }
+        .clear()
+        .map_err(|e| e.to_string())
+    }
+}
