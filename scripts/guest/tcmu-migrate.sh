@@ -25,7 +25,10 @@
 #  - tcmu-runner is SIGKILLed and restarted again: the backstore, still
 #    configured with the source, now serves the target;
 #  - fio verify-only passes over both fio ranges, and the whole LUN read
-#    over iSCSI equals the target file.
+#    over iSCSI equals the target file;
+#  - `ferry agent --frontend lio` with a file map replaces the hand-made
+#    configuration with the map's, the LUN works over iSCSI, and unmap
+#    and removal in the map take it away again.
 #
 # Disk layout of the 256 MiB LUN (fio regions do not overlap, so each
 # verifies on its own):
@@ -273,6 +276,65 @@ diff=$(dd if="$DEV" iflag=direct bs=4M 2>/dev/null | cmp - "$DST" 2>&1) ||
 log "the whole LUN, read over iSCSI, equals the target volume file ($(since "$t") s)"
 
 must iscsiadm -m node -T "$IQN" -p 127.0.0.1:3260 --logout
+
+# --- the node agent driving LIO from the LUN map --------------------------
+# `ferry agent --frontend lio` with the embedded file map: it replaces the
+# hand-made configuration (a ferry LUN the map does not name), exports
+# the map's LUN with a per-initiator mapped LUN, follows map edits, and
+# takes LUNs away when the map does.
+t=$(now)
+export FERRY_MAP=file:/var/lib/ferry/map
+IQN2=iqn.2026-11.org.ferry:agent
+ME=iqn.2026-11.org.ferry:initiator
+TPG=/sys/kernel/config/target/iscsi/$IQN2/tpgt_1
+must ferry volume create /var/lib/ferry/m1.img --size 64M
+must ferry map node add g --portal 0.0.0.0:3260 --frontend lio
+must ferry map target add "$IQN2"
+must ferry map lun add m1 --target "$IQN2" --lun 1 --spec /var/lib/ferry/m1.img
+must ferry map initiator add "$ME" --lun m1
+RUST_LOG=info ferry agent --node g --frontend lio >>"$S/agent.log" 2>&1 &
+agent_pid=$!
+# Waits until a shell condition holds (up to 60 s), or fails with $2.
+wait_for() {
+  local i
+  for i in $(seq 1 240); do
+    eval "$1" && return 0
+    kill -0 "$agent_pid" 2>/dev/null || fail "the agent exited: $(tail -n 5 "$S/agent.log")"
+    sleep 0.25
+  done
+  fail "$2: $(tail -n 5 "$S/agent.log")"
+}
+wait_for '[ -L "$TPG/lun/lun_1/ferry_1" ] && [ -d "$TPG/acls/$ME/lun_1" ]' "the agent did not export m1"
+[ -d "/sys/kernel/config/target/iscsi/$IQN" ] && fail "the agent left the unmapped target $IQN"
+wait_for 'ferry map show | grep -q "serving \[m1\]"' "the agent did not report serving m1"
+log "agent exported the map's LUN through LIO ($(since "$t") s)"
+must iscsiadm -m discovery -t st -p 127.0.0.1:3260
+must iscsiadm -m node -T "$IQN2" -p 127.0.0.1:3260 --login
+DEV2=
+for i in $(seq 1 100); do
+  for d in /sys/block/sd*; do
+    [ -e "$d/size" ] || continue
+    [ "$(cat "$d/size")" = $((64 * MiB / 512)) ] && DEV2=/dev/$(basename "$d")
+  done
+  [ -n "$DEV2" ] && [ -b "$DEV2" ] && break
+  sleep 0.1
+done
+[ -n "$DEV2" ] || fail "no 64 MiB disk after logging in to the agent's target"
+head -c 1M /dev/urandom >/tmp/chunk
+must dd if=/tmp/chunk of="$DEV2" bs=1M oflag=direct conv=fsync
+cmp <(dd if="$DEV2" bs=1M count=1 iflag=direct 2>/dev/null) /tmp/chunk || fail "read back differs through the agent's LUN"
+cmp <(head -c 1M /var/lib/ferry/m1.img) /tmp/chunk || fail "the volume file lacks the write"
+serial=$(cat /sys/kernel/config/target/core/user_*/m1/wwn/vpd_unit_serial | head -n1)
+log "agent's LUN: $DEV2, writes land in the volume, $serial"
+must iscsiadm -m node -T "$IQN2" -p 127.0.0.1:3260 --logout
+must ferry map initiator unmap "$ME" m1
+wait_for '[ ! -d "$TPG/acls/$ME/lun_1" ]' "the unmapped LUN stayed mapped"
+must ferry map lun remove m1
+wait_for '[ ! -d "$TPG" ] && ! ls -d /sys/kernel/config/target/core/user_*/m1 >/dev/null 2>&1' \
+  "the removed LUN's target or backstore stayed"
+kill "$agent_pid"
+log "agent followed unmap and removal ($(since "$t") s in all)"
+
 collect
 grep -E "ferry" /var/log/tcmu-runner.log | tail -n 20 >>"$S/guest.log"
 log "all checks passed"
