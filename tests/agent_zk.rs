@@ -392,6 +392,34 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
         .tgtadm(&["--op", "show", "--mode", "target"]);
     assert!(!String::from_utf8_lossy(&shown.stdout).contains(TARGET));
 
+    // The serving node's agent alone crashes and restarts at once (its
+    // tgtd keeps serving): the new agent takes over its predecessor's
+    // registration and claims, so nothing moves when the old session
+    // expires.
+    {
+        let b = nodes.get_mut("b").unwrap();
+        if let Some(mut a) = b.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        b.start_agent(&url);
+    }
+    std::thread::sleep(SESSION + Duration::from_secs(2));
+    let s = show(&url);
+    assert_eq!(
+        owner(&s, "v1").as_deref(),
+        Some(new_owner.as_str()),
+        "{s:#}"
+    );
+    for i in 2..=6u32 {
+        assert_eq!(owner(&s, &format!("v{i}")).as_deref(), Some("b"), "{s:#}");
+    }
+    assert!(nodes["b"].log_text().contains("took over the registration"));
+    check(
+        &iscsi(&["verify-pattern", &b_url, "--seed", "7"]),
+        "pattern after b's agent restart",
+    );
+
     // An admin moves a LUN by changing where it may run: the owner takes
     // it off its tgtd, then releases it, and the allowed node claims it.
     ferry(&url, &["map", "lun", "set", "v2", "--nodes", "a"]);

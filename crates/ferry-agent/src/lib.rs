@@ -206,11 +206,7 @@ impl Agent {
             });
         }
         if !self.registered || !snap.live.contains_key(&node) {
-            let live = LiveNode {
-                portal: snap.map.nodes[&node].portal.clone(),
-                pid: std::process::id(),
-                since: now_ms() / 1000,
-            };
+            let live = LiveNode::this_process(&snap.map.nodes[&node].portal);
             self.store()?.register(&node, &live)?;
             self.registered = true;
             // Plan with this node counted as live.

@@ -340,7 +340,9 @@ impl Lio {
                 // LUN keeps its backstore.
                 let stays = |m: &u32| {
                     keep.is_some_and(|k| k.contains(m))
-                        && w.luns.get(m).is_some_and(|(name, _)| t.luns.get(m) == Some(name))
+                        && w.luns
+                            .get(m)
+                            .is_some_and(|(name, _)| t.luns.get(m) == Some(name))
                 };
                 for m in mapped.iter().filter(|m| !stays(m)) {
                     let d = self

@@ -66,14 +66,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// The start time of a process (clock ticks since boot), to tell a live
-/// holder from a recycled pid.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the command name (which may hold spaces).
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
+use crate::state::process_start_time as start_time;
 
 fn key(kind: Kind, name: &str) -> String {
     format!("{}/{name}", kind.dir())

@@ -99,6 +99,8 @@ mod tests {
                     portal: String::new(),
                     pid: 1,
                     since: 0,
+                    host: String::new(),
+                    pid_start: 0,
                 },
             );
         }

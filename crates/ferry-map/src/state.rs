@@ -14,6 +14,50 @@ pub struct LiveNode {
     pub pid: u32,
     /// Seconds since the epoch at registration.
     pub since: u64,
+    /// The agent's host and its process start time (clock ticks since
+    /// boot), so a restarted agent can tell its own dead predecessor from
+    /// a live agent.
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid_start: u64,
+}
+
+impl LiveNode {
+    /// This process's registration.
+    pub fn this_process(portal: &str) -> LiveNode {
+        let pid = std::process::id();
+        LiveNode {
+            portal: portal.to_string(),
+            pid,
+            since: now_ms() / 1000,
+            host: hostname(),
+            pid_start: process_start_time(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether this registration was made by a process of this host that
+    /// no longer runs (an agent killed before its session ended).
+    pub fn is_dead_on_this_host(&self) -> bool {
+        !self.host.is_empty()
+            && self.host == hostname()
+            && process_start_time(self.pid) != Some(self.pid_start)
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A process's start time (clock ticks since boot), to tell a live
+/// process from a recycled pid.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the command name (which may hold spaces).
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// What a node's agent last applied, written after every reconcile.

@@ -418,6 +418,48 @@ impl ZkStore {
         Ok(())
     }
 
+    /// Whether `live/<node>` was left by an agent of this host that died
+    /// before its session ended.
+    fn predecessor_is_dead(&self, path: &str) -> bool {
+        self.get(path)
+            .ok()
+            .flatten()
+            .and_then(|(d, _)| serde_json::from_slice::<LiveNode>(&d).ok())
+            .is_some_and(|l| l.is_dead_on_this_host())
+    }
+
+    /// Takes over the registration and claims of this node's dead
+    /// predecessor in one multi (each ephemeral deleted at the version
+    /// read and created again under this session), so a restarted agent
+    /// keeps its LUNs where they are instead of letting them move when
+    /// the old session expires. Nobody else can slip in between.
+    fn adopt(&self, node: &str, live: &LiveNode, live_version: i32) -> Result<(), MapError> {
+        let lp = self.path(&format!("live/{node}"));
+        let opts = zk::CreateMode::Ephemeral.with_acls(self.acls());
+        let mut w = self.client.new_multi_writer();
+        let add = |r: Result<(), zk::Error>, p: &str| r.map_err(|e| zk_err("preparing", p, e));
+        add(w.add_delete(&lp, Some(live_version)), &lp)?;
+        add(w.add_create(&lp, &to_json(live)?, &opts), &lp)?;
+        let mut adopted = Vec::new();
+        for lun in self.children("owners")? {
+            let op = self.path(&format!("owners/{lun}"));
+            if let Some((d, v)) = self.get(&op)? {
+                if d == node.as_bytes() {
+                    add(w.add_delete(&op, Some(v)), &op)?;
+                    add(w.add_create(&op, node.as_bytes(), &opts), &op)?;
+                    adopted.push(lun);
+                }
+            }
+        }
+        self.run(w.commit())
+            .map_err(|e| zk_err("adopting", &lp, e.into()))?;
+        log::info!(
+            "node {node}: took over the registration and {} claim(s) of this host's previous agent",
+            adopted.len()
+        );
+        Ok(())
+    }
+
     /// Whether an event concerns the desired state or membership (agents'
     /// own reports do not wake agents).
     fn interesting(&self, path: &str) -> bool {
@@ -567,6 +609,7 @@ impl MapStore for ZkStore {
                     .map_err(|e| zk_err("reading", &p, e))?;
                 match st {
                     Some(st) if st.ephemeral_owner == self.client.session_id().0 => Ok(()),
+                    Some(st) if self.predecessor_is_dead(&p) => self.adopt(node, live, st.version),
                     Some(_) => Err(MapError::Exists {
                         kind: Kind::Node,
                         name: format!("{node} (registered by another live agent; wait for its session to end)"),
