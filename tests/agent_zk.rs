@@ -449,3 +449,111 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
         );
     }
 }
+
+/// An RBD LUN moves when its node dies, and the dead node's client is
+/// fenced first: blocklisted in the OSD map and its exclusive lock
+/// broken, so it could not write even if it were only partitioned.
+#[cfg(feature = "rbd")]
+#[test]
+fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let conf = match std::env::var("CEPH_CONF") {
+        Ok(c) if std::path::Path::new(&c).exists() => c,
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CEPH_CONF is not set in CI: .ci/run starts the clusters"
+            );
+            eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(zk) = ZooKeeper::start(&dir.path().join("zk")) else {
+        return;
+    };
+    let url = zk.url("ferry");
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    for n in ["a", "b"] {
+        let tgtd = Tgtd::start(&dir.path().join(format!("run-{n}")));
+        ferry(
+            &url,
+            &[
+                "map",
+                "node",
+                "add",
+                n,
+                "--portal",
+                &format!("127.0.0.1:{}", tgtd.port),
+            ],
+        );
+        nodes.insert(
+            n.to_string(),
+            Node {
+                name: n.to_string(),
+                tgtd,
+                agent: None,
+                log: dir.path().join(format!("agent-{n}.log")),
+            },
+        );
+    }
+    for n in nodes.values_mut() {
+        n.start_agent(&url);
+    }
+    let image = format!("agent-{}-{}", std::process::id(), common::free_port());
+    let spec = format!("rbd:ferry-a/{image}?conf={conf}");
+    ferry(&url, &["volume", "create", &spec, "--size", "64M"]);
+    ferry(&url, &["map", "target", "add", TARGET]);
+    ferry(
+        &url,
+        &[
+            "map", "lun", "add", "r1", "--target", TARGET, "--lun", "1", "--spec", &spec,
+            "--nodes", "a,b",
+        ],
+    );
+    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "r1"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(20), "r1 served by a", |s| {
+        serves(s, "a", "r1", v)
+    });
+    check(
+        &iscsi(&["write-pattern", &nodes["a"].url(1), "--seed", "7"]),
+        "write-pattern via a",
+    );
+
+    nodes.get_mut("a").unwrap().kill9();
+    wait_map(
+        &url,
+        SESSION + Duration::from_secs(5),
+        "r1 re-homed to b",
+        |s| serves(s, "b", "r1", 0),
+    );
+    let b = &nodes["b"];
+    let log = b.log_text();
+    assert!(
+        log.contains("blocklisted"),
+        "b did not fence a's client:\n{log}"
+    );
+    // Data written through a reads back through b, and b can write (it
+    // holds the lock now; a's client could not).
+    check(
+        &iscsi(&["verify-pattern", &b.url(1), "--seed", "7"]),
+        "pattern via b",
+    );
+    check(
+        &iscsi(&["write-pattern", &b.url(1), "--seed", "8"]),
+        "write-pattern via b",
+    );
+    check(
+        &iscsi(&["verify-pattern", &b.url(1), "--seed", "8"]),
+        "new pattern via b",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["map", "lun", "remove", "r1"])
+        .env("FERRY_MAP", &url)
+        .output()
+        .unwrap();
+    check(&out, "lun remove");
+}

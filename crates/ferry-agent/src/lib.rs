@@ -71,6 +71,8 @@ pub struct Agent {
     unowned_since: BTreeMap<String, Instant>,
     /// Whether this node currently serves nothing because it fenced itself.
     fenced: bool,
+    /// LUNs claimed whose previous server is not fenced yet.
+    unfenced: BTreeSet<String>,
 }
 
 /// What one pass found.
@@ -92,6 +94,7 @@ impl Agent {
             registered: false,
             unowned_since: BTreeMap::new(),
             fenced: false,
+            unfenced: BTreeSet::new(),
         }
     }
 
@@ -217,7 +220,7 @@ impl Agent {
             ..Default::default()
         };
         let p = plan(&snap, &node);
-        let serve = self.claim_turns(&p, &mut report)?;
+        let serve = self.claim_turns(&snap, &p, &mut report)?;
         if let Some(n) = snap.map.nodes.get(&node) {
             let want = match n.frontend {
                 ferry_map::Frontend::Tgt => "tgt",
@@ -230,15 +233,16 @@ impl Agent {
                 )));
             }
         }
-        report.errors =
-            self.cfg
-                .frontend
-                .reconcile(&snap, &serve)
-                .map_err(|why| MapError::Store {
-                    op: "reconciling",
-                    path: self.cfg.frontend.name().into(),
-                    why,
-                })?;
+        let failed = self
+            .cfg
+            .frontend
+            .reconcile(&snap, &serve)
+            .map_err(|why| MapError::Store {
+                op: "reconciling",
+                path: self.cfg.frontend.name().into(),
+                why,
+            })?;
+        report.errors.extend(failed);
         let failed_luns: BTreeSet<String> = report.errors.keys().cloned().collect();
         // Give up claims only once the target no longer serves those
         // LUNs: after a pass without any failure.
@@ -269,6 +273,7 @@ impl Agent {
     /// Takes the claims whose turn came; returns the LUNs to serve.
     fn claim_turns(
         &mut self,
+        snap: &Snapshot,
         p: &NodePlan,
         report: &mut PassReport,
     ) -> Result<Vec<String>, MapError> {
@@ -282,6 +287,7 @@ impl Agent {
             if now >= due {
                 if self.store()?.claim(lun, &node)? {
                     log::info!("node {node}: claimed LUN {lun}");
+                    self.unfenced.insert(lun.clone());
                     serve.push(lun.clone());
                 }
                 self.unowned_since.remove(lun);
@@ -290,8 +296,44 @@ impl Agent {
                 report.next = Some(report.next.map_or(left, |n| n.min(left)));
             }
         }
+        // A LUN this node just took over is served only once whoever
+        // served it before is fenced; until then it is reported and
+        // retried.
+        self.unfenced.retain(|l| serve.contains(l));
+        let pending: Vec<String> = self.unfenced.iter().cloned().collect();
+        for lun in pending {
+            match self.fence_previous(&lun, snap) {
+                Ok(()) => {
+                    self.unfenced.remove(&lun);
+                }
+                Err(e) => {
+                    log::error!("node {node}: LUN {lun}: fencing its previous server failed: {e}");
+                    report.errors.insert(lun.clone(), format!("fencing: {e}"));
+                    serve.retain(|l| *l != lun);
+                }
+            }
+        }
         serve.sort();
         Ok(serve)
+    }
+
+    /// Fences whoever served a LUN before this node claimed it (see
+    /// `VolumeSpec::fence_other_clients`).
+    fn fence_previous(&self, lun: &str, snap: &Snapshot) -> Result<(), String> {
+        let Some(l) = snap.map.luns.get(lun) else {
+            return Ok(());
+        };
+        let fenced = ferry_host::VolumeSpec::parse(&l.spec)
+            .and_then(|s| s.fence_other_clients())
+            .map_err(|e| e.to_string())?;
+        if !fenced.is_empty() {
+            log::warn!(
+                "node {}: LUN {lun}: fenced {}",
+                self.cfg.node,
+                fenced.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Executes new migration requests of served LUNs and reports their

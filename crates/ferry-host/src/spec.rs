@@ -106,6 +106,31 @@ impl VolumeSpec {
         }
     }
 
+    /// Fences every other client of the volume before this process (or
+    /// the target it configures) starts serving it after a failover;
+    /// returns what was fenced. RBD: blocklist the image's other clients
+    /// and break their lock, for the volume and, while it migrates, its
+    /// target. Files: nothing to do here; the serving process's exclusive
+    /// `flock` is the fence (released by the kernel when it dies).
+    pub fn fence_other_clients(&self) -> Result<Vec<String>> {
+        match self {
+            VolumeSpec::File(_) => Ok(Vec::new()),
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => {
+                let what = s.to_string();
+                let mut fenced =
+                    ferry_rbd::fence::fence_other_clients(s).map_err(rbd_err("fence", &what))?;
+                if let Some(m) = self.store()?.load_source_marker()? {
+                    let target = VolumeSpec::parse(&m.target)?;
+                    if matches!(target, VolumeSpec::Rbd(_)) && target != *self {
+                        fenced.extend(target.fence_other_clients()?);
+                    }
+                }
+                Ok(fenced)
+            }
+        }
+    }
+
     /// Metadata store of the volume (for RBD this opens the image).
     pub fn store(&self) -> Result<Arc<dyn MetaStore>> {
         match self {

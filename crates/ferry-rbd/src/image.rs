@@ -765,6 +765,73 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Takes the image's exclusive lock and keeps it (librbd's managed
+    /// lock: it is not handed to another client that asks for it, so a
+    /// second gateway cannot start writing while this one serves). Fails
+    /// with `EROFS`/`EBUSY` while another client holds it.
+    pub fn lock_exclusive(&self) -> Result<()> {
+        // SAFETY: open image handle.
+        let r = unsafe { sys::rbd_lock_acquire(self.handle, sys::RBD_LOCK_MODE_EXCLUSIVE) };
+        if r < 0 {
+            return Err(self.err("rbd_lock_acquire", r.into()));
+        }
+        Ok(())
+    }
+
+    /// The clients holding the image's lock (empty when it is free).
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        let mut cap = 4usize;
+        loop {
+            let mut list: Vec<*mut std::os::raw::c_char> = vec![std::ptr::null_mut(); cap];
+            let mut n = cap;
+            let mut mode: sys::rbd_lock_mode_t = 0;
+            // SAFETY: open image; list has room for n pointers; mode and n
+            // are valid out-pointers.
+            let r = unsafe {
+                sys::rbd_lock_get_owners(self.handle, &mut mode, list.as_mut_ptr(), &mut n)
+            };
+            if r == -libc::ENOENT {
+                return Ok(Vec::new());
+            }
+            if r == -libc::ERANGE && n > cap {
+                cap = n;
+                continue;
+            }
+            if r < 0 {
+                return Err(self.err("rbd_lock_get_owners", r.into()));
+            }
+            let n = n.min(cap);
+            let out = list[..n]
+                .iter()
+                // SAFETY: librbd filled n NUL-terminated strings it owns
+                // until the cleanup below.
+                .map(|p| unsafe { c_str(*p) })
+                .collect();
+            // SAFETY: frees the n entries librbd filled, once.
+            unsafe { sys::rbd_lock_get_owners_cleanup(list.as_mut_ptr(), n) };
+            return Ok(out);
+        }
+    }
+
+    /// Breaks another client's exclusive lock; librbd blocklists that
+    /// client first (`rbd_blocklist_on_break_lock`, on by default), so it
+    /// can write no more even if it is alive.
+    pub fn break_lock(&self, owner: &str) -> Result<()> {
+        let c = std::ffi::CString::new(owner).map_err(|_| RbdError::Unexpected {
+            what: format!("lock owner of {}", self.describe()),
+            why: "owner name holds a NUL byte".into(),
+        })?;
+        // SAFETY: open image; c is a valid NUL-terminated string.
+        let r =
+            unsafe { sys::rbd_lock_break(self.handle, sys::RBD_LOCK_MODE_EXCLUSIVE, c.as_ptr()) };
+        if r < 0 && r != -libc::ENOENT {
+            return Err(self.err("rbd_lock_break", r.into()));
+        }
+        Ok(())
+    }
+}
+
 /// A metadata value as a C string, refusing NUL bytes with a clear error.
 struct CStringValue(std::ffi::CString);
 

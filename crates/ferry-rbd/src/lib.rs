@@ -21,6 +21,8 @@
 #[cfg(feature = "rbd")]
 mod error;
 #[cfg(feature = "rbd")]
+pub mod fence;
+#[cfg(feature = "rbd")]
 mod image;
 #[cfg(feature = "rbd")]
 pub mod precheck;

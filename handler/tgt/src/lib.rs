@@ -279,6 +279,7 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
             }
             let slot = *slot_ptr(lu);
             let Some(state) = slot.as_ref().and_then(|s| s.state.clone()) else {
+                log::error!("a command for an LU that is not open; answering HARDWARE ERROR");
                 return -1;
             };
             let cdb_len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
@@ -301,7 +302,13 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
                     len: (*cmd).in_sdb.length as usize,
                 },
             };
-            let Ok(rt) = runtime::start() else { return -1 };
+            let rt = match runtime::start() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("worker runtime unavailable ({e}); answering HARDWARE ERROR");
+                    return -1;
+                }
+            };
             (*cmd).state |= ffi::TGT_CMD_ASYNC;
             rt.submit(job);
         }
