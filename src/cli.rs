@@ -54,6 +54,15 @@ pub enum VolumeCmd {
     Create(CreateArgs),
     /// Show a volume's size, allocation and migration.
     Info(InfoArgs),
+    /// Show or set the cache mode of a served volume (writethrough, none,
+    /// writeback, unsafe, directsync); takes effect with its next command.
+    CacheMode(CacheModeArgs),
+}
+
+#[derive(Args)]
+pub struct CacheModeArgs {
+    pub spec: String,
+    pub mode: Option<String>,
 }
 
 #[derive(Args)]
@@ -84,6 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Volume(VolumeCmd::Info(a)) => info(&a),
+        Command::Volume(VolumeCmd::CacheMode(a)) => cache_mode(&a),
         Command::Migrate(m) => crate::migrate::run(m),
         Command::Serve(a) => crate::serve::run(a),
         Command::Demo(a) => crate::demo::run(a),
@@ -129,5 +139,36 @@ fn info(a: &InfoArgs) -> Result<()> {
     if let Some(r) = record {
         println!("migration  {} from {} ({})", r.id, r.source, r.state);
     }
+    Ok(())
+}
+
+fn cache_mode(a: &CacheModeArgs) -> Result<()> {
+    use ferry_host::control::{call, find_host, Request};
+    let spec = VolumeSpec::parse(&a.spec)?.to_string();
+    let sock = find_host(&spec).ok_or_else(|| {
+        anyhow::anyhow!("no process serves {spec} (the cache mode belongs to a served LUN)")
+    })?;
+    if let Some(m) = &a.mode {
+        let mode: ferry_core::CacheMode = m.parse().map_err(anyhow::Error::msg)?;
+        let r = call(
+            &sock,
+            &Request::CacheMode {
+                volume: spec.clone(),
+                mode,
+            },
+        )?;
+        if !r.ok {
+            anyhow::bail!("{}", r.error.unwrap_or_default());
+        }
+    }
+    let r = call(&sock, &Request::List)?;
+    let mode = r
+        .served
+        .unwrap_or_default()
+        .into_iter()
+        .find(|s| s.spec == spec)
+        .map(|s| s.cache_mode)
+        .ok_or_else(|| anyhow::anyhow!("{spec} is no longer served"))?;
+    println!("{spec}: cache mode {mode}");
     Ok(())
 }

@@ -379,7 +379,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
             })
         }
         MapCmd::Lun(LunCmd::Add(a)) => {
-            let cache_mode: CacheMode = a.cache_mode.parse()?;
+            let cache_mode: CacheMode = a.cache_mode.parse().map_err(anyhow::Error::msg)?;
             let spec = ferry_host::VolumeSpec::parse(&a.spec)?.to_string();
             let lun = Lun {
                 name: a.name.clone(),
@@ -402,7 +402,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
             let cache_mode = a
                 .cache_mode
                 .as_deref()
-                .map(str::parse::<CacheMode>)
+                .map(|c| c.parse::<CacheMode>().map_err(anyhow::Error::msg))
                 .transpose()?;
             let spec = a
                 .spec

@@ -89,6 +89,14 @@ fn ferry(url: &str, args: &[&str]) -> String {
     check(&out, &format!("ferry {args:?}"))
 }
 
+/// Like `check`, showing the node's tgtd log when the command failed.
+fn check_on(n: &Node, out: &std::process::Output, what: &str) {
+    if !out.status.success() {
+        eprintln!("--- tgtd log of node {} ---\n{}", n.name, n.tgtd.log_text());
+    }
+    check(out, what);
+}
+
 fn show(url: &str) -> Value {
     serde_json::from_str(&ferry(url, &["map", "show", "--json"])).unwrap()
 }
@@ -287,7 +295,8 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
     );
     assert!(took <= SESSION + Duration::from_secs(5));
     let b_url = nodes[&new_owner].url(1);
-    check(
+    check_on(
+        &nodes[&new_owner],
         &iscsi(&["verify-pattern", &b_url, "--seed", "7"]),
         "data written through a, read through the new owner",
     );
@@ -419,6 +428,24 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
         &iscsi(&["verify-pattern", &b_url, "--seed", "7"]),
         "pattern after b's agent restart",
     );
+
+    // Cache modes reach the serving process: v2 started in the map's
+    // default (writethrough) and follows a change.
+    let mode_of = |n: &Node, spec: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["volume", "cache-mode", spec])
+            .env("FERRY_RUN_DIR", &n.tgtd.run_dir)
+            .output()
+            .unwrap();
+        check(&out, "volume cache-mode")
+    };
+    assert!(mode_of(&nodes["b"], &vol("v2")).contains("writethrough"));
+    ferry(&url, &["map", "lun", "set", "v2", "--cache-mode", "none"]);
+    let t = Instant::now();
+    while !mode_of(&nodes["b"], &vol("v2")).contains("cache mode none") {
+        assert!(t.elapsed() < Duration::from_secs(10), "cache mode not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // An admin moves a LUN by changing where it may run: the owner takes
     // it off its tgtd, then releases it, and the allowed node claims it.

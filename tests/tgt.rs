@@ -421,3 +421,115 @@ fn bad_input_gets_errors_or_sense_and_tgtd_survives() {
     assert_eq!(s.read(0, 8).unwrap(), vec![1u8; 4096]);
     assert!(t.alive(), "tgtd died: {}", t.log_text());
 }
+
+/// The WCE bit of the caching mode page, read with MODE SENSE(6).
+fn wce(s: &mut Session) -> bool {
+    // DBD set, page 8 (caching), current values.
+    let r = s
+        .raw_cdb(&[0x1a, 0x08, 0x08, 0, 255, 0], None, 255)
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "MODE SENSE: {r:?}");
+    // 4-byte header, no block descriptor; page byte 2 bit 2 is WCE.
+    assert_eq!(
+        r.data[4] & 0x3f,
+        0x08,
+        "caching page expected: {:?}",
+        r.data
+    );
+    r.data[6] & 0x04 != 0
+}
+
+#[test]
+fn cache_modes_show_in_wce_and_follow_changes() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vol = format!("file:{}", dir.path().join("v.img").display());
+    let t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &ferry(&t, &["volume", "create", &vol, "--size", "16M"]),
+        "volume create",
+    );
+    t.add_target(1);
+    // A typo in the mode is refused; a LUN starts in the mode asked for.
+    let lun = |n: &str, bsopts: &str| {
+        t.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            n,
+            "--bstype",
+            "ferry",
+            "--backing-store",
+            &vol,
+            "--bsopts",
+            bsopts,
+        ])
+    };
+    assert!(!lun("1", "cache=fast").status.success());
+    check(&lun("1", "cache=writethrough"), "LUN in writethrough");
+    let mut s = Session::connect(&t.url(1, 1)).unwrap();
+    assert!(!wce(&mut s), "writethrough shows WCE=0");
+    // An initiator cannot turn the cache on in writethrough: the mode
+    // wins again by the next command.
+    expect_good(
+        &mut s,
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        None,
+        512,
+        "READ",
+    );
+
+    let set = |m: &str| check(&ferry(&t, &["volume", "cache-mode", &vol, m]), "cache-mode");
+    assert!(set("writeback").contains("cache mode writeback"));
+    expect_good(
+        &mut s,
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        None,
+        512,
+        "READ",
+    );
+    assert!(wce(&mut s), "writeback starts with WCE=1");
+    set("directsync");
+    expect_good(
+        &mut s,
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        None,
+        512,
+        "READ",
+    );
+    assert!(!wce(&mut s), "directsync shows WCE=0");
+    set("unsafe");
+    expect_good(
+        &mut s,
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        None,
+        512,
+        "READ",
+    );
+    assert!(wce(&mut s), "unsafe shows WCE=1");
+    // Writes and SYNCHRONIZE CACHE still succeed in every mode.
+    for m in ["unsafe", "none", "writethrough"] {
+        set(m);
+        let mut w = [0u8; 10];
+        w[0] = 0x2a;
+        w[1] = 0x08; // FUA
+        w[8] = 1;
+        expect_good(&mut s, &w, Some(&[0x5a; 512]), 0, "WRITE(10) FUA");
+        expect_good(
+            &mut s,
+            &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            None,
+            0,
+            "SYNCHRONIZE CACHE",
+        );
+    }
+    let out = ferry(&t, &["volume", "cache-mode", &vol, "fast"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cache mode"));
+}

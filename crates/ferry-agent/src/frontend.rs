@@ -119,7 +119,11 @@ impl Frontend for TgtFrontend {
             if tid.is_some_and(|t| failed_tids.contains(&t)) {
                 continue;
             }
-            match self.tgt.apply(op) {
+            let cache = match op {
+                TgtOp::NewLun { name, .. } => snap.map.luns.get(name).map(|l| l.cache_mode),
+                _ => None,
+            };
+            match self.tgt.apply(op, cache) {
                 Ok(()) => {
                     if let TgtOp::Account { chap, tid } = op {
                         if let Some(iqn) = iqn_of(*tid) {
@@ -154,7 +158,7 @@ impl Frontend for TgtFrontend {
         let shown = self.tgt.show().map_err(|e| e.to_string())?;
         let mut first = Ok(());
         for op in diff(&shown, &BTreeMap::new(), &BTreeMap::new()) {
-            if let Err(e) = self.tgt.apply(&op) {
+            if let Err(e) = self.tgt.apply(&op, None) {
                 log::error!("fencing: {e}");
                 if first.is_ok() {
                     first = Err(e.to_string());

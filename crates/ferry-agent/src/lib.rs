@@ -256,6 +256,7 @@ impl Agent {
             .into_iter()
             .filter(|l| !failed_luns.contains(l))
             .collect();
+        self.sync_cache_modes(&snap, &report.serving, &mut report.errors);
         let migrating = self.migrations(&snap, &report.serving)?;
         if !report.errors.is_empty() || migrating {
             report.next = Some(report.next.map_or(RETRY, |n| n.min(RETRY)));
@@ -334,6 +335,67 @@ impl Agent {
             );
         }
         Ok(())
+    }
+
+    /// Gives every served LUN the cache mode the map asks for, through the
+    /// serving process's control socket (a change needs no reconfiguration
+    /// of the target; tgt LUNs also start in it, see `Tgtadm::apply`).
+    fn sync_cache_modes(
+        &self,
+        snap: &Snapshot,
+        serving: &[String],
+        errors: &mut BTreeMap<String, String>,
+    ) {
+        let mut served = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.cfg.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("sock") {
+                continue;
+            }
+            if let Ok(r) = control::call(&path, &Request::List) {
+                for s in r.served.unwrap_or_default() {
+                    served.insert(s.spec.clone(), (path.clone(), s.cache_mode));
+                }
+            }
+        }
+        for name in serving {
+            let Some(l) = snap.map.luns.get(name) else {
+                continue;
+            };
+            let Ok(spec) = ferry_host::VolumeSpec::parse(&l.spec).map(|s| s.to_string()) else {
+                continue;
+            };
+            let Some((sock, mode)) = served.get(&spec) else {
+                continue;
+            };
+            if *mode == l.cache_mode {
+                continue;
+            }
+            let req = Request::CacheMode {
+                volume: spec.clone(),
+                mode: l.cache_mode,
+            };
+            match control::call(sock, &req) {
+                Ok(r) if r.ok => log::info!(
+                    "node {}: LUN {name}: cache mode {mode} -> {}",
+                    self.cfg.node,
+                    l.cache_mode
+                ),
+                Ok(r) => {
+                    errors.insert(
+                        name.clone(),
+                        format!("cache mode: {}", r.error.unwrap_or_default()),
+                    );
+                }
+                Err(e) => {
+                    errors.insert(name.clone(), format!("cache mode: {e}"));
+                }
+            }
+        }
     }
 
     /// Executes new migration requests of served LUNs and reports their

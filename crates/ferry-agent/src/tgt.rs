@@ -321,8 +321,9 @@ impl Tgtadm {
             .map(|t| parse_show(&t))
     }
 
-    /// Applies one step.
-    pub fn apply(&self, op: &TgtOp) -> Result<(), TgtError> {
+    /// Applies one step; a new LUN starts in `cache` mode (bs_ferry's
+    /// `--bsopts cache=`), so it never runs a command in another mode.
+    pub fn apply(&self, op: &TgtOp, cache: Option<ferry_map::CacheMode>) -> Result<(), TgtError> {
         let s = |v: &u32| v.to_string();
         match op {
             TgtOp::DeleteTarget { tid } => self
@@ -419,6 +420,8 @@ impl Tgtadm {
                         "ferry",
                         "--backing-store",
                         spec,
+                        "--bsopts",
+                        &cache.map(|c| format!("cache={c}")).unwrap_or_default(),
                     ],
                     false,
                 )?;

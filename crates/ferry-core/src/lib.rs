@@ -12,6 +12,7 @@
 //! is also how the tests inject crashes (see the `sim` module).
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod copier;
 pub mod error;
 pub mod index;
@@ -24,6 +25,7 @@ pub mod sim;
 pub mod store;
 pub mod volume;
 
+pub use cache::CacheMode;
 pub use copier::{Copier, CopierConfig, CopierControl, Progress};
 pub use error::{Error, Result};
 pub use index::RegionIndex;

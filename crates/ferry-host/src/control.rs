@@ -67,6 +67,11 @@ pub enum Request {
         #[serde(default)]
         remove_source: bool,
     },
+    /// Sets the LUN's cache mode (takes effect with the next command).
+    CacheMode {
+        volume: String,
+        mode: ferry_core::CacheMode,
+    },
 }
 
 impl Request {
@@ -80,7 +85,8 @@ impl Request {
             | Request::Rate { volume, .. }
             | Request::Adaptive { volume, .. }
             | Request::Abort { volume }
-            | Request::Commit { volume, .. } => Some(volume),
+            | Request::Commit { volume, .. }
+            | Request::CacheMode { volume, .. } => Some(volume),
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct Served {
     pub spec: String,
     pub size: u64,
     pub migration: Option<Progress>,
+    #[serde(default)]
+    pub cache_mode: ferry_core::CacheMode,
 }
 
 /// A control response.
@@ -162,6 +170,7 @@ impl Registry {
                     spec: l.spec().to_string(),
                     size: ferry_core::Volume::size(l.as_ref()),
                     migration: l.status(),
+                    cache_mode: l.cache_mode(),
                 })
                 .collect();
             return Response {
@@ -192,6 +201,13 @@ impl Registry {
             Request::Abort { .. } => Response::progress(lun.abort()),
             Request::Commit { remove_source, .. } => {
                 Response::progress(lun.commit_with(*remove_source))
+            }
+            Request::CacheMode { mode, .. } => {
+                lun.set_cache_mode(*mode);
+                Response {
+                    ok: true,
+                    ..Default::default()
+                }
             }
         }
     }

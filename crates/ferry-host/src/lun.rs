@@ -7,13 +7,15 @@
 //! a source marker leads to the target and its record, and a committed
 //! migration is served from the target. The LUN's identity (target, LUN
 //! number, serial) never changes; only the volume underneath does.
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::copier::{CopierConfig, Progress};
 use ferry_core::migrate::{reopen_target, Reopened};
 use ferry_core::{
-    Copier, Error, Extent, MigratingVolume, MigrationPlan, MigrationState, Result, Volume,
+    CacheMode, Copier, Error, Extent, MigratingVolume, MigrationPlan, MigrationState, Result,
+    Volume,
 };
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -60,7 +62,16 @@ pub struct Lun {
     served: Mutex<VolumeSpec>,
     migration: Mutex<Option<Migration>>,
     run_copier: bool,
+    /// [`CacheMode`] code: read by every command, set from the control
+    /// path.
+    cache_mode: AtomicU8,
 }
+
+/// The cache mode of a LUN configured by hand (tgtadm without `cache=`,
+/// targetcli): WCE as the initiator sets it, flushes honoured, which is
+/// what tgt's own backing stores do. The cluster map sets each LUN's mode
+/// explicitly (its default is writethrough).
+pub const DEFAULT_CACHE_MODE: CacheMode = CacheMode::Writeback;
 
 /// Opens what a spec names now, following migration metadata: committed
 /// migrations forward to their target, a migration in progress resumes,
@@ -163,7 +174,20 @@ impl Lun {
             served: Mutex::new(served),
             migration: Mutex::new(migration),
             run_copier,
+            cache_mode: AtomicU8::new(DEFAULT_CACHE_MODE.to_u8()),
         }))
+    }
+
+    /// How writes reach stable storage (see `ferry_core::cache`).
+    pub fn cache_mode(&self) -> CacheMode {
+        CacheMode::from_u8(self.cache_mode.load(Ordering::Relaxed))
+    }
+
+    pub fn set_cache_mode(&self, mode: CacheMode) {
+        let old = CacheMode::from_u8(self.cache_mode.swap(mode.to_u8(), Ordering::Relaxed));
+        if old != mode {
+            log::info!("{}: cache mode {old} -> {mode}", self.spec);
+        }
     }
 
     /// The configured spec.

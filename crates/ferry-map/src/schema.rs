@@ -84,74 +84,9 @@ pub struct Target {
     pub chap: Option<ChapCredential>,
 }
 
-/// How a LUN's writes reach stable storage (seed 003). Stored in the map;
-/// the data path honours FUA and SYNCHRONIZE CACHE in every mode but
-/// `unsafe`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheMode {
-    /// Every write is durable before it is acknowledged (WCE=0).
-    #[default]
-    Writethrough,
-    /// No gateway cache; the volume's own write cache, flushed on request.
-    None,
-    /// Gateway cache, flushed on SYNCHRONIZE CACHE / FUA (WCE=1).
-    Writeback,
-    /// Flushes are ignored: fast, and loses data on a crash.
-    Unsafe,
-    /// Like writethrough, bypassing every cache.
-    Directsync,
-}
-
-impl CacheMode {
-    pub const ALL: [CacheMode; 5] = [
-        CacheMode::Writethrough,
-        CacheMode::None,
-        CacheMode::Writeback,
-        CacheMode::Unsafe,
-        CacheMode::Directsync,
-    ];
-
-    /// Modes that keep every host's view coherent when several initiators
-    /// share the LUN: no gateway-side cache another host cannot see, and
-    /// flushes honoured.
-    pub fn safe_for_shared(self) -> bool {
-        matches!(
-            self,
-            CacheMode::Writethrough | CacheMode::None | CacheMode::Directsync
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheMode::Writethrough => "writethrough",
-            CacheMode::None => "none",
-            CacheMode::Writeback => "writeback",
-            CacheMode::Unsafe => "unsafe",
-            CacheMode::Directsync => "directsync",
-        }
-    }
-}
-
-impl std::str::FromStr for CacheMode {
-    type Err = MapError;
-    fn from_str(s: &str) -> Result<Self, MapError> {
-        CacheMode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                MapError::invalid(format!(
-                    "unknown cache mode {s:?} (one of: writethrough, none, writeback, unsafe, directsync)"
-                ))
-            })
-    }
-}
-
-impl fmt::Display for CacheMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How a LUN's writes reach stable storage (seed 003); see
+/// `ferry_core::cache`.
+pub use ferry_core::CacheMode;
 
 /// A logical unit: a volume exported under a target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

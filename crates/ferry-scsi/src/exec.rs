@@ -9,9 +9,11 @@
 //!
 //! Zero-length transfers complete without touching the volume (a backend
 //! such as librbd may assert on them). Write caching follows the LUN's
-//! WCE setting: with WCE off, or with FUA, a write is flushed before it is
-//! acknowledged.
-use ferry_core::Volume;
+//! cache mode and WCE setting (`ferry_core::cache`): in writethrough and
+//! directsync every write is flushed before it is acknowledged; in
+//! writeback and none, writes with FUA or while WCE is off; in unsafe no
+//! write is, and SYNCHRONIZE CACHE does not flush either.
+use ferry_core::{CacheMode, Volume};
 use parking_lot::Mutex;
 
 use crate::cdb::Command;
@@ -22,8 +24,9 @@ pub struct LunContext<'a> {
     pub volume: &'a dyn Volume,
     /// log2 of the logical block size (9 for 512, 12 for 4096).
     pub block_shift: u32,
-    /// Write cache enabled (mode page 8 WCE). Off: every write is flushed.
+    /// Write cache enabled (mode page 8 WCE) as the initiator sees it.
     pub write_cache: bool,
+    pub cache_mode: CacheMode,
     /// Serializes COMPARE AND WRITE commands of the LUN among themselves,
     /// which is what makes them atomic for the lock users (VMFS ATS,
     /// sanlock) that rely on them.
@@ -189,7 +192,9 @@ pub fn execute(
             if blocks != 0 || lba != 0 {
                 lun.range(lba, blocks)?;
             }
-            lun.volume.flush().map_err(write_err)?;
+            if lun.cache_mode.honours_flush() {
+                lun.volume.flush().map_err(write_err)?;
+            }
             Ok(0)
         }
         Command::PreFetch { lba, blocks } => {
@@ -210,7 +215,7 @@ fn write(lun: &LunContext<'_>, off: u64, len: u64, data: &[u8], fua: bool) -> Re
         return Ok(0);
     }
     lun.volume.write_at(&data[..n], off).map_err(write_err)?;
-    if fua || !lun.write_cache {
+    if lun.cache_mode.flush_write(lun.write_cache, fua) {
         lun.volume.flush().map_err(write_err)?;
     }
     Ok(n)
@@ -298,7 +303,7 @@ fn write_same(
         lun.volume.write_at(&buf, off + done).map_err(write_err)?;
         done += buf.len() as u64;
     }
-    if !lun.write_cache {
+    if lun.cache_mode.flush_write(lun.write_cache, false) {
         lun.volume.flush().map_err(write_err)?;
     }
     Ok(())
@@ -365,6 +370,7 @@ mod tests {
             volume: f.vol.as_ref(),
             block_shift: 9,
             write_cache: true,
+            cache_mode: CacheMode::Writeback,
             caw_lock: &f.caw,
         };
         let cmd = parse(cdb)?.expect("block command");
@@ -386,6 +392,81 @@ mod tests {
         let mut c = write10(lba, blocks);
         c[0] = 0x28;
         c
+    }
+
+    /// A volume that counts flushes.
+    struct Counting {
+        inner: Arc<SimVolume>,
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Volume for Counting {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> ferry_core::Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> ferry_core::Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> ferry_core::Result<()> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.flush()
+        }
+    }
+
+    /// Flushes caused by a plain write, a FUA write and a SYNCHRONIZE
+    /// CACHE, in `mode` with the initiator's WCE bit `wce`.
+    fn flushes(mode: CacheMode, wce: bool) -> [usize; 3] {
+        let f = fixture();
+        let vol = Counting {
+            inner: f.vol.clone(),
+            flushes: 0.into(),
+        };
+        let lun = LunContext {
+            volume: &vol,
+            block_shift: 9,
+            write_cache: wce,
+            cache_mode: mode,
+            caw_lock: &f.caw,
+        };
+        let data = [7u8; 512];
+        let mut fua = write10(1, 1);
+        fua[1] = 0x08;
+        let mut out = [0; 3];
+        for (i, cdb) in [
+            &write10(1, 1)[..],
+            &fua[..],
+            &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = vol.flushes.load(std::sync::atomic::Ordering::Relaxed);
+            let cmd = parse(cdb).unwrap().unwrap();
+            execute(&lun, &cmd, if i < 2 { &data[..] } else { &[] }, &mut []).unwrap();
+            out[i] = vol.flushes.load(std::sync::atomic::Ordering::Relaxed) - before;
+        }
+        out
+    }
+
+    #[test]
+    fn cache_modes_decide_which_commands_flush() {
+        use CacheMode::*;
+        // [plain write, FUA write, SYNCHRONIZE CACHE]
+        for wce in [true, false] {
+            assert_eq!(flushes(Writethrough, wce), [1, 1, 1]);
+            assert_eq!(flushes(Directsync, wce), [1, 1, 1]);
+            assert_eq!(flushes(Unsafe, wce), [0, 0, 0]);
+        }
+        assert_eq!(flushes(Writeback, true), [0, 1, 1]);
+        assert_eq!(flushes(None, true), [0, 1, 1]);
+        assert_eq!(flushes(Writeback, false), [1, 1, 1]);
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl DevState {
             volume: self.volume(),
             block_shift: self.block_shift,
             write_cache,
+            cache_mode: self.lun.cache_mode(),
             caw_lock: &self.caw,
         };
         let data = gather(data_out);

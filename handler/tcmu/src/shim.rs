@@ -438,9 +438,20 @@ impl Queued {
         }
     }
 
+    /// The WCE bit initiators see (tcmu-runner answers MODE SENSE from
+    /// it), first forced to what the LUN's cache mode requires.
     fn write_cache(&self) -> bool {
-        // SAFETY: live device; plain field getter.
-        unsafe { (self.tcmu.tcmu_dev_get_write_cache_enabled)(self.dev.0) }
+        // SAFETY: live device; plain field getter and setter.
+        unsafe {
+            let on = (self.tcmu.tcmu_dev_get_write_cache_enabled)(self.dev.0);
+            match self.state.lun.cache_mode().forced_wce() {
+                Some(want) if want != on => {
+                    (self.tcmu.tcmu_dev_set_write_cache_enabled)(self.dev.0, want);
+                    want
+                }
+                _ => on,
+            }
+        }
     }
 
     /// Queues `run` on a worker, which completes the command with its
@@ -545,7 +556,11 @@ unsafe extern "C" fn write(
         let Ok(off) = u64::try_from(off) else {
             return sts::RANGE;
         };
-        let flush = !q.write_cache() || exec::write_needs_flush(&q.cdb());
+        let flush = q
+            .state
+            .lun
+            .cache_mode()
+            .flush_write(q.write_cache(), exec::write_needs_flush(&q.cdb()));
         // SAFETY: the command's iovec, valid until completion.
         let segs = unsafe { Segments::new(iov, iov_cnt) };
         q.submit(move |s| {
@@ -563,6 +578,10 @@ unsafe extern "C" fn flush(dev: *mut TcmuDevice, cmd: *mut TcmurCmd) -> c_int {
         let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
             return sts::HW_ERR;
         };
+        if !q.state.lun.cache_mode().honours_flush() {
+            // Cache mode unsafe: SYNCHRONIZE CACHE succeeds without one.
+            return q.submit(|_| exec::Completion::OK);
+        }
         q.submit(|s| s.flush())
     })
 }

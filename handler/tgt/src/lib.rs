@@ -43,6 +43,11 @@ pub struct LunState {
 #[derive(Default)]
 struct LunSlot {
     state: Option<Arc<LunState>>,
+    /// The cache mode `--bsopts` asked for.
+    cache_mode: Option<ferry_core::CacheMode>,
+    /// The mode the caching mode page was last made to match (main
+    /// thread only).
+    page_mode: Option<ferry_core::CacheMode>,
 }
 
 /// The `bs_datasize` area of an LU holds one pointer to its [`LunSlot`].
@@ -99,18 +104,23 @@ pub extern "C" fn register_bs_module() {
     })
 }
 
-/// Options accepted in `--bsopts` (none yet): anything else is refused so
-/// a typo is not silently ignored.
-fn check_bsopts(opts: &str) -> Result<(), String> {
-    match opts.split(';').map(str::trim).find(|s| !s.is_empty()) {
-        None => Ok(()),
-        Some(kv) => {
-            let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
-            Err(format!(
-                "unknown --bsopts option {key:?} (bs_ferry takes none)"
-            ))
+/// Parses `--bsopts`: `cache=<mode>` (writethrough, none, writeback,
+/// unsafe, directsync; default writeback, see `ferry_core::cache`).
+/// Anything else is refused so a typo is not silently ignored.
+fn parse_bsopts(opts: &str) -> Result<Option<ferry_core::CacheMode>, String> {
+    let mut mode = None;
+    for kv in opts.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("cache", v)) => mode = Some(v.trim().parse()?),
+            _ => {
+                let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+                return Err(format!(
+                    "unknown --bsopts option {key:?} (bs_ferry takes cache=<mode>)"
+                ));
+            }
         }
     }
+    Ok(mode)
 }
 
 unsafe extern "C" fn bs_init(lu: *mut ScsiLu, bsopts: *mut c_char) -> c_int {
@@ -118,19 +128,26 @@ unsafe extern "C" fn bs_init(lu: *mut ScsiLu, bsopts: *mut c_char) -> c_int {
         if lu.is_null() {
             return ffi::TGTADM_INVALID_REQUEST;
         }
+        let mut cache_mode = None;
         if !bsopts.is_null() {
             // SAFETY: tgtd passes a NUL-terminated string (or NULL).
             let opts = unsafe { CStr::from_ptr(bsopts) }.to_string_lossy();
-            if let Err(e) = check_bsopts(&opts) {
-                log::error!("{e}");
-                return ffi::TGTADM_INVALID_REQUEST;
+            match parse_bsopts(&opts) {
+                Ok(m) => cache_mode = m,
+                Err(e) => {
+                    log::error!("{e}");
+                    return ffi::TGTADM_INVALID_REQUEST;
+                }
             }
         }
         if let Err(e) = runtime::start() {
             log::error!("cannot start: {e}");
             return ffi::TGTADM_NOMEM;
         }
-        let slot = Box::into_raw(Box::default());
+        let slot = Box::into_raw(Box::new(LunSlot {
+            cache_mode,
+            ..LunSlot::default()
+        }));
         // SAFETY: `lu` is tgtd's LU for this store (non-null, checked).
         unsafe { *slot_ptr(lu) = slot };
         ffi::TGTADM_SUCCESS
@@ -182,6 +199,10 @@ unsafe extern "C" fn bs_open(
                 return -1;
             }
         };
+        // SAFETY: slot is bs_init's (non-null, checked).
+        if let Some(m) = unsafe { (*slot).cache_mode } {
+            lun.set_cache_mode(m);
+        }
         let bytes = ferry_core::Volume::size(lun.as_ref());
         if bytes >> block_shift << block_shift != bytes {
             log::error!(
@@ -201,7 +222,10 @@ unsafe extern "C" fn bs_open(
         // volumes read unmapped blocks as zeroes) and refresh the two VPD
         // pages that depend on it through tgtd's own update hooks.
         unsafe {
+            let mode = state.lun.cache_mode();
             (*slot).state = Some(state);
+            // MODE SENSE shows the mode's WCE from the start.
+            sync_write_cache(lu, slot, mode);
             *fd = -1; // not a file tgtd may lseek (GET LBA STATUS)
             *size = bytes;
             // Report 4 KiB physical blocks, the unit file and RBD volumes
@@ -249,20 +273,35 @@ unsafe extern "C" fn bs_close(lu: *mut ScsiLu) {
     })
 }
 
-/// Whether the LU's write cache is on (mode page 8, WCE bit).
+/// The LU's WCE bit (mode page 8) as initiators see it, first made to
+/// match the LUN's cache mode when the mode fixes it or just changed
+/// (tgtd answers MODE SENSE from this page itself).
 ///
 /// # Safety
-/// Main thread only; `lu` is a live LU.
-unsafe fn write_cache_enabled(lu: *mut ScsiLu) -> bool {
+/// Main thread only; `lu` is a live LU and `slot` its slot.
+unsafe fn sync_write_cache(
+    lu: *mut ScsiLu,
+    slot: *mut LunSlot,
+    mode: ferry_core::CacheMode,
+) -> bool {
     let Ok(tgtd) = ffi::tgtd() else { return true };
     // SAFETY: tgtd's lookup of the LU's caching mode page; mode_data[0]
-    // bit 2 is WCE (SBC-3 6.4.5).
+    // bit 2 is WCE (SBC-3 6.4.5). The slot is ours, on the main thread.
     unsafe {
         let pg = (tgtd.find_mode_page)(lu, 0x08, 0);
         if pg.is_null() {
             return true;
         }
-        *pg.cast::<u8>().add(ffi::MODE_PG_DATA) & 0x04 != 0
+        let byte = pg.cast::<u8>().add(ffi::MODE_PG_DATA);
+        let changed = (*slot).page_mode != Some(mode);
+        // Writeback and none leave WCE to the initiator (MODE SELECT),
+        // starting from on when the mode is set.
+        let want = mode.forced_wce().or(changed.then_some(true));
+        if let Some(on) = want {
+            *byte = if on { *byte | 0x04 } else { *byte & !0x04 };
+        }
+        (*slot).page_mode = Some(mode);
+        *byte & 0x04 != 0
     }
 }
 
@@ -288,11 +327,14 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
             } else {
                 std::slice::from_raw_parts((*cmd).scb, cdb_len).to_vec()
             };
+            let cache_mode = state.lun.cache_mode();
+            let write_cache = sync_write_cache(lu, slot, cache_mode);
             let job = runtime::Job {
                 cmd: runtime::CmdPtr(cmd),
                 lun: state,
                 cdb,
-                write_cache: write_cache_enabled(lu),
+                write_cache,
+                cache_mode,
                 data_out: runtime::RawBuf {
                     ptr: (*cmd).out_sdb.buffer as usize as *mut u8,
                     len: (*cmd).out_sdb.length as usize,
@@ -322,8 +364,15 @@ mod tests {
 
     #[test]
     fn bsopts_are_checked() {
-        assert!(check_bsopts("").is_ok());
-        assert!(check_bsopts(" ; ").is_ok());
-        assert!(check_bsopts("conf=/etc/ceph").unwrap_err().contains("conf"));
+        assert_eq!(parse_bsopts(""), Ok(None));
+        assert_eq!(parse_bsopts(" ; "), Ok(None));
+        assert_eq!(
+            parse_bsopts("cache=writethrough"),
+            Ok(Some(ferry_core::CacheMode::Writethrough))
+        );
+        assert!(parse_bsopts("cache=fast")
+            .unwrap_err()
+            .contains("unknown cache mode"));
+        assert!(parse_bsopts("conf=/etc/ceph").unwrap_err().contains("conf"));
     }
 }

@@ -40,6 +40,7 @@ pub struct Job {
     pub lun: Arc<LunState>,
     pub cdb: Vec<u8>,
     pub write_cache: bool,
+    pub cache_mode: ferry_core::CacheMode,
     pub data_out: RawBuf,
     pub data_in: RawBuf,
 }
@@ -182,6 +183,7 @@ fn run(job: &Job) -> Result<usize, Sense> {
         volume: job.lun.lun.as_ref(),
         block_shift: job.lun.block_shift,
         write_cache: job.write_cache,
+        cache_mode: job.cache_mode,
         caw_lock: &job.lun.caw,
     };
     ferry_scsi::execute(&ctx, &cmd, data_out, data_in)
