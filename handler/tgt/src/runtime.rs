@@ -105,6 +105,7 @@ impl Runtime {
         if let Err(e) = self.jobs.send(job) {
             // Workers never exit while the sender lives; keep the command
             // from hanging all the same.
+            log::error!("no worker takes commands; answering HARDWARE ERROR");
             let job = e.into_inner();
             self.complete(
                 job.cmd,
@@ -128,9 +129,13 @@ impl Runtime {
 
 fn worker(rx: Receiver<Job>) {
     block_signals();
-    let rt = match RUNTIME.get() {
-        Some(Ok(rt)) => rt,
-        _ => return,
+    // Wait for `init` to publish the runtime: workers start before it
+    // returns, and one that gave up here would drop its receiver; with
+    // every worker gone, each command failed with HARDWARE ERROR (seen
+    // on a loaded machine, where the spawning thread ran last).
+    let rt = match RUNTIME.wait() {
+        Ok(rt) => rt,
+        Err(_) => return,
     };
     while let Ok(job) = rx.recv() {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
