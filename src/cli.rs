@@ -34,6 +34,9 @@ pub enum Command {
     /// Create a volume with data, migrate it live under a verifying
     /// workload, commit, and check every byte.
     Demo(crate::demo::DemoArgs),
+    /// Snapshots of a LUN, taken and restored while it is served.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCmd),
     /// Edit and inspect the cluster LUN map (ZooKeeper or a local file).
     Map {
         #[command(flatten)]
@@ -99,6 +102,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => crate::demo::run(a),
         Command::Workload(a) => crate::workload::run(a),
         Command::Map { args, cmd } => crate::map::run(&args, cmd),
+        Command::Snapshot(c) => crate::snapshot::run(c),
         Command::Agent(a) => crate::agent::run(a),
     }
 }

@@ -9,6 +9,7 @@ mod demo;
 mod map;
 mod migrate;
 mod serve;
+mod snapshot;
 mod units;
 mod workload;
 

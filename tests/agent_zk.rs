@@ -443,7 +443,10 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
     ferry(&url, &["map", "lun", "set", "v2", "--cache-mode", "none"]);
     let t = Instant::now();
     while !mode_of(&nodes["b"], &vol("v2")).contains("cache mode none") {
-        assert!(t.elapsed() < Duration::from_secs(10), "cache mode not applied");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "cache mode not applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

@@ -71,6 +71,17 @@ pub enum Error {
     /// The backend does not implement an optional operation.
     #[error("{0} is not supported by this volume")]
     Unsupported(&'static str),
+    /// A snapshot operation failed.
+    #[error("{op} {volume}: {source}")]
+    Snapshot {
+        op: &'static str,
+        volume: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The LUN is busy with something that excludes the request.
+    #[error("{0}")]
+    Busy(String),
     /// A fault injected by a test.
     #[error("injected fault at {0}")]
     Injected(String),
@@ -100,13 +111,16 @@ impl Error {
     /// (tgtd, tcmu-runner).
     pub fn errno(&self) -> i32 {
         match self {
-            Error::VolumeIo { source, .. } | Error::MetaIo { source, .. } => {
-                source.raw_os_error().unwrap_or(5)
-            }
+            Error::VolumeIo { source, .. }
+            | Error::MetaIo { source, .. }
+            | Error::Snapshot { source, .. } => source.raw_os_error().unwrap_or(5),
             Error::OutOfRange { .. } => 34, // ERANGE
             Error::Unsupported(_) => 95,    // EOPNOTSUPP
-            Error::SourceBusy { .. } | Error::SourceRetired { .. } | Error::TargetBusy(_) => 16, // EBUSY
-            Error::NoMigration(_) => 2, // ENOENT
+            Error::SourceBusy { .. }
+            | Error::SourceRetired { .. }
+            | Error::TargetBusy(_)
+            | Error::Busy(_) => 16, // EBUSY
+            Error::NoMigration(_) => 2,     // ENOENT
             Error::BadRegionSize(_) | Error::BadSpec { .. } | Error::TargetTooSmall { .. } => 22, // EINVAL
             _ => 5, // EIO
         }

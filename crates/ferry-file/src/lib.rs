@@ -12,6 +12,8 @@
 //! the directory).
 #![forbid(unsafe_code)]
 
+pub mod snapshot;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;

@@ -67,6 +67,13 @@ pub enum Request {
         #[serde(default)]
         remove_source: bool,
     },
+    /// Creates, lists, deletes or restores a snapshot of the LUN.
+    Snapshot {
+        volume: String,
+        action: crate::snapshot::SnapshotOp,
+        #[serde(default)]
+        name: Option<String>,
+    },
     /// Sets the LUN's cache mode (takes effect with the next command).
     CacheMode {
         volume: String,
@@ -86,7 +93,8 @@ impl Request {
             | Request::Adaptive { volume, .. }
             | Request::Abort { volume }
             | Request::Commit { volume, .. }
-            | Request::CacheMode { volume, .. } => Some(volume),
+            | Request::CacheMode { volume, .. }
+            | Request::Snapshot { volume, .. } => Some(volume),
         }
     }
 }
@@ -111,6 +119,8 @@ pub struct Response {
     pub progress: Option<Progress>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served: Option<Vec<Served>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<crate::snapshot::SnapshotInfo>>,
 }
 
 impl Response {
@@ -202,6 +212,14 @@ impl Registry {
             Request::Commit { remove_source, .. } => {
                 Response::progress(lun.commit_with(*remove_source))
             }
+            Request::Snapshot { action, name, .. } => match lun.snapshot(action, name.as_deref()) {
+                Ok(list) => Response {
+                    ok: true,
+                    snapshots: Some(list),
+                    ..Default::default()
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::CacheMode { mode, .. } => {
                 lun.set_cache_mode(*mode);
                 Response {

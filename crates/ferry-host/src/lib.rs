@@ -4,12 +4,14 @@
 //! - [`spec`]: parse the volume specs admins write, open and create volumes;
 //! - [`lun`]: a served LUN whose volume can start migrating, and finish,
 //!   underneath the front-end;
+//! - [`snapshot`]: snapshots taken and restored while a LUN is served;
 //! - [`control`]: the Unix-socket control path the `ferry` CLI uses to reach
 //!   whichever process serves a LUN.
 #![forbid(unsafe_code)]
 
 pub mod control;
 pub mod lun;
+pub mod snapshot;
 pub mod spec;
 
 pub use control::{ControlServer, Registry, Request, Response};

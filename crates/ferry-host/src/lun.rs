@@ -178,6 +178,21 @@ impl Lun {
         }))
     }
 
+    /// Runs `f` with I/O quiesced: every command in flight has finished
+    /// and new ones wait until it returns. `f` may hand back a volume to
+    /// serve from then on (a restored snapshot).
+    pub(crate) fn quiesced<T>(
+        &self,
+        f: impl FnOnce(&Arc<dyn Volume>) -> Result<(T, Option<Arc<dyn Volume>>)>,
+    ) -> Result<T> {
+        let mut current = self.current.write();
+        let (out, replace) = f(&current)?;
+        if let Some(v) = replace {
+            *current = v;
+        }
+        Ok(out)
+    }
+
     /// How writes reach stable storage (see `ferry_core::cache`).
     pub fn cache_mode(&self) -> CacheMode {
         CacheMode::from_u8(self.cache_mode.load(Ordering::Relaxed))
