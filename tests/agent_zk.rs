@@ -248,6 +248,44 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
         // What the status claims, tgtd does: the LUN answers on a's portal.
         check(&iscsi(&["info", &nodes["a"].url(i)]), "info on a new LUN");
     }
+    // Initiator ACLs: a second host may use the LUN once the map allows
+    // it, and only then (tgt's ACLs are per target).
+    let other = "iqn.2026-11.org.ferry:other-host";
+    let as_other = |url: &str| iscsi(&["--initiator", other, "info", url]);
+    assert!(
+        !as_other(&nodes["a"].url(1)).status.success(),
+        "an unmapped initiator got in"
+    );
+    ferry(&url, &["map", "initiator", "add", other, "--lun", "v1"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(
+        &url,
+        Duration::from_secs(10),
+        "second initiator applied",
+        |s| serves(s, "a", "v1", v),
+    );
+    check_on(
+        &nodes["a"],
+        &as_other(&nodes["a"].url(1)),
+        "the mapped second initiator",
+    );
+    check(
+        &iscsi(&["info", &nodes["a"].url(1)]),
+        "the first initiator still",
+    );
+    ferry(&url, &["map", "initiator", "remove", other]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(
+        &url,
+        Duration::from_secs(10),
+        "second initiator removed",
+        |s| serves(s, "a", "v1", v),
+    );
+    assert!(
+        !as_other(&nodes["a"].url(1)).status.success(),
+        "a removed initiator got in"
+    );
+
     times.sort();
     eprintln!(
         "convergence (commit -> node reports applied): median {:?}, max {:?} over {} changes",

@@ -225,3 +225,77 @@ fn file_volume_migrates_into_rbd_offline_with_the_cli() {
     );
     assert!(got[12 << 20..].iter().all(|&b| b == 0));
 }
+
+fn ferry_run(t: &Tgtd, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_RUN_DIR", &t.run_dir)
+        .output()
+        .unwrap()
+}
+
+/// Seed 002 on RBD: snapshot + protect, and restore as a clone the LUN is
+/// switched to while an initiator stays logged in; the LUN keeps its name
+/// across a tgtd restart (the old image forwards to the clone).
+#[test]
+fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let Some(conf) = ceph_conf("CEPH_CONF") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CEPH_CONF is not set in CI: .ci/run starts the clusters"
+        );
+        eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("snap{}x{}", std::process::id(), common::free_port());
+    let vol = format!("rbd:ferry-a/{name}?conf={conf}");
+    let mut t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &ferry_run(&t, &["volume", "create", &vol, "--size", "32M"]),
+        "create the image",
+    );
+    t.add_target(1);
+    check(&t.add_ferry_lun(1, 1, &vol), "an RBD LUN");
+    let url = t.url(1, 1);
+    iscsi(&["write-pattern", &url, "--seed", "7"]);
+    check(
+        &ferry_run(&t, &["snapshot", "create", &vol, "s1"]),
+        "snapshot create",
+    );
+    iscsi(&["write-pattern", &url, "--seed", "8"]);
+    let mut s = ferry_initiator::Session::connect(&url).unwrap();
+    let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    assert_eq!(
+        s.raw_cdb(&read, None, 512).unwrap().status,
+        ferry_initiator::ScsiStatus::Good
+    );
+    let out = check(
+        &ferry_run(&t, &["snapshot", "restore", &vol, "s1"]),
+        "snapshot restore",
+    );
+    assert!(out.contains("before-restore-"), "{out}");
+    assert_eq!(
+        s.raw_cdb(&read, None, 512).unwrap().status,
+        ferry_initiator::ScsiStatus::Good,
+        "the session outlived the switch"
+    );
+    iscsi(&["verify-pattern", &url, "--seed", "7"]);
+    // s1 now has a clone: it cannot go while the LUN runs on it.
+    let out = ferry_run(&t, &["snapshot", "delete", &vol, "s1"]);
+    assert!(!out.status.success(), "a snapshot with a clone was deleted");
+    // The configured name survives a restart: it forwards to the clone.
+    t.kill9();
+    t.restart();
+    t.add_target(1);
+    check(&t.add_ferry_lun(1, 1, &vol), "the same LUN after a restart");
+    iscsi(&["verify-pattern", &url, "--seed", "7"]);
+    let info = check(
+        &ferry_run(&t, &["volume", "info", &vol, "--json"]),
+        "volume info",
+    );
+    assert!(info.contains(&format!("{name}-r")), "{info}");
+}

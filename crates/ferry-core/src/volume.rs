@@ -121,6 +121,11 @@ impl<T: Volume + ?Sized> Volume for std::sync::Arc<T> {
     fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         (**self).allocated(offset, len)
     }
+    // Forwarded too: a host downcasting through an `Arc` must reach the
+    // concrete volume, not the `Arc`'s default `None`.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        (**self).as_any()
+    }
 }
 
 #[cfg(test)]

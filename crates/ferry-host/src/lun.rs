@@ -215,6 +215,11 @@ impl Lun {
         self.served.lock().clone()
     }
 
+    #[cfg(feature = "rbd")]
+    pub(crate) fn set_served(&self, spec: VolumeSpec) {
+        *self.served.lock() = spec;
+    }
+
     /// Whether `name` (a spec) names this LUN: its configured spec or
     /// either side of its migration.
     pub fn answers_to(&self, name: &str) -> bool {

@@ -9,6 +9,15 @@
 //! (`ferry_file::snapshot`). A restore first snapshots the current state
 //! as `before-restore-<time>`, so it can itself be undone.
 //!
+//! RBD images: native snapshots, protected so they can be cloned. A
+//! restore is redirect-on-write, as seed 002 describes: snapshot the
+//! current state (`before-restore-<time>`), clone the chosen snapshot as
+//! a new image (`<image>-r<time>`, instant), and switch the LUN to the
+//! clone. The image served before gets a forwarding marker (as a
+//! committed migration's source does), so the LUN keeps its configured
+//! name across restarts. A snapshot with clones cannot be deleted until
+//! they are (librbd reports it busy).
+//!
 //! A LUN being migrated refuses snapshots with an error that says so:
 //! the copy would have to span two volumes; take it before starting, or
 //! after the commit (or abort).
@@ -80,8 +89,6 @@ impl Lun {
     }
 
     /// Runs a snapshot operation on the served volume.
-    // Without the `rbd` feature, files are the only kind of volume.
-    #[allow(irrefutable_let_patterns)]
     pub fn snapshot(&self, op: &SnapshotOp, name: Option<&str>) -> Result<Vec<SnapshotInfo>> {
         let need_name = || {
             name.ok_or_else(|| Error::BadSpec {
@@ -93,8 +100,10 @@ impl Lun {
             SnapshotOp::Restore => "restore a snapshot",
             _ => "take or change snapshots",
         })?;
-        let VolumeSpec::File(path) = &target else {
-            return Err(Error::Unsupported("snapshots of this kind of volume"));
+        let path = match &target {
+            VolumeSpec::File(path) => path,
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(rbd) => return self.rbd_snapshot(op, name, rbd),
         };
         let bad_name = |e: String| Error::BadSpec {
             spec: name.unwrap_or_default().to_string(),
@@ -152,6 +161,121 @@ impl Lun {
                     Ok((s, Some(restored)))
                 })?;
                 Ok(vec![info(snap)])
+            }
+        }
+    }
+}
+
+#[cfg(feature = "rbd")]
+impl Lun {
+    fn rbd_snapshot(
+        &self,
+        op: &SnapshotOp,
+        name: Option<&str>,
+        spec: &ferry_rbd::RbdSpec,
+    ) -> Result<Vec<SnapshotInfo>> {
+        use ferry_core::SourceMarker;
+        let what = spec.to_string();
+        let what = what.as_str();
+        let rbd = move |op: &'static str| move |e: ferry_rbd::RbdError| e.into_core(op, what);
+        let name = match (op, name) {
+            (SnapshotOp::List, _) => "",
+            (_, Some(n)) => {
+                files::check_name(n).map_err(|why| Error::BadSpec {
+                    spec: n.to_string(),
+                    why,
+                })?;
+                n
+            }
+            (_, None) => {
+                return Err(Error::BadSpec {
+                    spec: self.spec().to_string(),
+                    why: "a snapshot name is required".into(),
+                })
+            }
+        };
+        let image_of = |vol: &Arc<dyn Volume>| -> Result<Arc<ferry_rbd::Image>> {
+            vol.as_any()
+                .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>())
+                .map(|v| v.image().clone())
+                .ok_or(Error::Unsupported("snapshots of this volume"))
+        };
+        let list = |image: &ferry_rbd::Image| -> Result<Vec<SnapshotInfo>> {
+            Ok(image
+                .snap_list()
+                .map_err(rbd("listing snapshots of"))?
+                .into_iter()
+                .map(|s| SnapshotInfo {
+                    name: s.name,
+                    size: s.size,
+                    allocated: s.size,
+                    created: 0,
+                })
+                .collect())
+        };
+        match op {
+            SnapshotOp::List => self.quiesced(|vol| {
+                let image = image_of(vol)?;
+                Ok((list(&image)?, None))
+            }),
+            SnapshotOp::Delete => self.quiesced(|vol| {
+                image_of(vol)?
+                    .snap_remove_protected(name)
+                    .map_err(rbd("deleting a snapshot of"))?;
+                Ok((Vec::new(), None))
+            }),
+            SnapshotOp::Create => self.quiesced(|vol| {
+                vol.flush()?;
+                let image = image_of(vol)?;
+                image
+                    .snap_create_protected(name)
+                    .map_err(rbd("snapshotting"))?;
+                log::info!("{}: snapshot {name} taken", self.spec());
+                let all = list(&image)?;
+                Ok((all.into_iter().filter(|s| s.name == name).collect(), None))
+            }),
+            SnapshotOp::Restore => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let safety = format!("before-restore-{ms}");
+                let mut clone = spec.clone();
+                clone.image = format!("{}-r{ms}", spec.image);
+                let clone_spec = VolumeSpec::Rbd(clone.clone());
+                let out = self.quiesced(|vol| {
+                    let image = image_of(vol)?;
+                    if !image.snap_list().map_err(rbd("listing snapshots of"))?.iter().any(|s| s.name == name) {
+                        return Err(Error::BadSpec {
+                            spec: name.to_string(),
+                            why: format!("no snapshot {name} of {}", spec.short()),
+                        });
+                    }
+                    vol.flush()?;
+                    image.snap_create_protected(&safety).map_err(rbd("snapshotting"))?;
+                    ferry_rbd::clone_image(&image, name, image.ioctx(), &clone.image)
+                        .map_err(rbd("cloning"))?;
+                    let (new_vol, _) = clone_spec.open()?;
+                    // From now on the configured name leads to the clone.
+                    let store = self.served().store_of(vol.as_ref())?;
+                    store.store_source_marker(&SourceMarker {
+                        target: clone_spec.to_string(),
+                        committed: true,
+                    })?;
+                    log::info!(
+                        "{}: restored snapshot {name} as clone {} (previous state kept as {safety})",
+                        self.spec(),
+                        clone.short()
+                    );
+                    let kept = SnapshotInfo {
+                        name: safety.clone(),
+                        size: vol.size(),
+                        allocated: vol.size(),
+                        created: 0,
+                    };
+                    Ok((vec![kept], Some(new_vol)))
+                })?;
+                self.set_served(clone_spec);
+                Ok(out)
             }
         }
     }

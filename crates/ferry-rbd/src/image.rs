@@ -832,6 +832,131 @@ impl Image {
     }
 }
 
+/// A snapshot of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapInfo {
+    pub id: u64,
+    pub name: String,
+    pub size: u64,
+}
+
+impl Image {
+    fn snap_call(
+        &self,
+        op: &'static str,
+        name: &str,
+        f: unsafe extern "C" fn(
+            sys::rbd_image_t,
+            *const std::os::raw::c_char,
+        ) -> std::os::raw::c_int,
+    ) -> Result<()> {
+        let n = crate::rados::cstring("snapshot name", name)?;
+        // SAFETY: open image handle; n is a NUL-terminated name; `f` is one
+        // of librbd's (image, snapshot name) calls.
+        let r = unsafe { f(self.handle, n.as_ptr()) };
+        if r < 0 {
+            return Err(self.err(op, r.into()));
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot and protects it (so it can be cloned).
+    pub fn snap_create_protected(&self, name: &str) -> Result<()> {
+        self.snap_call("rbd_snap_create", name, sys::rbd_snap_create)?;
+        self.snap_call("rbd_snap_protect", name, sys::rbd_snap_protect)
+    }
+
+    /// Unprotects (fails while clones depend on it) and removes a snapshot.
+    pub fn snap_remove_protected(&self, name: &str) -> Result<()> {
+        match self.snap_call("rbd_snap_unprotect", name, sys::rbd_snap_unprotect) {
+            Ok(()) => {}
+            // Not protected (taken by other tools): remove it all the same.
+            Err(e) if e.errno() == libc::EINVAL => {}
+            Err(e) => return Err(e),
+        }
+        self.snap_call("rbd_snap_remove", name, sys::rbd_snap_remove)
+    }
+
+    /// The image's snapshots, oldest first.
+    pub fn snap_list(&self) -> Result<Vec<SnapInfo>> {
+        let mut cap: std::os::raw::c_int = 16;
+        loop {
+            let n_alloc = usize::try_from(cap).unwrap_or(16) + 1;
+            let mut list: Vec<sys::rbd_snap_info_t> = (0..n_alloc)
+                .map(|_| sys::rbd_snap_info_t {
+                    id: 0,
+                    size: 0,
+                    name: std::ptr::null(),
+                })
+                .collect();
+            let mut max = cap;
+            // SAFETY: open image; list has room for max entries (plus the
+            // terminator librbd writes); max is a valid in/out pointer.
+            let r = unsafe { sys::rbd_snap_list(self.handle, list.as_mut_ptr(), &mut max) };
+            if r == -libc::ERANGE {
+                cap = max.max(cap * 2);
+                continue;
+            }
+            if r < 0 {
+                return Err(self.err("rbd_snap_list", r.into()));
+            }
+            let n = usize::try_from(r).unwrap_or(0).min(n_alloc);
+            let mut out: Vec<SnapInfo> = list[..n]
+                .iter()
+                .map(|s| SnapInfo {
+                    id: s.id,
+                    size: s.size,
+                    // SAFETY: librbd filled name with a NUL-terminated
+                    // string it owns until rbd_snap_list_end.
+                    name: unsafe { c_str(s.name) },
+                })
+                .collect();
+            // SAFETY: frees what rbd_snap_list filled, once.
+            unsafe { sys::rbd_snap_list_end(list.as_mut_ptr()) };
+            out.sort_by_key(|s| s.id);
+            return Ok(out);
+        }
+    }
+}
+
+/// Clones `parent@snap` (protected) as `child` in `child_io`, with the
+/// parent's features and layout: redirect-on-write, instant.
+pub fn clone_image(parent: &Image, snap: &str, child_io: &IoCtx, child: &str) -> Result<()> {
+    let pn = crate::rados::cstring("image name", parent.name())?;
+    let sn = crate::rados::cstring("snapshot name", snap)?;
+    let cn = crate::rados::cstring("image name", child)?;
+    let features = parent.features()?;
+    let (unit, count) = parent.striping()?;
+    let mut order: std::os::raw::c_int = 0; // 0: the parent's object size
+                                            // SAFETY: live ioctxs; NUL-terminated names; order is a valid
+                                            // in/out pointer.
+    let r = unsafe {
+        sys::rbd_clone2(
+            parent.ioctx().raw(),
+            pn.as_ptr(),
+            sn.as_ptr(),
+            child_io.raw(),
+            cn.as_ptr(),
+            features,
+            &mut order,
+            unit,
+            std::os::raw::c_int::try_from(count).unwrap_or(1),
+        )
+    };
+    if r < 0 {
+        return Err(RbdError::call(
+            "rbd_clone2",
+            format!(
+                "{}@{snap} -> {}/{child}",
+                parent.describe(),
+                child_io.pool()
+            ),
+            r.into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A metadata value as a C string, refusing NUL bytes with a clear error.
 struct CStringValue(std::ffi::CString);
 

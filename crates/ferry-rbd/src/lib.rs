@@ -39,7 +39,8 @@ mod volume;
 pub use error::{RbdError, Result};
 #[cfg(feature = "rbd")]
 pub use image::{
-    create_image, image_exists, remove_image, CreateOptions, Image, ImageStat, Watcher,
+    clone_image, create_image, image_exists, remove_image, CreateOptions, Image, ImageStat,
+    SnapInfo, Watcher,
 };
 #[cfg(feature = "rbd")]
 pub use precheck::{precheck_migration, PrecheckReport};
