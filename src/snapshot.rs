@@ -17,7 +17,7 @@ pub enum SnapshotCmd {
     /// Delete a snapshot.
     Delete(Named),
     /// Roll the volume back to a snapshot while it is served; the state
-    /// before is kept as snapshot before-restore-<ms>.
+    /// before is kept as snapshot `before-restore-<ms>`.
     Restore(Named),
 }
 
