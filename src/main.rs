@@ -16,6 +16,13 @@ mod workload;
 use clap::Parser;
 
 fn main() {
+    // Die quietly on a closed pipe (`ferry map show | head`) like other
+    // Unix tools, instead of panicking on the failed write.
+    // SAFETY: setting a signal disposition to the default at start-up,
+    // before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(if cli.verbose { "info" } else { "warn" }),
