@@ -100,6 +100,8 @@ impl Lun {
             SnapshotOp::Restore => "restore a snapshot",
             _ => "take or change snapshots",
         })?;
+        // Without the `rbd` feature, files are the only kind of volume.
+        #[allow(clippy::infallible_destructuring_match)]
         let path = match &target {
             VolumeSpec::File(path) => path,
             #[cfg(feature = "rbd")]
