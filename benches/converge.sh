@@ -20,7 +20,9 @@ target=iqn.2026-11.org.ferry:bench
 pids=()
 
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  exec 2>/dev/null # no "Killed" notices for our own children
+  for p in "${pids[@]}"; do kill -9 "$p" || true; done
+  wait || true
   for i in $(seq 1 "$nodes"); do
     ctl=$((13100 + i))
     tgtadm -C "$ctl" --op show --mode target 2>/dev/null | sed -n 's/^Target \([0-9]*\):.*/\1/p' |
@@ -98,16 +100,17 @@ for k in $(seq 1 "$changes"); do
   "$ferry" volume create "file:$work/v$k.img" --size 16M >/dev/null
   t0=$(now_ms)
   "$ferry" map lun add "v$k" --target "$target" --lun "$k" --spec "file:$work/v$k.img" --nodes n1 >/dev/null
-  v=$("$ferry" map show | head -1 | awk '{print $NF}')
+  v=$("$ferry" map show | awk 'NR == 1 {print $NF}')
   times+=("$(wait_applied n1 "$v" "v$k" "$t0")")
 done
 
 # Failover: node 1 dies (agent and tgtd); its LUNs may move to node 2.
 "$ferry" map lun set v1 --nodes n1,n2 >/dev/null
-v=$("$ferry" map show | head -1 | awk '{print $NF}')
+v=$("$ferry" map show | awk 'NR == 1 {print $NF}')
 wait_applied n1 "$v" v1 "$(now_ms)" >/dev/null
 t0=$(now_ms)
 kill -9 "${node_pid[1]}" "${tgtd_pid[1]}"
+{ wait "${node_pid[1]}" "${tgtd_pid[1]}" || true; } 2>/dev/null
 failover=$(wait_applied n2 0 v1 "$t0")
 
 stats() { # median p90 max of the arguments
