@@ -625,3 +625,92 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
         .unwrap();
     check(&out, "lun remove");
 }
+
+/// A target with CHAP in the map: the agent creates the account and binds
+/// it; initiators without the secret cannot log in, with it they can, and
+/// the secret appears in no log or listing.
+#[test]
+fn chap_from_the_map_gates_logins_and_stays_secret() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(zk) = ZooKeeper::start(&dir.path().join("zk")) else {
+        return;
+    };
+    let url = zk.url("ferry");
+    let tgtd = Tgtd::start(&dir.path().join("run-a"));
+    ferry(
+        &url,
+        &[
+            "map",
+            "node",
+            "add",
+            "a",
+            "--portal",
+            &format!("127.0.0.1:{}", tgtd.port),
+        ],
+    );
+    let mut node = Node {
+        name: "a".into(),
+        tgtd,
+        agent: None,
+        log: dir.path().join("agent-a.log"),
+    };
+    node.start_agent(&url);
+    let secret = "chap-secret-4242";
+    let secret_file = dir.path().join("chap");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    ferry(
+        &url,
+        &[
+            "map",
+            "target",
+            "add",
+            TARGET,
+            "--chap-user",
+            "host1",
+            "--chap-secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+    let vol = format!("file:{}", dir.path().join("c1.img").display());
+    ferry(&url, &["volume", "create", &vol, "--size", "16M"]);
+    ferry(
+        &url,
+        &[
+            "map", "lun", "add", "c1", "--target", TARGET, "--lun", "1", "--spec", &vol,
+        ],
+    );
+    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "c1"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(15), "c1 served", |s| {
+        serves(s, "a", "c1", v)
+    });
+
+    let plain = node.url(1);
+    let out = iscsi(&["info", &plain]);
+    assert!(!out.status.success(), "a login without CHAP got in");
+    let with = plain.replacen("iscsi://", &format!("iscsi://host1%{secret}@"), 1);
+    check_on(
+        &node,
+        &iscsi(&["info", &with]),
+        "login with the CHAP secret",
+    );
+    let wrong = plain.replacen("iscsi://", "iscsi://host1%not-the-secret@", 1);
+    assert!(
+        !iscsi(&["info", &wrong]).status.success(),
+        "a wrong secret got in"
+    );
+
+    let shown = ferry(&url, &["map", "show", "--json"]);
+    assert!(!shown.contains(secret), "map show leaks the secret");
+    assert!(
+        !node.log_text().contains(secret),
+        "the agent log leaks the secret"
+    );
+    assert!(
+        !node.tgtd.log_text().contains(secret),
+        "the tgtd log leaks the secret"
+    );
+}
