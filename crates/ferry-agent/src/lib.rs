@@ -73,6 +73,8 @@ pub struct Agent {
     fenced: bool,
     /// LUNs claimed whose previous server is not fenced yet.
     unfenced: BTreeSet<String>,
+    /// When a snapshot of the store last succeeded.
+    last_contact: Instant,
 }
 
 /// What one pass found.
@@ -95,6 +97,7 @@ impl Agent {
             unowned_since: BTreeMap::new(),
             fenced: false,
             unfenced: BTreeSet::new(),
+            last_contact: Instant::now(),
         }
     }
 
@@ -113,8 +116,13 @@ impl Agent {
                         log::warn!("node {}: {e}", self.cfg.node);
                         if matches!(e, MapError::SessionExpired) {
                             self.lost_session();
+                            RETRY / 4
+                        } else if e.is_transient() {
+                            self.fence_if_silent();
+                            RETRY / 4
+                        } else {
+                            RETRY
                         }
-                        RETRY
                     }
                 };
                 due = Instant::now() + next.min(RESYNC);
@@ -161,12 +169,31 @@ impl Agent {
         self.registered = false;
     }
 
-    /// Removes every ferry LUN from the local target.
+    /// Removes every ferry LUN from the local target; retried by later
+    /// passes until it succeeds.
     fn fence(&mut self) {
-        if let Err(e) = self.cfg.frontend.clear() {
-            log::error!("fencing: {e}");
+        match self.cfg.frontend.clear() {
+            Ok(()) => self.fenced = true,
+            Err(e) => log::error!("fencing failed (retrying): {e}"),
         }
-        self.fenced = true;
+    }
+
+    /// Fences once the store has not been heard from for half the session
+    /// timeout. The server expires the session a full timeout after it
+    /// last heard from this node, and only then may another node claim
+    /// its LUNs, so this node has stopped serving well before.
+    fn fence_if_silent(&mut self) {
+        let Some(timeout) = self.store.as_ref().map(|s| s.session_timeout()) else {
+            return;
+        };
+        let silent = self.last_contact.elapsed();
+        if !self.fenced && !timeout.is_zero() && silent >= timeout / 2 {
+            log::warn!(
+                "node {}: no contact with the map for {silent:?} (session timeout {timeout:?}); fencing",
+                self.cfg.node
+            );
+            self.fence();
+        }
     }
 
     fn store(&mut self) -> Result<&dyn MapStore, MapError> {
@@ -183,23 +210,18 @@ impl Agent {
         let store = self.store()?;
         match store.session() {
             Session::Expired => return Err(MapError::SessionExpired),
-            Session::Disconnected(since) => {
-                let timeout = store.session_timeout();
-                if since.elapsed() >= timeout && !self.fenced {
-                    log::warn!(
-                        "node {node}: cut off from the map for {:?} (session timeout {timeout:?}); fencing",
-                        since.elapsed()
-                    );
-                    self.fence();
-                }
+            Session::Disconnected(_) => {
+                self.fence_if_silent();
                 return Ok(PassReport {
-                    next: Some(RETRY),
+                    // Short steps, so the fence lands on time.
+                    next: Some(RETRY / 4),
                     ..Default::default()
                 });
             }
             Session::Connected => {}
         }
         let mut snap = store.snapshot()?;
+        self.last_contact = Instant::now();
         if !snap.map.nodes.contains_key(&node) {
             return Err(MapError::NotFound {
                 kind: ferry_map::Kind::Node,
@@ -244,10 +266,12 @@ impl Agent {
             })?;
         report.errors.extend(failed);
         let failed_luns: BTreeSet<String> = report.errors.keys().cloned().collect();
-        // Give up claims only once the target no longer serves those
-        // LUNs: after a pass without any failure.
-        if report.errors.is_empty() {
-            for lun in &p.release {
+        // Give up a claim only once the target no longer serves the LUN:
+        // its removal did not fail (failures of LUNs the map no longer
+        // knows cannot be attributed, so any failure holds those back).
+        for lun in &p.release {
+            let attributable = snap.map.luns.contains_key(lun);
+            if !report.errors.contains_key(lun) && (attributable || report.errors.is_empty()) {
                 self.store()?.release(lun, &node)?;
             }
         }

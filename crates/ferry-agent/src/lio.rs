@@ -298,7 +298,9 @@ impl Lio {
             &attrib.join("authentication"),
             if chap.is_some() { "1" } else { "0" },
         )?;
-        if fresh {
+        // Fresh, or left disabled by a removal that failed half-way.
+        let enabled = fs::read_to_string(tpg.join("enable")).is_ok_and(|v| v.trim() == "1");
+        if fresh || !enabled {
             self.write(&tpg.join("enable"), "1")?;
         }
         Ok(())
@@ -390,6 +392,15 @@ impl Lio {
             }
             let current = self.targets().remove(iqn).unwrap_or_default();
             for (n, (name, spec)) in &w.luns {
+                if let Some(b) = backstores.get(name).filter(|b| &b.spec != spec) {
+                    // A stale backstore of this name (its removal failed):
+                    // never export it in place of the wanted volume.
+                    errors.insert(
+                        name.clone(),
+                        format!("backstore {name} still holds {}, not {spec}", b.spec),
+                    );
+                    continue;
+                }
                 if !backstores.contains_key(name) {
                     let made = size_of(spec).and_then(|size| {
                         self.create_backstore(name, spec, size, &serial_of(name))
@@ -403,9 +414,15 @@ impl Lio {
                 if current.luns.get(n) != Some(name) {
                     let lun_dir = self.tpg(iqn).join("lun").join(format!("lun_{n}"));
                     let bs = self.backstores();
+                    let Some(b) = bs.get(name).filter(|b| &b.spec == spec) else {
+                        errors.insert(
+                            name.clone(),
+                            format!("backstore {name} for {spec} is missing"),
+                        );
+                        continue;
+                    };
                     let linked = self.mkdir(&lun_dir).and_then(|_| {
-                        let target = &bs[name].dir;
-                        std::os::unix::fs::symlink(target, lun_dir.join(format!("ferry_{n}")))
+                        std::os::unix::fs::symlink(&b.dir, lun_dir.join(format!("ferry_{n}")))
                             .map_err(err("symlink", &lun_dir))
                     });
                     if let Err(e) = linked {

@@ -108,6 +108,28 @@ impl FileVolume {
         })
     }
 
+    /// Moves the (open, locked) file to `to`, replacing what is there,
+    /// and syncs the directory: the lock moves with the file, so nothing
+    /// can open `to` in between.
+    pub fn rename_to(mut self, to: &Path) -> Result<Self> {
+        fs::rename(&self.path, to).map_err(|e| io_err("rename", &self.path, e))?;
+        let dir = to
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Past the rename this file is the volume: a failed directory sync
+        // is reported but must not make the caller keep the old one.
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            log::error!(
+                "{}: syncing the directory after a rename: {e}",
+                to.display()
+            );
+        }
+        self.name = to.display().to_string();
+        self.path = to.to_path_buf();
+        Ok(self)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

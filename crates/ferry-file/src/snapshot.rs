@@ -203,10 +203,11 @@ pub fn delete(volume: &Path, name: &str) -> io::Result<()> {
     sync_dir(&p)
 }
 
-/// Replaces the (quiesced) volume's contents with snapshot `name`: copy to
-/// a temporary file, sync, rename over the volume, sync the directory.
-/// The caller reopens `volume` afterwards.
-pub fn restore(volume: &Path, name: &str) -> io::Result<CopyKind> {
+/// The first half of a restore: copies snapshot `name` of `volume` to a
+/// temporary file beside it (synced) and returns its path. The caller
+/// opens it (taking its lock) and renames it over the volume
+/// (`FileVolume::rename_to`), so the volume's path is never unlocked.
+pub fn prepare_restore(volume: &Path, name: &str) -> io::Result<PathBuf> {
     check_name(name).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
     let snap = snapshot_path(volume, name);
     if !snap.exists() {
@@ -219,10 +220,8 @@ pub fn restore(volume: &Path, name: &str) -> io::Result<CopyKind> {
     tmp.push(".restoring");
     let tmp = PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
-    let kind = copy_volume(&snap, &tmp)?;
-    fs::rename(&tmp, volume)?;
-    sync_dir(volume)?;
-    Ok(kind)
+    copy_volume(&snap, &tmp)?;
+    Ok(tmp)
 }
 
 #[cfg(test)]
@@ -242,7 +241,8 @@ mod tests {
         f.write_all_at(b"after!", 4 << 20).unwrap();
         assert!(create(&v, "s1").is_err(), "names are unique");
         assert_eq!(list(&v).unwrap().len(), 1);
-        restore(&v, "s1").unwrap();
+        let tmp = prepare_restore(&v, "s1").unwrap();
+        fs::rename(tmp, &v).unwrap();
         let mut got = [0u8; 6];
         File::open(&v)
             .unwrap()

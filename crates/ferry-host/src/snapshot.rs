@@ -151,11 +151,17 @@ impl Lun {
                     }
                     vol.flush()?;
                     let (s, _) = files::create(path, &safety).map_err(io("snapshotting", path))?;
-                    files::restore(path, name).map_err(io("restoring a snapshot of", path))?;
-                    // The old descriptor (and its lock) belong to the
-                    // replaced file; serve the restored one from now on.
-                    let restored: Arc<dyn Volume> =
-                        Arc::new(FileVolume::open(path, Access::Exclusive)?);
+                    let tmp = files::prepare_restore(path, name)
+                        .map_err(io("restoring a snapshot of", path))?;
+                    // Lock the restored copy, then move it over the volume:
+                    // the lock moves with it, and nothing that can fail
+                    // comes after the rename (a failure before it leaves
+                    // the volume as it was, still served). The old
+                    // descriptor belongs to the replaced file from then on.
+                    let opened = FileVolume::open(&tmp, Access::Exclusive).inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })?;
+                    let restored: Arc<dyn Volume> = Arc::new(opened.rename_to(path)?);
                     log::info!(
                         "{}: restored snapshot {name} (previous state kept as {safety})",
                         self.spec()

@@ -387,7 +387,16 @@ impl MapStore for FileStore {
         let me = self.me(node);
         let bytes = serde_json::to_vec(&me).map_err(|e| MapError::invalid(e.to_string()))?;
         // A stale claim (its process is gone) is replaced; a live one wins.
-        let _guard = self.locked(|_| Ok(()));
+        // The check and the write happen under one lock of the owners
+        // directory, so two claimants cannot both win.
+        let lock_path = self.dir.join("owners.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        lock.lock().map_err(io_err("locking", &lock_path))?;
         match self.holder(&p) {
             Some(h) => Ok(h.node == node && h.pid == me.pid),
             None => self.write_atomic(&p, &bytes).map(|_| true),

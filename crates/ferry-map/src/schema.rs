@@ -159,6 +159,9 @@ pub fn check_iqn(name: &str) -> Result<(), MapError> {
     if name.len() > MAX_IQN {
         return bad("longer than 223 bytes");
     }
+    if !name.is_ascii() {
+        return bad("only lower-case ASCII letters, digits, '-', '.' and ':' are allowed");
+    }
     if let Some(hex) = name.strip_prefix("eui.") {
         if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
@@ -306,9 +309,20 @@ impl Lun {
 impl ClusterMap {
     /// Checks every entity and every reference; what a commit must pass.
     pub fn validate(&self) -> Result<(), MapError> {
+        let mut chap_users = BTreeMap::new();
         for (k, t) in &self.targets {
             debug_assert_eq!(k, &t.iqn);
             t.validate()?;
+            // tgt's accounts are global: two targets cannot have one user
+            // with different secrets (nor share one and stay independent).
+            if let Some(c) = &t.chap {
+                if let Some(other) = chap_users.insert(c.user.clone(), &t.iqn) {
+                    return Err(MapError::invalid(format!(
+                        "CHAP user {} is already used by target {other}; give each target its own",
+                        c.user
+                    )));
+                }
+            }
         }
         for n in self.nodes.values() {
             n.validate()?;
@@ -427,6 +441,10 @@ mod tests {
             assert!(check_iqn(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_iqn(&format!("iqn.2026-11.org.ferry:{}", "a".repeat(220))).is_err());
+        assert!(
+            check_iqn("iqn.201é1-11.org.x").is_err(),
+            "no panic on non-ASCII"
+        );
     }
 
     #[test]
@@ -526,6 +544,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already exported"));
+    }
+
+    #[test]
+    fn two_targets_cannot_share_a_chap_user() {
+        let mut m = sample();
+        let chap = ChapCredential {
+            user: "u".into(),
+            password: "0123456789ab".into(),
+        };
+        m.targets.get_mut("iqn.2026-11.org.ferry:t1").unwrap().chap = Some(chap.clone());
+        m.targets.insert(
+            "iqn.2026-11.org.ferry:t2".into(),
+            Target {
+                iqn: "iqn.2026-11.org.ferry:t2".into(),
+                portals: vec![],
+                chap: Some(chap),
+            },
+        );
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("already used"));
     }
 
     #[test]

@@ -247,8 +247,18 @@ impl ZkStore {
         Ok(store)
     }
 
-    fn run<T>(&self, f: impl Future<Output = T>) -> T {
-        self.rt.block_on(f)
+    /// Runs one request, giving up after a third of the session timeout:
+    /// while the client is cut off, requests would otherwise wait until it
+    /// gives up on the session, and the agent must stay free to fence.
+    fn run<T, E: From<zk::Error>>(&self, f: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let limit = (self.cfg.session_timeout / 3).max(Duration::from_secs(1));
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, f).await })
+        {
+            Ok(r) => r,
+            Err(_) => Err(zk::Error::ConnectionLoss.into()),
+        }
     }
 
     fn path(&self, rel: &str) -> String {
@@ -319,6 +329,29 @@ impl ZkStore {
         Ok(out)
     }
 
+    /// Like [`ZkStore::docs`] for documents agents write: one malformed
+    /// report (a newer or older agent) is logged and skipped rather than
+    /// stopping every reader.
+    fn reports<T: serde::de::DeserializeOwned>(
+        &self,
+        dir: &str,
+    ) -> Result<BTreeMap<String, T>, MapError> {
+        let mut out = BTreeMap::new();
+        for name in self.children(dir)? {
+            let p = self.path(&format!("{dir}/{name}"));
+            let Some((data, _)) = self.get(&p)? else {
+                continue;
+            };
+            match serde_json::from_slice(&data) {
+                Ok(doc) => {
+                    out.insert(name, doc);
+                }
+                Err(e) => log::warn!("skipping unreadable report {p}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     fn version(&self) -> Result<i32, MapError> {
         let p = self.path("version");
         self.get(&p)?
@@ -351,27 +384,15 @@ impl ZkStore {
             s.map.nodes.insert(k, t);
         }
         s.migrations = self.docs("migrations")?;
-        s.live = self
-            .docs::<LiveNode>("live")?
-            .into_iter()
-            .map(|(k, (l, _))| (k, l))
-            .collect();
+        s.live = self.reports::<LiveNode>("live")?;
         for name in self.children("owners")? {
             if let Some((d, _)) = self.get(&self.path(&format!("owners/{name}")))? {
                 s.owners
                     .insert(name, String::from_utf8_lossy(&d).into_owned());
             }
         }
-        s.status = self
-            .docs::<NodeStatus>("status")?
-            .into_iter()
-            .map(|(k, (l, _))| (k, l))
-            .collect();
-        s.migration_status = self
-            .docs::<MigrationStatus>("migration-status")?
-            .into_iter()
-            .map(|(k, (l, _))| (k, l))
-            .collect();
+        s.status = self.reports::<NodeStatus>("status")?;
+        s.migration_status = self.reports::<MigrationStatus>("migration-status")?;
         Ok(s)
     }
 
@@ -667,12 +688,16 @@ impl MapStore for ZkStore {
         };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let ev = self.run(async { tokio::time::timeout_at(deadline, w.changed()).await });
+            let ev = self
+                .rt
+                .block_on(async { tokio::time::timeout_at(deadline, w.changed()).await });
             let Ok(ev) = ev else {
                 return Ok(Event::Timeout);
             };
             if ev.event_type == zk::EventType::Session {
-                if ev.session_state == zk::SessionState::Expired {
+                if ev.session_state.is_terminated() {
+                    // Expired, closed or failed authentication: the
+                    // watcher delivers nothing more (and would panic).
                     *slot = None;
                     return Err(MapError::SessionExpired);
                 }
@@ -687,10 +712,16 @@ impl MapStore for ZkStore {
                 return Ok(Event::Changed);
             }
             if self.interesting(&ev.path) {
-                // Swallow the rest of this burst (one multi fires several).
-                while let Ok(Ok(_)) = self.run(async {
-                    Ok::<_, ()>(tokio::time::timeout(Duration::from_millis(2), w.changed()).await)
-                }) {}
+                // Swallow the rest of this burst (one multi fires several),
+                // still minding session events.
+                while let Ok(ev) = self.rt.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(2), w.changed()).await
+                }) {
+                    if ev.event_type == zk::EventType::Session && ev.session_state.is_terminated() {
+                        *slot = None;
+                        return Err(MapError::SessionExpired);
+                    }
+                }
                 return Ok(Event::Changed);
             }
         }
