@@ -28,7 +28,8 @@
 #    over iSCSI equals the target file;
 #  - `ferry agent --frontend lio` with a file map replaces the hand-made
 #    configuration with the map's, the LUN works over iSCSI, and unmap
-#    and removal in the map take it away again.
+#    and removal in the map take it away again; a CHAP target from the
+#    map refuses a login without the secret and accepts one with it.
 #
 # Disk layout of the 256 MiB LUN (fio regions do not overlap, so each
 # verifies on its own):
@@ -332,8 +333,35 @@ wait_for '[ ! -d "$TPG/acls/$ME/lun_1" ]' "the unmapped LUN stayed mapped"
 must ferry map lun remove m1
 wait_for '[ ! -d "$TPG" ] && ! ls -d /sys/kernel/config/target/core/user_*/m1 >/dev/null 2>&1' \
   "the removed LUN's target or backstore stayed"
-kill "$agent_pid"
 log "agent followed unmap and removal ($(since "$t") s in all)"
+
+# CHAP from the map: LIO asks for it per ACL; no secret, no login.
+t=$(now)
+IQN3=iqn.2026-11.org.ferry:chap
+TPG3=/sys/kernel/config/target/iscsi/$IQN3/tpgt_1
+echo "chap-secret-4242" >/var/lib/ferry/chap
+must ferry volume create /var/lib/ferry/m2.img --size 16M
+must ferry map target add "$IQN3" --chap-user host1 --chap-secret-file /var/lib/ferry/chap
+must ferry map lun add m2 --target "$IQN3" --lun 1 --spec /var/lib/ferry/m2.img
+must ferry map initiator map "$ME" m2
+wait_for '[ -L "$TPG3/lun/lun_1/ferry_1" ] && [ -d "$TPG3/acls/$ME/lun_1" ]' "the agent did not export m2"
+[ "$(cat "$TPG3/attrib/authentication")" = 1 ] || fail "CHAP is off on $IQN3"
+[ "$(cat "$TPG3/acls/$ME/auth/userid")" = host1 ] || fail "the ACL has no CHAP user"
+must iscsiadm -m discovery -t st -p 127.0.0.1:3260
+if iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --login >>"$S/guest.log" 2>&1; then
+  fail "a login without CHAP got in"
+fi
+for kv in node.session.auth.authmethod=CHAP node.session.auth.username=host1 \
+  node.session.auth.password=chap-secret-4242; do
+  must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 -o update -n "${kv%%=*}" -v "${kv#*=}"
+done
+must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --login
+must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --logout
+grep -q chap-secret-4242 "$S/agent.log" && fail "the agent log shows the CHAP secret"
+must ferry map lun remove m2
+wait_for '[ ! -d "$TPG3" ]' "the CHAP target stayed after its LUN went"
+kill "$agent_pid"
+log "CHAP from the map: refused without the secret, logged in with it ($(since "$t") s)"
 
 collect
 grep -E "ferry" /var/log/tcmu-runner.log | tail -n 20 >>"$S/guest.log"
