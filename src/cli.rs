@@ -147,32 +147,33 @@ fn info(a: &InfoArgs) -> Result<()> {
 }
 
 fn cache_mode(a: &CacheModeArgs) -> Result<()> {
-    use ferry_host::control::{call, find_host, Request};
+    use ferry_host::control::{call, hosts_in, run_dir, Request};
     let spec = VolumeSpec::parse(&a.spec)?.to_string();
-    let sock = find_host(&spec).ok_or_else(|| {
-        anyhow::anyhow!("no process serves {spec} (the cache mode belongs to a served LUN)")
-    })?;
+    let (sock, mut mode) = hosts_in(&run_dir())
+        .into_iter()
+        .find_map(|(path, served)| {
+            served
+                .into_iter()
+                .find(|s| s.spec == spec)
+                .map(|s| (path, s.cache_mode))
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!("no process serves {spec} (the cache mode belongs to a served LUN)")
+        })?;
     if let Some(m) = &a.mode {
-        let mode: ferry_core::CacheMode = m.parse().map_err(anyhow::Error::msg)?;
+        let want: ferry_core::CacheMode = m.parse().map_err(anyhow::Error::msg)?;
         let r = call(
             &sock,
             &Request::CacheMode {
                 volume: spec.clone(),
-                mode,
+                mode: want,
             },
         )?;
         if !r.ok {
             anyhow::bail!("{}", r.error.unwrap_or_default());
         }
+        mode = want;
     }
-    let r = call(&sock, &Request::List)?;
-    let mode = r
-        .served
-        .unwrap_or_default()
-        .into_iter()
-        .find(|s| s.spec == spec)
-        .map(|s| s.cache_mode)
-        .ok_or_else(|| anyhow::anyhow!("{spec} is no longer served"))?;
     println!("{spec}: cache mode {mode}");
     Ok(())
 }

@@ -370,22 +370,13 @@ impl Agent {
         serving: &[String],
         errors: &mut BTreeMap<String, String>,
     ) {
-        let mut served = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.cfg.run_dir)
+        let served: BTreeMap<String, _> = control::hosts_in(&self.cfg.run_dir)
             .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("sock") {
-                continue;
-            }
-            if let Ok(r) = control::call(&path, &Request::List) {
-                for s in r.served.unwrap_or_default() {
-                    served.insert(s.spec.clone(), (path.clone(), s.cache_mode));
-                }
-            }
-        }
+            .flat_map(|(path, list)| {
+                list.into_iter()
+                    .map(move |s| (s.spec, (path.clone(), s.cache_mode)))
+            })
+            .collect();
         for name in serving {
             let Some(l) = snap.map.luns.get(name) else {
                 continue;

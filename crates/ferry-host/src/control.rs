@@ -359,25 +359,33 @@ pub fn find_host(volume: &str) -> Option<PathBuf> {
 /// [`find_host`] among the sockets of `dir`.
 pub fn find_host_in(dir: &Path, volume: &str) -> Option<PathBuf> {
     let wanted = crate::spec::VolumeSpec::parse(volume).ok()?.to_string();
-    let entries = std::fs::read_dir(dir).ok()?;
+    hosts_in(dir).into_iter().find_map(|(path, served)| {
+        served
+            .iter()
+            .any(|s| {
+                s.spec == wanted
+                    || s.migration
+                        .as_ref()
+                        .is_some_and(|m| m.source == wanted || m.target == wanted)
+            })
+            .then_some(path)
+    })
+}
+
+/// Every live control socket in `dir` with the volumes its process
+/// serves. Sockets nobody listens on any more are removed.
+pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("sock") {
             continue;
         }
         match call(&path, &Request::List) {
-            Ok(resp) => {
-                let served = resp.served.unwrap_or_default();
-                let hit = served.iter().any(|s| {
-                    s.spec == wanted
-                        || s.migration
-                            .as_ref()
-                            .is_some_and(|m| m.source == wanted || m.target == wanted)
-                });
-                if hit {
-                    return Some(path);
-                }
-            }
+            Ok(resp) => out.push((path, resp.served.unwrap_or_default())),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 log::info!("removing stale control socket {}", path.display());
                 let _ = std::fs::remove_file(&path);
@@ -385,5 +393,5 @@ pub fn find_host_in(dir: &Path, volume: &str) -> Option<PathBuf> {
             Err(e) => log::warn!("control socket {}: {e}", path.display()),
         }
     }
-    None
+    out
 }
