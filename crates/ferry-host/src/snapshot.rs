@@ -90,16 +90,26 @@ impl Lun {
 
     /// Runs a snapshot operation on the served volume.
     pub fn snapshot(&self, op: &SnapshotOp, name: Option<&str>) -> Result<Vec<SnapshotInfo>> {
-        let need_name = || {
-            name.ok_or_else(|| Error::BadSpec {
-                spec: self.spec().to_string(),
-                why: "a snapshot name is required".into(),
-            })
-        };
         let target = self.snapshot_target(match op {
             SnapshotOp::Restore => "restore a snapshot",
             _ => "take or change snapshots",
         })?;
+        // Every operation but a listing names a snapshot, checked once here
+        // for every kind of volume (names become file and snapshot names).
+        let name = match op {
+            SnapshotOp::List => "",
+            _ => {
+                let n = name.ok_or_else(|| Error::BadSpec {
+                    spec: self.spec().to_string(),
+                    why: "a snapshot name is required".into(),
+                })?;
+                files::check_name(n).map_err(|why| Error::BadSpec {
+                    spec: n.to_string(),
+                    why,
+                })?;
+                n
+            }
+        };
         // Without the `rbd` feature, files are the only kind of volume.
         #[allow(clippy::infallible_destructuring_match)]
         let path = match &target {
@@ -107,24 +117,16 @@ impl Lun {
             #[cfg(feature = "rbd")]
             VolumeSpec::Rbd(rbd) => return self.rbd_snapshot(op, name, rbd),
         };
-        let bad_name = |e: String| Error::BadSpec {
-            spec: name.unwrap_or_default().to_string(),
-            why: e,
-        };
         match op {
             SnapshotOp::List => {
                 let all = files::list(path).map_err(io("listing snapshots of", path))?;
                 Ok(all.into_iter().map(info).collect())
             }
             SnapshotOp::Delete => {
-                let name = need_name()?;
-                files::check_name(name).map_err(bad_name)?;
                 files::delete(path, name).map_err(io("deleting a snapshot of", path))?;
                 Ok(Vec::new())
             }
             SnapshotOp::Create => {
-                let name = need_name()?;
-                files::check_name(name).map_err(bad_name)?;
                 let snap = self.quiesced(|vol| {
                     vol.flush()?;
                     let (s, kind) = files::create(path, name).map_err(io("snapshotting", path))?;
@@ -134,8 +136,6 @@ impl Lun {
                 Ok(vec![info(snap)])
             }
             SnapshotOp::Restore => {
-                let name = need_name()?;
-                files::check_name(name).map_err(bad_name)?;
                 let safety = format!(
                     "before-restore-{}",
                     std::time::SystemTime::now()
@@ -179,29 +179,13 @@ impl Lun {
     fn rbd_snapshot(
         &self,
         op: &SnapshotOp,
-        name: Option<&str>,
+        name: &str,
         spec: &ferry_rbd::RbdSpec,
     ) -> Result<Vec<SnapshotInfo>> {
         use ferry_core::SourceMarker;
         let what = spec.to_string();
         let what = what.as_str();
         let rbd = move |op: &'static str| move |e: ferry_rbd::RbdError| e.into_core(op, what);
-        let name = match (op, name) {
-            (SnapshotOp::List, _) => "",
-            (_, Some(n)) => {
-                files::check_name(n).map_err(|why| Error::BadSpec {
-                    spec: n.to_string(),
-                    why,
-                })?;
-                n
-            }
-            (_, None) => {
-                return Err(Error::BadSpec {
-                    spec: self.spec().to_string(),
-                    why: "a snapshot name is required".into(),
-                })
-            }
-        };
         let image_of = |vol: &Arc<dyn Volume>| -> Result<Arc<ferry_rbd::Image>> {
             vol.as_any()
                 .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>())
