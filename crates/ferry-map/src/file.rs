@@ -72,6 +72,28 @@ fn key(kind: Kind, name: &str) -> String {
     format!("{}/{name}", kind.dir())
 }
 
+/// The document a `Set` or `Delete` names, if it is at `version`.
+fn at_version<'a>(
+    docs: &'a mut BTreeMap<String, Doc>,
+    kind: Kind,
+    name: &str,
+    version: i32,
+) -> Result<(String, &'a mut Doc), MapError> {
+    let k = key(kind, name);
+    let d = docs.get_mut(&k).ok_or_else(|| MapError::NotFound {
+        kind,
+        name: name.to_string(),
+    })?;
+    if d.version != version {
+        return Err(MapError::Conflict {
+            what: k,
+            expected: version,
+            actual: d.version,
+        });
+    }
+    Ok((k, d))
+}
+
 impl FileStore {
     /// Opens (creating) the store directory.
     pub fn open(dir: &Path) -> Result<FileStore, MapError> {
@@ -274,11 +296,6 @@ impl MapStore for FileStore {
                     actual: m.version,
                 });
             }
-            let conflict = |k: &str, expected: i32, actual: i32| MapError::Conflict {
-                what: k.to_string(),
-                expected,
-                actual,
-            };
             for op in ops {
                 match op {
                     Op::Create { kind, name, doc } => {
@@ -303,14 +320,7 @@ impl MapStore for FileStore {
                         doc,
                         version,
                     } => {
-                        let k = key(*kind, name);
-                        let d = m.docs.get_mut(&k).ok_or_else(|| MapError::NotFound {
-                            kind: *kind,
-                            name: name.clone(),
-                        })?;
-                        if d.version != *version {
-                            return Err(conflict(&k, *version, d.version));
-                        }
+                        let (_, d) = at_version(&mut m.docs, *kind, name, *version)?;
                         *d = Doc {
                             version: version + 1,
                             doc: doc.clone(),
@@ -321,14 +331,7 @@ impl MapStore for FileStore {
                         name,
                         version,
                     } => {
-                        let k = key(*kind, name);
-                        let d = m.docs.get(&k).ok_or_else(|| MapError::NotFound {
-                            kind: *kind,
-                            name: name.clone(),
-                        })?;
-                        if d.version != *version {
-                            return Err(conflict(&k, *version, d.version));
-                        }
+                        let (k, _) = at_version(&mut m.docs, *kind, name, *version)?;
                         m.docs.remove(&k);
                     }
                 }
