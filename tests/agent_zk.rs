@@ -28,6 +28,20 @@ struct Node {
 }
 
 impl Node {
+    /// Starts the node's tgtd and names the node in the map; its agent is
+    /// started apart (`start_agent`), once the map is ready for it.
+    fn add(name: &str, dir: &std::path::Path, url: &str) -> Node {
+        let tgtd = Tgtd::start(&dir.join(format!("run-{name}")));
+        let portal = format!("127.0.0.1:{}", tgtd.port);
+        ferry(url, &["map", "node", "add", name, "--portal", &portal]);
+        Node {
+            name: name.to_string(),
+            tgtd,
+            agent: None,
+            log: dir.join(format!("agent-{name}.log")),
+        }
+    }
+
     fn start_agent(&mut self, url: &str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -158,29 +172,7 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let names = ["a", "b", "c"];
     for n in names {
-        // The agent is started below, once the node is in the map.
-        let run_dir = dir.path().join(format!("run-{n}"));
-        let tgtd = Tgtd::start(&run_dir);
-        ferry(
-            &url,
-            &[
-                "map",
-                "node",
-                "add",
-                n,
-                "--portal",
-                &format!("127.0.0.1:{}", tgtd.port),
-            ],
-        );
-        nodes.insert(
-            n.to_string(),
-            Node {
-                name: n.to_string(),
-                tgtd,
-                agent: None,
-                log: dir.path().join(format!("agent-{n}.log")),
-            },
-        );
+        nodes.insert(n.to_string(), Node::add(n, dir.path(), &url));
     }
     for n in nodes.values_mut() {
         n.start_agent(&url);
@@ -527,16 +519,8 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     if !common::require("tgtd") {
         return;
     }
-    let conf = match std::env::var("CEPH_CONF") {
-        Ok(c) if std::path::Path::new(&c).exists() => c,
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CEPH_CONF is not set in CI: .ci/run starts the clusters"
-            );
-            eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
-            return;
-        }
+    let Some(conf) = common::ceph_conf_or_skip() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let Some(zk) = ZooKeeper::start(&dir.path().join("zk")) else {
@@ -545,27 +529,7 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     let url = zk.url("ferry");
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     for n in ["a", "b"] {
-        let tgtd = Tgtd::start(&dir.path().join(format!("run-{n}")));
-        ferry(
-            &url,
-            &[
-                "map",
-                "node",
-                "add",
-                n,
-                "--portal",
-                &format!("127.0.0.1:{}", tgtd.port),
-            ],
-        );
-        nodes.insert(
-            n.to_string(),
-            Node {
-                name: n.to_string(),
-                tgtd,
-                agent: None,
-                log: dir.path().join(format!("agent-{n}.log")),
-            },
-        );
+        nodes.insert(n.to_string(), Node::add(n, dir.path(), &url));
     }
     for n in nodes.values_mut() {
         n.start_agent(&url);
@@ -639,24 +603,7 @@ fn chap_from_the_map_gates_logins_and_stays_secret() {
         return;
     };
     let url = zk.url("ferry");
-    let tgtd = Tgtd::start(&dir.path().join("run-a"));
-    ferry(
-        &url,
-        &[
-            "map",
-            "node",
-            "add",
-            "a",
-            "--portal",
-            &format!("127.0.0.1:{}", tgtd.port),
-        ],
-    );
-    let mut node = Node {
-        name: "a".into(),
-        tgtd,
-        agent: None,
-        log: dir.path().join("agent-a.log"),
-    };
+    let mut node = Node::add("a", dir.path(), &url);
     node.start_agent(&url);
     let secret = "chap-secret-4242";
     let secret_file = dir.path().join("chap");

@@ -41,6 +41,28 @@ fn fails(url: &str, auth: Option<&Path>, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Eight admins run `ferry map <args(i)>` at once (`args` gives the
+/// arguments as one line; none holds a space); their outputs once all
+/// ended.
+fn race(url: &str, args: impl Fn(usize) -> String) -> Vec<Output> {
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .arg("map")
+                .args(args(i).split_whitespace())
+                .env("FERRY_MAP", url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
 fn show(url: &str) -> Value {
     serde_json::from_str(&ok(url, &["show", "--json"])).unwrap()
 }
@@ -222,21 +244,9 @@ fn concurrent_conflicting_edits_have_one_winner_and_a_clear_error() {
 
     // Eight admins add the same LUN at once with different volumes:
     // exactly one wins, the rest are told it exists.
-    let racers: Vec<_> = (0..8)
-        .map(|i| {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-            c.args(["map", "lun", "add", "same", "--target", T1, "--lun", "9"])
-                .args(["--spec", &format!("/srv/same-{i}")])
-                .env("FERRY_MAP", &url)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            c.spawn().unwrap()
-        })
-        .collect();
-    let outs: Vec<_> = racers
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs = race(&url, |i| {
+        format!("lun add same --target {T1} --lun 9 --spec /srv/same-{i}")
+    });
     let won = outs.iter().filter(|o| o.status.success()).count();
     assert_eq!(won, 1, "{outs:?}");
     for o in outs.iter().filter(|o| !o.status.success()) {
@@ -247,25 +257,14 @@ fn concurrent_conflicting_edits_have_one_winner_and_a_clear_error() {
     // Eight admins add different LUNs at once: none is lost, and every
     // commit bumped the version exactly once.
     let before = show(&url)["version"].as_i64().unwrap();
-    let racers: Vec<_> = (0..8)
-        .map(|i| {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-            c.args(["map", "lun", "add", &format!("m{i}"), "--target", T1])
-                .args([
-                    "--lun",
-                    &(20 + i).to_string(),
-                    "--spec",
-                    &format!("/srv/m{i}"),
-                ])
-                .env("FERRY_MAP", &url)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            c.spawn().unwrap()
-        })
-        .collect();
-    for c in racers {
-        let o = c.wait_with_output().unwrap();
-        check(&o, "concurrent lun add");
+    let outs = race(&url, |i| {
+        format!(
+            "lun add m{i} --target {T1} --lun {} --spec /srv/m{i}",
+            20 + i
+        )
+    });
+    for o in &outs {
+        check(o, "concurrent lun add");
     }
     let s = show(&url);
     assert_eq!(s["version"].as_i64().unwrap(), before + 8);

@@ -105,12 +105,7 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
     if !common::require("tgtd") {
         return;
     }
-    let Some(conf) = ceph_conf("CEPH_CONF") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CEPH_CONF is not set in CI: .ci/run starts the clusters"
-        );
-        eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
+    let Some(conf) = common::ceph_conf_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -187,12 +182,7 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
 #[test]
 fn file_volume_migrates_into_rbd_offline_with_the_cli() {
     use ferry_core::Volume;
-    let Some(conf) = ceph_conf("CEPH_CONF") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CEPH_CONF is not set in CI"
-        );
-        eprintln!("skipping: CEPH_CONF names no cluster");
+    let Some(conf) = common::ceph_conf_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -242,12 +232,7 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
     if !common::require("tgtd") {
         return;
     }
-    let Some(conf) = ceph_conf("CEPH_CONF") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CEPH_CONF is not set in CI: .ci/run starts the clusters"
-        );
-        eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
+    let Some(conf) = common::ceph_conf_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -48,6 +48,22 @@ pub fn require(tool: &str) -> bool {
     found
 }
 
+/// The loopback cluster's ceph.conf from `CEPH_CONF`; outside CI a
+/// missing cluster skips the test, in CI it fails it.
+pub fn ceph_conf_or_skip() -> Option<String> {
+    match std::env::var("CEPH_CONF") {
+        Ok(c) if Path::new(&c).exists() => Some(c),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CEPH_CONF is not set in CI: .ci/run starts the clusters"
+            );
+            eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
+            None
+        }
+    }
+}
+
 /// Copies the built plugin to where tgtd loads it, atomically (a new
 /// inode), so tgtds already running keep their mapped copy intact.
 pub fn install_plugin() {
