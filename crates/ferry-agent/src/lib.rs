@@ -80,7 +80,6 @@ pub struct Agent {
 /// What one pass found.
 #[derive(Debug, Default)]
 pub struct PassReport {
-    pub version: i32,
     pub serving: Vec<String>,
     pub errors: BTreeMap<String, String>,
     /// When the next pass should run at the latest.
@@ -237,10 +236,7 @@ impl Agent {
             // Plan with this node counted as live.
             snap = self.store()?.snapshot()?;
         }
-        let mut report = PassReport {
-            version: snap.version,
-            ..Default::default()
-        };
+        let mut report = PassReport::default();
         let p = plan(&snap, &node);
         let serve = self.claim_turns(&snap, &p, &mut report)?;
         if let Some(n) = snap.map.nodes.get(&node) {

@@ -134,17 +134,6 @@ pub enum TgtOp {
     },
 }
 
-impl TgtOp {
-    /// The LUN an operation is about, for per-LUN error reports.
-    pub fn lun_name(&self) -> Option<&str> {
-        match self {
-            TgtOp::NewLun { name, .. } => Some(name),
-            TgtOp::DeleteLun { name, .. } => name.as_deref(),
-            _ => None,
-        }
-    }
-}
-
 fn same_spec(a: &str, b: &str) -> bool {
     a.trim() == b.trim()
 }
