@@ -8,6 +8,8 @@
 pub const STATUS_GOOD: u8 = 0x00;
 /// SAM status CHECK CONDITION.
 pub const STATUS_CHECK_CONDITION: u8 = 0x02;
+/// SAM status RESERVATION CONFLICT.
+pub const STATUS_RESERVATION_CONFLICT: u8 = 0x18;
 
 /// Sense keys used by ferry (SPC-4 table 28).
 pub mod key {
@@ -15,6 +17,7 @@ pub mod key {
     pub const MEDIUM_ERROR: u8 = 0x03;
     pub const HARDWARE_ERROR: u8 = 0x04;
     pub const ILLEGAL_REQUEST: u8 = 0x05;
+    pub const UNIT_ATTENTION: u8 = 0x06;
     pub const MISCOMPARE: u8 = 0x0e;
 }
 

@@ -1,0 +1,318 @@
+//! PERSISTENT RESERVE OUT (SPC-4 6.16, 5.12): parsing and the state
+//! changes each service action makes.
+use ferry_scsi::sense::{asc, key, Sense};
+
+use crate::state::{Nexus, PrState, PrType, Registration, Reservation};
+use crate::Refusal;
+
+/// PERSISTENT RESERVE OUT opcode.
+pub const OPCODE: u8 = 0x5f;
+
+/// Unit attentions the service actions raise (SPC-4 table 29).
+pub mod attention {
+    /// RESERVATIONS PREEMPTED.
+    pub const RESERVATIONS_PREEMPTED: u16 = 0x2a03;
+    /// RESERVATIONS RELEASED.
+    pub const RESERVATIONS_RELEASED: u16 = 0x2a04;
+    /// REGISTRATIONS PREEMPTED.
+    pub const REGISTRATIONS_PREEMPTED: u16 = 0x2a05;
+}
+
+/// INVALID RELEASE OF PERSISTENT RESERVATION.
+const INVALID_RELEASE: u16 = 0x2604;
+
+/// PR OUT service actions (SPC-4 table 174).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Register,
+    Reserve,
+    Release,
+    Clear,
+    Preempt,
+    PreemptAndAbort,
+    RegisterAndIgnoreExistingKey,
+}
+
+/// A parsed PERSISTENT RESERVE OUT command with its parameter list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProutRequest {
+    pub action: Action,
+    /// The TYPE field, checked only by the actions that use it.
+    pub type_code: u8,
+    pub scope: u8,
+    pub reservation_key: u64,
+    pub service_action_key: u64,
+    pub aptpl: bool,
+}
+
+/// Length of the basic parameter list (SPC-4 6.16.3).
+pub const PARAMETER_LIST_LEN: usize = 24;
+
+fn invalid_cdb() -> Refusal {
+    Refusal::Check(Sense::invalid_field())
+}
+
+fn invalid_parameter() -> Refusal {
+    Refusal::Check(Sense::new(
+        key::ILLEGAL_REQUEST,
+        asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    ))
+}
+
+impl ProutRequest {
+    /// Parses the CDB and the parameter list the initiator sent.
+    ///
+    /// REGISTER AND MOVE and SPEC_I_PT / ALL_TG_PT are not supported
+    /// (REPORT CAPABILITIES says so), and are refused with ILLEGAL REQUEST.
+    pub fn parse(cdb: &[u8], params: &[u8]) -> Result<Self, Refusal> {
+        if cdb.len() < 10 || cdb[0] != OPCODE {
+            return Err(invalid_cdb());
+        }
+        let action = match cdb[1] & 0x1f {
+            0 => Action::Register,
+            1 => Action::Reserve,
+            2 => Action::Release,
+            3 => Action::Clear,
+            4 => Action::Preempt,
+            5 => Action::PreemptAndAbort,
+            6 => Action::RegisterAndIgnoreExistingKey,
+            _ => return Err(invalid_cdb()),
+        };
+        let declared = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]) as usize;
+        if declared != PARAMETER_LIST_LEN || params.len() < PARAMETER_LIST_LEN {
+            return Err(Refusal::Check(Sense::new(
+                key::ILLEGAL_REQUEST,
+                asc::PARAMETER_LIST_LENGTH,
+            )));
+        }
+        let flags = params[20];
+        let spec_i_pt = flags & 0x08 != 0;
+        let all_tg_pt = flags & 0x04 != 0;
+        if spec_i_pt || all_tg_pt {
+            return Err(invalid_parameter());
+        }
+        Ok(ProutRequest {
+            action,
+            type_code: cdb[2] & 0x0f,
+            scope: cdb[2] >> 4,
+            reservation_key: u64::from_be_bytes(params[0..8].try_into().expect("8 bytes")),
+            service_action_key: u64::from_be_bytes(params[8..16].try_into().expect("8 bytes")),
+            aptpl: flags & 0x01 != 0,
+        })
+    }
+
+    /// The reservation type and scope, for the actions that create one.
+    fn reservation_type(&self) -> Result<PrType, Refusal> {
+        if self.scope != 0 {
+            return Err(invalid_cdb());
+        }
+        PrType::from_code(self.type_code).ok_or_else(invalid_cdb)
+    }
+}
+
+/// Whether a command changed the state (and must be saved before it is
+/// acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Changed,
+}
+
+impl PrState {
+    /// Carries out `req` from `nexus`. On `Err` the state is unchanged.
+    pub fn apply(&mut self, nexus: &Nexus, req: &ProutRequest) -> Result<Change, Refusal> {
+        let mut next = self.clone();
+        let change = next.apply_in_place(nexus, req)?;
+        *self = next;
+        Ok(change)
+    }
+
+    fn apply_in_place(&mut self, nexus: &Nexus, req: &ProutRequest) -> Result<Change, Refusal> {
+        match req.action {
+            Action::Register => self.register(nexus, req, false),
+            Action::RegisterAndIgnoreExistingKey => self.register(nexus, req, true),
+            Action::Reserve => {
+                self.check_key(nexus, req)?;
+                let kind = req.reservation_type()?;
+                match &self.reservation {
+                    None => {
+                        self.reservation = Some(Reservation {
+                            holder: (!kind.all_registrants()).then(|| nexus.clone()),
+                            kind,
+                        });
+                        Ok(Change::Changed)
+                    }
+                    Some(r) if r.kind == kind && self.is_holder(nexus) => Ok(Change::None),
+                    Some(_) => Err(Refusal::Conflict),
+                }
+            }
+            Action::Release => {
+                self.check_key(nexus, req)?;
+                let Some(r) = self.reservation.clone() else {
+                    return Ok(Change::None);
+                };
+                if !self.is_holder(nexus) {
+                    return Ok(Change::None);
+                }
+                if req.scope != 0 || req.type_code != r.kind.code() {
+                    return Err(Refusal::Check(Sense::new(
+                        key::ILLEGAL_REQUEST,
+                        INVALID_RELEASE,
+                    )));
+                }
+                self.reservation = None;
+                if r.kind.registrants_allowed() {
+                    self.attention_to_registrants(nexus, attention::RESERVATIONS_RELEASED);
+                }
+                Ok(Change::Changed)
+            }
+            Action::Clear => {
+                self.check_key(nexus, req)?;
+                self.attention_to_registrants(nexus, attention::RESERVATIONS_PREEMPTED);
+                self.registrations.clear();
+                self.reservation = None;
+                self.generation = self.generation.wrapping_add(1);
+                Ok(Change::Changed)
+            }
+            Action::Preempt | Action::PreemptAndAbort => self.preempt(nexus, req),
+        }
+    }
+
+    /// The nexus must be registered, with the key it gives.
+    fn check_key(&self, nexus: &Nexus, req: &ProutRequest) -> Result<(), Refusal> {
+        match self.registration(nexus) {
+            Some(r) if r.key == req.reservation_key => Ok(()),
+            _ => Err(Refusal::Conflict),
+        }
+    }
+
+    fn register(
+        &mut self,
+        nexus: &Nexus,
+        req: &ProutRequest,
+        ignore: bool,
+    ) -> Result<Change, Refusal> {
+        let current = self.registration(nexus).map(|r| r.key);
+        if !ignore {
+            // Unregistered nexuses must give key zero, registered ones
+            // their current key (SPC-4 table 53).
+            if req.reservation_key != current.unwrap_or(0) {
+                return Err(Refusal::Conflict);
+            }
+        }
+        match (current, req.service_action_key) {
+            (None, 0) => return Ok(Change::None),
+            (None, key) => self.registrations.push(Registration {
+                nexus: nexus.clone(),
+                key,
+            }),
+            (Some(_), 0) => self.unregister(nexus),
+            (Some(_), key) => {
+                for r in self.registrations.iter_mut().filter(|r| &r.nexus == nexus) {
+                    r.key = key;
+                }
+            }
+        }
+        self.aptpl = req.aptpl;
+        self.generation = self.generation.wrapping_add(1);
+        Ok(Change::Changed)
+    }
+
+    /// Removes `nexus`'s registration and, with it, a reservation it held
+    /// alone (SPC-4 5.12.11.2.2).
+    fn unregister(&mut self, nexus: &Nexus) {
+        let held = self.is_holder(nexus);
+        self.registrations.retain(|r| &r.nexus != nexus);
+        self.attentions.retain(|a| &a.nexus != nexus);
+        let Some(r) = self.reservation.clone() else {
+            return;
+        };
+        if r.kind.all_registrants() {
+            if self.registrations.is_empty() {
+                self.reservation = None;
+            }
+        } else if held {
+            self.reservation = None;
+            if r.kind.registrants_allowed() {
+                self.attention_to_registrants(nexus, attention::RESERVATIONS_RELEASED);
+            }
+        }
+    }
+
+    /// Removes the registrations holding `key`, except the preemptor's
+    /// own, owing each REGISTRATIONS PREEMPTED. Returns how many.
+    fn remove_key(&mut self, preemptor: &Nexus, key: u64) -> usize {
+        let gone: Vec<Nexus> = self
+            .registrations
+            .iter()
+            .filter(|r| r.key == key && &r.nexus != preemptor)
+            .map(|r| r.nexus.clone())
+            .collect();
+        self.remove_nexuses(&gone);
+        gone.len()
+    }
+
+    fn remove_nexuses(&mut self, gone: &[Nexus]) {
+        self.registrations.retain(|r| !gone.contains(&r.nexus));
+        self.attentions.retain(|a| !gone.contains(&a.nexus));
+        for nexus in gone {
+            self.attention(nexus.clone(), attention::REGISTRATIONS_PREEMPTED);
+        }
+    }
+
+    /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.12.11.4). The abort half has
+    /// nothing extra to do here: ferry completes every command it accepts
+    /// before answering the next PR OUT of the LUN, so no task of a
+    /// preempted nexus is left queued behind the preemption.
+    fn preempt(&mut self, nexus: &Nexus, req: &ProutRequest) -> Result<Change, Refusal> {
+        self.check_key(nexus, req)?;
+        let sa_key = req.service_action_key;
+        let Some(current) = self.reservation.clone() else {
+            if sa_key == 0 {
+                return Err(invalid_parameter());
+            }
+            if self.remove_key(nexus, sa_key) == 0 {
+                return Err(Refusal::Conflict);
+            }
+            self.generation = self.generation.wrapping_add(1);
+            return Ok(Change::Changed);
+        };
+        let holder_key = self.reservation_key();
+        let takes_reservation = if current.kind.all_registrants() {
+            sa_key == 0
+        } else {
+            sa_key == holder_key
+        };
+        if takes_reservation {
+            let kind = req.reservation_type()?;
+            let gone: Vec<Nexus> = self
+                .registrations
+                .iter()
+                .filter(|r| &r.nexus != nexus && (sa_key == 0 || r.key == sa_key))
+                .map(|r| r.nexus.clone())
+                .collect();
+            self.remove_nexuses(&gone);
+            if kind != current.kind {
+                self.attention_to_registrants(nexus, attention::RESERVATIONS_RELEASED);
+                for g in &gone {
+                    // Those preempted hear that, not the release.
+                    self.attentions
+                        .retain(|a| !(&a.nexus == g && a.asc == attention::RESERVATIONS_RELEASED));
+                }
+            }
+            self.reservation = Some(Reservation {
+                holder: (!kind.all_registrants()).then(|| nexus.clone()),
+                kind,
+            });
+        } else {
+            if sa_key == 0 {
+                return Err(invalid_parameter());
+            }
+            if self.remove_key(nexus, sa_key) == 0 {
+                return Err(Refusal::Conflict);
+            }
+        }
+        self.generation = self.generation.wrapping_add(1);
+        Ok(Change::Changed)
+    }
+}

@@ -1,0 +1,148 @@
+//! PERSISTENT RESERVE IN (SPC-4 6.15): the four reports.
+use ferry_scsi::sense::Sense;
+
+use crate::state::{Nexus, PrState, PrType};
+use crate::Refusal;
+
+/// PERSISTENT RESERVE IN opcode.
+pub const OPCODE: u8 = 0x5e;
+
+/// PR IN service actions (SPC-4 table 164).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    ReadKeys,
+    ReadReservation,
+    ReportCapabilities,
+    ReadFullStatus,
+}
+
+/// A parsed PERSISTENT RESERVE IN command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrinRequest {
+    pub report: Report,
+    pub allocation_length: usize,
+}
+
+impl PrinRequest {
+    pub fn parse(cdb: &[u8]) -> Result<Self, Refusal> {
+        if cdb.len() < 10 || cdb[0] != OPCODE {
+            return Err(Refusal::Check(Sense::invalid_field()));
+        }
+        let report = match cdb[1] & 0x1f {
+            0 => Report::ReadKeys,
+            1 => Report::ReadReservation,
+            2 => Report::ReportCapabilities,
+            3 => Report::ReadFullStatus,
+            _ => return Err(Refusal::Check(Sense::invalid_field())),
+        };
+        Ok(PrinRequest {
+            report,
+            allocation_length: u16::from_be_bytes([cdb[7], cdb[8]]) as usize,
+        })
+    }
+}
+
+/// Relative target port identifier ferry reports: each gateway has one
+/// target port per target.
+const RELATIVE_TARGET_PORT: u16 = 1;
+
+impl PrState {
+    /// The full parameter data of `report` (the caller truncates it to the
+    /// allocation length and the buffer).
+    pub fn report(&self, report: Report) -> Vec<u8> {
+        match report {
+            Report::ReadKeys => {
+                let mut out = self.header(8 * self.registrations.len());
+                for r in &self.registrations {
+                    out.extend_from_slice(&r.key.to_be_bytes());
+                }
+                out
+            }
+            Report::ReadReservation => match &self.reservation {
+                None => self.header(0),
+                Some(r) => {
+                    let mut out = self.header(16);
+                    out.extend_from_slice(&self.reservation_key().to_be_bytes());
+                    out.extend_from_slice(&[0; 4]);
+                    out.push(0); // reserved
+                    out.push(r.kind.code()); // scope 0 (LU) | type
+                    out.extend_from_slice(&[0; 2]);
+                    out
+                }
+            },
+            Report::ReportCapabilities => {
+                let mut out = vec![0u8; 8];
+                out[1] = 8; // length
+                            // CRH 0: RESERVE/RELEASE(6/10) from a non-holder conflict
+                            // while a persistent reservation exists. SIP_C, ATP_C 0.
+                            // PTPL_C (bit 0): the state persists through power loss.
+                out[2] = 0x01;
+                // TMV (bit 7) with the type mask below; ALLOW COMMANDS 0;
+                // PTPL_A (bit 0).
+                out[3] = 0x80 | u8::from(self.aptpl);
+                let mask = PrType::ALL.iter().fold(0u16, |m, t| m | type_mask_bit(*t));
+                out[4..6].copy_from_slice(&mask.to_be_bytes());
+                out
+            }
+            Report::ReadFullStatus => {
+                let mut body = Vec::new();
+                for r in &self.registrations {
+                    let tid = transport_id(&r.nexus);
+                    body.extend_from_slice(&r.key.to_be_bytes());
+                    body.extend_from_slice(&[0; 4]);
+                    let holder = self.is_holder(&r.nexus);
+                    body.push(u8::from(holder)); // ALL_TG_PT 0 | R_HOLDER
+                    body.push(match (&self.reservation, holder) {
+                        (Some(res), true) => res.kind.code(),
+                        _ => 0,
+                    });
+                    body.extend_from_slice(&[0; 4]);
+                    body.extend_from_slice(&RELATIVE_TARGET_PORT.to_be_bytes());
+                    body.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+                    body.extend_from_slice(&tid);
+                }
+                let mut out = self.header(body.len());
+                out.extend_from_slice(&body);
+                out
+            }
+        }
+    }
+
+    fn header(&self, additional: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + additional);
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&(additional as u32).to_be_bytes());
+        out
+    }
+}
+
+/// The bit of `t` in REPORT CAPABILITIES' type mask (SPC-4 table 170).
+fn type_mask_bit(t: PrType) -> u16 {
+    match t {
+        PrType::WriteExclusiveAllRegistrants => 0x8000,
+        PrType::ExclusiveAccessRegistrantsOnly => 0x4000,
+        PrType::WriteExclusiveRegistrantsOnly => 0x2000,
+        PrType::ExclusiveAccess => 0x0800,
+        PrType::WriteExclusive => 0x0200,
+        PrType::ExclusiveAccessAllRegistrants => 0x0001,
+    }
+}
+
+/// The iSCSI TransportID of a nexus's initiator (SPC-4 7.6.4.6): format
+/// 01b (name with ISID) when the port name has one, else 00b; the name
+/// null-terminated and padded to a multiple of four bytes.
+pub fn transport_id(nexus: &Nexus) -> Vec<u8> {
+    const ISCSI: u8 = 0x05;
+    let name = nexus.initiator.as_bytes();
+    let format = if nexus.initiator.contains(",i,0x") {
+        0x40
+    } else {
+        0x00
+    };
+    let padded = (name.len() + 1).div_ceil(4) * 4;
+    let mut out = vec![format | ISCSI, 0];
+    out.extend_from_slice(&(padded as u16).to_be_bytes());
+    out.extend_from_slice(name);
+    out.resize(4 + padded, 0);
+    out
+}

@@ -1,0 +1,485 @@
+//! The state machine, driven by literal CDBs and parameter lists.
+use std::cell::RefCell;
+
+use super::*;
+use crate::out::attention;
+
+const WE: u8 = 1;
+const EA: u8 = 3;
+const WE_RO: u8 = 5;
+const EA_RO: u8 = 6;
+const WE_AR: u8 = 7;
+const EA_AR: u8 = 8;
+
+const REGISTER: u8 = 0;
+const RESERVE: u8 = 1;
+const RELEASE: u8 = 2;
+const CLEAR: u8 = 3;
+const PREEMPT: u8 = 4;
+const PREEMPT_AND_ABORT: u8 = 5;
+const REGISTER_IGNORE: u8 = 6;
+
+const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const WRITE10: [u8; 10] = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const TUR: [u8; 6] = [0; 6];
+
+fn nexus(name: &str) -> Nexus {
+    Nexus::new(
+        format!("iqn.2026-11.test:{name},i,0x000000000001"),
+        "iqn.t,t,0x0001",
+    )
+}
+
+fn cdb_out(action: u8, kind: u8) -> [u8; 10] {
+    [0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0]
+}
+
+fn params(res_key: u64, sa_key: u64, flags: u8) -> [u8; 24] {
+    let mut p = [0u8; 24];
+    p[0..8].copy_from_slice(&res_key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = flags;
+    p
+}
+
+/// A LUN's reservations with a store that records every save.
+struct Lun {
+    pr: Reservations,
+    saved: RefCell<Vec<PrState>>,
+    fail_saves: RefCell<bool>,
+}
+
+impl Lun {
+    fn new() -> Self {
+        Lun {
+            pr: Reservations::default(),
+            saved: RefCell::new(Vec::new()),
+            fail_saves: RefCell::new(false),
+        }
+    }
+
+    fn persist(&self) -> impl Fn(&[u8]) -> Result<(), String> + '_ {
+        |bytes| {
+            if *self.fail_saves.borrow() {
+                return Err("disk on fire".into());
+            }
+            self.saved.borrow_mut().push(PrState::decode(bytes)?);
+            Ok(())
+        }
+    }
+
+    fn out(
+        &self,
+        who: &Nexus,
+        action: u8,
+        kind: u8,
+        res_key: u64,
+        sa_key: u64,
+    ) -> Result<(), Refusal> {
+        self.pr.serve_out(
+            who,
+            &cdb_out(action, kind),
+            &params(res_key, sa_key, 0),
+            &self.persist(),
+        )
+    }
+
+    fn check(&self, who: &Nexus, cdb: &[u8]) -> Result<(), Refusal> {
+        self.pr.check(who, cdb, &self.persist())
+    }
+
+    fn read(&self, who: &Nexus, action: u8) -> Vec<u8> {
+        let mut buf = vec![0u8; 1024];
+        let cdb = [0x5e, action, 0, 0, 0, 0, 0, 4, 0, 0];
+        let n = self
+            .pr
+            .serve_in(who, &cdb, &mut buf, &self.persist())
+            .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn keys(&self, who: &Nexus) -> Vec<u64> {
+        self.read(who, 0)[8..]
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    /// Reports and clears every unit attention owed to `who`.
+    fn attentions(&self, who: &Nexus) -> Vec<u16> {
+        let mut got = Vec::new();
+        while let Err(Refusal::Check(s)) = self.check(who, &TUR) {
+            assert_eq!(s.key, key::UNIT_ATTENTION);
+            got.push(s.asc);
+        }
+        got
+    }
+}
+
+fn conflict() -> Result<(), Refusal> {
+    Err(Refusal::Conflict)
+}
+
+#[test]
+fn register_needs_the_right_key_and_bumps_the_generation() {
+    let lun = Lun::new();
+    let a = nexus("a");
+    // Unregistered with a nonzero reservation key: conflict.
+    assert_eq!(lun.out(&a, REGISTER, 0, 5, 0x10), conflict());
+    // Key zero to key zero: nothing happens, nothing saved.
+    lun.out(&a, REGISTER, 0, 0, 0).unwrap();
+    assert!(lun.saved.borrow().is_empty());
+    lun.out(&a, REGISTER, 0, 0, 0x10).unwrap();
+    assert_eq!(lun.keys(&a), vec![0x10]);
+    // Registered: must give its current key.
+    assert_eq!(lun.out(&a, REGISTER, 0, 0, 0x11), conflict());
+    lun.out(&a, REGISTER, 0, 0x10, 0x11).unwrap();
+    assert_eq!(lun.keys(&a), vec![0x11]);
+    let generation = u32::from_be_bytes(lun.read(&a, 0)[0..4].try_into().unwrap());
+    assert_eq!(generation, 2);
+    // Register-and-ignore replaces whatever the key was.
+    lun.out(&a, REGISTER_IGNORE, 0, 0xdead, 0x12).unwrap();
+    assert_eq!(lun.keys(&a), vec![0x12]);
+    // And unregisters with key zero.
+    lun.out(&a, REGISTER_IGNORE, 0, 0, 0).unwrap();
+    assert!(lun.keys(&a).is_empty());
+    assert_eq!(lun.saved.borrow().len(), 4);
+}
+
+#[test]
+fn reserve_release_and_holder_rules() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 0xa).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 0xb).unwrap();
+    // Unregistered or wrong key: conflict.
+    assert_eq!(lun.out(&nexus("c"), RESERVE, WE, 0, 0), conflict());
+    assert_eq!(lun.out(&a, RESERVE, WE, 0xb, 0), conflict());
+    // Bad type or scope: ILLEGAL REQUEST, INVALID FIELD IN CDB.
+    for bad in [0u8, 2, 4, 9] {
+        assert_eq!(
+            lun.out(&a, RESERVE, bad, 0xa, 0),
+            Err(Refusal::Check(Sense::invalid_field()))
+        );
+    }
+    assert_eq!(
+        lun.out(&a, RESERVE, 0x10 | WE, 0xa, 0),
+        Err(Refusal::Check(Sense::invalid_field()))
+    );
+    lun.out(&a, RESERVE, WE, 0xa, 0).unwrap();
+    // Again by the holder with the same type: fine; another type or
+    // another nexus: conflict.
+    lun.out(&a, RESERVE, WE, 0xa, 0).unwrap();
+    assert_eq!(lun.out(&a, RESERVE, EA, 0xa, 0), conflict());
+    assert_eq!(lun.out(&b, RESERVE, WE, 0xb, 0), conflict());
+    let res = lun.read(&b, 1);
+    assert_eq!(u32::from_be_bytes(res[4..8].try_into().unwrap()), 16);
+    assert_eq!(u64::from_be_bytes(res[8..16].try_into().unwrap()), 0xa);
+    assert_eq!(res[21], WE);
+    // A non-holder's release does nothing; the holder's with the wrong
+    // type is an invalid release.
+    lun.out(&b, RELEASE, WE, 0xb, 0).unwrap();
+    assert_eq!(lun.read(&b, 1).len(), 24);
+    assert_eq!(
+        lun.out(&a, RELEASE, EA, 0xa, 0),
+        Err(Refusal::Check(Sense::new(key::ILLEGAL_REQUEST, 0x2604)))
+    );
+    lun.out(&a, RELEASE, WE, 0xa, 0).unwrap();
+    assert_eq!(lun.read(&b, 1).len(), 8);
+    // Write Exclusive released: no unit attention (only RO/AR types).
+    assert!(lun.attentions(&b).is_empty());
+}
+
+#[test]
+fn access_follows_the_type_for_holders_registrants_and_strangers() {
+    // (type, registrant read, registrant write, stranger read, stranger write)
+    let table = [
+        (WE, true, false, true, false),
+        (EA, false, false, false, false),
+        (WE_RO, true, true, true, false),
+        (EA_RO, true, true, false, false),
+        (WE_AR, true, true, true, false),
+        (EA_AR, true, true, false, false),
+    ];
+    for (kind, reg_read, reg_write, other_read, other_write) in table {
+        let lun = Lun::new();
+        let (holder, reg, other) = (nexus("h"), nexus("r"), nexus("o"));
+        lun.out(&holder, REGISTER, 0, 0, 1).unwrap();
+        lun.out(&reg, REGISTER, 0, 0, 2).unwrap();
+        lun.out(&holder, RESERVE, kind, 1, 0).unwrap();
+        let ok = |who: &Nexus, cdb: &[u8]| lun.check(who, cdb).is_ok();
+        assert!(ok(&holder, &READ10) && ok(&holder, &WRITE10), "type {kind}");
+        assert_eq!(ok(&reg, &READ10), reg_read, "type {kind} registrant read");
+        assert_eq!(
+            ok(&reg, &WRITE10),
+            reg_write,
+            "type {kind} registrant write"
+        );
+        assert_eq!(ok(&other, &READ10), other_read, "type {kind} stranger read");
+        assert_eq!(
+            ok(&other, &WRITE10),
+            other_write,
+            "type {kind} stranger write"
+        );
+        assert!(
+            ok(&other, &TUR) && ok(&other, &[0x12, 0, 0, 0, 36, 0]),
+            "type {kind}"
+        );
+        // A refused command changes nothing.
+        assert_eq!(lun.check(&other, &[0x35; 10]), conflict());
+    }
+}
+
+#[test]
+fn all_registrants_reservation_lasts_until_the_last_registrant_leaves() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+    lun.out(&a, RESERVE, EA_AR, 1, 0).unwrap();
+    // Every registrant holds it; the reported key is zero.
+    lun.out(&b, RESERVE, EA_AR, 2, 0).unwrap();
+    assert_eq!(
+        u64::from_be_bytes(lun.read(&a, 1)[8..16].try_into().unwrap()),
+        0
+    );
+    lun.out(&a, REGISTER, 0, 1, 0).unwrap();
+    assert!(lun.pr.state().reservation.is_some());
+    assert_eq!(lun.check(&a, &WRITE10), conflict());
+    lun.out(&b, REGISTER, 0, 2, 0).unwrap();
+    assert!(lun.pr.state().reservation.is_none());
+}
+
+#[test]
+fn holder_unregistering_releases_and_tells_registrants_only_types() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+    lun.out(&a, RESERVE, WE_RO, 1, 0).unwrap();
+    lun.out(&a, REGISTER, 0, 1, 0).unwrap();
+    assert!(lun.pr.state().reservation.is_none());
+    assert_eq!(lun.attentions(&b), vec![attention::RESERVATIONS_RELEASED]);
+    assert!(lun.attentions(&a).is_empty());
+}
+
+#[test]
+fn clear_drops_everything_and_tells_the_others() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+    lun.out(&a, RESERVE, EA, 1, 0).unwrap();
+    assert_eq!(lun.out(&b, CLEAR, 0, 1, 0), conflict());
+    lun.out(&b, CLEAR, 0, 2, 0).unwrap();
+    let s = lun.pr.state();
+    assert!(s.registrations.is_empty() && s.reservation.is_none());
+    assert_eq!(s.generation, 3);
+    assert_eq!(lun.attentions(&a), vec![attention::RESERVATIONS_PREEMPTED]);
+    assert!(lun.attentions(&b).is_empty());
+    assert!(lun.check(&a, &WRITE10).is_ok());
+}
+
+#[test]
+fn preempt_takes_the_reservation_from_the_holder() {
+    for action in [PREEMPT, PREEMPT_AND_ABORT] {
+        let lun = Lun::new();
+        let (a, b, c) = (nexus("a"), nexus("b"), nexus("c"));
+        lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+        lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+        lun.out(&c, REGISTER, 0, 0, 3).unwrap();
+        lun.out(&a, RESERVE, WE, 1, 0).unwrap();
+        // Preempting a key nobody has: conflict; key zero: invalid.
+        assert_eq!(lun.out(&b, action, EA, 2, 9), conflict());
+        assert_eq!(
+            lun.out(&b, action, EA, 2, 0),
+            Err(Refusal::Check(Sense::new(
+                key::ILLEGAL_REQUEST,
+                asc::INVALID_FIELD_IN_PARAMETER_LIST
+            )))
+        );
+        lun.out(&b, action, EA, 2, 1).unwrap();
+        let s = lun.pr.state();
+        assert_eq!(s.reservation.as_ref().unwrap().holder.as_ref(), Some(&b));
+        assert_eq!(
+            s.reservation.as_ref().unwrap().kind,
+            PrType::ExclusiveAccess
+        );
+        assert!(!s.is_registered(&a));
+        assert_eq!(lun.attentions(&a), vec![attention::REGISTRATIONS_PREEMPTED]);
+        // c kept its registration and hears that the type changed.
+        assert_eq!(lun.attentions(&c), vec![attention::RESERVATIONS_RELEASED]);
+        assert_eq!(lun.check(&a, &READ10), conflict());
+        assert_eq!(lun.check(&c, &READ10), conflict());
+    }
+}
+
+#[test]
+fn preempt_without_a_reservation_removes_registrations_only() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+    lun.out(&a, PREEMPT, WE, 1, 2).unwrap();
+    assert_eq!(lun.keys(&a), vec![1]);
+    assert!(lun.pr.state().reservation.is_none());
+    assert_eq!(lun.attentions(&b), vec![attention::REGISTRATIONS_PREEMPTED]);
+    // b is a stranger now: its old key is refused.
+    assert_eq!(lun.out(&b, REGISTER, 0, 2, 5), conflict());
+}
+
+#[test]
+fn preempt_of_an_all_registrants_reservation_with_key_zero_takes_it() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+    lun.out(&a, RESERVE, WE_AR, 1, 0).unwrap();
+    lun.out(&b, PREEMPT, WE, 2, 0).unwrap();
+    let s = lun.pr.state();
+    assert_eq!(s.registrations.len(), 1);
+    assert_eq!(s.reservation.unwrap().holder, Some(b.clone()));
+    assert_eq!(
+        lun.check(&a, &WRITE10),
+        Err(Refusal::Check(Sense::new(key::UNIT_ATTENTION, 0x2a05)))
+    );
+    assert_eq!(lun.check(&a, &WRITE10), conflict());
+}
+
+#[test]
+fn bad_parameter_lists_are_refused_without_change() {
+    let lun = Lun::new();
+    let a = nexus("a");
+    let p = params(0, 1, 0);
+    let length_error = Err(Refusal::Check(Sense::new(
+        key::ILLEGAL_REQUEST,
+        asc::PARAMETER_LIST_LENGTH,
+    )));
+    let mut cdb = cdb_out(REGISTER, 0);
+    cdb[8] = 23;
+    assert_eq!(lun.pr.serve_out(&a, &cdb, &p, &lun.persist()), length_error);
+    // Declared 24 but fewer bytes arrived.
+    assert_eq!(
+        lun.pr
+            .serve_out(&a, &cdb_out(REGISTER, 0), &p[..20], &lun.persist()),
+        length_error
+    );
+    // SPEC_I_PT and ALL_TG_PT are not supported.
+    for flags in [0x08, 0x04] {
+        assert_eq!(
+            lun.pr.serve_out(
+                &a,
+                &cdb_out(REGISTER, 0),
+                &params(0, 1, flags),
+                &lun.persist()
+            ),
+            Err(Refusal::Check(Sense::new(
+                key::ILLEGAL_REQUEST,
+                asc::INVALID_FIELD_IN_PARAMETER_LIST
+            )))
+        );
+    }
+    // REGISTER AND MOVE and unknown service actions; short CDBs.
+    for sa in [7u8, 8, 0x1f] {
+        assert_eq!(
+            lun.pr.serve_out(&a, &cdb_out(sa, 0), &p, &lun.persist()),
+            Err(Refusal::Check(Sense::invalid_field()))
+        );
+    }
+    assert!(lun
+        .pr
+        .serve_out(&a, &[0x5f, 0], &p, &lun.persist())
+        .is_err());
+    let mut buf = [0u8; 64];
+    assert!(lun
+        .pr
+        .serve_in(
+            &a,
+            &[0x5e, 4, 0, 0, 0, 0, 0, 0, 64, 0],
+            &mut buf,
+            &lun.persist()
+        )
+        .is_err());
+    assert!(lun
+        .pr
+        .serve_in(&a, &[0x5e], &mut buf, &lun.persist())
+        .is_err());
+    assert_eq!(lun.pr.state(), PrState::default());
+    assert!(lun.saved.borrow().is_empty());
+}
+
+#[test]
+fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
+    let lun = Lun::new();
+    let a = nexus("a");
+    *lun.fail_saves.borrow_mut() = true;
+    assert_eq!(
+        lun.out(&a, REGISTER, 0, 0, 1),
+        Err(Refusal::Check(Sense::new(
+            key::HARDWARE_ERROR,
+            asc::INTERNAL_TARGET_FAILURE
+        )))
+    );
+    assert!(lun.pr.state().registrations.is_empty());
+    *lun.fail_saves.borrow_mut() = false;
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    assert_eq!(lun.saved.borrow().last().unwrap(), &lun.pr.state());
+}
+
+#[test]
+fn saved_state_reloads_into_the_same_enforcement() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&a, RESERVE, EA, 1, 0).unwrap();
+    let saved = lun.saved.borrow().last().unwrap().encode();
+    let again = Reservations::load(Some(&saved)).unwrap();
+    let none = |_: &[u8]| Ok(());
+    assert_eq!(again.check(&b, &READ10, &none), conflict());
+    assert!(again.check(&a, &WRITE10, &none).is_ok());
+    assert!(Reservations::load(Some(b"garbage")).is_err());
+    assert!(Reservations::load(None)
+        .unwrap()
+        .state()
+        .registrations
+        .is_empty());
+}
+
+#[test]
+fn reports_capabilities_and_full_status() {
+    let lun = Lun::new();
+    let a = nexus("a");
+    let caps = lun.read(&a, 2);
+    assert_eq!(caps.len(), 8);
+    assert_eq!(u16::from_be_bytes([caps[0], caps[1]]), 8);
+    assert_eq!(caps[2], 0x01, "PTPL_C only");
+    assert_eq!(caps[3] & 0x80, 0x80, "TMV");
+    assert_eq!(u16::from_be_bytes([caps[4], caps[5]]), 0xea01);
+    lun.pr
+        .serve_out(
+            &a,
+            &cdb_out(REGISTER, 0),
+            &params(0, 7, 0x01),
+            &lun.persist(),
+        )
+        .unwrap();
+    assert_eq!(lun.read(&a, 2)[3] & 1, 1, "PTPL_A follows APTPL");
+    lun.out(&a, RESERVE, WE_RO, 7, 0).unwrap();
+    let full = lun.read(&a, 3);
+    let len = u32::from_be_bytes(full[4..8].try_into().unwrap()) as usize;
+    assert_eq!(full.len(), 8 + len);
+    let d = &full[8..];
+    assert_eq!(u64::from_be_bytes(d[0..8].try_into().unwrap()), 7);
+    assert_eq!(d[12], 1, "R_HOLDER");
+    assert_eq!(d[13], WE_RO);
+    let tid_len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
+    let tid = &d[24..24 + tid_len];
+    assert_eq!(tid[0], 0x45, "iSCSI, name with ISID");
+    assert_eq!(tid_len % 4, 0);
+    assert!(tid[4..].starts_with(a.initiator.as_bytes()));
+    // Allocation length truncates.
+    let mut buf = [0u8; 64];
+    let cdb = [0x5e, 0, 0, 0, 0, 0, 0, 0, 4, 0];
+    assert_eq!(lun.pr.serve_in(&a, &cdb, &mut buf, &lun.persist()), Ok(4));
+}
