@@ -361,6 +361,16 @@ impl MigratingVolume {
         self.record.lock().clone()
     }
 
+    /// Metadata store of the source volume.
+    pub fn source_store(&self) -> Arc<dyn MetaStore> {
+        self.source_store.clone()
+    }
+
+    /// Metadata store of the target volume.
+    pub fn target_store(&self) -> Arc<dyn MetaStore> {
+        self.target_store.clone()
+    }
+
     /// The region index.
     pub fn index(&self) -> &RegionIndex {
         &self.index

@@ -218,6 +218,7 @@ impl Volume for SimVolume {
 pub struct SimStore {
     name: String,
     record: Mutex<Option<Vec<u8>>>,
+    reservations: Mutex<Option<Vec<u8>>>,
     marker: Mutex<Option<SourceMarker>>,
     index: Mutex<Option<Image>>,
     /// Simulated boot id: a power crash is a reboot.
@@ -231,6 +232,7 @@ impl SimStore {
         Arc::new(SimStore {
             name: name.to_string(),
             record: Mutex::new(None),
+            reservations: Mutex::new(None),
             marker: Mutex::new(None),
             index: Mutex::new(None),
             epoch: Mutex::new([1; 16]),
@@ -281,6 +283,15 @@ impl MetaStore for SimStore {
     fn store_record(&self, bytes: &[u8]) -> Result<()> {
         self.faults.hit(&format!("store record {}", self.name))?;
         *self.record.lock() = Some(bytes.to_vec());
+        Ok(())
+    }
+    fn load_reservations(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.reservations.lock().clone())
+    }
+    fn store_reservations(&self, bytes: &[u8]) -> Result<()> {
+        self.faults
+            .hit(&format!("store reservations {}", self.name))?;
+        *self.reservations.lock() = Some(bytes.to_vec());
         Ok(())
     }
     fn read_index(&self) -> Result<Option<Vec<u8>>> {

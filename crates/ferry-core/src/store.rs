@@ -96,6 +96,14 @@ pub trait MetaStore: Send + Sync {
     fn remove_index(&self) -> Result<()>;
     /// Removes the record (a missing one is fine).
     fn remove_record(&self) -> Result<()>;
+    /// The persistent-reservation state of the LUN this volume serves
+    /// (`ferry-pr`'s document), if one was saved.
+    fn load_reservations(&self) -> Result<Option<Vec<u8>>>;
+
+    /// Atomically replaces the persistent-reservation state; durable
+    /// when this returns, since a PR OUT is acknowledged only after it.
+    fn store_reservations(&self, bytes: &[u8]) -> Result<()>;
+
     /// Deletes the volume itself together with its metadata; used to discard
     /// an aborted target.
     fn destroy_volume(&self) -> Result<()>;

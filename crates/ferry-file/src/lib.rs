@@ -330,6 +330,10 @@ impl FileMetaStore {
         sidecar(&self.volume, ".ferry-source-of")
     }
 
+    pub fn reservations_path(&self) -> PathBuf {
+        sidecar(&self.volume, ".ferry-pr")
+    }
+
     fn with_index<T>(&self, f: impl FnOnce(&File) -> io::Result<T>, op: &'static str) -> Result<T> {
         let path = self.index_path();
         let mut slot = self.index_file.lock();
@@ -403,6 +407,14 @@ impl MetaStore for FileMetaStore {
         remove_optional(&self.marker_path())
     }
 
+    fn load_reservations(&self) -> Result<Option<Vec<u8>>> {
+        read_optional(&self.reservations_path())
+    }
+
+    fn store_reservations(&self, bytes: &[u8]) -> Result<()> {
+        replace_file(&self.reservations_path(), bytes)
+    }
+
     fn remove_index(&self) -> Result<()> {
         *self.index_file.lock() = None;
         remove_optional(&self.index_path())
@@ -423,6 +435,7 @@ impl MetaStore for FileMetaStore {
             )
         })?;
         self.remove_index()?;
+        remove_optional(&self.reservations_path())?;
         self.remove_record()
     }
 }

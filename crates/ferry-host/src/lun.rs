@@ -14,9 +14,10 @@ use std::time::Duration;
 use ferry_core::copier::{CopierConfig, Progress};
 use ferry_core::migrate::{reopen_target, Reopened};
 use ferry_core::{
-    CacheMode, Copier, Error, Extent, MigratingVolume, MigrationPlan, MigrationState, Result,
-    Volume,
+    CacheMode, Copier, Error, Extent, MetaStore, MigratingVolume, MigrationPlan, MigrationState,
+    Result, Volume,
 };
+use ferry_pr::{Nexus, Refusal, Reservations};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,13 @@ pub struct Lun {
     /// [`CacheMode`] code: read by every command, set from the control
     /// path.
     cache_mode: AtomicU8,
+    /// Persistent reservations, enforced here for every front-end that
+    /// passes PR commands through (`ferry_pr`).
+    reservations: Reservations,
+    /// Where they are saved: the metadata of the served volume (for RBD
+    /// through the volume's own image handle), so they follow the LUN to
+    /// whichever gateway opens it next. Moves to the target at commit.
+    pr_store: Mutex<Arc<dyn MetaStore>>,
 }
 
 /// The cache mode of a LUN configured by hand (tgtadm without `cache=`,
@@ -166,8 +174,31 @@ impl Lun {
                 (m.clone(), Some(Migration { vol: m, copier }))
             }
         };
+        let pr_store = match &migration {
+            Some(m) => m.vol.source_store(),
+            None => served.store_of(current.as_ref())?,
+        };
+        let saved = pr_store.load_reservations()?;
+        let reservations = Reservations::load(saved.as_deref()).map_err(|why| Error::Corrupt {
+            what: format!(
+                "persistent reservations of {spec} ({})",
+                pr_store.describe()
+            ),
+            why: format!("{why}; `ferry pr clear` replaces them"),
+        })?;
+        let state = reservations.state();
+        if !state.registrations.is_empty() {
+            log::info!(
+                "{spec}: {} PR registrations, reservation {:?}, generation {}",
+                state.registrations.len(),
+                state.reservation.as_ref().map(|r| r.kind),
+                state.generation
+            );
+        }
         log::info!("{spec}: serving {}", current.name());
         Ok(Arc::new(Lun {
+            reservations,
+            pr_store: Mutex::new(pr_store),
             size: current.size(),
             spec,
             current: RwLock::new(current),
@@ -203,6 +234,75 @@ impl Lun {
         if old != mode {
             log::info!("{}: cache mode {old} -> {mode}", self.spec);
         }
+    }
+
+    /// The LUN's persistent reservations.
+    pub fn reservations(&self) -> &Reservations {
+        &self.reservations
+    }
+
+    fn save_reservations(&self, bytes: &[u8]) -> std::result::Result<(), String> {
+        let store = self.pr_store.lock().clone();
+        store
+            .store_reservations(bytes)
+            .map_err(|e| format!("{}: {e}", store.describe()))
+    }
+
+    /// Whether `nexus` may run `cdb` (any command but PERSISTENT RESERVE
+    /// IN/OUT): a unit attention owed to it, or RESERVATION CONFLICT.
+    pub fn pr_check(&self, nexus: &Nexus, cdb: &[u8]) -> std::result::Result<(), Refusal> {
+        self.reservations
+            .check(nexus, cdb, &|b| self.save_reservations(b))
+    }
+
+    /// PERSISTENT RESERVE OUT; the change is saved before this returns.
+    pub fn pr_out(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+    ) -> std::result::Result<(), Refusal> {
+        self.reservations
+            .serve_out(nexus, cdb, params, &|b| self.save_reservations(b))
+    }
+
+    /// PERSISTENT RESERVE IN into `buf`; returns the bytes filled.
+    pub fn pr_in(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        buf: &mut [u8],
+    ) -> std::result::Result<usize, Refusal> {
+        self.reservations
+            .serve_in(nexus, cdb, buf, &|b| self.save_reservations(b))
+    }
+
+    /// Moves the saved reservations to another volume's metadata `to`
+    /// (the target of a commit, the clone of a restore): saved there
+    /// first, then `switch` makes that volume the LUN's, then they are
+    /// saved only there. PR commands wait meanwhile, so none is saved to
+    /// the wrong side; if `switch` fails they stay where they were.
+    pub(crate) fn move_reservations(
+        &self,
+        to: Arc<dyn MetaStore>,
+        switch: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        self.reservations.locked(|state| -> Result<()> {
+            to.store_reservations(&state.encode())?;
+            switch()?;
+            *self.pr_store.lock() = to;
+            Ok(())
+        })
+    }
+
+    /// Replaces the reservations (an administrator clearing them).
+    pub fn replace_reservations(&self, state: ferry_pr::PrState) -> Result<()> {
+        self.reservations
+            .replace(state, &|b| self.save_reservations(b))
+            .map_err(|why| Error::Corrupt {
+                what: format!("persistent reservations of {}", self.spec),
+                why,
+            })
     }
 
     /// The configured spec.
@@ -375,7 +475,10 @@ impl Lun {
         let m = slot
             .as_ref()
             .ok_or_else(|| Error::NoMigration(self.spec.to_string()))?;
-        m.vol.commit()?;
+        // The reservations move to the target with the commit: saved there
+        // first, and switched to only once the commit stands, with PR
+        // commands held off in between so none is saved to the wrong side.
+        self.move_reservations(m.vol.target_store(), || m.vol.commit())?;
         if remove_source {
             m.vol.remove_source()?;
         }

@@ -246,12 +246,15 @@ impl Lun {
                     image.snap_create_protected(&safety).map_err(rbd("snapshotting"))?;
                     ferry_rbd::clone_image(&image, name, image.ioctx(), &clone.image)
                         .map_err(rbd("cloning"))?;
-                    let (new_vol, _) = clone_spec.open()?;
-                    // From now on the configured name leads to the clone.
+                    let (new_vol, new_store) = clone_spec.open()?;
+                    // From now on the configured name leads to the clone,
+                    // and the reservations go with it.
                     let store = self.served().store_of(vol.as_ref())?;
-                    store.store_source_marker(&SourceMarker {
-                        target: clone_spec.to_string(),
-                        committed: true,
+                    self.move_reservations(new_store, || {
+                        store.store_source_marker(&SourceMarker {
+                            target: clone_spec.to_string(),
+                            committed: true,
+                        })
                     })?;
                     log::info!(
                         "{}: restored snapshot {name} as clone {} (previous state kept as {safety})",

@@ -77,9 +77,20 @@ impl Reservations {
         Ok(Self::new(state))
     }
 
+    /// No reservation and no unit attention pending: every command may run.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
     /// A copy of the current state.
     pub fn state(&self) -> PrState {
         self.state.lock().clone()
+    }
+
+    /// Runs `f` with the state locked: no PR command is served meanwhile.
+    /// The host moves the saved state to another volume this way.
+    pub fn locked<T>(&self, f: impl FnOnce(&PrState) -> T) -> T {
+        f(&self.state.lock())
     }
 
     /// Replaces the whole state (an administrator's clear), saving first.

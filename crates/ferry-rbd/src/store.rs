@@ -34,6 +34,8 @@ use crate::volume::RbdVolume;
 pub const RECORD_KEY: &str = "ferry.migration";
 /// Image metadata key of the source marker.
 pub const MARKER_KEY: &str = "ferry.source-of";
+/// Image metadata key of the LUN's persistent-reservation state.
+pub const RESERVATIONS_KEY: &str = "ferry.pr";
 /// Prefix of every image metadata key ferry owns.
 pub const FERRY_KEY_PREFIX: &str = "ferry.";
 /// Prefix of the region index object; the image id follows.
@@ -149,6 +151,16 @@ impl MetaStore for RbdMetaStore {
     fn store_record(&self, bytes: &[u8]) -> Result<()> {
         // One omap key set: atomic and durable when acknowledged.
         self.set_text(RECORD_KEY, bytes)
+    }
+
+    fn load_reservations(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_text(RESERVATIONS_KEY)?.map(String::into_bytes))
+    }
+
+    fn store_reservations(&self, bytes: &[u8]) -> Result<()> {
+        // One omap key set, like the record: atomic and durable when
+        // acknowledged, and visible to every gateway of the cluster.
+        self.set_text(RESERVATIONS_KEY, bytes)
     }
 
     fn read_index(&self) -> Result<Option<Vec<u8>>> {

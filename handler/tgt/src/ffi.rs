@@ -120,6 +120,27 @@ pub const TGTADM_INVALID_REQUEST: c_int = 17;
 /// SAM status codes (scsi.h).
 pub const SAM_STAT_GOOD: c_int = 0x00;
 pub const SAM_STAT_CHECK_CONDITION: c_int = 0x02;
+pub const SAM_STAT_RESERVATION_CONFLICT: c_int = 0x18;
+
+/// `device_type_operations.cmd_perform`: runs one command, returns a SAM
+/// status (or GOOD with `TGT_CMD_ASYNC` set, completing later).
+pub type CmdPerform = unsafe extern "C" fn(c_int, *mut ScsiCmd) -> c_int;
+
+/// Offset in `struct scsi_lu` of `dev_type_template.ops[]`, the LU's own
+/// copy of its device type's opcode table (`struct device_type_operations
+/// ops[256]`): tgtd copies the template into each LU, so a backing store
+/// may change its LU's entries without touching other LUs.
+pub const LU_OPS: usize = 176;
+/// `sizeof(struct device_type_operations)`; `cmd_perform` is its first
+/// field.
+pub const DEVICE_TYPE_OPERATIONS_SIZE: usize = 24;
+
+/// The leading fields of `struct target` (target.h).
+#[repr(C)]
+pub struct Target {
+    pub name: *mut c_char,
+    pub tid: c_int,
+}
 
 pub type BsOpen = unsafe extern "C" fn(*mut ScsiLu, *mut c_char, *mut c_int, *mut u64) -> c_int;
 pub type BsClose = unsafe extern "C" fn(*mut ScsiLu);
@@ -159,6 +180,13 @@ pub struct Tgtd {
     /// Sets the LU's logical-blocks-per-physical-block exponent from a
     /// physical block size in bytes (READ CAPACITY 16).
     pub update_lbppbe: unsafe extern "C" fn(*mut ScsiLu, c_int),
+    /// iSCSI's TransportID of a nexus (iscsid.c): `0x45`, length, the
+    /// initiator name, NUL, `,i,0x` and the six raw ISID bytes. Returns
+    /// the length needed, or 0 if the session is gone.
+    pub iscsi_transportid: unsafe extern "C" fn(c_int, u64, *mut c_char, c_int) -> c_int,
+    /// The handler tgtd puts in the opcode table for opcodes it does not
+    /// support; REPORT SUPPORTED OPERATION CODES counts the others.
+    pub spc_illegal_op: CmdPerform,
     pub log_error: unsafe extern "C" fn(*const c_char, ...),
     pub log_warning: unsafe extern "C" fn(*const c_char, ...),
     pub log_debug: unsafe extern "C" fn(*const c_char, ...),
@@ -206,6 +234,7 @@ type EventAddFn = unsafe extern "C" fn(c_int, c_int, EventHandler, *mut c_void) 
 type EventDelFn = unsafe extern "C" fn(c_int);
 type LbppbeFn = unsafe extern "C" fn(*mut ScsiLu, c_int);
 type LogFn = unsafe extern "C" fn(*const c_char, ...);
+type TransportIdFn = unsafe extern "C" fn(c_int, u64, *mut c_char, c_int) -> c_int;
 
 fn resolve() -> Result<Tgtd, String> {
     Ok(Tgtd {
@@ -217,6 +246,8 @@ fn resolve() -> Result<Tgtd, String> {
         tgt_event_add: resolve_fn!(c"tgt_event_add", EventAddFn),
         tgt_event_del: resolve_fn!(c"tgt_event_del", EventDelFn),
         update_lbppbe: resolve_fn!(c"update_lbppbe", LbppbeFn),
+        iscsi_transportid: resolve_fn!(c"iscsi_transportid", TransportIdFn),
+        spc_illegal_op: resolve_fn!(c"spc_illegal_op", CmdPerform),
         log_error: resolve_fn!(c"log_error", LogFn),
         log_warning: resolve_fn!(c"log_warning", LogFn),
         log_debug: resolve_fn!(c"log_debug", LogFn),
@@ -256,6 +287,17 @@ mod tests {
         assert_eq!(offset_of!(ScsiCmd, sense_buffer), 192);
         assert_eq!(offset_of!(ScsiCmd, sense_len), 444);
         assert_eq!(offset_of!(ScsiCmd, bs_list), 448);
+    }
+
+    #[test]
+    fn ops_table_and_target_layout_matches_tgt() {
+        // offsetof(struct scsi_lu, dev_type_template) 120 +
+        // offsetof(struct device_type_template, ops) 56.
+        assert_eq!(LU_OPS, 176);
+        assert_eq!(DEVICE_TYPE_OPERATIONS_SIZE, 24);
+        const { assert!(LU_OPS + 256 * DEVICE_TYPE_OPERATIONS_SIZE < LU_ATTRS) };
+        assert_eq!(offset_of!(Target, tid), 8);
+        assert_eq!(offset_of!(ScsiCmd, c_target), 0);
     }
 
     #[test]

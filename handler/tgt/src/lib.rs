@@ -16,10 +16,12 @@
 //! its pointers, and hands over to safe Rust: per-LU state is a `Box`
 //! stored in tgtd's per-LU private area (`bs_datasize` bytes after
 //! `struct scsi_lu`), created in `bs_init` and reclaimed in `bs_exit`.
-//! Commands run on the worker pool of [`runtime`].
+//! Commands run on the worker pool of [`runtime`]. Persistent
+//! reservations are ferry's, not tgtd's (see `pr.rs`).
 
 pub mod ffi;
 mod logger;
+mod pr;
 pub mod runtime;
 
 use std::ffi::{c_char, c_int, CStr};
@@ -48,6 +50,8 @@ struct LunSlot {
     /// The mode the caching mode page was last made to match (main
     /// thread only).
     page_mode: Option<ferry_core::CacheMode>,
+    /// tgtd's handlers of the LU's opcodes (see `pr.rs`).
+    saved_ops: pr::SavedOps,
 }
 
 /// The `bs_datasize` area of an LU holds one pointer to its [`LunSlot`].
@@ -144,11 +148,15 @@ unsafe extern "C" fn bs_init(lu: *mut ScsiLu, bsopts: *mut c_char) -> c_int {
             log::error!("cannot start: {e}");
             return ffi::TGTADM_NOMEM;
         }
+        // SAFETY: `lu` is tgtd's LU for this store (non-null, checked),
+        // being set up on the main thread: no command of it runs yet.
+        let saved_ops = unsafe { pr::install(lu) };
         let slot = Box::into_raw(Box::new(LunSlot {
             cache_mode,
+            saved_ops,
             ..LunSlot::default()
         }));
-        // SAFETY: `lu` is tgtd's LU for this store (non-null, checked).
+        // SAFETY: as above.
         unsafe { *slot_ptr(lu) = slot };
         ffi::TGTADM_SUCCESS
     })
@@ -311,51 +319,63 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
             return -1;
         }
         // SAFETY: a live command on tgtd's main thread; its LU is ours.
-        unsafe {
-            let lu = (*cmd).dev;
-            if lu.is_null() {
+        unsafe { submit(cmd, None) }
+    })
+}
+
+/// Hands `cmd` to the workers (a PR command with its nexus); 0 when
+/// accepted, -1 for HARDWARE ERROR.
+///
+/// # Safety
+/// `cmd` is a live, non-null command of one of our LUs, on tgtd's main
+/// thread.
+unsafe fn submit(cmd: *mut ScsiCmd, nexus: Option<ferry_pr::Nexus>) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        let lu = (*cmd).dev;
+        if lu.is_null() {
+            return -1;
+        }
+        let slot = *slot_ptr(lu);
+        let Some(state) = slot.as_ref().and_then(|s| s.state.clone()) else {
+            log::error!("a command for an LU that is not open; answering HARDWARE ERROR");
+            return -1;
+        };
+        let cdb_len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
+        let cdb = if (*cmd).scb.is_null() {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts((*cmd).scb, cdb_len).to_vec()
+        };
+        let cache_mode = state.lun.cache_mode();
+        let write_cache = sync_write_cache(lu, slot, cache_mode);
+        let job = runtime::Job {
+            cmd: runtime::CmdPtr(cmd),
+            nexus,
+            lun: state,
+            cdb,
+            write_cache,
+            cache_mode,
+            data_out: runtime::RawBuf {
+                ptr: (*cmd).out_sdb.buffer as usize as *mut u8,
+                len: (*cmd).out_sdb.length as usize,
+            },
+            data_in: runtime::RawBuf {
+                ptr: (*cmd).in_sdb.buffer as usize as *mut u8,
+                len: (*cmd).in_sdb.length as usize,
+            },
+        };
+        let rt = match runtime::start() {
+            Ok(rt) => rt,
+            Err(e) => {
+                log::error!("worker runtime unavailable ({e}); answering HARDWARE ERROR");
                 return -1;
             }
-            let slot = *slot_ptr(lu);
-            let Some(state) = slot.as_ref().and_then(|s| s.state.clone()) else {
-                log::error!("a command for an LU that is not open; answering HARDWARE ERROR");
-                return -1;
-            };
-            let cdb_len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
-            let cdb = if (*cmd).scb.is_null() {
-                Vec::new()
-            } else {
-                std::slice::from_raw_parts((*cmd).scb, cdb_len).to_vec()
-            };
-            let cache_mode = state.lun.cache_mode();
-            let write_cache = sync_write_cache(lu, slot, cache_mode);
-            let job = runtime::Job {
-                cmd: runtime::CmdPtr(cmd),
-                lun: state,
-                cdb,
-                write_cache,
-                cache_mode,
-                data_out: runtime::RawBuf {
-                    ptr: (*cmd).out_sdb.buffer as usize as *mut u8,
-                    len: (*cmd).out_sdb.length as usize,
-                },
-                data_in: runtime::RawBuf {
-                    ptr: (*cmd).in_sdb.buffer as usize as *mut u8,
-                    len: (*cmd).in_sdb.length as usize,
-                },
-            };
-            let rt = match runtime::start() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    log::error!("worker runtime unavailable ({e}); answering HARDWARE ERROR");
-                    return -1;
-                }
-            };
-            (*cmd).state |= ffi::TGT_CMD_ASYNC;
-            rt.submit(job);
-        }
-        0
-    })
+        };
+        (*cmd).state |= ffi::TGT_CMD_ASYNC;
+        rt.submit(job);
+    }
+    0
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
+use ferry_pr::Refusal;
 use ferry_scsi::{LunContext, Sense};
 use parking_lot::Mutex;
 
@@ -37,6 +38,8 @@ unsafe impl Send for RawBuf {}
 /// One command to run.
 pub struct Job {
     pub cmd: CmdPtr,
+    /// For PERSISTENT RESERVE IN/OUT: the nexus that sent it.
+    pub nexus: Option<ferry_pr::Nexus>,
     pub lun: Arc<LunState>,
     pub cdb: Vec<u8>,
     pub write_cache: bool,
@@ -47,7 +50,11 @@ pub struct Job {
 
 struct Done {
     cmd: CmdPtr,
-    outcome: Result<usize, Sense>,
+    /// Bytes of data-in filled, or why the command failed.
+    outcome: Result<usize, Refusal>,
+    /// The data-in length is the reply's, shorter than the buffer
+    /// (PERSISTENT RESERVE IN): tgtd must be told the residual.
+    short_data_in: bool,
 }
 
 pub struct Runtime {
@@ -107,18 +114,16 @@ impl Runtime {
             // from hanging all the same.
             log::error!("no worker takes commands; answering HARDWARE ERROR");
             let job = e.into_inner();
-            self.complete(
-                job.cmd,
-                Err(Sense::new(
-                    ferry_scsi::sense::key::HARDWARE_ERROR,
-                    ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
-                )),
-            );
+            self.complete(job.cmd, Err(Refusal::Check(hardware_error())), false);
         }
     }
 
-    fn complete(&self, cmd: CmdPtr, outcome: Result<usize, Sense>) {
-        self.done.lock().push(Done { cmd, outcome });
+    fn complete(&self, cmd: CmdPtr, outcome: Result<usize, Refusal>, short_data_in: bool) {
+        self.done.lock().push(Done {
+            cmd,
+            outcome,
+            short_data_in,
+        });
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a valid u64 to our eventfd; a full
         // counter (EAGAIN) still leaves the handler readable, so the
@@ -141,12 +146,9 @@ fn worker(rx: Receiver<Job>) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
             .unwrap_or_else(|_| {
                 log::error!("a command panicked; answering HARDWARE ERROR");
-                Err(Sense::new(
-                    ferry_scsi::sense::key::HARDWARE_ERROR,
-                    ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
-                ))
+                Err(Refusal::Check(hardware_error()))
             });
-        rt.complete(job.cmd, outcome);
+        rt.complete(job.cmd, outcome, job.nexus.is_some());
     }
 }
 
@@ -162,11 +164,14 @@ fn block_signals() {
     }
 }
 
-fn run(job: &Job) -> Result<usize, Sense> {
-    let cmd = match ferry_scsi::parse(&job.cdb)? {
-        Some(c) => c,
-        None => return Err(Sense::invalid_opcode()),
-    };
+fn hardware_error() -> Sense {
+    Sense::new(
+        ferry_scsi::sense::key::HARDWARE_ERROR,
+        ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
+    )
+}
+
+fn run(job: &Job) -> Result<usize, Refusal> {
     // SAFETY: the buffers are the command's data buffers, valid for their
     // lengths until the command completes, and touched by no one else
     // meanwhile (see CmdPtr). Null pointers come with length 0.
@@ -184,6 +189,17 @@ fn run(job: &Job) -> Result<usize, Sense> {
             },
         )
     };
+    if let Some(nexus) = &job.nexus {
+        let lun = &job.lun.lun;
+        return match job.cdb.first() {
+            Some(&ferry_pr::prin::OPCODE) => lun.pr_in(nexus, &job.cdb, data_in),
+            _ => lun.pr_out(nexus, &job.cdb, data_out).map(|()| 0),
+        };
+    }
+    let cmd = match ferry_scsi::parse(&job.cdb).map_err(Refusal::Check)? {
+        Some(c) => c,
+        None => return Err(Refusal::Check(Sense::invalid_opcode())),
+    };
     let ctx = LunContext {
         volume: job.lun.lun.as_ref(),
         block_shift: job.lun.block_shift,
@@ -191,7 +207,7 @@ fn run(job: &Job) -> Result<usize, Sense> {
         cache_mode: job.cache_mode,
         caw_lock: &job.lun.caw,
     };
-    ferry_scsi::execute(&ctx, &cmd, data_out, data_in)
+    ferry_scsi::execute(&ctx, &cmd, data_out, data_in).map_err(Refusal::Check)
 }
 
 /// tgtd event handler for the eventfd: completes finished commands. Runs
@@ -206,18 +222,32 @@ unsafe extern "C" fn on_completions(fd: c_int, _events: c_int, _data: *mut c_voi
             return;
         };
         let batch = std::mem::take(&mut *rt.done.lock());
-        for Done { cmd, outcome } in batch {
+        for Done {
+            cmd,
+            outcome,
+            short_data_in,
+        } in batch
+        {
             let cmd = cmd.0;
             // SAFETY: `cmd` is a live command we accepted in bs_cmd_submit
             // and have not completed; we are on tgtd's main thread, where
             // sense_data_build and target_cmd_io_done must run.
             unsafe {
                 let result = match outcome {
-                    Ok(_) => {
+                    Ok(n) => {
                         (*cmd).sense_len = 0;
+                        if short_data_in {
+                            // What scsi_set_in_resid_by_actual does: the
+                            // reply is n bytes of the initiator's buffer.
+                            let len = (*cmd).in_sdb.length;
+                            let n = u32::try_from(n).unwrap_or(u32::MAX).min(len);
+                            (*cmd).in_sdb.transfer_len = n;
+                            (*cmd).in_sdb.resid = (len - n) as i32;
+                        }
                         ffi::SAM_STAT_GOOD
                     }
-                    Err(s) => {
+                    Err(Refusal::Conflict) => ffi::SAM_STAT_RESERVATION_CONFLICT,
+                    Err(Refusal::Check(s)) => {
                         match s.info {
                             Some(info) => {
                                 (tgtd.sense_data_build_with_info)(cmd, s.key, s.asc, info)

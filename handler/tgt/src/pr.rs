@@ -1,0 +1,246 @@
+//! Persistent reservations through tgtd, answered by ferry instead of
+//! tgtd's core.
+//!
+//! tgtd answers PERSISTENT RESERVE IN/OUT itself and keeps registrations
+//! in the gateway's memory, tied to a session number: they vanish with a
+//! restart or a failover to another gateway. Each LU carries its own copy
+//! of its device type's opcode table (`lu->dev_type_template.ops`), so at
+//! `bs_init` this module takes over that LU's entries:
+//!
+//! - PERSISTENT RESERVE IN/OUT go to the worker pool, which answers them
+//!   from the LUN's [`ferry_pr::Reservations`] and saves every change
+//!   with the volume before the initiator hears GOOD;
+//! - every other opcode first asks the same state whether the command's
+//!   nexus may run it (RESERVATION CONFLICT, or a unit attention owed),
+//!   then runs tgtd's own handler. While no reservation exists and no
+//!   unit attention is owed, that check is one atomic load.
+//!
+//! tgtd's own PR state stays empty, so its access check always passes.
+use std::ffi::{c_char, c_int, CStr};
+
+use ferry_pr::{Nexus, Refusal};
+
+use crate::ffi::{self, CmdPerform, ScsiCmd, ScsiLu};
+use crate::{slot_ptr, LunSlot};
+
+const PRIN: usize = 0x5e;
+const PROUT: usize = 0x5f;
+
+/// tgtd's handlers of the LU's opcodes, before [`install`] replaced them.
+pub struct SavedOps(pub [Option<CmdPerform>; 256]);
+
+impl Default for SavedOps {
+    fn default() -> Self {
+        SavedOps([None; 256])
+    }
+}
+
+/// Points `lu`'s opcode table at this module and returns tgtd's handlers.
+///
+/// # Safety
+/// `lu` is a live LU of this backing store, on tgtd's main thread, with no
+/// command of it running (bs_init).
+pub unsafe fn install(lu: *mut ScsiLu) -> SavedOps {
+    let mut saved = SavedOps::default();
+    // Unsupported opcodes keep tgtd's `spc_illegal_op`: REPORT SUPPORTED
+    // OPERATION CODES lists every other entry into a fixed 2 KiB buffer,
+    // which wrapping all 256 would overflow (it did: a smashed stack).
+    let illegal = ffi::tgtd().ok().map(|t| t.spc_illegal_op as usize);
+    for (op, orig) in saved.0.iter_mut().enumerate() {
+        // SAFETY: the LU's ops[op].cmd_perform, within `struct scsi_lu`
+        // (offsets pinned in ffi.rs); a nullable function pointer.
+        unsafe {
+            let entry = lu
+                .cast::<u8>()
+                .add(ffi::LU_OPS + op * ffi::DEVICE_TYPE_OPERATIONS_SIZE)
+                .cast::<Option<CmdPerform>>();
+            *orig = *entry;
+            if op == PRIN || op == PROUT {
+                *entry = Some(perform_pr);
+            } else if orig.is_some_and(|f| Some(f as usize) != illegal) {
+                *entry = Some(perform_checked);
+            }
+        }
+    }
+    saved
+}
+
+/// The I_T nexus of `cmd`, named as on every gateway: the initiator port
+/// (`iqn...,i,0x<ISID>`) and the target port (`iqn...,t,0x0001`).
+///
+/// # Safety
+/// `cmd` is a live command on tgtd's main thread.
+pub unsafe fn nexus_of(cmd: *mut ScsiCmd) -> Nexus {
+    // SAFETY: per the contract; c_target is the command's target.
+    let (target, tid) = unsafe {
+        let t = (*cmd).c_target.cast::<ffi::Target>();
+        if t.is_null() || (*t).name.is_null() {
+            (String::from("?"), -1)
+        } else {
+            (
+                CStr::from_ptr((*t).name).to_string_lossy().into_owned(),
+                (*t).tid,
+            )
+        }
+    };
+    // SAFETY: as above.
+    let itn = unsafe { (*cmd).cmd_itn_id };
+    let initiator = ffi::tgtd()
+        .ok()
+        .and_then(|tgtd| {
+            let mut buf = [0u8; 512];
+            // SAFETY: tgtd fills at most `buf.len()` bytes of our buffer
+            // (it returns the length needed without writing when larger).
+            let n = unsafe {
+                (tgtd.iscsi_transportid)(
+                    tid,
+                    itn,
+                    buf.as_mut_ptr().cast::<c_char>(),
+                    buf.len() as c_int,
+                )
+            };
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n > 0 && n <= buf.len())?;
+            initiator_port(&buf[..n])
+        })
+        // Not an iSCSI session tgtd can name: a nexus of this gateway only.
+        .unwrap_or_else(|| format!("itn-{itn}"));
+    Nexus::new(initiator, format!("{target},t,0x0001"))
+}
+
+/// The initiator port name in tgtd's iSCSI TransportID: the name up to
+/// its NUL, then `,i,0x` and six raw ISID bytes, written here in hex.
+fn initiator_port(tid: &[u8]) -> Option<String> {
+    let body = tid.get(4..)?;
+    let end = body.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&body[..end]).ok()?;
+    let rest = body.get(end + 1..)?;
+    let isid = rest.strip_prefix(b",i,0x")?.get(..6)?;
+    let hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{name},i,0x{hex}"))
+}
+
+/// The LU's slot, if the LU is open.
+///
+/// # Safety
+/// `cmd` is a live command of one of our LUs, on tgtd's main thread.
+unsafe fn slot_of(cmd: *mut ScsiCmd) -> Option<&'static LunSlot> {
+    // SAFETY: per the contract; the slot lives until bs_exit, which tgtd
+    // calls only once the LU has no commands.
+    unsafe {
+        let lu = (*cmd).dev;
+        if lu.is_null() {
+            return None;
+        }
+        (*slot_ptr(lu)).as_ref()
+    }
+}
+
+/// Answers `refusal` synchronously: the status to return.
+///
+/// # Safety
+/// `cmd` is a live command on tgtd's main thread.
+unsafe fn refuse(cmd: *mut ScsiCmd, refusal: Refusal) -> c_int {
+    match refusal {
+        Refusal::Conflict => ffi::SAM_STAT_RESERVATION_CONFLICT,
+        Refusal::Check(s) => {
+            if let Ok(tgtd) = ffi::tgtd() {
+                // SAFETY: per the contract.
+                unsafe { (tgtd.sense_data_build)(cmd, s.key, s.asc) };
+            }
+            ffi::SAM_STAT_CHECK_CONDITION
+        }
+    }
+}
+
+/// Every opcode but PR IN/OUT: the reservation check, then tgtd's handler.
+unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int {
+    crate::boundary("perform_checked", ffi::SAM_STAT_CHECK_CONDITION, || {
+        if cmd.is_null() {
+            return ffi::SAM_STAT_CHECK_CONDITION;
+        }
+        // SAFETY: tgtd calls this with a live command of our LU on its
+        // main thread.
+        unsafe {
+            let Some(slot) = slot_of(cmd) else {
+                return ffi::SAM_STAT_CHECK_CONDITION;
+            };
+            let cdb = cdb_of(cmd);
+            let Some(op) = cdb.first().map(|&b| b as usize) else {
+                return ffi::SAM_STAT_CHECK_CONDITION;
+            };
+            if let Some(state) = &slot.state {
+                if !state.lun.reservations().is_quiet() {
+                    let nexus = nexus_of(cmd);
+                    if let Err(refusal) = state.lun.pr_check(&nexus, cdb) {
+                        log::debug!("opcode {op:#04x} from {nexus}: {refusal:?}");
+                        return refuse(cmd, refusal);
+                    }
+                }
+            }
+            match slot.saved_ops.0[op] {
+                Some(orig) => orig(host_no, cmd),
+                None => ffi::SAM_STAT_CHECK_CONDITION,
+            }
+        }
+    })
+}
+
+/// PERSISTENT RESERVE IN/OUT: handed to the workers with the nexus.
+unsafe extern "C" fn perform_pr(_host_no: c_int, cmd: *mut ScsiCmd) -> c_int {
+    crate::boundary("perform_pr", ffi::SAM_STAT_CHECK_CONDITION, || {
+        if cmd.is_null() {
+            return ffi::SAM_STAT_CHECK_CONDITION;
+        }
+        // SAFETY: as in perform_checked.
+        unsafe {
+            let nexus = nexus_of(cmd);
+            match crate::submit(cmd, Some(nexus)) {
+                0 => ffi::SAM_STAT_GOOD,
+                _ => {
+                    let s = ferry_scsi::Sense::new(
+                        ferry_scsi::sense::key::HARDWARE_ERROR,
+                        ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
+                    );
+                    refuse(cmd, Refusal::Check(s))
+                }
+            }
+        }
+    })
+}
+
+/// The command's CDB.
+///
+/// # Safety
+/// `cmd` is a live command; the slice lives as long as it does.
+unsafe fn cdb_of<'a>(cmd: *mut ScsiCmd) -> &'a [u8] {
+    // SAFETY: scb points at scb_len bytes of CDB (or is null).
+    unsafe {
+        let len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
+        if (*cmd).scb.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts((*cmd).scb, len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initiator_port_reads_tgtds_transport_id() {
+        let mut tid = vec![0x45, 0, 0, 0];
+        tid.extend_from_slice(b"iqn.2026-11.test:a\0,i,0x");
+        tid.extend_from_slice(&[0x80, 0x12, 0x00, 0x34, 0, 1, 0]);
+        assert_eq!(
+            initiator_port(&tid).as_deref(),
+            Some("iqn.2026-11.test:a,i,0x801200340001")
+        );
+        assert_eq!(initiator_port(&tid[..10]), None);
+        assert_eq!(initiator_port(b"\x45\0\0\0no-nul"), None);
+        assert_eq!(initiator_port(b""), None);
+    }
+}
