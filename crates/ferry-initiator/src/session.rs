@@ -57,6 +57,11 @@ pub struct ConnectOptions {
     /// fails with [`ScsiStatus::Timeout`]. libiscsi counts whole seconds
     /// (rounded up here, at least one).
     pub timeout: Duration,
+    /// A fixed ISID (its 24 random-format bits): the initiator port is
+    /// `name,i,0x<ISID>`, so an initiator that logs in again with the same
+    /// ISID is the same I_T nexus to persistent reservations, as with
+    /// open-iscsi's per-interface ISID. `None`: libiscsi picks one.
+    pub isid: Option<u32>,
 }
 
 impl Default for ConnectOptions {
@@ -64,6 +69,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             initiator_name: DEFAULT_INITIATOR.to_string(),
             timeout: Duration::from_secs(10),
+            isid: None,
         }
     }
 }
@@ -289,6 +295,9 @@ impl Session {
             sys::iscsi_set_noautoreconnect(c, 1);
             sys::iscsi_set_tcp_syncnt(c, syn_retries(timeout_s));
             sys::iscsi_set_tcp_user_timeout(c, timeout_s.saturating_mul(1000));
+            if let Some(isid) = opts.isid {
+                sys::iscsi_set_isid_random(c, isid & 0x00ff_ffff, 0);
+            }
         }
 
         // SAFETY: `c` is live and `c_url` a valid C string; the returned

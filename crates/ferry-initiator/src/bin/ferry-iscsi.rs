@@ -155,6 +155,7 @@ fn connect(cli: &Cli, url: &str) -> Result<Session> {
     let opts = ConnectOptions {
         initiator_name: cli.initiator.clone(),
         timeout: Duration::from_secs(cli.timeout.max(1)),
+        isid: None,
     };
     Ok(Session::connect_with(url, &opts)?)
 }

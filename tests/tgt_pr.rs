@@ -1,0 +1,315 @@
+//! Persistent reservations on ferry LUNs served by a real tgtd, driven by
+//! real initiators (libiscsi): iscsi-test-cu's PR families, and two hosts
+//! whose registrations and reservation hold through a tgtd SIGKILL, a
+//! move to another gateway, a migration with commit, and a restart after
+//! it; preemption with its unit attention; bad PR input.
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{check, Tgtd};
+use ferry_initiator::{ConnectOptions, ScsiStatus, Session};
+
+const HOST_A: &str = "iqn.2026-11.org.ferry:host-a";
+const HOST_B: &str = "iqn.2026-11.org.ferry:host-b";
+const KEY_A: u64 = 0xa1a1;
+const KEY_B: u64 = 0xb2b2;
+
+/// `tests N ran passed failed` from iscsi-test-cu's summary.
+fn summary(log: &str) -> (u32, u32, u32) {
+    let line = log
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("tests"))
+        .unwrap_or_else(|| panic!("no summary in:\n{log}"));
+    let n: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (n[1], n[2], n[3])
+}
+
+#[test]
+fn iscsi_test_cu_persistent_reserve_families_pass() {
+    if !common::require("tgtd") || !common::require("iscsi-test-cu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    let vol = dir.path().join("v.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    t.add_target(1);
+    check(
+        &t.add_ferry_lun(1, 1, &format!("file:{}", vol.display())),
+        "LUN",
+    );
+    let mut total = 0;
+    for family in ["SCSI.Prin*", "SCSI.Prout*"] {
+        let out = Command::new("iscsi-test-cu")
+            .args(["--dataloss", "-t", family, &t.url(1, 1)])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (ran, passed, failed) = summary(&log);
+        assert_eq!(
+            (passed, failed),
+            (ran, 0),
+            "{family}:\n{log}\n{}",
+            t.log_text()
+        );
+        total += ran;
+    }
+    // PrinReadKeys (2), PrinServiceactionRange, PrinReportCapabilities,
+    // ProutRegister, ProutReserve (13), ProutClear, ProutPreempt.
+    assert_eq!(total, 20);
+    // The state lives beside the volume, not in tgtd.
+    assert!(dir.path().join("v.img.ferry-pr").exists());
+}
+
+fn connect(t: &Tgtd, name: &str, isid: u32) -> Session {
+    let opts = ConnectOptions {
+        initiator_name: name.to_string(),
+        timeout: Duration::from_secs(10),
+        isid: Some(isid),
+    };
+    Session::connect_with(&t.url(1, 1), &opts).unwrap()
+}
+
+fn prout(s: &mut Session, action: u8, kind: u8, key: u64, sa_key: u64) -> ScsiStatus {
+    let cdb = [0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0];
+    let mut params = [0u8; 24];
+    params[0..8].copy_from_slice(&key.to_be_bytes());
+    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    s.raw_cdb(&cdb, Some(&params), 0).unwrap().status
+}
+
+/// READ KEYS: (generation, keys).
+fn read_keys(s: &mut Session) -> (u32, Vec<u64>) {
+    let r = s
+        .raw_cdb(&[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .unwrap();
+    assert!(r.is_good(), "READ KEYS: {r:?}");
+    let generation = u32::from_be_bytes(r.data[0..4].try_into().unwrap());
+    let len = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
+    assert_eq!(r.data.len(), 8 + len, "the reply is exactly its length");
+    let keys = r.data[8..]
+        .chunks(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    (generation, keys)
+}
+
+/// READ RESERVATION: (key, type) of the reservation, if any.
+fn read_reservation(s: &mut Session) -> Option<(u64, u8)> {
+    let r = s
+        .raw_cdb(&[0x5e, 1, 0, 0, 0, 0, 0, 0, 64, 0], None, 64)
+        .unwrap();
+    assert!(r.is_good(), "READ RESERVATION: {r:?}");
+    (r.data.len() >= 24).then(|| {
+        (
+            u64::from_be_bytes(r.data[8..16].try_into().unwrap()),
+            r.data[21] & 0x0f,
+        )
+    })
+}
+
+fn write_status(s: &mut Session) -> ScsiStatus {
+    let cdb = [0x2a, 0, 0, 0, 0, 8, 0, 0, 1, 0];
+    s.raw_cdb(&cdb, Some(&[0x5a; 512]), 0).unwrap().status
+}
+
+fn read_status(s: &mut Session) -> ScsiStatus {
+    let cdb = [0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0];
+    s.raw_cdb(&cdb, None, 512).unwrap().status
+}
+
+/// Host A holds Write Exclusive; host B is registered and may read only.
+fn assert_a_holds_write_exclusive(t: &Tgtd, where_: &str) {
+    let mut a = connect(t, HOST_A, 1);
+    let mut b = connect(t, HOST_B, 2);
+    assert_eq!(read_reservation(&mut b), Some((KEY_A, 1)), "{where_}");
+    let (_, mut keys) = read_keys(&mut b);
+    keys.sort_unstable();
+    assert_eq!(keys, vec![KEY_A, KEY_B], "{where_}");
+    assert_eq!(
+        write_status(&mut b),
+        ScsiStatus::ReservationConflict,
+        "{where_}"
+    );
+    assert_eq!(read_status(&mut b), ScsiStatus::Good, "{where_}");
+    assert_eq!(write_status(&mut a), ScsiStatus::Good, "{where_}");
+    // The same host from another port (a new ISID) is another nexus,
+    // unregistered: it may read but not write.
+    let mut a2 = connect(t, HOST_A, 7);
+    assert_eq!(
+        write_status(&mut a2),
+        ScsiStatus::ReservationConflict,
+        "{where_}"
+    );
+    assert_eq!(read_status(&mut a2), ScsiStatus::Good, "{where_}");
+}
+
+fn ferry(t: &Tgtd, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_RUN_DIR", &t.run_dir)
+        .output()
+        .unwrap();
+    check(&out, &format!("ferry {args:?}"))
+}
+
+#[test]
+fn reservations_hold_through_crash_gateway_move_and_migration() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v.img");
+    let spec = format!("file:{}", vol.display());
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let serve = |t: &Tgtd| {
+        t.add_target(1);
+        check(&t.add_ferry_lun(1, 1, &spec), "LUN");
+    };
+
+    let mut gw1 = Tgtd::start(&dir.path().join("run1"));
+    serve(&gw1);
+    {
+        let mut a = connect(&gw1, HOST_A, 1);
+        let mut b = connect(&gw1, HOST_B, 2);
+        assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
+        assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
+        // A stranger's key and a wrong key are refused.
+        assert_eq!(
+            prout(&mut b, 1, 1, KEY_A, 0),
+            ScsiStatus::ReservationConflict
+        );
+        assert_eq!(prout(&mut a, 1, 1, KEY_A, 0), ScsiStatus::Good);
+        assert_eq!(read_keys(&mut a).0, 2);
+    }
+    assert_a_holds_write_exclusive(&gw1, "served");
+
+    // A crash of the gateway forgets nothing: the state was saved before
+    // each PR OUT was acknowledged.
+    gw1.kill9();
+    gw1.restart();
+    serve(&gw1);
+    assert_a_holds_write_exclusive(&gw1, "after tgtd SIGKILL");
+
+    // Another gateway takes the LUN over (the same target name, another
+    // tgtd with its own portal).
+    gw1.stop();
+    let mut gw2 = Tgtd::start(&dir.path().join("run2"));
+    serve(&gw2);
+    assert_a_holds_write_exclusive(&gw2, "on another gateway");
+
+    // A migration to another volume, committed: the reservations move
+    // with the data, and a restart of the gateway finds them there.
+    let target = dir.path().join("w.img");
+    let tspec = format!("file:{}", target.display());
+    ferry(&gw2, &["migrate", "start", &spec, &tspec]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ferry(&gw2, &["migrate", "status", &spec, "--json"]).contains("\"copied\"") {
+        assert!(Instant::now() < deadline, "the copy never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ferry(&gw2, &["migrate", "commit", &spec]);
+    assert!(dir.path().join("w.img.ferry-pr").exists());
+    assert_a_holds_write_exclusive(&gw2, "after the commit");
+    gw2.kill9();
+    gw2.restart();
+    serve(&gw2);
+    assert_a_holds_write_exclusive(&gw2, "after the commit and a restart");
+
+    // B preempts A: A hears REGISTRATIONS PREEMPTED once, then is a
+    // stranger to an Exclusive Access reservation.
+    let mut a = connect(&gw2, HOST_A, 1);
+    let mut b = connect(&gw2, HOST_B, 2);
+    assert_eq!(prout(&mut b, 4, 3, KEY_B, KEY_A), ScsiStatus::Good);
+    let r = a
+        .raw_cdb(&[0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0], None, 512)
+        .unwrap();
+    let sense = r.sense.expect("a unit attention");
+    assert_eq!((sense.key, sense.asc, sense.ascq), (6, 0x2a, 0x05), "{r:?}");
+    assert_eq!(read_status(&mut a), ScsiStatus::ReservationConflict);
+    assert_eq!(read_reservation(&mut a), Some((KEY_B, 3)));
+    assert_eq!(read_keys(&mut a).1, vec![KEY_B]);
+    assert_eq!(write_status(&mut b), ScsiStatus::Good);
+    // B clears everything: the LUN is open to all again.
+    assert_eq!(prout(&mut b, 3, 0, KEY_B, 0), ScsiStatus::Good);
+    let r = a
+        .raw_cdb(&[0x2a, 0, 0, 0, 0, 8, 0, 0, 1, 0], Some(&[0; 512]), 0)
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+}
+
+#[test]
+fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    t.add_target(1);
+    check(
+        &t.add_ferry_lun(1, 1, &format!("file:{}", vol.display())),
+        "LUN",
+    );
+    let mut s = connect(&t, HOST_A, 1);
+    let sense_of = |s: &mut Session, cdb: &[u8], out: Option<&[u8]>| {
+        let r = s
+            .raw_cdb(cdb, out, if out.is_some() { 0 } else { 256 })
+            .unwrap();
+        assert_eq!(r.status, ScsiStatus::CheckCondition, "{cdb:02x?}: {r:?}");
+        let sense = r.sense.unwrap();
+        (sense.key, sense.asc, sense.ascq)
+    };
+    let params = [0u8; 24];
+    // Parameter list length 23: PARAMETER LIST LENGTH ERROR.
+    let mut cdb = [0x5f, 0, 0, 0, 0, 0, 0, 0, 23, 0];
+    assert_eq!(sense_of(&mut s, &cdb, Some(&params[..23])), (5, 0x1a, 0));
+    // REGISTER AND MOVE, reserved service actions, PR IN SA 4+.
+    cdb[8] = 24;
+    for sa in [7u8, 9, 0x1f] {
+        cdb[1] = sa;
+        assert_eq!(
+            sense_of(&mut s, &cdb, Some(&params)),
+            (5, 0x24, 0),
+            "SA {sa}"
+        );
+    }
+    assert_eq!(
+        sense_of(&mut s, &[0x5e, 4, 0, 0, 0, 0, 0, 1, 0, 0], None),
+        (5, 0x24, 0)
+    );
+    // RESERVE with a reserved type, once registered: INVALID FIELD IN CDB.
+    assert_eq!(prout(&mut s, 0, 0, 0, 9), ScsiStatus::Good);
+    let mut p = [0u8; 24];
+    p[0..8].copy_from_slice(&9u64.to_be_bytes());
+    assert_eq!(
+        sense_of(&mut s, &[0x5f, 1, 2, 0, 0, 0, 0, 0, 24, 0], Some(&p)),
+        (5, 0x24, 0)
+    );
+    // SPEC_I_PT is not supported: INVALID FIELD IN PARAMETER LIST.
+    p[20] = 0x08;
+    assert_eq!(
+        sense_of(&mut s, &[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], Some(&p)),
+        (5, 0x26, 0)
+    );
+    // Nothing changed but the one registration; tgtd is fine.
+    assert_eq!(read_keys(&mut s), (1, vec![9]));
+    assert_eq!(read_reservation(&mut s), None);
+    assert_eq!(write_status(&mut s), ScsiStatus::Good);
+}
