@@ -8,11 +8,12 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::pr::{
+    connect, prout, read_keys, read_reservation, read_status, write_status, HOST_A, HOST_B,
+};
 use common::{check, Tgtd};
-use ferry_initiator::{ConnectOptions, ScsiStatus, Session};
+use ferry_initiator::{ScsiStatus, Session};
 
-const HOST_A: &str = "iqn.2026-11.org.ferry:host-a";
-const HOST_B: &str = "iqn.2026-11.org.ferry:host-b";
 const KEY_A: u64 = 0xa1a1;
 const KEY_B: u64 = 0xb2b2;
 
@@ -68,63 +69,6 @@ fn iscsi_test_cu_persistent_reserve_families_pass() {
     assert_eq!(total, 20);
     // The state lives beside the volume, not in tgtd.
     assert!(dir.path().join("v.img.ferry-pr").exists());
-}
-
-fn connect(t: &Tgtd, name: &str, isid: u32) -> Session {
-    let opts = ConnectOptions {
-        initiator_name: name.to_string(),
-        timeout: Duration::from_secs(10),
-        isid: Some(isid),
-    };
-    Session::connect_with(&t.url(1, 1), &opts).unwrap()
-}
-
-fn prout(s: &mut Session, action: u8, kind: u8, key: u64, sa_key: u64) -> ScsiStatus {
-    let cdb = [0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0];
-    let mut params = [0u8; 24];
-    params[0..8].copy_from_slice(&key.to_be_bytes());
-    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
-    s.raw_cdb(&cdb, Some(&params), 0).unwrap().status
-}
-
-/// READ KEYS: (generation, keys).
-fn read_keys(s: &mut Session) -> (u32, Vec<u64>) {
-    let r = s
-        .raw_cdb(&[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
-        .unwrap();
-    assert!(r.is_good(), "READ KEYS: {r:?}");
-    let generation = u32::from_be_bytes(r.data[0..4].try_into().unwrap());
-    let len = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
-    assert_eq!(r.data.len(), 8 + len, "the reply is exactly its length");
-    let keys = r.data[8..]
-        .chunks(8)
-        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-        .collect();
-    (generation, keys)
-}
-
-/// READ RESERVATION: (key, type) of the reservation, if any.
-fn read_reservation(s: &mut Session) -> Option<(u64, u8)> {
-    let r = s
-        .raw_cdb(&[0x5e, 1, 0, 0, 0, 0, 0, 0, 64, 0], None, 64)
-        .unwrap();
-    assert!(r.is_good(), "READ RESERVATION: {r:?}");
-    (r.data.len() >= 24).then(|| {
-        (
-            u64::from_be_bytes(r.data[8..16].try_into().unwrap()),
-            r.data[21] & 0x0f,
-        )
-    })
-}
-
-fn write_status(s: &mut Session) -> ScsiStatus {
-    let cdb = [0x2a, 0, 0, 0, 0, 8, 0, 0, 1, 0];
-    s.raw_cdb(&cdb, Some(&[0x5a; 512]), 0).unwrap().status
-}
-
-fn read_status(s: &mut Session) -> ScsiStatus {
-    let cdb = [0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0];
-    s.raw_cdb(&cdb, None, 512).unwrap().status
 }
 
 /// Host A holds Write Exclusive; host B is registered and may read only.

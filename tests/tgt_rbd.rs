@@ -284,3 +284,73 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
     );
     assert!(info.contains(&format!("{name}-r")), "{info}");
 }
+
+/// Persistent reservations on an RBD LUN live in the image's metadata:
+/// they follow the LUN to the clone a snapshot restore switches it to,
+/// and a tgtd started after a SIGKILL finds them there.
+#[test]
+fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
+    use common::pr::{
+        connect, prout, read_keys, read_reservation, read_status, write_status, HOST_A, HOST_B,
+    };
+    use ferry_initiator::ScsiStatus;
+    if !common::require("tgtd") {
+        return;
+    }
+    let Some(conf) = common::ceph_conf_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("pr{}x{}", std::process::id(), common::free_port());
+    let vol = format!("rbd:ferry-a/{name}?conf={conf}");
+    let mut t = Tgtd::start(&dir.path().join("run"));
+    check(
+        &ferry_run(&t, &["volume", "create", &vol, "--size", "16M"]),
+        "create the image",
+    );
+    let serve = |t: &Tgtd| {
+        t.add_target(1);
+        check(&t.add_ferry_lun(1, 1, &vol), "an RBD LUN");
+    };
+    serve(&t);
+    {
+        let mut a = connect(&t, HOST_A, 1);
+        let mut b = connect(&t, HOST_B, 2);
+        assert_eq!(prout(&mut a, 0, 0, 0, 0xa), ScsiStatus::Good);
+        assert_eq!(prout(&mut b, 0, 0, 0, 0xb), ScsiStatus::Good);
+        // Exclusive Access, Registrants Only.
+        assert_eq!(prout(&mut a, 1, 6, 0xa, 0), ScsiStatus::Good);
+    }
+    let check_state = |t: &Tgtd, when: &str| {
+        let mut b = connect(t, HOST_B, 2);
+        assert_eq!(read_reservation(&mut b), Some((0xa, 6)), "{when}");
+        assert_eq!(read_keys(&mut b).0, 2, "{when}");
+        // Reads only: after a SIGKILL the dead tgtd's client keeps the
+        // image's exclusive lock until Ceph times its watch out (the
+        // agent fences it at once; plain tgtadm does not), and a write
+        // would wait for that. A conflict is answered before any I/O.
+        assert_eq!(
+            read_status(&mut b),
+            ScsiStatus::Good,
+            "{when}: a registrant"
+        );
+        let mut stranger = connect(t, "iqn.2026-11.org.ferry:host-c", 3);
+        for status in [read_status(&mut stranger), write_status(&mut stranger)] {
+            assert_eq!(status, ScsiStatus::ReservationConflict, "{when}");
+        }
+    };
+    check_state(&t, "served");
+    check(
+        &ferry_run(&t, &["snapshot", "create", &vol, "s1"]),
+        "snapshot",
+    );
+    check(
+        &ferry_run(&t, &["snapshot", "restore", &vol, "s1"]),
+        "restore",
+    );
+    check_state(&t, "on the restored clone");
+    t.kill9();
+    t.restart();
+    serve(&t);
+    check_state(&t, "on the clone after a tgtd SIGKILL");
+}

@@ -3,6 +3,7 @@
 //! where tgtd loads it, and the project's binaries.
 #![allow(dead_code)]
 
+pub mod pr;
 pub mod zk;
 
 use std::net::{TcpListener, TcpStream};
