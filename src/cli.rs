@@ -37,6 +37,9 @@ pub enum Command {
     /// Snapshots of a LUN, taken and restored while it is served.
     #[command(subcommand)]
     Snapshot(crate::snapshot::SnapshotCmd),
+    /// Persistent reservations of a LUN: show them, or clear them.
+    #[command(subcommand)]
+    Pr(crate::pr::PrCmd),
     /// Edit and inspect the cluster LUN map (ZooKeeper or a local file).
     Map {
         #[command(flatten)]
@@ -103,6 +106,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Workload(a) => crate::workload::run(a),
         Command::Map { args, cmd } => crate::map::run(&args, cmd),
         Command::Snapshot(c) => crate::snapshot::run(c),
+        Command::Pr(c) => crate::pr::run(c),
         Command::Agent(a) => crate::agent::run(a),
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod map;
 mod migrate;
+mod pr;
 mod serve;
 mod snapshot;
 mod units;

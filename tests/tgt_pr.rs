@@ -186,12 +186,33 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
     assert_eq!(read_reservation(&mut a), Some((KEY_B, 3)));
     assert_eq!(read_keys(&mut a).1, vec![KEY_B]);
     assert_eq!(write_status(&mut b), ScsiStatus::Good);
-    // B clears everything: the LUN is open to all again.
-    assert_eq!(prout(&mut b, 3, 0, KEY_B, 0), ScsiStatus::Good);
+    // The administrator sees the state and clears it (a host died
+    // holding it): the LUN is open to all again, and the registrants hear
+    // RESERVATIONS PREEMPTED.
+    let shown = ferry(&gw2, &["pr", "show", &spec, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["reservation"]["type"], "exclusive-access", "{v}");
+    assert_eq!(v["registrations"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["reservation"]["holder"]["initiator"]
+        .as_str()
+        .unwrap()
+        .starts_with(HOST_B));
+    ferry(&gw2, &["pr", "clear", &spec]);
+    let r = b.raw_cdb(&[0x00; 6], None, 0).unwrap();
+    assert_eq!(
+        r.sense.map(|s| (s.asc, s.ascq)),
+        Some((0x2a, 0x03)),
+        "{r:?}"
+    );
     let r = a
         .raw_cdb(&[0x2a, 0, 0, 0, 0, 8, 0, 0, 1, 0], Some(&[0; 512]), 0)
         .unwrap();
     assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    // Offline, with no gateway serving it, the volume still tells.
+    drop((a, b));
+    gw2.stop();
+    let shown = ferry(&gw2, &["pr", "show", &spec]);
+    assert!(shown.contains("registrations: 0"), "{shown}");
 }
 
 #[test]

@@ -79,6 +79,13 @@ pub enum Request {
         volume: String,
         mode: ferry_core::CacheMode,
     },
+    /// Reports the LUN's persistent reservations; with `clear`, first
+    /// drops them all (an administrator freeing a LUN a dead host holds).
+    Reservations {
+        volume: String,
+        #[serde(default)]
+        clear: bool,
+    },
 }
 
 impl Request {
@@ -94,6 +101,7 @@ impl Request {
             | Request::Abort { volume }
             | Request::Commit { volume, .. }
             | Request::CacheMode { volume, .. }
+            | Request::Reservations { volume, .. }
             | Request::Snapshot { volume, .. } => Some(volume),
         }
     }
@@ -121,6 +129,8 @@ pub struct Response {
     pub served: Option<Vec<Served>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<Vec<crate::snapshot::SnapshotInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ferry_pr::PrState>,
 }
 
 impl Response {
@@ -227,6 +237,14 @@ impl Registry {
                     ..Default::default()
                 }
             }
+            Request::Reservations { clear, .. } => match lun.reservations_report(*clear) {
+                Ok(state) => Response {
+                    ok: true,
+                    reservations: Some(state),
+                    ..Default::default()
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
         }
     }
 }

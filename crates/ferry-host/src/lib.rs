@@ -15,5 +15,6 @@ pub mod snapshot;
 pub mod spec;
 
 pub use control::{ControlServer, Registry, Request, Response};
+pub use ferry_pr;
 pub use lun::{Lun, StartOptions};
 pub use spec::VolumeSpec;

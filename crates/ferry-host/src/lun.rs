@@ -295,14 +295,23 @@ impl Lun {
         })
     }
 
-    /// Replaces the reservations (an administrator clearing them).
-    pub fn replace_reservations(&self, state: ferry_pr::PrState) -> Result<()> {
-        self.reservations
-            .replace(state, &|b| self.save_reservations(b))
-            .map_err(|why| Error::Corrupt {
-                what: format!("persistent reservations of {}", self.spec),
-                why,
-            })
+    /// The reservations; with `clear`, an administrator's forced clear
+    /// first (saved before it is enforced, like any PR OUT).
+    pub fn reservations_report(&self, clear: bool) -> Result<ferry_pr::PrState> {
+        if clear {
+            let next = self.reservations.state().cleared();
+            self.reservations
+                .replace(next, &|b| self.save_reservations(b))
+                .map_err(|why| Error::Corrupt {
+                    what: format!("persistent reservations of {}", self.spec),
+                    why,
+                })?;
+            log::warn!(
+                "{}: persistent reservations cleared by an administrator",
+                self.spec
+            );
+        }
+        Ok(self.reservations.state())
     }
 
     /// The configured spec.

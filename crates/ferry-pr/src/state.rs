@@ -225,6 +225,21 @@ impl PrState {
         Some(self.attentions.remove(at).asc)
     }
 
+    /// What an administrator's forced clear leaves: no registrations and
+    /// no reservation, as after PR OUT CLEAR, with RESERVATIONS PREEMPTED
+    /// owed to every nexus that was registered.
+    pub fn cleared(&self) -> PrState {
+        let mut next = PrState {
+            generation: self.generation.wrapping_add(1),
+            aptpl: self.aptpl,
+            ..PrState::default()
+        };
+        for r in &self.registrations {
+            next.attention(r.nexus.clone(), 0x2a03);
+        }
+        next
+    }
+
     /// Nothing to check: no reservation and no unit attention pending.
     pub fn is_quiet(&self) -> bool {
         self.reservation.is_none() && self.attentions.is_empty()

@@ -1,0 +1,95 @@
+//! `ferry pr ...`: a LUN's persistent reservations as the initiators made
+//! them, read from (or cleared in) the process serving it, or from the
+//! volume's metadata when nobody serves it.
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use ferry_host::control::{call, find_host, Request};
+use ferry_host::ferry_pr::PrState;
+use ferry_host::{Lun, VolumeSpec};
+
+#[derive(Subcommand)]
+pub enum PrCmd {
+    /// Show registrations, the reservation and the generation.
+    Show(PrArgs),
+    /// Drop every registration and the reservation (for a LUN a dead or
+    /// fenced host still holds); registered hosts see RESERVATIONS
+    /// PREEMPTED, as after a PR OUT CLEAR.
+    Clear(PrArgs),
+}
+
+#[derive(Args)]
+pub struct PrArgs {
+    /// The volume (the LUN's spec).
+    pub volume: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: PrCmd) -> Result<()> {
+    let (a, clear) = match cmd {
+        PrCmd::Show(a) => (a, false),
+        PrCmd::Clear(a) => (a, true),
+    };
+    let spec = VolumeSpec::parse(&a.volume)?;
+    let state = match find_host(&spec.to_string()) {
+        Some(sock) => {
+            let req = Request::Reservations {
+                volume: spec.to_string(),
+                clear,
+            };
+            let r = call(&sock, &req).with_context(|| format!("asking {}", sock.display()))?;
+            if !r.ok {
+                bail!("{}", r.error.unwrap_or_default());
+            }
+            r.reservations.unwrap_or_default()
+        }
+        None if clear => {
+            // Nobody serves it: write the cleared state straight to the
+            // volume's metadata, which also replaces a document too
+            // damaged to open the LUN with.
+            let (_, served) = ferry_host::lun::resolve(&spec)?;
+            let store = served.store()?;
+            let old = store
+                .load_reservations()?
+                .and_then(|b| PrState::decode(&b).ok())
+                .unwrap_or_default();
+            let next = old.cleared();
+            store.store_reservations(&next.encode())?;
+            next
+        }
+        None => {
+            let lun = Lun::open_with(&spec.to_string(), false)
+                .with_context(|| format!("opening {spec}"))?;
+            lun.reservations().state()
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(());
+    }
+    if clear {
+        println!("{spec}: persistent reservations cleared");
+    }
+    println!("generation {}", state.generation);
+    match &state.reservation {
+        None => println!("reservation: none"),
+        Some(r) => println!(
+            "reservation: {:?} (type {}) held by {}",
+            r.kind,
+            r.kind.code(),
+            r.holder
+                .as_ref()
+                .map_or("every registrant".to_string(), |h| h.to_string())
+        ),
+    }
+    println!("registrations: {}", state.registrations.len());
+    for r in &state.registrations {
+        let holder = if state.is_holder(&r.nexus) {
+            "  holder"
+        } else {
+            ""
+        };
+        println!("  {:#018x}  {}{holder}", r.key, r.nexus);
+    }
+    Ok(())
+}
