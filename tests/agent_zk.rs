@@ -514,8 +514,13 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
 /// fenced first: blocklisted in the OSD map and its exclusive lock
 /// broken, so it could not write even if it were only partitioned.
 #[cfg(feature = "rbd")]
+/// Two gateway nodes and an RBD LUN: the node taking over fences the
+/// dead node's client, and the persistent reservation two hosts made
+/// through the dead node holds through the new one.
 #[test]
 fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
+    use common::pr::{connect_to, prout, read_reservation, write_status, HOST_A, HOST_B};
+    use ferry_initiator::ScsiStatus;
     if !common::require("tgtd") {
         return;
     }
@@ -545,7 +550,9 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
             "--nodes", "a,b",
         ],
     );
-    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "r1"]);
+    for host in [INITIATOR, HOST_A, HOST_B] {
+        ferry(&url, &["map", "initiator", "add", host, "--lun", "r1"]);
+    }
     let v = show(&url)["version"].as_i64().unwrap();
     wait_map(&url, Duration::from_secs(20), "r1 served by a", |s| {
         serves(s, "a", "r1", v)
@@ -554,6 +561,15 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
         &iscsi(&["write-pattern", &nodes["a"].url(1), "--seed", "7"]),
         "write-pattern via a",
     );
+    // Host A holds Write Exclusive through node a; host B is registered.
+    {
+        let mut a = connect_to(&nodes["a"].url(1), HOST_A, 1);
+        let mut b = connect_to(&nodes["a"].url(1), HOST_B, 2);
+        assert_eq!(prout(&mut a, 0, 0, 0, 0xa), ScsiStatus::Good);
+        assert_eq!(prout(&mut b, 0, 0, 0, 0xb), ScsiStatus::Good);
+        assert_eq!(prout(&mut a, 1, 1, 0xa, 0), ScsiStatus::Good);
+        assert_eq!(write_status(&mut b), ScsiStatus::ReservationConflict);
+    }
 
     nodes.get_mut("a").unwrap().kill9();
     wait_map(
@@ -574,6 +590,16 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
         &iscsi(&["verify-pattern", &b.url(1), "--seed", "7"]),
         "pattern via b",
     );
+    // The reservation made through a is enforced by b: the hosts log in
+    // to b's portal as the same initiator ports.
+    let mut host_a = connect_to(&b.url(1), HOST_A, 1);
+    let mut host_b = connect_to(&b.url(1), HOST_B, 2);
+    assert_eq!(read_reservation(&mut host_b), Some((0xa, 1)));
+    assert_eq!(write_status(&mut host_b), ScsiStatus::ReservationConflict);
+    assert_eq!(write_status(&mut host_a), ScsiStatus::Good);
+    // A lets go (CLEAR), so the unregistered test initiator may write.
+    assert_eq!(prout(&mut host_a, 3, 0, 0xa, 0), ScsiStatus::Good);
+    drop((host_a, host_b));
     check(
         &iscsi(&["write-pattern", &b.url(1), "--seed", "8"]),
         "write-pattern via b",

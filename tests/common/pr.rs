@@ -12,12 +12,17 @@ pub const HOST_B: &str = "iqn.2026-11.org.ferry:host-b";
 /// Logs `name` in to LUN 1 of target 1 with a fixed ISID: the same
 /// initiator port every time, as a real host's would be.
 pub fn connect(t: &Tgtd, name: &str, isid: u32) -> Session {
+    connect_to(&t.url(1, 1), name, isid)
+}
+
+/// Logs `name` in to `url` with a fixed ISID.
+pub fn connect_to(url: &str, name: &str, isid: u32) -> Session {
     let opts = ConnectOptions {
         initiator_name: name.to_string(),
         timeout: Duration::from_secs(10),
         isid: Some(isid),
     };
-    Session::connect_with(&t.url(1, 1), &opts).unwrap()
+    Session::connect_with(url, &opts).unwrap()
 }
 
 pub fn prout(s: &mut Session, action: u8, kind: u8, key: u64, sa_key: u64) -> ScsiStatus {
