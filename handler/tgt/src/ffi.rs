@@ -135,6 +135,14 @@ pub const LU_OPS: usize = 176;
 /// field.
 pub const DEVICE_TYPE_OPERATIONS_SIZE: usize = 24;
 
+/// The leading fields of `struct it_nexus` (target.h): the nexus id and
+/// its creation time, unique together even when tgtd reuses an id.
+#[repr(C)]
+pub struct ItNexus {
+    pub itn_id: u64,
+    pub ctime: std::ffi::c_long,
+}
+
 /// The leading fields of `struct target` (target.h).
 #[repr(C)]
 pub struct Target {
@@ -297,6 +305,7 @@ mod tests {
         assert_eq!(DEVICE_TYPE_OPERATIONS_SIZE, 24);
         const { assert!(LU_OPS + 256 * DEVICE_TYPE_OPERATIONS_SIZE < LU_ATTRS) };
         assert_eq!(offset_of!(Target, tid), 8);
+        assert_eq!(offset_of!(ItNexus, ctime), 8);
         assert_eq!(offset_of!(ScsiCmd, c_target), 0);
     }
 

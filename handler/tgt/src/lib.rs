@@ -52,6 +52,8 @@ struct LunSlot {
     page_mode: Option<ferry_core::CacheMode>,
     /// tgtd's handlers of the LU's opcodes (see `pr.rs`).
     saved_ops: pr::SavedOps,
+    /// The nexus names of the LU's sessions (see `pr.rs`).
+    nexus_names: pr::NexusNames,
 }
 
 /// The `bs_datasize` area of an LU holds one pointer to its [`LunSlot`].

@@ -16,9 +16,12 @@
 //!   unit attention is owed, that check is one atomic load.
 //!
 //! tgtd's own PR state stays empty, so its access check always passes.
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
+use std::sync::Arc;
 
 use ferry_pr::{Nexus, Refusal};
+use parking_lot::Mutex;
 
 use crate::ffi::{self, CmdPerform, ScsiCmd, ScsiLu};
 use crate::{slot_ptr, LunSlot};
@@ -63,6 +66,48 @@ pub unsafe fn install(lu: *mut ScsiLu) -> SavedOps {
         }
     }
     saved
+}
+
+/// Names of the nexuses seen, by tgtd's (nexus id, creation time): the
+/// name is the same for every command of a session, and working it out
+/// (a session lookup and string formatting on tgtd's main thread) would
+/// otherwise be paid per command while a reservation exists. The key
+/// cannot name two sessions: tgtd hands session ids (TSIHs) out in
+/// rotation, so one comes back only after 65535 other sessions, never
+/// within the creation time's one-second resolution.
+#[derive(Default)]
+pub struct NexusNames(Mutex<HashMap<(u64, std::ffi::c_long), Arc<Nexus>>>);
+
+/// Sessions remembered before the cache starts over (ended sessions are
+/// never told about, so this bounds the memory).
+const NEXUS_CACHE: usize = 4096;
+
+impl NexusNames {
+    /// The nexus of `cmd`.
+    ///
+    /// # Safety
+    /// `cmd` is a live command on tgtd's main thread.
+    pub unsafe fn of(&self, cmd: *mut ScsiCmd) -> Arc<Nexus> {
+        // SAFETY: per the contract; it_nexus is the command's session.
+        let key = unsafe {
+            let itn = (*cmd).it_nexus.cast::<ffi::ItNexus>();
+            if itn.is_null() {
+                return Arc::new(nexus_of(cmd));
+            }
+            ((*itn).itn_id, (*itn).ctime)
+        };
+        let mut names = self.0.lock();
+        if let Some(n) = names.get(&key) {
+            return n.clone();
+        }
+        if names.len() >= NEXUS_CACHE {
+            names.clear();
+        }
+        // SAFETY: per the contract.
+        let n = Arc::new(unsafe { nexus_of(cmd) });
+        names.insert(key, n.clone());
+        n
+    }
 }
 
 /// The I_T nexus of `cmd`, named as on every gateway: the initiator port
@@ -172,7 +217,7 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             };
             if let Some(state) = &slot.state {
                 if !state.lun.reservations().is_quiet() {
-                    let nexus = nexus_of(cmd);
+                    let nexus = slot.nexus_names.of(cmd);
                     if let Err(refusal) = state.lun.pr_check(&nexus, cdb) {
                         log::debug!("opcode {op:#04x} from {nexus}: {refusal:?}");
                         return refuse(cmd, refusal);
@@ -195,7 +240,10 @@ unsafe extern "C" fn perform_pr(_host_no: c_int, cmd: *mut ScsiCmd) -> c_int {
         }
         // SAFETY: as in perform_checked.
         unsafe {
-            let nexus = nexus_of(cmd);
+            let nexus = match slot_of(cmd) {
+                Some(slot) => (*slot.nexus_names.of(cmd)).clone(),
+                None => nexus_of(cmd),
+            };
             match crate::submit(cmd, Some(nexus)) {
                 0 => ffi::SAM_STAT_GOOD,
                 _ => {

@@ -45,6 +45,10 @@ struct Cli {
     /// Initiator name to log in with.
     #[arg(long, global = true, default_value = DEFAULT_INITIATOR)]
     initiator: String,
+    /// A fixed ISID (hex, 24 bits), so each run is the same initiator
+    /// port to persistent reservations; default: libiscsi picks one.
+    #[arg(long, global = true, value_parser = parse_hex24)]
+    isid: Option<u32>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -79,6 +83,47 @@ enum Cmd {
     Checksum { url: String },
     /// Verifying async load (prints a JSON summary), or --verify-log.
     Load(LoadArgs),
+    /// Send PERSISTENT RESERVE OUT commands, in order, in one session,
+    /// and print the status each ended in (exit 1 at the first one that
+    /// is not GOOD): register, reserve, release, clear, preempt,
+    /// preempt-and-abort, register-and-ignore.
+    PrOut {
+        url: String,
+        #[arg(required = true)]
+        actions: Vec<PrAction>,
+        /// Reservation type (1 WE, 3 EA, 5 WE-RO, 6 EA-RO, 7 WE-AR, 8 EA-AR).
+        #[arg(long, default_value_t = 0)]
+        r#type: u8,
+        /// RESERVATION KEY (hex).
+        #[arg(long, default_value = "0", value_parser = parse_hex64)]
+        key: u64,
+        /// SERVICE ACTION RESERVATION KEY (hex).
+        #[arg(long, default_value = "0", value_parser = parse_hex64)]
+        sa_key: u64,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+/// PR OUT service actions, valued as SPC-4's SERVICE ACTION codes.
+enum PrAction {
+    Register = 0,
+    Reserve = 1,
+    Release = 2,
+    Clear = 3,
+    Preempt = 4,
+    PreemptAndAbort = 5,
+    RegisterAndIgnore = 6,
+}
+
+fn parse_hex64(s: &str) -> std::result::Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_hex24(s: &str) -> std::result::Result<u32, String> {
+    match parse_hex64(s)? {
+        v if v <= 0xff_ffff => Ok(v as u32),
+        _ => Err(format!("{s:?} is more than 24 bits")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -155,7 +200,7 @@ fn connect(cli: &Cli, url: &str) -> Result<Session> {
     let opts = ConnectOptions {
         initiator_name: cli.initiator.clone(),
         timeout: Duration::from_secs(cli.timeout.max(1)),
-        isid: None,
+        isid: cli.isid,
     };
     Ok(Session::connect_with(url, &opts)?)
 }
@@ -279,6 +324,30 @@ fn run(cli: Cli) -> Result<Verdict> {
                     Ok(Verdict::Ok)
                 }
             }
+        }
+        Cmd::PrOut {
+            url,
+            actions,
+            r#type,
+            key,
+            sa_key,
+        } => {
+            let mut s = connect(&cli, url)?;
+            let mut params = [0u8; 24];
+            params[0..8].copy_from_slice(&key.to_be_bytes());
+            params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+            for action in actions {
+                let cdb = [0x5f, *action as u8, *r#type & 0x0f, 0, 0, 0, 0, 0, 24, 0];
+                let r = s.raw_cdb(&cdb, Some(&params), 0)?;
+                match r.sense {
+                    Some(sense) => println!("{action:?}: {:?} {}", r.status, sense),
+                    None => println!("{action:?}: {:?}", r.status),
+                }
+                if !r.is_good() {
+                    return Ok(Verdict::Mismatch);
+                }
+            }
+            Ok(Verdict::Ok)
         }
         Cmd::Load(a) => {
             let mut s = connect(&cli, &a.url)?;

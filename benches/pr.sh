@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What enforcing a persistent reservation costs, against tgt's own rdwr
+# backing store (whose reservations tgtd enforces in its core), in one run
+# on one tgtd.
+#
+#   benches/pr.sh [SECONDS-PER-RUN]          (default 5; after scripts/setup.sh)
+#
+# Each store's LUN is measured with no reservation, then with a Write
+# Exclusive reservation held by another host: the benchmark's reads are
+# allowed, but every command is checked against the reservation first.
+# (Reads only: tgtd ties its registrations to a session, so a registered
+# writer cannot be set up for rdwr from another session; ferry's check
+# costs the same for every opcode.) Prints IOPS and the ratios
+# reserved/free per store (goal >= 0.95 for ferry) and ferry/rdwr with
+# the reservation.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=$here/target/release
+secs=${1:-5}
+port=${BENCH_PORT:-3292}
+work=$(mktemp -d /var/tmp/ferry-prbench.XXXXXX)
+export FERRY_RUN_DIR=$work/run
+iqn=iqn.2026-11.org.ferry:prbench
+holder=iqn.2026-11.org.ferry:holder
+bench=iqn.2026-11.org.ferry:bench
+
+cleanup() {
+  for tid in 1 2; do tgtadm -C "$port" --op delete --mode target --tid $tid --force >/dev/null 2>&1 || true; done
+  tgtadm -C "$port" --op delete --mode system >/dev/null 2>&1 || true
+  sleep 0.5
+  if [ -n "${tgtd_pid:-}" ]; then kill -9 "$tgtd_pid" 2>/dev/null; wait "$tgtd_pid" 2>/dev/null; fi || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+install -m 0755 "$bin/libbs_ferry.so" /usr/lib/tgt/backing-store/.bs_ferry.tmp
+mv /usr/lib/tgt/backing-store/.bs_ferry.tmp /usr/lib/tgt/backing-store/bs_ferry.so
+tgtd -f --iscsi portal=127.0.0.1:$port -C "$port" >"$work/tgtd.log" 2>&1 &
+tgtd_pid=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+dd if=/dev/urandom of="$work/rdwr.img" bs=1M count=256 status=none
+cp "$work/rdwr.img" "$work/ferry.img"
+for tid in 1 2; do
+  name=$([ $tid = 1 ] && echo rdwr || echo ferry)
+  tgtadm -C "$port" --lld iscsi --op new --mode target --tid $tid -T "$iqn:$name"
+  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid $tid -I ALL
+done
+tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rdwr --backing-store "$work/rdwr.img"
+tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 --bstype ferry --backing-store "file:$work/ferry.img"
+
+url() { echo "iscsi://127.0.0.1:$port/$iqn:$1/1"; }
+pr() { # store initiator isid args... (status must be GOOD)
+  local store=$1 who=$2 isid=$3; shift 3
+  "$bin/ferry-iscsi" --initiator "$who" --isid "$isid" pr-out "$(url "$store")" "$@" >/dev/null
+}
+measure() { # store qd readpct -> iops
+  "$bin/ferry-iscsi" --initiator "$bench" --isid 2 load "$(url "$1")" --seconds "$secs" \
+    --qd "$2" --block-size 4096 --read-pct "$3" --random --seed 3 |
+    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["iops"]))'
+}
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+
+declare -A free reserved
+workloads="4K-randread-qd32:32:100 4K-randread-qd1:1:100"
+# tgtd ties registrations to the session that made them, so each step
+# registers (ignoring any key) in its own session first.
+free_it() { pr "$1" "$holder" 1 register-and-ignore clear --key a1 --sa-key a1; }
+reserve_it() { pr "$1" "$holder" 1 register-and-ignore reserve --type 1 --key a1 --sa-key a1; }
+for w in $workloads; do
+  IFS=: read -r name qd pct <<<"$w"
+  for store in rdwr ferry; do
+    # Free, then reserved, twice each, alternating; the best of each.
+    f=0; r=0
+    for _ in 1 2; do
+      free_it "$store"
+      v=$(measure "$store" "$qd" "$pct"); [ "$v" -gt "$f" ] && f=$v
+      reserve_it "$store"
+      v=$(measure "$store" "$qd" "$pct"); [ "$v" -gt "$r" ] && r=$v
+    done
+    free[$name.$store]=$f; reserved[$name.$store]=$r
+  done
+done
+printf '%-20s %10s %10s %10s %10s %12s %12s %14s\n' workload rdwr rdwr-resv ferry ferry-resv rdwr-r/free ferry-r/free ferry/rdwr-resv
+for w in $workloads; do
+  name=${w%%:*}
+  rf=${free[$name.rdwr]}; rr=${reserved[$name.rdwr]}; ff=${free[$name.ferry]}; fr=${reserved[$name.ferry]}
+  printf '%-20s %10s %10s %10s %10s %12s %12s %14s\n' "$name" "$rf" "$rr" "$ff" "$fr" \
+    "$(ratio "$rr" "$rf")" "$(ratio "$fr" "$ff")" "$(ratio "$fr" "$rr")"
+done
+echo "(IOPS; $secs s per run; reservation: Write Exclusive held by another host)"
