@@ -23,6 +23,10 @@ pub struct PrArgs {
     pub volume: String,
     #[arg(long)]
     pub json: bool,
+    /// Clear an RBD image's reservations here although another client
+    /// has it open (a gateway that is dead but not fenced yet).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(cmd: PrCmd) -> Result<()> {
@@ -44,9 +48,19 @@ pub fn run(cmd: PrCmd) -> Result<()> {
             r.reservations.unwrap_or_default()
         }
         None if clear => {
-            // Nobody serves it: write the cleared state straight to the
-            // volume's metadata, which also replaces a document too
-            // damaged to open the LUN with.
+            // Nobody here serves it: write the cleared state straight to
+            // the volume's metadata, which also replaces a document too
+            // damaged to open the LUN with. A gateway elsewhere serving it
+            // would keep enforcing (and saving) its own state, so that is
+            // refused.
+            let others = spec.other_clients()?;
+            if !others.is_empty() && !a.force {
+                bail!(
+                    "{spec} is open by {}: clear it on the gateway serving it, \
+                     or pass --force if that gateway is dead",
+                    others.join(", ")
+                );
+            }
             let (_, served) = ferry_host::lun::resolve(&spec)?;
             let store = served.store()?;
             let old = store

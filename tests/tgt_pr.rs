@@ -278,3 +278,72 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
     assert_eq!(read_reservation(&mut s), None);
     assert_eq!(write_status(&mut s), ScsiStatus::Good);
 }
+
+/// Fencing as `fence_scsi` does it: host B preempts-and-aborts host A
+/// while A writes at queue depth 16. Once B's command returns, nothing A
+/// sent lands any more: two reads of A's range a second apart agree, and
+/// A's writes fail from then on.
+#[test]
+fn preempt_and_abort_fences_a_writing_host_at_once() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    t.add_target(1);
+    check(
+        &t.add_ferry_lun(1, 1, &format!("file:{}", vol.display())),
+        "LUN",
+    );
+    {
+        let mut a = connect(&t, HOST_A, 1);
+        assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
+        assert_eq!(prout(&mut a, 1, 1, KEY_A, 0), ScsiStatus::Good);
+    }
+    const BLOCKS: u32 = 2048;
+    let load = Command::new(common::bin("ferry-iscsi"))
+        .args(["--initiator", HOST_A, "--isid", "1", "load", &t.url(1, 1)])
+        .args([
+            "--qd",
+            "16",
+            "--read-pct",
+            "0",
+            "--random",
+            "--seconds",
+            "5",
+        ])
+        .args(["--blocks", &BLOCKS.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut b = connect(&t, HOST_B, 2);
+    assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
+    assert_eq!(prout(&mut b, 5, 1, KEY_B, KEY_A), ScsiStatus::Good);
+    let snapshot = |s: &mut Session| -> Vec<u8> {
+        (0..BLOCKS / 256)
+            .flat_map(|i| s.read(u64::from(i) * 256, 256).unwrap())
+            .collect()
+    };
+    let first = snapshot(&mut b);
+    std::thread::sleep(Duration::from_secs(1));
+    let second = snapshot(&mut b);
+    assert!(
+        first == second,
+        "host A's writes landed after the preemption"
+    );
+    let out = load.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(summary["writes"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        summary["errors"].as_u64().unwrap() > 0,
+        "A kept writing after the preemption: {summary}"
+    );
+}

@@ -17,7 +17,7 @@ use ferry_core::{
     CacheMode, Copier, Error, Extent, MetaStore, MigratingVolume, MigrationPlan, MigrationState,
     Result, Volume,
 };
-use ferry_pr::{Nexus, Refusal, Reservations};
+use ferry_pr::{Nexus, PrState, Refusal, Reservations};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,12 @@ pub struct Lun {
     /// through the volume's own image handle), so they follow the LUN to
     /// whichever gateway opens it next. Moves to the target at commit.
     pr_store: Mutex<Arc<dyn MetaStore>>,
+    /// Orders commands around PR OUT: a command holds it shared from its
+    /// reservation check to the end of its I/O, a PR OUT exclusively. So
+    /// once PREEMPT (AND ABORT) or CLEAR returns, no command of a
+    /// preempted host that was checked before it is still running, and
+    /// none checked after it gets through: fencing is immediate.
+    pr_gate: RwLock<()>,
 }
 
 /// The cache mode of a LUN configured by hand (tgtadm without `cache=`,
@@ -199,6 +205,7 @@ impl Lun {
         Ok(Arc::new(Lun {
             reservations,
             pr_store: Mutex::new(pr_store),
+            pr_gate: RwLock::new(()),
             size: current.size(),
             spec,
             current: RwLock::new(current),
@@ -250,18 +257,33 @@ impl Lun {
 
     /// Whether `nexus` may run `cdb` (any command but PERSISTENT RESERVE
     /// IN/OUT): a unit attention owed to it, or RESERVATION CONFLICT.
+    /// Never waits on storage (front-ends call it on their event loop).
     pub fn pr_check(&self, nexus: &Nexus, cdb: &[u8]) -> std::result::Result<(), Refusal> {
-        self.reservations
-            .check(nexus, cdb, &|b| self.save_reservations(b))
+        self.reservations.check(nexus, cdb)
     }
 
-    /// PERSISTENT RESERVE OUT; the change is saved before this returns.
+    /// Runs `command` if `nexus` may run `cdb`, with PR OUT held off from
+    /// the check to the end of the command (see `pr_gate`).
+    pub fn pr_checked<T>(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        command: impl FnOnce() -> T,
+    ) -> std::result::Result<T, Refusal> {
+        let _gate = self.pr_gate.read();
+        self.reservations.check(nexus, cdb)?;
+        Ok(command())
+    }
+
+    /// PERSISTENT RESERVE OUT: the change is saved before this returns,
+    /// and every command checked before it has finished.
     pub fn pr_out(
         &self,
         nexus: &Nexus,
         cdb: &[u8],
         params: &[u8],
     ) -> std::result::Result<(), Refusal> {
+        let _gate = self.pr_gate.write();
         self.reservations
             .serve_out(nexus, cdb, params, &|b| self.save_reservations(b))
     }
@@ -273,21 +295,21 @@ impl Lun {
         cdb: &[u8],
         buf: &mut [u8],
     ) -> std::result::Result<usize, Refusal> {
-        self.reservations
-            .serve_in(nexus, cdb, buf, &|b| self.save_reservations(b))
+        self.reservations.serve_in(nexus, cdb, buf)
     }
 
     /// Moves the saved reservations to another volume's metadata `to`
     /// (the target of a commit, the clone of a restore): saved there
     /// first, then `switch` makes that volume the LUN's, then they are
-    /// saved only there. PR commands wait meanwhile, so none is saved to
-    /// the wrong side; if `switch` fails they stay where they were.
+    /// saved only there. PR OUT waits meanwhile (commands are still
+    /// checked), so no change is saved to the wrong side; if `switch`
+    /// fails they stay where they were.
     pub(crate) fn move_reservations(
         &self,
         to: Arc<dyn MetaStore>,
         switch: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        self.reservations.locked(|state| -> Result<()> {
+        self.reservations.serialized(|state| -> Result<()> {
             to.store_reservations(&state.encode())?;
             switch()?;
             *self.pr_store.lock() = to;
@@ -296,12 +318,12 @@ impl Lun {
     }
 
     /// The reservations; with `clear`, an administrator's forced clear
-    /// first (saved before it is enforced, like any PR OUT).
-    pub fn reservations_report(&self, clear: bool) -> Result<ferry_pr::PrState> {
+    /// first (saved before it is enforced, and fencing like a PR OUT).
+    pub fn reservations_report(&self, clear: bool) -> Result<PrState> {
         if clear {
-            let next = self.reservations.state().cleared();
+            let _gate = self.pr_gate.write();
             self.reservations
-                .replace(next, &|b| self.save_reservations(b))
+                .replace_with(PrState::cleared, &|b| self.save_reservations(b))
                 .map_err(|why| Error::Corrupt {
                     what: format!("persistent reservations of {}", self.spec),
                     why,
@@ -586,5 +608,65 @@ impl Drop for Lun {
                 c.stop();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    fn prout(action: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], [u8; 24]) {
+        let mut p = [0u8; 24];
+        p[0..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        ([0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], p)
+    }
+
+    /// The fencing order: PREEMPT AND ABORT returns only after the
+    /// preempted host's command in flight has finished, and that host's
+    /// next command is refused.
+    #[test]
+    fn preempt_and_abort_waits_for_commands_in_flight_then_fences() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.img");
+        ferry_file::FileVolume::create(&path, 1 << 20).unwrap();
+        let lun = Lun::open(&format!("file:{}", path.display())).unwrap();
+        let (a, b) = (Nexus::new("a,i,0x1", "t"), Nexus::new("b,i,0x2", "t"));
+        let write = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        for (who, key) in [(&a, 1u64), (&b, 2u64)] {
+            let (cdb, p) = prout(0, 0, 0, key);
+            lun.pr_out(who, &cdb, &p).unwrap();
+        }
+        let (cdb, p) = prout(1, 1, 1, 0); // a: Write Exclusive
+        lun.pr_out(&a, &cdb, &p).unwrap();
+        let (started_tx, started_rx) = mpsc::channel();
+        let finished = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                lun.pr_checked(&a, &write, || {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(300));
+                    Instant::now()
+                })
+            });
+            started_rx.recv().unwrap();
+            let (cdb, p) = prout(5, 1, 2, 1); // b preempts-and-aborts a
+            lun.pr_out(&b, &cdb, &p).unwrap();
+            let preempted = Instant::now();
+            let wrote = writer.join().unwrap().unwrap();
+            (wrote, preempted)
+        });
+        assert!(
+            finished.0 <= finished.1,
+            "the write ended after the preemption returned"
+        );
+        // a hears REGISTRATIONS PREEMPTED, then is refused.
+        assert!(matches!(
+            lun.pr_checked(&a, &write, || ()),
+            Err(Refusal::Check(_))
+        ));
+        assert_eq!(lun.pr_checked(&a, &write, || ()), Err(Refusal::Conflict));
+        assert_eq!(lun.pr_checked(&b, &write, || ()), Ok(()));
     }
 }

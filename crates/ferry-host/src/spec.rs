@@ -131,6 +131,17 @@ impl VolumeSpec {
         }
     }
 
+    /// Other clients with the volume open, for RBD (watchers); files say
+    /// none (an exclusive `flock` keeps a second server out instead).
+    pub fn other_clients(&self) -> Result<Vec<String>> {
+        match self {
+            VolumeSpec::File(_) => Ok(Vec::new()),
+            #[cfg(feature = "rbd")]
+            VolumeSpec::Rbd(s) => ferry_rbd::fence::other_clients(s)
+                .map_err(rbd_err("list clients of", &s.to_string())),
+        }
+    }
+
     /// Metadata store of the volume (for RBD this opens the image).
     pub fn store(&self) -> Result<Arc<dyn MetaStore>> {
         match self {

@@ -11,6 +11,10 @@ pub enum Class {
     Read,
     /// Everything that may change the medium or the LUN's state.
     Write,
+    /// RESERVE / RELEASE (6) and (10), the SPC-2 reservations: they
+    /// conflict for every nexus while any nexus is registered (SPC-4
+    /// 5.12.3 with CRH 0), so the two kinds never mix.
+    Legacy,
 }
 
 /// Classifies a CDB. Opcodes not listed are [`Class::Write`]: an
@@ -21,6 +25,7 @@ pub fn classify(cdb: &[u8]) -> Class {
     };
     let service_action = cdb.get(1).map_or(0, |b| b & 0x1f);
     match op {
+        0x16 | 0x17 | 0x56 | 0x57 => Class::Legacy,
         0x00 // TEST UNIT READY
         | 0x03 // REQUEST SENSE
         | 0x12 // INQUIRY
@@ -51,6 +56,9 @@ impl PrState {
     /// Whether `nexus` may run `cdb` now: `false` means RESERVATION
     /// CONFLICT.
     pub fn allows(&self, nexus: &Nexus, cdb: &[u8]) -> bool {
+        if classify(cdb) == Class::Legacy {
+            return self.registrations.is_empty();
+        }
         let Some(r) = &self.reservation else {
             return true;
         };
@@ -61,7 +69,7 @@ impl PrState {
             Class::Always => true,
             _ if r.kind.registrants_allowed() && self.is_registered(nexus) => true,
             Class::Read => !r.kind.exclusive_access(),
-            Class::Write => false,
+            Class::Write | Class::Legacy => false,
         }
     }
 }
@@ -85,5 +93,6 @@ mod tests {
         assert_eq!(classify(&[0x42; 10]), Class::Write); // UNMAP
         assert_eq!(classify(&[]), Class::Write);
         assert_eq!(classify(&[0xc7]), Class::Write); // vendor specific
+        assert_eq!(classify(&[0x16, 0, 0, 0, 0, 0]), Class::Legacy);
     }
 }

@@ -16,7 +16,8 @@
 //!   CAPABILITIES, READ FULL STATUS;
 //! - [`access`]: which other commands a reservation lets through;
 //! - [`Reservations`]: the state of one served LUN, shared by the
-//!   front-end's threads, saved before a change is acknowledged.
+//!   front-end's threads, saved before a change is acknowledged, checked
+//!   without waiting on storage.
 //!
 //! Plain safe Rust, tested from literal CDBs without a target.
 #![forbid(unsafe_code)]
@@ -46,10 +47,16 @@ pub enum Refusal {
 pub type Persist<'a> = &'a dyn Fn(&[u8]) -> Result<(), String>;
 
 /// The persistent reservations of one served LUN.
+///
+/// Two locks, so that checking a command never waits on storage: `state`
+/// is held only to read or swap the state; `changes` serializes the
+/// changes (PR OUT, an administrator's clear, moving the saved state),
+/// which save the next state with `state` free and swap it in after.
 pub struct Reservations {
     state: Mutex<PrState>,
+    changes: Mutex<()>,
     /// No reservation and no unit attention pending: every command may
-    /// run, and [`Reservations::check`] answers without taking the lock.
+    /// run, and [`Reservations::check`] answers without taking a lock.
     quiet: AtomicBool,
 }
 
@@ -64,6 +71,7 @@ impl Reservations {
         let quiet = AtomicBool::new(state.is_quiet());
         Reservations {
             state: Mutex::new(state),
+            changes: Mutex::new(()),
             quiet,
         }
     }
@@ -87,41 +95,61 @@ impl Reservations {
         self.state.lock().clone()
     }
 
-    /// Runs `f` with the state locked: no PR command is served meanwhile.
-    /// The host moves the saved state to another volume this way.
-    pub fn locked<T>(&self, f: impl FnOnce(&PrState) -> T) -> T {
-        f(&self.state.lock())
+    /// Runs `f` on the current state with changes held off (PR OUT waits;
+    /// commands are still checked). The host moves the saved state to
+    /// another volume this way.
+    pub fn serialized<T>(&self, f: impl FnOnce(&PrState) -> T) -> T {
+        let _changes = self.changes.lock();
+        let current = self.state();
+        f(&current)
     }
 
-    /// Replaces the whole state (an administrator's clear), saving first.
-    pub fn replace(&self, next: PrState, persist: Persist) -> Result<(), String> {
-        let mut state = self.state.lock();
+    /// Replaces the state with `change` of it (an administrator's clear),
+    /// saved first.
+    pub fn replace_with(
+        &self,
+        change: impl FnOnce(&PrState) -> PrState,
+        persist: Persist,
+    ) -> Result<(), String> {
+        let _changes = self.changes.lock();
+        let next = change(&self.state());
         persist(&next.encode())?;
+        self.install(next);
+        Ok(())
+    }
+
+    fn install(&self, next: PrState) {
+        let mut state = self.state.lock();
         self.quiet.store(next.is_quiet(), Ordering::Release);
         *state = next;
-        Ok(())
+    }
+
+    /// Removes the unit attention owed to `nexus`, if any, as sense.
+    ///
+    /// The removal is not saved: a unit attention reported twice (after a
+    /// failover before the next save) is harmless, and saving here would
+    /// put a storage write on the path of ordinary commands.
+    fn attention(&self, state: &mut PrState, nexus: &Nexus) -> Result<(), Refusal> {
+        match state.take_attention(nexus) {
+            Some(code) => {
+                self.quiet.store(state.is_quiet(), Ordering::Release);
+                Err(Refusal::Check(Sense::new(key::UNIT_ATTENTION, code)))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Decides whether `nexus` may run `cdb` (any command but PR IN/OUT,
     /// which [`Reservations::serve_in`] and [`Reservations::serve_out`]
     /// check themselves): a unit attention owed to the nexus is reported
     /// first, then reservation conflicts.
-    pub fn check(&self, nexus: &Nexus, cdb: &[u8], persist: Persist) -> Result<(), Refusal> {
+    pub fn check(&self, nexus: &Nexus, cdb: &[u8]) -> Result<(), Refusal> {
         if self.quiet.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut state = self.state.lock();
         if reports_attention(cdb) {
-            if let Some(code) = state.take_attention(nexus) {
-                // Best effort: a unit attention reported twice (after a
-                // failover before this save) is harmless; one lost is not
-                // worth failing the command for.
-                if let Err(e) = persist(&state.encode()) {
-                    log::warn!("could not save the PR state after a unit attention: {e}");
-                }
-                self.quiet.store(state.is_quiet(), Ordering::Release);
-                return Err(Refusal::Check(Sense::new(key::UNIT_ATTENTION, code)));
-            }
+            self.attention(&mut state, nexus)?;
         }
         if state.allows(nexus, cdb) {
             Ok(())
@@ -144,28 +172,32 @@ impl Reservations {
         params: &[u8],
         persist: Persist,
     ) -> Result<(), Refusal> {
+        let _changes = self.changes.lock();
+        self.attention(&mut self.state.lock(), nexus)?;
         let req = out::ProutRequest::parse(cdb, params)?;
+        let before = self.state();
+        let mut next = before.clone();
+        if next.apply(nexus, &req)? == out::Change::None {
+            return Ok(());
+        }
+        persist(&next.encode()).map_err(|e| {
+            log::error!("PR OUT from {nexus} not saved, so refused: {e}");
+            Refusal::Check(Sense::new(
+                key::HARDWARE_ERROR,
+                asc::INTERNAL_TARGET_FAILURE,
+            ))
+        })?;
+        log::info!(
+            "PR OUT {:?} from {nexus}: generation {}",
+            req.action,
+            next.generation
+        );
         let mut state = self.state.lock();
-        if let Some(code) = state.take_attention(nexus) {
-            let _ = persist(&state.encode());
-            self.quiet.store(state.is_quiet(), Ordering::Release);
-            return Err(Refusal::Check(Sense::new(key::UNIT_ATTENTION, code)));
-        }
-        let mut next = state.clone();
-        if next.apply(nexus, &req)? == out::Change::Changed {
-            persist(&next.encode()).map_err(|e| {
-                log::error!("PR OUT from {nexus} not saved, so refused: {e}");
-                Refusal::Check(Sense::new(
-                    key::HARDWARE_ERROR,
-                    asc::INTERNAL_TARGET_FAILURE,
-                ))
-            })?;
-            log::info!(
-                "PR OUT {:?} from {nexus}: generation {}",
-                req.action,
-                next.generation
-            );
-        }
+        // Unit attentions reported while this one was saved stay reported:
+        // keep the ones this command added, and the older ones only if
+        // still owed.
+        next.attentions
+            .retain(|a| !before.attentions.contains(a) || state.attentions.contains(a));
         self.quiet.store(next.is_quiet(), Ordering::Release);
         *state = next;
         Ok(())
@@ -173,20 +205,10 @@ impl Reservations {
 
     /// PERSISTENT RESERVE IN: fills `buf` (the initiator's allocation) and
     /// returns how many bytes are valid.
-    pub fn serve_in(
-        &self,
-        nexus: &Nexus,
-        cdb: &[u8],
-        buf: &mut [u8],
-        persist: Persist,
-    ) -> Result<usize, Refusal> {
-        let req = prin::PrinRequest::parse(cdb)?;
+    pub fn serve_in(&self, nexus: &Nexus, cdb: &[u8], buf: &mut [u8]) -> Result<usize, Refusal> {
         let mut state = self.state.lock();
-        if let Some(code) = state.take_attention(nexus) {
-            let _ = persist(&state.encode());
-            self.quiet.store(state.is_quiet(), Ordering::Release);
-            return Err(Refusal::Check(Sense::new(key::UNIT_ATTENTION, code)));
-        }
+        self.attention(&mut state, nexus)?;
+        let req = prin::PrinRequest::parse(cdb)?;
         let data = state.report(req.report);
         let n = data.len().min(req.allocation_length).min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);

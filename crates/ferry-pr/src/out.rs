@@ -260,10 +260,11 @@ impl PrState {
         }
     }
 
-    /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.12.11.4). The abort half has
-    /// nothing extra to do here: ferry completes every command it accepts
-    /// before answering the next PR OUT of the LUN, so no task of a
-    /// preempted nexus is left queued behind the preemption.
+    /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.12.11.4). The abort half is
+    /// the host's: `ferry_host::Lun` runs every PR OUT exclusive of the
+    /// LUN's commands, each of which is checked inside that exclusion, so
+    /// a preempted nexus's commands accepted before finish first and none
+    /// runs after.
     fn preempt(&mut self, nexus: &Nexus, req: &ProutRequest) -> Result<Change, Refusal> {
         self.check_key(nexus, req)?;
         let sa_key = req.service_action_key;

@@ -240,9 +240,10 @@ impl PrState {
         next
     }
 
-    /// Nothing to check: no reservation and no unit attention pending.
+    /// Nothing to check: no registration (which SPC-2 RESERVE and RELEASE
+    /// must respect), no reservation and no unit attention pending.
     pub fn is_quiet(&self) -> bool {
-        self.reservation.is_none() && self.attentions.is_empty()
+        self.registrations.is_empty() && self.reservation.is_none() && self.attentions.is_empty()
     }
 }
 

@@ -85,16 +85,13 @@ impl Lun {
     }
 
     fn check(&self, who: &Nexus, cdb: &[u8]) -> Result<(), Refusal> {
-        self.pr.check(who, cdb, &self.persist())
+        self.pr.check(who, cdb)
     }
 
     fn read(&self, who: &Nexus, action: u8) -> Vec<u8> {
         let mut buf = vec![0u8; 1024];
         let cdb = [0x5e, action, 0, 0, 0, 0, 0, 4, 0, 0];
-        let n = self
-            .pr
-            .serve_in(who, &cdb, &mut buf, &self.persist())
-            .unwrap();
+        let n = self.pr.serve_in(who, &cdb, &mut buf).unwrap();
         buf.truncate(n);
         buf
     }
@@ -265,6 +262,22 @@ fn holder_unregistering_releases_and_tells_registrants_only_types() {
 }
 
 #[test]
+fn spc2_reserve_and_release_conflict_while_anyone_is_registered() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    let release10 = [0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(lun.check(&b, &reserve6).is_ok());
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    for who in [&a, &b] {
+        assert_eq!(lun.check(who, &reserve6), conflict());
+        assert_eq!(lun.check(who, &release10), conflict());
+    }
+    lun.out(&a, REGISTER, 0, 1, 0).unwrap();
+    assert!(lun.check(&b, &release10).is_ok());
+}
+
+#[test]
 fn clear_drops_everything_and_tells_the_others() {
     let lun = Lun::new();
     let (a, b) = (nexus("a"), nexus("b"));
@@ -394,17 +407,9 @@ fn bad_parameter_lists_are_refused_without_change() {
     let mut buf = [0u8; 64];
     assert!(lun
         .pr
-        .serve_in(
-            &a,
-            &[0x5e, 4, 0, 0, 0, 0, 0, 0, 64, 0],
-            &mut buf,
-            &lun.persist()
-        )
+        .serve_in(&a, &[0x5e, 4, 0, 0, 0, 0, 0, 0, 64, 0], &mut buf)
         .is_err());
-    assert!(lun
-        .pr
-        .serve_in(&a, &[0x5e], &mut buf, &lun.persist())
-        .is_err());
+    assert!(lun.pr.serve_in(&a, &[0x5e], &mut buf).is_err());
     assert_eq!(lun.pr.state(), PrState::default());
     assert!(lun.saved.borrow().is_empty());
 }
@@ -435,9 +440,8 @@ fn saved_state_reloads_into_the_same_enforcement() {
     lun.out(&a, RESERVE, EA, 1, 0).unwrap();
     let saved = lun.saved.borrow().last().unwrap().encode();
     let again = Reservations::load(Some(&saved)).unwrap();
-    let none = |_: &[u8]| Ok(());
-    assert_eq!(again.check(&b, &READ10, &none), conflict());
-    assert!(again.check(&a, &WRITE10, &none).is_ok());
+    assert_eq!(again.check(&b, &READ10), conflict());
+    assert!(again.check(&a, &WRITE10).is_ok());
     assert!(Reservations::load(Some(b"garbage")).is_err());
     assert!(Reservations::load(None)
         .unwrap()
@@ -481,5 +485,41 @@ fn reports_capabilities_and_full_status() {
     // Allocation length truncates.
     let mut buf = [0u8; 64];
     let cdb = [0x5e, 0, 0, 0, 0, 0, 0, 0, 4, 0];
-    assert_eq!(lun.pr.serve_in(&a, &cdb, &mut buf, &lun.persist()), Ok(4));
+    assert_eq!(lun.pr.serve_in(&a, &cdb, &mut buf), Ok(4));
+}
+
+#[test]
+fn commands_are_checked_while_a_change_is_being_saved() {
+    // The save runs with the state free: a command checked meanwhile
+    // (here from inside the save; with the lock held this would
+    // deadlock) sees the state before the change, and a unit attention it
+    // takes is not handed out again once the change lands.
+    let lun = Lun::new();
+    let (a, b, c) = (nexus("a"), nexus("b"), nexus("c"));
+    lun.out(&a, REGISTER, 0, 0, 1).unwrap();
+    lun.out(&b, REGISTER, 0, 0, 2).unwrap();
+    lun.out(&c, REGISTER, 0, 0, 3).unwrap();
+    lun.out(&a, RESERVE, WE_RO, 1, 0).unwrap();
+    lun.out(&a, RELEASE, WE_RO, 1, 0).unwrap(); // b and c owed 2A/04
+    assert_eq!(lun.attentions(&b), vec![attention::RESERVATIONS_RELEASED]);
+    let seen = RefCell::new(Vec::new());
+    let persist = |bytes: &[u8]| {
+        seen.borrow_mut().push(lun.pr.check(&c, &WRITE10));
+        PrState::decode(bytes).map(|_| ())
+    };
+    // b preempts a's registration (no reservation exists).
+    lun.pr
+        .serve_out(&b, &cdb_out(PREEMPT, WE), &params(2, 1, 0), &persist)
+        .unwrap();
+    assert_eq!(
+        seen.into_inner(),
+        vec![Err(Refusal::Check(Sense::new(
+            key::UNIT_ATTENTION,
+            attention::RESERVATIONS_RELEASED
+        )))],
+        "c's pending unit attention was reported during the save"
+    );
+    assert!(lun.attentions(&c).is_empty(), "reported twice");
+    assert_eq!(lun.attentions(&a), vec![attention::REGISTRATIONS_PREEMPTED]);
+    assert_eq!(lun.keys(&b), vec![2, 3]);
 }

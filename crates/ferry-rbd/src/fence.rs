@@ -18,6 +18,21 @@ use crate::{RbdSpec, Result};
 /// within it; an hour is what `rbd lock rm` uses by default too.
 const BLOCKLIST_SECONDS: u32 = 3600;
 
+/// The other clients with `spec`'s image open (watchers), by address:
+/// a gateway serving it, or a dead one not fenced yet.
+pub fn other_clients(spec: &RbdSpec) -> Result<Vec<String>> {
+    let cluster = Cluster::connect(&spec.connect_options())?;
+    let io = cluster.ioctx(&spec.pool)?;
+    let image = Image::open(&io, &spec.image, None, true)?;
+    let me = i64::try_from(cluster.instance_id()).unwrap_or(-1);
+    Ok(image
+        .watchers()?
+        .into_iter()
+        .filter(|w| w.id != me)
+        .map(|w| format!("client.{} at {}", w.id, w.addr))
+        .collect())
+}
+
 /// Blocklists every other client with `spec`'s image open and breaks its
 /// lock; returns the addresses fenced.
 pub fn fence_other_clients(spec: &RbdSpec) -> Result<Vec<String>> {

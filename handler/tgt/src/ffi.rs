@@ -135,6 +135,17 @@ pub const LU_OPS: usize = 176;
 /// field.
 pub const DEVICE_TYPE_OPERATIONS_SIZE: usize = 24;
 
+/// `struct service_action` (tgtd.h): one entry of an opcode's service
+/// action list, which ends with a null `cmd_perform`.
+#[repr(C)]
+pub struct ServiceAction {
+    pub service_action: u32,
+    pub cmd_perform: Option<CmdPerform>,
+}
+
+/// Offset of `service_actions` in `struct device_type_operations`.
+pub const OPS_SERVICE_ACTIONS: usize = 8;
+
 /// The leading fields of `struct it_nexus` (target.h): the nexus id and
 /// its creation time, unique together even when tgtd reuses an id.
 #[repr(C)]
@@ -306,6 +317,8 @@ mod tests {
         const { assert!(LU_OPS + 256 * DEVICE_TYPE_OPERATIONS_SIZE < LU_ATTRS) };
         assert_eq!(offset_of!(Target, tid), 8);
         assert_eq!(offset_of!(ItNexus, ctime), 8);
+        assert_eq!(size_of::<ServiceAction>(), 16);
+        assert_eq!(offset_of!(ServiceAction, cmd_perform), 8);
         assert_eq!(offset_of!(ScsiCmd, c_target), 0);
     }
 

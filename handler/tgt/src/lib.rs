@@ -321,17 +321,17 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
             return -1;
         }
         // SAFETY: a live command on tgtd's main thread; its LU is ours.
-        unsafe { submit(cmd, None) }
+        unsafe { submit(cmd, false) }
     })
 }
 
-/// Hands `cmd` to the workers (a PR command with its nexus); 0 when
-/// accepted, -1 for HARDWARE ERROR.
+/// Hands `cmd` to the workers with the nexus that sent it (`pr`: a
+/// PERSISTENT RESERVE IN/OUT); 0 when accepted, -1 for HARDWARE ERROR.
 ///
 /// # Safety
 /// `cmd` is a live, non-null command of one of our LUs, on tgtd's main
 /// thread.
-unsafe fn submit(cmd: *mut ScsiCmd, nexus: Option<ferry_pr::Nexus>) -> c_int {
+unsafe fn submit(cmd: *mut ScsiCmd, pr: bool) -> c_int {
     // SAFETY: per the contract.
     unsafe {
         let lu = (*cmd).dev;
@@ -343,6 +343,9 @@ unsafe fn submit(cmd: *mut ScsiCmd, nexus: Option<ferry_pr::Nexus>) -> c_int {
             log::error!("a command for an LU that is not open; answering HARDWARE ERROR");
             return -1;
         };
+        // The worker checks the command against the reservations again,
+        // under the LUN's PR gate (see pr.rs), so it needs the nexus.
+        let nexus = (*slot).nexus_names.of(cmd);
         let cdb_len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
         let cdb = if (*cmd).scb.is_null() {
             Vec::new()
@@ -354,6 +357,7 @@ unsafe fn submit(cmd: *mut ScsiCmd, nexus: Option<ferry_pr::Nexus>) -> c_int {
         let job = runtime::Job {
             cmd: runtime::CmdPtr(cmd),
             nexus,
+            pr,
             lun: state,
             cdb,
             write_cache,

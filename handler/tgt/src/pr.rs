@@ -29,6 +29,35 @@ use crate::{slot_ptr, LunSlot};
 const PRIN: usize = 0x5e;
 const PROUT: usize = 0x5f;
 
+/// The service actions ferry answers, as REPORT SUPPORTED OPERATION
+/// CODES lists them (tgtd's own lists name REGISTER AND MOVE, which ferry
+/// refuses, and lack READ FULL STATUS and PREEMPT AND ABORT).
+struct ActionList<const N: usize>([ffi::ServiceAction; N]);
+// SAFETY: immutable after construction; tgtd only reads it.
+unsafe impl<const N: usize> Sync for ActionList<N> {}
+
+const fn action(service_action: u32) -> ffi::ServiceAction {
+    ffi::ServiceAction {
+        service_action,
+        cmd_perform: Some(perform_pr),
+    }
+}
+const END: ffi::ServiceAction = ffi::ServiceAction {
+    service_action: 0,
+    cmd_perform: None,
+};
+static PRIN_ACTIONS: ActionList<5> = ActionList([action(0), action(1), action(2), action(3), END]);
+static PROUT_ACTIONS: ActionList<8> = ActionList([
+    action(0),
+    action(1),
+    action(2),
+    action(3),
+    action(4),
+    action(5),
+    action(6),
+    END,
+]);
+
 /// tgtd's handlers of the LU's opcodes, before [`install`] replaced them.
 pub struct SavedOps(pub [Option<CmdPerform>; 256]);
 
@@ -60,6 +89,15 @@ pub unsafe fn install(lu: *mut ScsiLu) -> SavedOps {
             *orig = *entry;
             if op == PRIN || op == PROUT {
                 *entry = Some(perform_pr);
+                let list: *const ffi::ServiceAction = if op == PRIN {
+                    PRIN_ACTIONS.0.as_ptr()
+                } else {
+                    PROUT_ACTIONS.0.as_ptr()
+                };
+                *entry
+                    .cast::<u8>()
+                    .add(ffi::OPS_SERVICE_ACTIONS)
+                    .cast::<*const ffi::ServiceAction>() = list;
             } else if orig.is_some_and(|f| Some(f as usize) != illegal) {
                 *entry = Some(perform_checked);
             }
@@ -240,11 +278,7 @@ unsafe extern "C" fn perform_pr(_host_no: c_int, cmd: *mut ScsiCmd) -> c_int {
         }
         // SAFETY: as in perform_checked.
         unsafe {
-            let nexus = match slot_of(cmd) {
-                Some(slot) => (*slot.nexus_names.of(cmd)).clone(),
-                None => nexus_of(cmd),
-            };
-            match crate::submit(cmd, Some(nexus)) {
+            match crate::submit(cmd, true) {
                 0 => ffi::SAM_STAT_GOOD,
                 _ => {
                     let s = ferry_scsi::Sense::new(

@@ -38,8 +38,10 @@ unsafe impl Send for RawBuf {}
 /// One command to run.
 pub struct Job {
     pub cmd: CmdPtr,
-    /// For PERSISTENT RESERVE IN/OUT: the nexus that sent it.
-    pub nexus: Option<ferry_pr::Nexus>,
+    /// The nexus that sent it.
+    pub nexus: Arc<ferry_pr::Nexus>,
+    /// A PERSISTENT RESERVE IN/OUT.
+    pub pr: bool,
     pub lun: Arc<LunState>,
     pub cdb: Vec<u8>,
     pub write_cache: bool,
@@ -148,7 +150,7 @@ fn worker(rx: Receiver<Job>) {
                 log::error!("a command panicked; answering HARDWARE ERROR");
                 Err(Refusal::Check(hardware_error()))
             });
-        rt.complete(job.cmd, outcome, job.nexus.is_some());
+        rt.complete(job.cmd, outcome, job.pr);
     }
 }
 
@@ -189,11 +191,11 @@ fn run(job: &Job) -> Result<usize, Refusal> {
             },
         )
     };
-    if let Some(nexus) = &job.nexus {
-        let lun = &job.lun.lun;
+    let lun = &job.lun.lun;
+    if job.pr {
         return match job.cdb.first() {
-            Some(&ferry_pr::prin::OPCODE) => lun.pr_in(nexus, &job.cdb, data_in),
-            _ => lun.pr_out(nexus, &job.cdb, data_out).map(|()| 0),
+            Some(&ferry_pr::prin::OPCODE) => lun.pr_in(&job.nexus, &job.cdb, data_in),
+            _ => lun.pr_out(&job.nexus, &job.cdb, data_out).map(|()| 0),
         };
     }
     let cmd = match ferry_scsi::parse(&job.cdb).map_err(Refusal::Check)? {
@@ -207,7 +209,13 @@ fn run(job: &Job) -> Result<usize, Refusal> {
         cache_mode: job.cache_mode,
         caw_lock: &job.lun.caw,
     };
-    ferry_scsi::execute(&ctx, &cmd, data_out, data_in).map_err(Refusal::Check)
+    // Checked again here, where it runs: tgtd's main thread checked it at
+    // dispatch, but a PR OUT (PREEMPT AND ABORT fencing this host) may
+    // have completed since. Holding the gate to the end means no write of
+    // a preempted host lands after the preemption was acknowledged.
+    lun.pr_checked(&job.nexus, &job.cdb, || {
+        ferry_scsi::execute(&ctx, &cmd, data_out, data_in).map_err(Refusal::Check)
+    })?
 }
 
 /// tgtd event handler for the eventfd: completes finished commands. Runs
