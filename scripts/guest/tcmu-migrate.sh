@@ -244,7 +244,10 @@ done
 [ "$(state)" = copied ] || fail "migration not copied: $(ferry migrate status "$VOL" 2>&1)"
 log "migration copied ($(since "$t") s after the load started)"
 must ferry migrate commit "$VOL"
-ferry volume info "$VOL" --json | grep -q '"committed": true' ||
+# Output captured first: `ferry ... | grep -q` under pipefail fails when
+# grep exits at its match and ferry dies of SIGPIPE writing the rest.
+info=$(ferry volume info "$VOL" --json)
+grep -q '"committed": true' <<<"$info" ||
   fail "the source does not forward to the committed target: $(ferry volume info "$VOL" 2>&1)"
 log "committed"
 
@@ -307,7 +310,7 @@ wait_for() {
 }
 wait_for '[ -L "$TPG/lun/lun_1/ferry_1" ] && [ -d "$TPG/acls/$ME/lun_1" ]' "the agent did not export m1"
 [ -d "/sys/kernel/config/target/iscsi/$IQN" ] && fail "the agent left the unmapped target $IQN"
-wait_for 'ferry map show | grep -q "serving \[m1\]"' "the agent did not report serving m1"
+wait_for 'grep -q "serving \[m1\]" <<<"$(ferry map show)"' "the agent did not report serving m1"
 log "agent exported the map's LUN through LIO ($(since "$t") s)"
 must iscsiadm -m discovery -t st -p 127.0.0.1:3260
 must iscsiadm -m node -T "$IQN2" -p 127.0.0.1:3260 --login
