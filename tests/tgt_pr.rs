@@ -347,3 +347,38 @@ fn preempt_and_abort_fences_a_writing_host_at_once() {
         "A kept writing after the preemption: {summary}"
     );
 }
+
+/// A damaged reservations document keeps the LUN from opening with a
+/// message naming the way out, rather than serving it unreserved (hosts
+/// fencing each other would lose their fence); `ferry pr clear` on the
+/// volume replaces it and the LUN opens.
+#[test]
+fn a_damaged_reservations_document_blocks_the_lun_until_cleared() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("v.img");
+    let spec = format!("file:{}", vol.display());
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    std::fs::write(
+        dir.path().join("v.img.ferry-pr"),
+        b"{\"format\": 1, \"gener",
+    )
+    .unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    t.add_target(1);
+    let out = t.add_ferry_lun(1, 1, &spec);
+    assert!(!out.status.success(), "a LUN with damaged PR state opened");
+    let log = t.log_text();
+    assert!(log.contains("ferry pr clear"), "{log}");
+    let shown = ferry(&t, &["pr", "clear", &spec]);
+    assert!(shown.contains("cleared"), "{shown}");
+    check(&t.add_ferry_lun(1, 1, &spec), "the LUN after the clear");
+    let mut s = connect(&t, HOST_A, 1);
+    assert_eq!(read_keys(&mut s), (1, vec![]));
+    assert_eq!(write_status(&mut s), ScsiStatus::Good);
+}
