@@ -667,3 +667,65 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
         "snapshot delete",
     );
 }
+
+/// GET LBA STATUS is answered from the volume's allocation (tgtd's own
+/// looks at a file descriptor a ferry LU does not have): written 4 KiB
+/// units are mapped, unmapped ones deallocated, past the end is refused.
+#[test]
+fn get_lba_status_follows_writes_and_unmaps() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    let vol = dir.path().join("v.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    serve(&t, &format!("file:{}", vol.display()));
+    let mut s = Session::connect(&t.url(1, 1)).unwrap();
+    s.write(64, &[7u8; 64 * 512]).unwrap();
+    s.unmap(80, 16).unwrap();
+    let status = |s: &mut Session, lba: u64| -> Vec<(u64, u32, u8)> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x12;
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[10..14].copy_from_slice(&4096u32.to_be_bytes());
+        let r = s.raw_cdb(&cdb, None, 4096).unwrap();
+        assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+        let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+        assert_eq!(r.data.len(), len + 4, "the reply is exactly its length");
+        r.data[8..]
+            .chunks(16)
+            .map(|d| {
+                (
+                    u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                    u32::from_be_bytes(d[8..12].try_into().unwrap()),
+                    d[12],
+                )
+            })
+            .collect()
+    };
+    let blocks = 8 << 20 >> 9;
+    assert_eq!(
+        status(&mut s, 0),
+        vec![
+            (0, 64, 1),
+            (64, 16, 0),
+            (80, 16, 1),
+            (96, 32, 0),
+            (128, blocks - 128, 1)
+        ]
+    );
+    assert_eq!(status(&mut s, 90)[0], (90, 6, 1));
+    let mut beyond = [0u8; 16];
+    beyond[0] = 0x9e;
+    beyond[1] = 0x12;
+    beyond[2..10].copy_from_slice(&u64::from(blocks).to_be_bytes());
+    beyond[13] = 64;
+    let r = s.raw_cdb(&beyond, None, 64).unwrap();
+    let sense = r.sense.expect("sense");
+    assert_eq!((sense.key, sense.asc), (5, 0x21), "{r:?}");
+}

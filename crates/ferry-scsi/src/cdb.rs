@@ -28,6 +28,9 @@ pub mod op {
     pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
+    /// SERVICE ACTION IN(16); ferry handles its GET LBA STATUS action.
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
+    pub const SA_GET_LBA_STATUS: u8 = 0x12;
     pub const READ_12: u8 = 0xa8;
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_VERIFY_12: u8 = 0xae;
@@ -90,6 +93,12 @@ pub enum Command {
     PreFetch {
         lba: u64,
         blocks: u64,
+    },
+    /// Which blocks from `lba` on are mapped and which deallocated
+    /// (SBC-3 5.7); `alloc` is the allocation length.
+    GetLbaStatus {
+        lba: u64,
+        alloc: u32,
     },
 }
 
@@ -251,6 +260,12 @@ pub fn parse(cdb: &[u8]) -> Result<Option<Command>, Sense> {
         op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
             let (lba, blocks) = lba_len(cdb);
             Command::PreFetch { lba, blocks }
+        }
+        op::SERVICE_ACTION_IN_16 if cdb[1] & 0x1f == op::SA_GET_LBA_STATUS => {
+            Command::GetLbaStatus {
+                lba: be64(&cdb[2..]),
+                alloc: be32(&cdb[10..]) as u32,
+            }
         }
         _ => return Ok(None),
     };

@@ -201,7 +201,75 @@ pub fn execute(
             lun.range(lba, blocks)?;
             Ok(0)
         }
+        Command::GetLbaStatus { lba, alloc } => get_lba_status(lun, lba, alloc, data_in),
     }
+}
+
+/// How far one GET LBA STATUS looks: the last descriptor ends here and
+/// the initiator asks again from there (SBC-3 allows any split).
+const LBA_STATUS_WINDOW: u64 = 1 << 30;
+
+/// GET LBA STATUS (SBC-3 5.7): descriptors of mapped (0) and deallocated
+/// (1) runs of blocks, the first starting at `lba`. A block is mapped if
+/// any byte of it may hold data (`Volume::allocated`).
+fn get_lba_status(
+    lun: &LunContext<'_>,
+    lba: u64,
+    alloc: u32,
+    data_in: &mut [u8],
+) -> Result<usize, Sense> {
+    let capacity = lun.capacity_blocks();
+    if lba >= capacity {
+        return Err(Sense::out_of_range());
+    }
+    let shift = lun.block_shift;
+    let end = capacity.min(lba.saturating_add(LBA_STATUS_WINDOW >> shift));
+    let extents = lun
+        .volume
+        .allocated(lba << shift, (end - lba) << shift)
+        .map_err(read_err)?;
+    // Runs of (first block, blocks, status), merged where extents touch
+    // once rounded out to whole blocks.
+    let mut runs: Vec<(u64, u64, u8)> = Vec::new();
+    let mut push = |first: u64, last: u64, status: u8| {
+        if last <= first {
+            return;
+        }
+        match runs.last_mut() {
+            Some(r) if r.2 == status && r.0 + r.1 == first => r.1 += last - first,
+            _ => runs.push((first, last - first, status)),
+        }
+    };
+    let mut at = lba;
+    for e in &extents {
+        let first = (e.offset >> shift).max(at);
+        let last = e.end().div_ceil(1 << shift).min(end);
+        push(at, first, 1);
+        push(first.max(at), last, 0);
+        at = at.max(last);
+    }
+    push(at, end, 1);
+    // Each descriptor's block count is 32 bits. No more descriptors than
+    // the initiator takes (at least one): it asks again from the last.
+    let room = ((alloc as usize).saturating_sub(8) / 16).max(1);
+    let mut out = vec![0u8; 8];
+    for (first, blocks, status) in runs {
+        let mut first = first;
+        let mut left = blocks;
+        while left > 0 && (out.len() - 8) / 16 < room {
+            let n = left.min(u64::from(u32::MAX));
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+            out.extend_from_slice(&[status, 0, 0, 0]);
+            first += n;
+            left -= n;
+        }
+    }
+    let len = (out.len() - 4) as u32;
+    out[0..4].copy_from_slice(&len.to_be_bytes());
+    let n = out.len().min(alloc as usize).min(data_in.len());
+    data_in[..n].copy_from_slice(&out[..n]);
+    Ok(n)
 }
 
 /// Writes `len` bytes at `off` from `data`, flushing when asked or when
@@ -392,6 +460,69 @@ mod tests {
         let mut c = write10(lba, blocks);
         c[0] = 0x28;
         c
+    }
+
+    fn get_lba_status(lba: u64, alloc: u32) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = 0x9e;
+        c[1] = 0x12;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&alloc.to_be_bytes());
+        c
+    }
+
+    /// (lba, blocks, status) of each descriptor.
+    fn lba_status(data: &[u8]) -> Vec<(u64, u32, u8)> {
+        let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len + 4, data.len(), "parameter data length");
+        data[8..]
+            .chunks(16)
+            .map(|d| {
+                (
+                    u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                    u32::from_be_bytes(d[8..12].try_into().unwrap()),
+                    d[12],
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn get_lba_status_reports_mapped_and_deallocated_runs() {
+        let f = fixture();
+        // Blocks 8..16 (one 4 KiB unit) and 40..41 hold data.
+        run(&f, &write10(8, 8), &[1u8; 8 * 512], 0).unwrap();
+        run(&f, &write10(40, 1), &[1u8; 512], 0).unwrap();
+        let all = lba_status(&run(&f, &get_lba_status(0, 4096), &[], 4096).unwrap());
+        assert_eq!(
+            all,
+            vec![(0, 8, 1), (8, 8, 0), (16, 24, 1), (40, 8, 0), (48, 16, 1)],
+            "mapped in 4 KiB units, the rest deallocated"
+        );
+        // From the middle of a run: the first descriptor starts there.
+        let mid = lba_status(&run(&f, &get_lba_status(10, 4096), &[], 4096).unwrap());
+        assert_eq!(mid[0], (10, 6, 0));
+        // A small allocation gets as many whole descriptors as fit (at
+        // least one), with a consistent length.
+        let one = run(&f, &get_lba_status(0, 24), &[], 4096).unwrap();
+        assert_eq!(lba_status(&one), vec![(0, 8, 1)]);
+        let cut = run(&f, &get_lba_status(0, 20), &[], 4096).unwrap();
+        assert_eq!(cut.len(), 20);
+        // The last block is fine; one past it is out of range.
+        assert_eq!(
+            lba_status(&run(&f, &get_lba_status(BLOCKS - 1, 64), &[], 64).unwrap()),
+            vec![(BLOCKS - 1, 1, 1)]
+        );
+        for lba in [BLOCKS, u64::MAX] {
+            assert_eq!(
+                run(&f, &get_lba_status(lba, 64), &[], 64),
+                Err(Sense::out_of_range())
+            );
+        }
+        // Other SERVICE ACTION IN(16) actions are the SCSI core's.
+        let mut rc16 = get_lba_status(0, 32);
+        rc16[1] = 0x10;
+        assert_eq!(parse(&rc16), Ok(None));
     }
 
     /// A volume that counts flushes.

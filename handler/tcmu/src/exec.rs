@@ -200,8 +200,10 @@ impl DevState {
         write_cache: bool,
     ) -> Option<Completion> {
         let cmd = match ferry_scsi::parse(cdb) {
+            // GET LBA STATUS answers with data-in, which this path (for
+            // commands without any) has no buffer for: tcmu-runner's.
+            Ok(Some(ferry_scsi::Command::GetLbaStatus { .. })) | Ok(None) => return None,
             Ok(Some(cmd)) => cmd,
-            Ok(None) => return None,
             Err(s) => return Some(completion(Err(s))),
         };
         let ctx = LunContext {

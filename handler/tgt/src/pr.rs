@@ -262,6 +262,14 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
                     }
                 }
             }
+            // GET LBA STATUS is ferry's: tgtd's looks at holes of the LU's
+            // file descriptor, which a ferry LU does not have.
+            if op == 0x9e && cdb.get(1).map(|b| b & 0x1f) == Some(0x12) {
+                return match crate::submit(cmd, false) {
+                    0 => ffi::SAM_STAT_GOOD,
+                    _ => ffi::SAM_STAT_CHECK_CONDITION,
+                };
+            }
             match slot.saved_ops.0[op] {
                 Some(orig) => orig(host_no, cmd),
                 None => ffi::SAM_STAT_CHECK_CONDITION,

@@ -54,9 +54,10 @@ struct Done {
     cmd: CmdPtr,
     /// Bytes of data-in filled, or why the command failed.
     outcome: Result<usize, Refusal>,
-    /// The data-in length is the reply's, shorter than the buffer
-    /// (PERSISTENT RESERVE IN): tgtd must be told the residual.
-    short_data_in: bool,
+    /// The reply is shorter than the buffer (PR IN, GET LBA STATUS) and
+    /// tgtd must be told the residual; for reads and writes tgtd works
+    /// residuals out itself from the CDB and the expected length.
+    sized_reply: bool,
 }
 
 pub struct Runtime {
@@ -120,11 +121,11 @@ impl Runtime {
         }
     }
 
-    fn complete(&self, cmd: CmdPtr, outcome: Result<usize, Refusal>, short_data_in: bool) {
+    fn complete(&self, cmd: CmdPtr, outcome: Result<usize, Refusal>, sized_reply: bool) {
         self.done.lock().push(Done {
             cmd,
             outcome,
-            short_data_in,
+            sized_reply,
         });
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a valid u64 to our eventfd; a full
@@ -150,7 +151,11 @@ fn worker(rx: Receiver<Job>) {
                 log::error!("a command panicked; answering HARDWARE ERROR");
                 Err(Refusal::Check(hardware_error()))
             });
-        rt.complete(job.cmd, outcome, job.pr);
+        let sized_reply = job.pr
+            || (job.cdb.first() == Some(&ferry_scsi::cdb::op::SERVICE_ACTION_IN_16)
+                && job.cdb.get(1).map(|b| b & 0x1f)
+                    == Some(ferry_scsi::cdb::op::SA_GET_LBA_STATUS));
+        rt.complete(job.cmd, outcome, sized_reply);
     }
 }
 
@@ -233,7 +238,7 @@ unsafe extern "C" fn on_completions(fd: c_int, _events: c_int, _data: *mut c_voi
         for Done {
             cmd,
             outcome,
-            short_data_in,
+            sized_reply,
         } in batch
         {
             let cmd = cmd.0;
@@ -244,10 +249,11 @@ unsafe extern "C" fn on_completions(fd: c_int, _events: c_int, _data: *mut c_voi
                 let result = match outcome {
                     Ok(n) => {
                         (*cmd).sense_len = 0;
-                        if short_data_in {
+                        let len = (*cmd).in_sdb.length;
+                        if sized_reply {
                             // What scsi_set_in_resid_by_actual does: the
-                            // reply is n bytes of the initiator's buffer.
-                            let len = (*cmd).in_sdb.length;
+                            // reply is n bytes of the initiator's buffer
+                            // (fewer for PR IN and GET LBA STATUS).
                             let n = u32::try_from(n).unwrap_or(u32::MAX).min(len);
                             (*cmd).in_sdb.transfer_len = n;
                             (*cmd).in_sdb.resid = (len - n) as i32;
