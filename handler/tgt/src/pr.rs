@@ -16,6 +16,10 @@
 //!   unit attention is owed, that check is one atomic load.
 //!
 //! tgtd's own PR state stays empty, so its access check always passes.
+//!
+//! The same table takes GET LBA STATUS to the workers as well: tgtd's
+//! reads holes of the LU's file descriptor, which a ferry LU has none of,
+//! while `ferry_scsi` asks the volume.
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
