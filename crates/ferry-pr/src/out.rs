@@ -239,25 +239,22 @@ impl PrState {
         }
     }
 
-    /// Removes the registrations holding `key`, except the preemptor's
-    /// own, owing each REGISTRATIONS PREEMPTED. Returns how many.
-    fn remove_key(&mut self, preemptor: &Nexus, key: u64) -> usize {
+    /// Removes the registrations holding `key` (every one, for key zero)
+    /// except the preemptor's own, owing each REGISTRATIONS PREEMPTED.
+    /// Returns how many.
+    fn remove_keyed(&mut self, preemptor: &Nexus, key: u64) -> usize {
         let gone: Vec<Nexus> = self
             .registrations
             .iter()
-            .filter(|r| r.key == key && &r.nexus != preemptor)
+            .filter(|r| &r.nexus != preemptor && (key == 0 || r.key == key))
             .map(|r| r.nexus.clone())
             .collect();
-        self.remove_nexuses(&gone);
-        gone.len()
-    }
-
-    fn remove_nexuses(&mut self, gone: &[Nexus]) {
         self.registrations.retain(|r| !gone.contains(&r.nexus));
         self.attentions.retain(|a| !gone.contains(&a.nexus));
-        for nexus in gone {
+        for nexus in &gone {
             self.attention(nexus.clone(), attention::REGISTRATIONS_PREEMPTED);
         }
+        gone.len()
     }
 
     /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.12.11.4). The abort half is
@@ -268,49 +265,35 @@ impl PrState {
     fn preempt(&mut self, nexus: &Nexus, req: &ProutRequest) -> Result<Change, Refusal> {
         self.check_key(nexus, req)?;
         let sa_key = req.service_action_key;
-        let Some(current) = self.reservation.clone() else {
-            if sa_key == 0 {
-                return Err(invalid_parameter());
-            }
-            if self.remove_key(nexus, sa_key) == 0 {
-                return Err(Refusal::Conflict);
-            }
-            self.generation = self.generation.wrapping_add(1);
-            return Ok(Change::Changed);
+        // The type of the reservation the preemptor takes over, if it
+        // does: naming the holder's key, or key zero for the
+        // all-registrants types (every other registration goes then).
+        let taken = match &self.reservation {
+            None => None,
+            Some(r) if r.kind.all_registrants() => (sa_key == 0).then_some(r.kind),
+            Some(r) => (sa_key == self.reservation_key()).then_some(r.kind),
         };
-        let holder_key = self.reservation_key();
-        let takes_reservation = if current.kind.all_registrants() {
-            sa_key == 0
-        } else {
-            sa_key == holder_key
-        };
-        if takes_reservation {
-            let kind = req.reservation_type()?;
-            let gone: Vec<Nexus> = self
-                .registrations
-                .iter()
-                .filter(|r| &r.nexus != nexus && (sa_key == 0 || r.key == sa_key))
-                .map(|r| r.nexus.clone())
-                .collect();
-            self.remove_nexuses(&gone);
-            if kind != current.kind {
-                self.attention_to_registrants(nexus, attention::RESERVATIONS_RELEASED);
-                for g in &gone {
-                    // Those preempted hear that, not the release.
-                    self.attentions
-                        .retain(|a| !(&a.nexus == g && a.asc == attention::RESERVATIONS_RELEASED));
+        match taken {
+            Some(old) => {
+                let kind = req.reservation_type()?;
+                self.remove_keyed(nexus, sa_key);
+                if kind != old {
+                    // The preempted are no longer registrants: they hear
+                    // REGISTRATIONS PREEMPTED, the others the release.
+                    self.attention_to_registrants(nexus, attention::RESERVATIONS_RELEASED);
                 }
+                self.reservation = Some(Reservation {
+                    holder: (!kind.all_registrants()).then(|| nexus.clone()),
+                    kind,
+                });
             }
-            self.reservation = Some(Reservation {
-                holder: (!kind.all_registrants()).then(|| nexus.clone()),
-                kind,
-            });
-        } else {
-            if sa_key == 0 {
-                return Err(invalid_parameter());
-            }
-            if self.remove_key(nexus, sa_key) == 0 {
-                return Err(Refusal::Conflict);
+            None => {
+                if sa_key == 0 {
+                    return Err(invalid_parameter());
+                }
+                if self.remove_keyed(nexus, sa_key) == 0 {
+                    return Err(Refusal::Conflict);
+                }
             }
         }
         self.generation = self.generation.wrapping_add(1);

@@ -235,7 +235,10 @@ impl PrState {
             ..PrState::default()
         };
         for r in &self.registrations {
-            next.attention(r.nexus.clone(), 0x2a03);
+            next.attention(
+                r.nexus.clone(),
+                crate::out::attention::RESERVATIONS_PREEMPTED,
+            );
         }
         next
     }
