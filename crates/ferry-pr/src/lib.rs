@@ -29,7 +29,7 @@ pub mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ferry_scsi::sense::{asc, key, Sense};
+use ferry_scsi::sense::{key, Sense};
 use parking_lot::Mutex;
 
 pub use state::{Nexus, PrState, PrType, Registration, Reservation};
@@ -182,10 +182,7 @@ impl Reservations {
         }
         persist(&next.encode()).map_err(|e| {
             log::error!("PR OUT from {nexus} not saved, so refused: {e}");
-            Refusal::Check(Sense::new(
-                key::HARDWARE_ERROR,
-                asc::INTERNAL_TARGET_FAILURE,
-            ))
+            Refusal::Check(Sense::internal_failure())
         })?;
         log::info!(
             "PR OUT {:?} from {nexus}: generation {}",

@@ -3,6 +3,7 @@ use std::cell::RefCell;
 
 use super::*;
 use crate::out::attention;
+use ferry_scsi::sense::asc;
 
 const WE: u8 = 1;
 const EA: u8 = 3;
@@ -421,10 +422,7 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     *lun.fail_saves.borrow_mut() = true;
     assert_eq!(
         lun.out(&a, REGISTER, 0, 0, 1),
-        Err(Refusal::Check(Sense::new(
-            key::HARDWARE_ERROR,
-            asc::INTERNAL_TARGET_FAILURE
-        )))
+        Err(Refusal::Check(Sense::internal_failure()))
     );
     assert!(lun.pr.state().registrations.is_empty());
     *lun.fail_saves.borrow_mut() = false;

@@ -142,6 +142,13 @@ fn check_no_protect(cdb: &[u8]) -> Result<(), Sense> {
     Ok(())
 }
 
+/// Whether `cdb` is GET LBA STATUS (SERVICE ACTION IN(16), action 0x12),
+/// which front-ends route to ferry rather than their SCSI core.
+pub fn is_get_lba_status(cdb: &[u8]) -> bool {
+    cdb.first() == Some(&op::SERVICE_ACTION_IN_16)
+        && cdb.get(1).map(|b| b & 0x1f) == Some(op::SA_GET_LBA_STATUS)
+}
+
 /// Parses a CDB. `Ok(None)` means the opcode is not a block command this
 /// layer handles (the caller answers INVALID COMMAND OPERATION CODE or
 /// lets its SCSI core handle it).
@@ -261,12 +268,10 @@ pub fn parse(cdb: &[u8]) -> Result<Option<Command>, Sense> {
             let (lba, blocks) = lba_len(cdb);
             Command::PreFetch { lba, blocks }
         }
-        op::SERVICE_ACTION_IN_16 if cdb[1] & 0x1f == op::SA_GET_LBA_STATUS => {
-            Command::GetLbaStatus {
-                lba: be64(&cdb[2..]),
-                alloc: be32(&cdb[10..]) as u32,
-            }
-        }
+        op::SERVICE_ACTION_IN_16 if is_get_lba_status(cdb) => Command::GetLbaStatus {
+            lba: be64(&cdb[2..]),
+            alloc: be32(&cdb[10..]) as u32,
+        },
         _ => return Ok(None),
     };
     Ok(Some(cmd))

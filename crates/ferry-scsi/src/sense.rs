@@ -82,6 +82,11 @@ impl Sense {
     pub const fn invalid_opcode() -> Self {
         Sense::new(key::ILLEGAL_REQUEST, asc::INVALID_OPCODE)
     }
+    /// HARDWARE ERROR, INTERNAL TARGET FAILURE: the target's own fault
+    /// (a panic, a failed save), not the medium's.
+    pub const fn internal_failure() -> Self {
+        Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+    }
 
     /// Fixed-format sense data (SPC-4 4.5.3), 18 bytes.
     pub fn fixed(&self) -> [u8; 18] {
@@ -118,7 +123,7 @@ pub fn from_error(err: &ferry_core::Error, writing: bool) -> Sense {
         // not the medium's; the log says which.
         e => {
             log::error!("answering HARDWARE ERROR: {e}");
-            Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+            Sense::internal_failure()
         }
     }
 }

@@ -474,10 +474,7 @@ impl Queued {
                     "{}: a command panicked; answering HARDWARE ERROR",
                     state.spec
                 );
-                exec::completion(Err(ferry_scsi::Sense::new(
-                    ferry_scsi::sense::key::HARDWARE_ERROR,
-                    ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
-                )))
+                exec::completion(Err(ferry_scsi::Sense::internal_failure()))
             });
             // SAFETY: the command is live and ours to complete, once.
             unsafe { complete(tcmu, dev.0, cmd.0, c) };

@@ -325,6 +325,22 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
     })
 }
 
+/// The command's CDB (at most 32 bytes; empty without one).
+///
+/// # Safety
+/// `cmd` is a live command; the slice lives as long as it does.
+unsafe fn cdb_of<'a>(cmd: *mut ScsiCmd) -> &'a [u8] {
+    // SAFETY: scb points at scb_len bytes of CDB (or is null).
+    unsafe {
+        let len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
+        if (*cmd).scb.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts((*cmd).scb, len)
+        }
+    }
+}
+
 /// Hands `cmd` to the workers with the nexus that sent it (`pr`: a
 /// PERSISTENT RESERVE IN/OUT); 0 when accepted, -1 for HARDWARE ERROR.
 ///
@@ -346,12 +362,7 @@ unsafe fn submit(cmd: *mut ScsiCmd, pr: bool) -> c_int {
         // The worker checks the command against the reservations again,
         // under the LUN's PR gate (see pr.rs), so it needs the nexus.
         let nexus = (*slot).nexus_names.of(cmd);
-        let cdb_len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
-        let cdb = if (*cmd).scb.is_null() {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts((*cmd).scb, cdb_len).to_vec()
-        };
+        let cdb = cdb_of(cmd).to_vec();
         let cache_mode = state.lun.cache_mode();
         let write_cache = sync_write_cache(lu, slot, cache_mode);
         let job = runtime::Job {

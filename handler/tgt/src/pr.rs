@@ -253,7 +253,7 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             let Some(slot) = slot_of(cmd) else {
                 return ffi::SAM_STAT_CHECK_CONDITION;
             };
-            let cdb = cdb_of(cmd);
+            let cdb = crate::cdb_of(cmd);
             let Some(op) = cdb.first().map(|&b| b as usize) else {
                 return ffi::SAM_STAT_CHECK_CONDITION;
             };
@@ -268,11 +268,8 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             }
             // GET LBA STATUS is ferry's: tgtd's looks at holes of the LU's
             // file descriptor, which a ferry LU does not have.
-            if op == 0x9e && cdb.get(1).map(|b| b & 0x1f) == Some(0x12) {
-                return match crate::submit(cmd, false) {
-                    0 => ffi::SAM_STAT_GOOD,
-                    _ => ffi::SAM_STAT_CHECK_CONDITION,
-                };
+            if ferry_scsi::cdb::is_get_lba_status(cdb) {
+                return hand_over(cmd, false);
             }
             match slot.saved_ops.0[op] {
                 Some(orig) => orig(host_no, cmd),
@@ -289,33 +286,22 @@ unsafe extern "C" fn perform_pr(_host_no: c_int, cmd: *mut ScsiCmd) -> c_int {
             return ffi::SAM_STAT_CHECK_CONDITION;
         }
         // SAFETY: as in perform_checked.
-        unsafe {
-            match crate::submit(cmd, true) {
-                0 => ffi::SAM_STAT_GOOD,
-                _ => {
-                    let s = ferry_scsi::Sense::new(
-                        ferry_scsi::sense::key::HARDWARE_ERROR,
-                        ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
-                    );
-                    refuse(cmd, Refusal::Check(s))
-                }
-            }
-        }
+        unsafe { hand_over(cmd, true) }
     })
 }
 
-/// The command's CDB.
+/// Hands `cmd` to the workers (`pr`: a PERSISTENT RESERVE IN/OUT): GOOD
+/// with the command pending, or HARDWARE ERROR now.
 ///
 /// # Safety
-/// `cmd` is a live command; the slice lives as long as it does.
-unsafe fn cdb_of<'a>(cmd: *mut ScsiCmd) -> &'a [u8] {
-    // SAFETY: scb points at scb_len bytes of CDB (or is null).
+/// `cmd` is a live, non-null command of one of our LUs, on tgtd's main
+/// thread.
+unsafe fn hand_over(cmd: *mut ScsiCmd, pr: bool) -> c_int {
+    // SAFETY: per the contract.
     unsafe {
-        let len = usize::try_from((*cmd).scb_len).unwrap_or(0).min(32);
-        if (*cmd).scb.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts((*cmd).scb, len)
+        match crate::submit(cmd, pr) {
+            0 => ffi::SAM_STAT_GOOD,
+            _ => refuse(cmd, Refusal::Check(ferry_scsi::Sense::internal_failure())),
         }
     }
 }

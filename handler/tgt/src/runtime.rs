@@ -117,7 +117,11 @@ impl Runtime {
             // from hanging all the same.
             log::error!("no worker takes commands; answering HARDWARE ERROR");
             let job = e.into_inner();
-            self.complete(job.cmd, Err(Refusal::Check(hardware_error())), false);
+            self.complete(
+                job.cmd,
+                Err(Refusal::Check(Sense::internal_failure())),
+                false,
+            );
         }
     }
 
@@ -149,12 +153,9 @@ fn worker(rx: Receiver<Job>) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)))
             .unwrap_or_else(|_| {
                 log::error!("a command panicked; answering HARDWARE ERROR");
-                Err(Refusal::Check(hardware_error()))
+                Err(Refusal::Check(Sense::internal_failure()))
             });
-        let sized_reply = job.pr
-            || (job.cdb.first() == Some(&ferry_scsi::cdb::op::SERVICE_ACTION_IN_16)
-                && job.cdb.get(1).map(|b| b & 0x1f)
-                    == Some(ferry_scsi::cdb::op::SA_GET_LBA_STATUS));
+        let sized_reply = job.pr || ferry_scsi::cdb::is_get_lba_status(&job.cdb);
         rt.complete(job.cmd, outcome, sized_reply);
     }
 }
@@ -169,13 +170,6 @@ fn block_signals() {
         libc::sigfillset(&mut set);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-}
-
-fn hardware_error() -> Sense {
-    Sense::new(
-        ferry_scsi::sense::key::HARDWARE_ERROR,
-        ferry_scsi::sense::asc::INTERNAL_TARGET_FAILURE,
-    )
 }
 
 fn run(job: &Job) -> Result<usize, Refusal> {
