@@ -111,12 +111,6 @@ fn sha256_file(path: &Path) -> String {
         .to_string()
 }
 
-fn serve(t: &Tgtd, spec: &str) {
-    t.add_target(1);
-    let out = t.add_ferry_lun(1, 1, spec);
-    check(&out, "adding the ferry LUN");
-}
-
 #[test]
 fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
     if !common::require("tgtd") {
@@ -134,7 +128,7 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
         &ferry(&t, &["volume", "create", &src, "--size", SIZE]),
         "volume create",
     );
-    serve(&t, &src);
+    t.serve(&src);
     let url = t.url(1, 1);
     check(
         &iscsi(&["write-pattern", &url, "--seed", "7"]),
@@ -181,7 +175,7 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
     let out = l1.wait_with_output().unwrap();
     assert!(!out.status.success(), "the load should see the target die");
     t.restart();
-    serve(&t, &src); // the same configuration as before the crash
+    t.serve(&src); // the same configuration as before the crash
     let after = status(&t, &src);
     assert_eq!(after["state"], "copying", "{after}");
     assert!(
@@ -215,7 +209,7 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
     // committed target; writes continue.
     t.stop();
     t.restart();
-    serve(&t, &src);
+    t.serve(&src);
     assert_eq!(identity(&url), id0);
     check(
         &load(&url, 3, 2, &logs[3]).wait_with_output().unwrap(),
@@ -252,7 +246,7 @@ fn abort_over_iscsi_gives_the_source_every_write_back() {
         &ferry(&t, &["volume", "create", &src, "--size", SIZE]),
         "volume create",
     );
-    serve(&t, &src);
+    t.serve(&src);
     let url = t.url(1, 1);
     check(
         &iscsi(&["write-pattern", &url, "--seed", "7"]),
@@ -546,7 +540,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
         &ferry(&t, &["volume", "create", &vol, "--size", SIZE]),
         "volume create",
     );
-    serve(&t, &vol);
+    t.serve(&vol);
     let url = t.url(1, 1);
     let range0 = ["--offset-blocks", "0", "--blocks", &RANGE.to_string()];
     let pattern = |seed: &str, verb: &str| {
@@ -678,12 +672,7 @@ fn get_lba_status_follows_writes_and_unmaps() {
     }
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
-    let vol = dir.path().join("v.img");
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    serve(&t, &format!("file:{}", vol.display()));
+    t.serve(&common::file_volume(dir.path(), 8 << 20));
     let mut s = Session::connect(&t.url(1, 1)).unwrap();
     s.write(64, &[7u8; 64 * 512]).unwrap();
     s.unmap(80, 16).unwrap();

@@ -38,16 +38,7 @@ fn iscsi_test_cu_persistent_reserve_families_pass() {
     }
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
-    let vol = dir.path().join("v.img");
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    t.add_target(1);
-    check(
-        &t.add_ferry_lun(1, 1, &format!("file:{}", vol.display())),
-        "LUN",
-    );
+    t.serve(&common::file_volume(dir.path(), 64 << 20));
     let mut total = 0;
     for family in ["SCSI.Prin*", "SCSI.Prout*"] {
         let out = Command::new("iscsi-test-cu")
@@ -112,19 +103,10 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vol = dir.path().join("v.img");
-    let spec = format!("file:{}", vol.display());
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let serve = |t: &Tgtd| {
-        t.add_target(1);
-        check(&t.add_ferry_lun(1, 1, &spec), "LUN");
-    };
+    let spec = common::file_volume(dir.path(), 32 << 20);
 
     let mut gw1 = Tgtd::start(&dir.path().join("run1"));
-    serve(&gw1);
+    gw1.serve(&spec);
     {
         let mut a = connect(&gw1, HOST_A, 1);
         let mut b = connect(&gw1, HOST_B, 2);
@@ -144,14 +126,14 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
     // each PR OUT was acknowledged.
     gw1.kill9();
     gw1.restart();
-    serve(&gw1);
+    gw1.serve(&spec);
     assert_a_holds_write_exclusive(&gw1, "after tgtd SIGKILL");
 
     // Another gateway takes the LUN over (the same target name, another
     // tgtd with its own portal).
     gw1.stop();
     let mut gw2 = Tgtd::start(&dir.path().join("run2"));
-    serve(&gw2);
+    gw2.serve(&spec);
     assert_a_holds_write_exclusive(&gw2, "on another gateway");
 
     // A migration to another volume, committed: the reservations move
@@ -169,7 +151,7 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
     assert_a_holds_write_exclusive(&gw2, "after the commit");
     gw2.kill9();
     gw2.restart();
-    serve(&gw2);
+    gw2.serve(&spec);
     assert_a_holds_write_exclusive(&gw2, "after the commit and a restart");
 
     // B preempts A: A hears REGISTRATIONS PREEMPTED once, then is a
@@ -221,17 +203,8 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vol = dir.path().join("v.img");
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
-    t.add_target(1);
-    check(
-        &t.add_ferry_lun(1, 1, &format!("file:{}", vol.display())),
-        "LUN",
-    );
+    t.serve(&common::file_volume(dir.path(), 8 << 20));
     let mut s = connect(&t, HOST_A, 1);
     let sense_of = |s: &mut Session, cdb: &[u8], out: Option<&[u8]>| {
         let r = s
@@ -289,17 +262,8 @@ fn preempt_and_abort_fences_a_writing_host_at_once() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vol = dir.path().join("v.img");
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
-    t.add_target(1);
-    check(
-        &t.add_ferry_lun(1, 1, &format!("file:{}", vol.display())),
-        "LUN",
-    );
+    t.serve(&common::file_volume(dir.path(), 16 << 20));
     {
         let mut a = connect(&t, HOST_A, 1);
         assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
@@ -358,12 +322,7 @@ fn a_damaged_reservations_document_blocks_the_lun_until_cleared() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vol = dir.path().join("v.img");
-    let spec = format!("file:{}", vol.display());
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let spec = common::file_volume(dir.path(), 8 << 20);
     std::fs::write(
         dir.path().join("v.img.ferry-pr"),
         b"{\"format\": 1, \"gener",

@@ -123,8 +123,7 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
             .unwrap(),
         "create the RBD image",
     );
-    t.add_target(1);
-    check(&t.add_ferry_lun(1, 1, &src), "an RBD LUN");
+    t.serve(&src);
     let url = t.url(1, 1);
     // 65536 blocks of 512 bytes: the first 32 MiB get a pattern and a load.
     iscsi(&["write-pattern", &url, "--seed", "9", "--blocks", "65536"]);
@@ -243,8 +242,7 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
         &ferry_run(&t, &["volume", "create", &vol, "--size", "32M"]),
         "create the image",
     );
-    t.add_target(1);
-    check(&t.add_ferry_lun(1, 1, &vol), "an RBD LUN");
+    t.serve(&vol);
     let url = t.url(1, 1);
     iscsi(&["write-pattern", &url, "--seed", "7"]);
     check(
@@ -275,8 +273,7 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
     // The configured name survives a restart: it forwards to the clone.
     t.kill9();
     t.restart();
-    t.add_target(1);
-    check(&t.add_ferry_lun(1, 1, &vol), "the same LUN after a restart");
+    t.serve(&vol); // the same LUN after a restart
     iscsi(&["verify-pattern", &url, "--seed", "7"]);
     let info = check(
         &ferry_run(&t, &["volume", "info", &vol, "--json"]),
@@ -308,11 +305,7 @@ fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
         &ferry_run(&t, &["volume", "create", &vol, "--size", "16M"]),
         "create the image",
     );
-    let serve = |t: &Tgtd| {
-        t.add_target(1);
-        check(&t.add_ferry_lun(1, 1, &vol), "an RBD LUN");
-    };
-    serve(&t);
+    t.serve(&vol);
     {
         let mut a = connect(&t, HOST_A, 1);
         let mut b = connect(&t, HOST_B, 2);
@@ -351,6 +344,6 @@ fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
     check_state(&t, "on the restored clone");
     t.kill9();
     t.restart();
-    serve(&t);
+    t.serve(&vol);
     check_state(&t, "on the clone after a tgtd SIGKILL");
 }

@@ -88,6 +88,16 @@ pub fn install_plugin() {
     std::fs::rename(&tmp, &dest).unwrap();
 }
 
+/// A sparse file `v.img` of `bytes` in `dir`, as a volume spec.
+pub fn file_volume(dir: &Path, bytes: u64) -> String {
+    let path = dir.join("v.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(bytes)
+        .unwrap();
+    format!("file:{}", path.display())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -224,6 +234,13 @@ impl Tgtd {
             "--backing-store",
             spec,
         ])
+    }
+
+    /// Target 1 with `spec` as its LUN 1 (which must open).
+    pub fn serve(&self, spec: &str) {
+        self.add_target(1);
+        let out = self.add_ferry_lun(1, 1, spec);
+        check(&out, &format!("adding the ferry LUN {spec}"));
     }
 
     pub fn url(&self, tid: u32, lun: u32) -> String {
