@@ -131,19 +131,26 @@ impl FileStore {
             .map_err(io_err("syncing", dir))
     }
 
+    /// Takes the exclusive lock `name` in the store's directory; it is
+    /// held until the returned file is dropped.
+    fn lock(&self, name: &str) -> Result<fs::File, MapError> {
+        let path = self.dir.join(name);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        file.lock().map_err(io_err("locking", &path))?;
+        Ok(file)
+    }
+
     /// Runs `f` on the map under the store's lock and writes the result.
     fn locked<T>(
         &self,
         f: impl FnOnce(&mut MapFile) -> Result<T, MapError>,
     ) -> Result<T, MapError> {
-        let lock_path = self.dir.join("map.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
-        lock.lock().map_err(io_err("locking", &lock_path))?;
+        let _lock = self.lock("map.lock")?;
         let mut m = self.read_map()?;
         let out = f(&mut m)?;
         let bytes = serde_json::to_vec_pretty(&m).map_err(|e| MapError::invalid(e.to_string()))?;
@@ -392,14 +399,7 @@ impl MapStore for FileStore {
         // A stale claim (its process is gone) is replaced; a live one wins.
         // The check and the write happen under one lock of the owners
         // directory, so two claimants cannot both win.
-        let lock_path = self.dir.join("owners.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
-        lock.lock().map_err(io_err("locking", &lock_path))?;
+        let _lock = self.lock("owners.lock")?;
         match self.holder(&p) {
             Some(h) => Ok(h.node == node && h.pid == me.pid),
             None => self.write_atomic(&p, &bytes).map(|_| true),
