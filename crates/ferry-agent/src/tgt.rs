@@ -554,9 +554,8 @@ Target 4: iqn.2026-11.org.other:plain
         assert_eq!(t[1].acls, ["ALL".to_string()].into());
     }
 
-    #[test]
-    fn nothing_to_do_when_tgtd_matches() {
-        let shown = parse_show(SHOW);
+    /// The map's wish for exactly what `SHOW` holds, and its CHAP account.
+    fn wanted_as_shown() -> (BTreeMap<String, WantedTarget>, ChapCredential) {
         let chap = ChapCredential {
             user: "bob".into(),
             password: "0123456789ab".into(),
@@ -569,6 +568,13 @@ Target 4: iqn.2026-11.org.other:plain
                 chap: Some(chap.clone()),
             },
         )]);
+        (wanted, chap)
+    }
+
+    #[test]
+    fn nothing_to_do_when_tgtd_matches() {
+        let shown = parse_show(SHOW);
+        let (wanted, chap) = wanted_as_shown();
         let known = BTreeMap::from([(iqn(), chap)]);
         assert_eq!(diff(&shown, &wanted, &known), vec![]);
     }
@@ -645,18 +651,7 @@ Target 4: iqn.2026-11.org.other:plain
     #[test]
     fn unknown_chap_secret_is_reapplied() {
         let shown = parse_show(SHOW);
-        let chap = ChapCredential {
-            user: "bob".into(),
-            password: "0123456789ab".into(),
-        };
-        let wanted = BTreeMap::from([(
-            iqn(),
-            WantedTarget {
-                luns: BTreeMap::from([(1, ("l1".into(), "/tmp/probe.img".into()))]),
-                initiators: ["iqn.1994-05.com.redhat:host1".to_string()].into(),
-                chap: Some(chap.clone()),
-            },
-        )]);
+        let (wanted, chap) = wanted_as_shown();
         assert_eq!(
             diff(&shown, &wanted, &BTreeMap::new()),
             vec![TgtOp::Account { tid: 3, chap }]
