@@ -10,7 +10,7 @@
 //!
 //! Only the node holding the LUN's claim calls this, and only for a LUN
 //! its own target does not serve yet.
-use crate::image::Image;
+use crate::image::{Image, Watcher};
 use crate::rados::Cluster;
 use crate::{RbdSpec, Result};
 
@@ -24,12 +24,20 @@ pub fn other_clients(spec: &RbdSpec) -> Result<Vec<String>> {
     let cluster = Cluster::connect(&spec.connect_options())?;
     let io = cluster.ioctx(&spec.pool)?;
     let image = Image::open(&io, &spec.image, None, true)?;
+    Ok(watchers_besides(&cluster, &image)?
+        .into_iter()
+        .map(|w| format!("client.{} at {}", w.id, w.addr))
+        .collect())
+}
+
+/// The clients watching `image` other than this one (`cluster`'s).
+fn watchers_besides(cluster: &Cluster, image: &Image) -> Result<Vec<Watcher>> {
+    // Watcher ids are client global ids, like ours.
     let me = i64::try_from(cluster.instance_id()).unwrap_or(-1);
     Ok(image
         .watchers()?
         .into_iter()
         .filter(|w| w.id != me)
-        .map(|w| format!("client.{} at {}", w.id, w.addr))
         .collect())
 }
 
@@ -41,11 +49,9 @@ pub fn fence_other_clients(spec: &RbdSpec) -> Result<Vec<String>> {
     // Read-write so the lock can be broken; it writes nothing, so it
     // never takes the lock itself.
     let image = Image::open(&io, &spec.image, None, false)?;
-    // Watcher ids are client global ids, like ours.
-    let me = i64::try_from(cluster.instance_id()).unwrap_or(-1);
     let mut fenced = Vec::new();
-    for w in image.watchers()? {
-        if w.id == me || fenced.contains(&w.addr) {
+    for w in watchers_besides(&cluster, &image)? {
+        if fenced.contains(&w.addr) {
             continue;
         }
         let cmd = serde_json::json!({
