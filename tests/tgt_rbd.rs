@@ -333,6 +333,16 @@ fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
         }
     };
     check_state(&t, "served");
+    // From a node that does not serve it, the image is open elsewhere: a
+    // clear there would be overwritten by the serving gateway, so it is
+    // refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["pr", "clear", &vol])
+        .env("FERRY_RUN_DIR", dir.path().join("elsewhere"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is open by"), "{err}");
     check(
         &ferry_run(&t, &["snapshot", "create", &vol, "s1"]),
         "snapshot",
