@@ -12,6 +12,7 @@
 # before each run a finished one is committed and another started.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/scripts/tgtd-lib.sh"
 bin=$here/target/release
 secs=${1:-5}
 port=${BENCH_PORT:-3291}
@@ -21,20 +22,12 @@ iqn=iqn.2026-11.org.ferry:bench
 size=1G
 
 cleanup() {
-  tgtadm -C "$port" --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
-  tgtadm -C "$port" --op delete --mode target --tid 2 --force >/dev/null 2>&1 || true
-  tgtadm -C "$port" --op delete --mode system >/dev/null 2>&1 || true
-  sleep 0.5
-  if [ -n "${tgtd_pid:-}" ]; then kill -9 "$tgtd_pid" 2>/dev/null; wait "$tgtd_pid" 2>/dev/null; fi || true
+  stop_tgtd 1 2
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-install -m 0755 "$bin/libbs_ferry.so" /usr/lib/tgt/backing-store/.bs_ferry.tmp
-mv /usr/lib/tgt/backing-store/.bs_ferry.tmp /usr/lib/tgt/backing-store/bs_ferry.so
-tgtd -f --iscsi portal=127.0.0.1:$port -C "$port" >"$work/tgtd.log" 2>&1 &
-tgtd_pid=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+start_tgtd "$work/tgtd.log"
 
 # Equal files, fully written, for both stores.
 dd if=/dev/urandom of="$work/rdwr.img" bs=1M count=1024 status=none

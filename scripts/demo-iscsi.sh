@@ -8,6 +8,7 @@
 # Everything it starts or creates is removed at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/scripts/tgtd-lib.sh"
 bin=$here/target/release
 size=${DEMO_SIZE:-1G}
 port=${DEMO_PORT:-3260}
@@ -21,21 +22,14 @@ dst=file:$work/target.img
 
 cleanup() {
   [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
-  tgtadm -C "$port" --op delete --mode system >/dev/null 2>&1 || true
-  sleep 0.5
-  if [ -n "${tgtd_pid:-}" ]; then kill -9 "$tgtd_pid" 2>/dev/null; wait "$tgtd_pid" 2>/dev/null; fi || true
+  stop_tgtd
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-install -m 0755 "$bin/libbs_ferry.so" /usr/lib/tgt/backing-store/.bs_ferry.tmp
-mv /usr/lib/tgt/backing-store/.bs_ferry.tmp /usr/lib/tgt/backing-store/bs_ferry.so
-
 echo "== 1. a $size file volume with data, served by tgtd on 127.0.0.1:$port"
 "$bin/ferry" volume create "$src" --size "$size"
-tgtd -f --iscsi portal=127.0.0.1:$port -C "$port" >"$work/tgtd.log" 2>&1 &
-tgtd_pid=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+start_tgtd "$work/tgtd.log"
 tgtadm -C "$port" --lld iscsi --op new --mode target --tid 1 -T "$iqn"
 tgtadm -C "$port" --lld iscsi --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144
 tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype ferry --backing-store "$src"
