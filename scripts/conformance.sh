@@ -73,9 +73,12 @@ run_one() { # name url -> result
   local log rc
   log=$(timeout -k 5 60 iscsi-test-cu --dataloss --test="$1" "$2" 2>&1) && rc=0 || rc=$?
   if [ "$rc" -ge 124 ]; then echo timeout; return; fi
-  local failed
-  failed=$(printf '%s\n' "$log" | awk '$1=="tests"{print $5}' | head -1)
-  if [ "${failed:-1}" != "0" ]; then echo fail
+  # CUnit's summary: `tests TOTAL RAN PASSED FAILED INACTIVE`. A suite
+  # whose set-up failed (a login refused under load) runs nothing and
+  # fails nothing: that is no pass.
+  local ran failed
+  read -r ran failed < <(printf '%s\n' "$log" | awk '$1=="tests"{print $3, $5; exit}')
+  if [ "${failed:-1}" != "0" ] || [ "${ran:-0}" = "0" ]; then echo fail
   elif printf '%s\n' "$log" | grep -q '\[SKIPPED\]'; then echo skip
   else echo pass; fi
 }
