@@ -77,9 +77,11 @@ run_one() { # name url -> result
   # whose set-up failed (a login refused under load) runs nothing and
   # fails nothing: that is no pass.
   local ran failed
-  read -r ran failed < <(printf '%s\n' "$log" | awk '$1=="tests"{print $3, $5; exit}')
+  # (Here-strings, not pipes: under pipefail, grep -q leaving early
+  # could fail the writer and turn a skip into a pass.)
+  read -r ran failed < <(awk '$1=="tests"{print $3, $5; exit}' <<<"$log")
   if [ "${failed:-1}" != "0" ] || [ "${ran:-0}" = "0" ]; then echo fail
-  elif printf '%s\n' "$log" | grep -q '\[SKIPPED\]'; then echo skip
+  elif grep -q '\[SKIPPED\]' <<<"$log"; then echo skip
   else echo pass; fi
 }
 

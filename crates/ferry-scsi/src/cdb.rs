@@ -5,7 +5,7 @@
 //! fields ferry does not implement (protection information, grouping is
 //! ignored as SBC allows). Ranges are checked at execution, against the
 //! volume's size, with overflow-checked arithmetic.
-use crate::sense::Sense;
+use crate::sense::{CdbField, Sense};
 
 /// Operation codes handled here (SBC-3 table 16).
 pub mod op {
@@ -31,6 +31,10 @@ pub mod op {
     /// SERVICE ACTION IN(16); ferry handles its GET LBA STATUS action.
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const SA_GET_LBA_STATUS: u8 = 0x12;
+    /// MAINTENANCE IN; the SCSI cores answer its REPORT SUPPORTED
+    /// OPERATION CODES action.
+    pub const MAINTENANCE_IN: u8 = 0xa3;
+    pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
     pub const READ_12: u8 = 0xa8;
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_VERIFY_12: u8 = 0xae;
@@ -147,6 +151,42 @@ fn check_no_protect(cdb: &[u8]) -> Result<(), Sense> {
 pub fn is_get_lba_status(cdb: &[u8]) -> bool {
     cdb.first() == Some(&op::SERVICE_ACTION_IN_16)
         && cdb.get(1).map(|b| b & 0x1f) == Some(op::SA_GET_LBA_STATUS)
+}
+
+/// Whether `cdb` is REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN,
+/// action 0x0c).
+pub fn is_report_supported_opcodes(cdb: &[u8]) -> bool {
+    cdb.first() == Some(&op::MAINTENANCE_IN)
+        && cdb.get(1).map(|b| b & 0x1f) == Some(op::SA_REPORT_SUPPORTED_OPCODES)
+}
+
+/// The field of a REPORT SUPPORTED OPERATION CODES CDB that made a SCSI
+/// core refuse it with INVALID FIELD IN CDB (SPC-4 6.35), for the sense
+/// data's field pointer. `in_len` is the initiator's data-in buffer;
+/// `has_actions` tells, for the requested opcode, `None` if the LU does not
+/// support it, else whether it has service actions.
+pub fn report_opcodes_refused_field(
+    cdb: &[u8],
+    in_len: u32,
+    has_actions: Option<bool>,
+) -> CdbField {
+    let options = cdb.get(2).map_or(0, |b| b & 0x07);
+    let alloc = cdb
+        .get(6..10)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    // REPORTING OPTIONS, bits 2..0 of byte 2.
+    let reporting_options = CdbField {
+        byte: 2,
+        bit: Some(2),
+    };
+    match (options, has_actions) {
+        (3.., _) => reporting_options,
+        _ if in_len < alloc => CdbField { byte: 6, bit: None },
+        (1 | 2, None) => CdbField { byte: 3, bit: None },
+        // 001b asked for an opcode with service actions, or 010b for one
+        // without: the option does not fit the opcode.
+        _ => reporting_options,
+    }
 }
 
 /// Parses a CDB. `Ok(None)` means the opcode is not a block command this
@@ -283,6 +323,51 @@ mod tests {
 
     fn p(cdb: &[u8]) -> Command {
         parse(cdb).unwrap().unwrap()
+    }
+
+    #[test]
+    fn refused_report_opcodes_points_at_the_field_at_fault() {
+        let rsoc = |options: u8, opcode: u8, alloc: u32| {
+            let mut c = [0u8; 12];
+            c[0] = op::MAINTENANCE_IN;
+            c[1] = op::SA_REPORT_SUPPORTED_OPCODES;
+            c[2] = options;
+            c[3] = opcode;
+            c[6..10].copy_from_slice(&alloc.to_be_bytes());
+            c
+        };
+        assert!(is_report_supported_opcodes(&rsoc(0, 0, 512)));
+        assert!(!is_report_supported_opcodes(&[op::MAINTENANCE_IN, 0x0a]));
+        let options = CdbField {
+            byte: 2,
+            bit: Some(2),
+        };
+        // Reporting options 3..7 do not exist.
+        assert_eq!(
+            report_opcodes_refused_field(&rsoc(5, 0, 512), 512, Some(false)),
+            options
+        );
+        // The allocation length is larger than the initiator's buffer.
+        assert_eq!(
+            report_opcodes_refused_field(&rsoc(0, 0, 4096), 512, Some(false)),
+            CdbField { byte: 6, bit: None }
+        );
+        // An opcode the LU does not support.
+        assert_eq!(
+            report_opcodes_refused_field(&rsoc(1, 0xee, 512), 512, None),
+            CdbField { byte: 3, bit: None }
+        );
+        // 010b for TEST UNIT READY (no service actions), 001b for PR IN.
+        assert_eq!(
+            report_opcodes_refused_field(&rsoc(2, 0, 512), 512, Some(false)),
+            options
+        );
+        assert_eq!(
+            report_opcodes_refused_field(&rsoc(1, 0x5e, 512), 512, Some(true)),
+            options
+        );
+        // A CDB too short to say anything still gets an answer.
+        assert_eq!(report_opcodes_refused_field(&[0xa3], 0, None), options);
     }
 
     #[test]

@@ -106,6 +106,59 @@ impl Sense {
     }
 }
 
+/// The sense key and `asc << 8 | ascq` of sense data `buf[..len]` in
+/// either format, if it is sense data.
+pub fn key_and_asc(buf: &[u8], len: usize) -> Option<(u8, u16)> {
+    let b = buf.get(..len)?;
+    match b.first()? & 0x7f {
+        0x70 | 0x71 if len >= 14 => Some((b[2] & 0x0f, u16::from_be_bytes([b[12], b[13]]))),
+        0x72 | 0x73 if len >= 4 => Some((b[1] & 0x0f, u16::from_be_bytes([b[2], b[3]]))),
+        _ => None,
+    }
+}
+
+/// The CDB field an ILLEGAL REQUEST points at: the sense-key specific
+/// field pointer of SPC-4 4.5.2.4.2 (C/D set: the field is in the CDB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CdbField {
+    /// Byte of the CDB.
+    pub byte: u16,
+    /// Most significant bit of the field within that byte, when the field
+    /// does not start a byte.
+    pub bit: Option<u8>,
+}
+
+/// Adds `field` as the sense-key specific information of the sense data
+/// `buf[..len]` (fixed or descriptor format) and returns its new length;
+/// other data is returned unchanged.
+///
+/// Initiators read a CHECK CONDITION without a field pointer to a
+/// MAINTENANCE IN or SERVICE ACTION IN command as "this command is not
+/// implemented" (libiscsi does, and so skips its checks): pointing at the
+/// field says the command exists and this use of it is what is refused.
+pub fn point_at_cdb_field(buf: &mut [u8], len: usize, field: CdbField) -> usize {
+    let [hi, lo] = field.byte.to_be_bytes();
+    let sks = [
+        0x80 | 0x40 | field.bit.map_or(0, |b| 0x08 | (b & 0x07)),
+        hi,
+        lo,
+    ];
+    match buf.first().map(|b| b & 0x7f) {
+        Some(0x70 | 0x71) if len >= 18 && buf.len() >= 18 => {
+            buf[15..18].copy_from_slice(&sks);
+            len
+        }
+        // Descriptor format: append a sense-key specific descriptor
+        // (type 2, SPC-4 4.5.2.4) after those already there.
+        Some(0x72 | 0x73) if len >= 8 && len + 8 <= buf.len() && buf[7] as usize + 8 == len => {
+            buf[len..len + 8].copy_from_slice(&[0x02, 0x06, 0, 0, sks[0], sks[1], sks[2], 0]);
+            buf[7] += 8;
+            len + 8
+        }
+        _ => len,
+    }
+}
+
 /// Maps an engine error to sense. `writing` picks WRITE ERROR over
 /// UNRECOVERED READ ERROR for media failures (SBC-3 4.17).
 pub fn from_error(err: &ferry_core::Error, writing: bool) -> Sense {
@@ -131,6 +184,46 @@ pub fn from_error(err: &ferry_core::Error, writing: bool) -> Sense {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_pointer_goes_into_either_format() {
+        let mut fixed = [0u8; 32];
+        fixed[..18].copy_from_slice(&Sense::invalid_field().fixed());
+        let at = CdbField {
+            byte: 2,
+            bit: Some(2),
+        };
+        assert_eq!(
+            key_and_asc(&fixed, 18),
+            Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
+        );
+        assert_eq!(point_at_cdb_field(&mut fixed, 18, at), 18);
+        assert_eq!(&fixed[15..18], &[0xca, 0x00, 0x02]);
+
+        let mut desc = [0u8; 32];
+        desc[..4].copy_from_slice(&[0x72, 0x05, 0x24, 0x00]);
+        let at = CdbField {
+            byte: 0x0106,
+            bit: None,
+        };
+        assert_eq!(key_and_asc(&desc, 8), Some((0x05, 0x2400)));
+        assert_eq!(point_at_cdb_field(&mut desc, 8, at), 16);
+        assert_eq!(desc[7], 8);
+        assert_eq!(&desc[8..16], &[0x02, 0x06, 0, 0, 0xc0, 0x01, 0x06, 0]);
+
+        // Unknown formats, short buffers and descriptor lists whose length
+        // disagrees are left alone.
+        assert_eq!(key_and_asc(&[0x70, 0, 5], 3), None);
+        let mut odd = [0x7fu8; 18];
+        assert_eq!(key_and_asc(&odd, 18), None);
+        assert_eq!(point_at_cdb_field(&mut odd, 18, at), 18);
+        assert_eq!(odd, [0x7f; 18]);
+        let mut short = [0x72u8, 5, 0x24, 0, 0, 0, 0, 0];
+        assert_eq!(point_at_cdb_field(&mut short, 8, at), 8);
+        let mut bad_len = [0u8; 32];
+        bad_len[..8].copy_from_slice(&[0x72, 5, 0x24, 0, 0, 0, 0, 4]);
+        assert_eq!(point_at_cdb_field(&mut bad_len, 8, at), 8);
+    }
 
     #[test]
     fn fixed_format_carries_key_asc_and_info() {

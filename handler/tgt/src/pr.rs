@@ -271,12 +271,76 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             if ferry_scsi::cdb::is_get_lba_status(cdb) {
                 return hand_over(cmd, false);
             }
-            match slot.saved_ops.0[op] {
+            let status = match slot.saved_ops.0[op] {
                 Some(orig) => orig(host_no, cmd),
                 None => ffi::SAM_STAT_CHECK_CONDITION,
+            };
+            if status == ffi::SAM_STAT_CHECK_CONDITION
+                && ferry_scsi::cdb::is_report_supported_opcodes(crate::cdb_of(cmd))
+            {
+                point_at_refused_field(slot, cmd);
             }
+            status
         }
     })
+}
+
+/// tgtd refuses a REPORT SUPPORTED OPERATION CODES it cannot answer with
+/// INVALID FIELD IN CDB but no field pointer, which initiators read as
+/// the command not being implemented at all (libiscsi then skips its
+/// checks of it). Adds the pointer to the field at fault.
+///
+/// # Safety
+/// `cmd` is a live command of the LU of `slot`, on tgtd's main thread,
+/// whose sense tgtd has just built.
+unsafe fn point_at_refused_field(slot: &LunSlot, cmd: *mut ScsiCmd) {
+    use ferry_scsi::sense;
+    // SAFETY: per the contract; the CDB is copied out before the sense
+    // buffer (another part of the command) is written.
+    unsafe {
+        let mut cdb = [0u8; 16];
+        let got = crate::cdb_of(cmd);
+        let n = got.len().min(cdb.len());
+        cdb[..n].copy_from_slice(&got[..n]);
+        let buf = &mut (*cmd).sense_buffer;
+        let Ok(len) = usize::try_from((*cmd).sense_len) else {
+            return;
+        };
+        if sense::key_and_asc(buf, len)
+            != Some((
+                sense::key::ILLEGAL_REQUEST,
+                sense::asc::INVALID_FIELD_IN_CDB,
+            ))
+        {
+            return;
+        }
+        let requested = usize::from(cdb[3]);
+        let illegal = ffi::tgtd().ok().map(|t| t.spc_illegal_op as usize);
+        let has_actions = match slot.saved_ops.0[requested] {
+            Some(f) if Some(f as usize) != illegal => {
+                Some(!service_actions_of((*cmd).dev, requested).is_null())
+            }
+            _ => None,
+        };
+        let field =
+            ferry_scsi::cdb::report_opcodes_refused_field(&cdb, (*cmd).in_sdb.length, has_actions);
+        let new_len = sense::point_at_cdb_field(buf, len, field);
+        (*cmd).sense_len = new_len as c_int;
+    }
+}
+
+/// The service-action list of opcode `op` in `lu`'s table (null if none).
+///
+/// # Safety
+/// `lu` is a live LU on tgtd's main thread.
+unsafe fn service_actions_of(lu: *mut ScsiLu, op: usize) -> *const ffi::ServiceAction {
+    // SAFETY: per the contract; the entry's service_actions pointer
+    // (offsets pinned in ffi.rs).
+    unsafe {
+        *lu.cast::<u8>()
+            .add(ffi::LU_OPS + op * ffi::DEVICE_TYPE_OPERATIONS_SIZE + ffi::OPS_SERVICE_ACTIONS)
+            .cast::<*const ffi::ServiceAction>()
+    }
 }
 
 /// PERSISTENT RESERVE IN/OUT: handed to the workers with the nexus.
