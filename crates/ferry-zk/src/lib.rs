@@ -37,6 +37,9 @@ use ferry_map::{Kind, MapError};
 use parking_lot::Mutex;
 use zookeeper_client as zk;
 
+mod document;
+pub use document::ZkDocument;
+
 /// How to reach the map.
 #[derive(Clone)]
 pub struct ZkConfig {
@@ -109,7 +112,7 @@ impl ZkConfig {
 }
 
 /// Dirs under the root, created on first use.
-const DIRS: [&str; 9] = [
+const DIRS: [&str; 10] = [
     "targets",
     "luns",
     "initiators",
@@ -119,6 +122,7 @@ const DIRS: [&str; 9] = [
     "owners",
     "status",
     "migration-status",
+    "reservations",
 ];
 
 /// A connection to the map in ZooKeeper.
@@ -158,48 +162,56 @@ fn zk_err(op: &'static str, path: &str, e: zk::Error) -> MapError {
     }
 }
 
+/// A private single-worker runtime and a client connected (and
+/// authenticated) to `cfg`'s servers, or [`MapError::Unreachable`] after
+/// its connect timeout.
+fn connect_client(cfg: &ZkConfig) -> Result<(tokio::runtime::Runtime, zk::Client), MapError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ferry-zk")
+        .enable_all()
+        .build()
+        .map_err(|e| MapError::Io {
+            op: "starting",
+            path: "ZooKeeper client runtime".into(),
+            source: e,
+        })?;
+    let unreachable = |why: String| MapError::Unreachable {
+        store: format!("zk://{}{}", cfg.servers, cfg.root),
+        why,
+    };
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(cfg.session_timeout)
+        .with_connection_timeout(cfg.connect_timeout);
+    if let Some(a) = &cfg.auth {
+        connector = connector.with_auth("digest", a.as_bytes());
+    }
+    let servers = cfg.servers.clone();
+    let client = rt
+        .block_on(async {
+            tokio::time::timeout(cfg.connect_timeout, connector.connect(&servers)).await
+        })
+        .map_err(|_| {
+            unreachable(format!(
+                "no server answered within {:?}",
+                cfg.connect_timeout
+            ))
+        })?
+        .map_err(|e| match e {
+            zk::Error::AuthFailed => MapError::NotAuthorized {
+                op: "authenticate to",
+                path: cfg.root.clone(),
+            },
+            e => unreachable(e.to_string()),
+        })?;
+    Ok((rt, client))
+}
+
 impl ZkStore {
     /// Connects, authenticates, and makes sure the layout exists. Fails
     /// with [`MapError::Unreachable`] after `connect_timeout`.
     pub fn connect(cfg: ZkConfig) -> Result<ZkStore, MapError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ferry-zk")
-            .enable_all()
-            .build()
-            .map_err(|e| MapError::Io {
-                op: "starting",
-                path: "ZooKeeper client runtime".into(),
-                source: e,
-            })?;
-        let unreachable = |why: String| MapError::Unreachable {
-            store: format!("zk://{}{}", cfg.servers, cfg.root),
-            why,
-        };
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(cfg.session_timeout)
-            .with_connection_timeout(cfg.connect_timeout);
-        if let Some(a) = &cfg.auth {
-            connector = connector.with_auth("digest", a.as_bytes());
-        }
-        let servers = cfg.servers.clone();
-        let client = rt
-            .block_on(async {
-                tokio::time::timeout(cfg.connect_timeout, connector.connect(&servers)).await
-            })
-            .map_err(|_| {
-                unreachable(format!(
-                    "no server answered within {:?}",
-                    cfg.connect_timeout
-                ))
-            })?
-            .map_err(|e| match e {
-                zk::Error::AuthFailed => MapError::NotAuthorized {
-                    op: "authenticate to",
-                    path: cfg.root.clone(),
-                },
-                e => unreachable(e.to_string()),
-            })?;
+        let (rt, client) = connect_client(&cfg)?;
         let session = Arc::new(Mutex::new(Session::Connected));
         let reconnects = Arc::new(AtomicU64::new(0));
         {
@@ -485,7 +497,9 @@ impl ZkStore {
     /// own reports do not wake agents).
     fn interesting(&self, path: &str) -> bool {
         let rel = path.strip_prefix(&self.cfg.root).unwrap_or(path);
-        !(rel.starts_with("/status") || rel.starts_with("/migration-status"))
+        !(rel.starts_with("/status")
+            || rel.starts_with("/migration-status")
+            || rel.starts_with("/reservations"))
     }
 }
 
@@ -687,12 +701,25 @@ impl MapStore for ZkStore {
             return Err(MapError::SessionExpired);
         };
         let deadline = tokio::time::Instant::now() + timeout;
+        let watched_since = self.reconnects.load(AtomicOrdering::SeqCst);
         loop {
+            // Wake every half second to notice a reconnection: the watch
+            // does not always deliver the session event that says so, and
+            // it must be added again (`ensure_watch`) or this node would
+            // sleep through changes until its next resync (a LUN it
+            // should claim first would go to another node meanwhile).
+            let tick = (tokio::time::Instant::now() + Duration::from_millis(500)).min(deadline);
             let ev = self
                 .rt
-                .block_on(async { tokio::time::timeout_at(deadline, w.changed()).await });
+                .block_on(async { tokio::time::timeout_at(tick, w.changed()).await });
             let Ok(ev) = ev else {
-                return Ok(Event::Timeout);
+                if self.reconnects.load(AtomicOrdering::SeqCst) != watched_since {
+                    return Ok(Event::Changed);
+                }
+                if tick >= deadline {
+                    return Ok(Event::Timeout);
+                }
+                continue;
             };
             if ev.event_type == zk::EventType::Session {
                 if ev.session_state.is_terminated() {

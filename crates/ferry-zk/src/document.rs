@@ -1,0 +1,243 @@
+//! One document in ZooKeeper that a single writer keeps, with every write
+//! a compare-and-set against the version it last read or wrote.
+//!
+//! A serving gateway keeps a LUN's persistent reservations this way
+//! (`<root>/reservations/<lun>`). The compare-and-set is the fence: a
+//! gateway that lost the LUN to another (which has written since) fails
+//! its next write instead of overwriting newer state.
+use std::time::Duration;
+
+use ferry_map::MapError;
+use parking_lot::Mutex;
+use zookeeper_client as zk;
+
+use crate::{connect_client, zk_err, ZkConfig};
+
+/// A connection to one document.
+pub struct ZkDocument {
+    cfg: ZkConfig,
+    path: String,
+    rt: tokio::runtime::Runtime,
+    /// Replaced after the session expires (a client cannot come back).
+    client: Mutex<zk::Client>,
+    /// The version last read or written; `None`: the document did not
+    /// exist then.
+    version: Mutex<Option<i32>>,
+    /// A write whose answer was lost (bytes, version expected): it may
+    /// have been applied, which the next write finds out.
+    unsure: Mutex<Option<(Vec<u8>, Option<i32>)>>,
+}
+
+impl std::fmt::Debug for ZkDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl ZkDocument {
+    /// Connects for the document at `rel` under the root of `cfg`
+    /// (`reservations/db`). Nothing is read yet.
+    pub fn open(cfg: ZkConfig, rel: &str) -> Result<ZkDocument, MapError> {
+        if rel.is_empty()
+            || rel.starts_with('/')
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(MapError::invalid(format!(
+                "invalid document path {rel:?} under {}",
+                cfg.root
+            )));
+        }
+        let (rt, client) = connect_client(&cfg)?;
+        let path = format!("{}/{rel}", cfg.root);
+        Ok(ZkDocument {
+            cfg,
+            path,
+            rt,
+            client: Mutex::new(client),
+            version: Mutex::new(None),
+            unsure: Mutex::new(None),
+        })
+    }
+
+    /// `zk://servers/root/rel`, for messages.
+    pub fn describe(&self) -> String {
+        format!("zk://{}{}", self.cfg.servers, self.path)
+    }
+
+    /// The current client (a new one after a session expired).
+    fn client(&self) -> zk::Client {
+        let mut client = self.client.lock();
+        if client.state().is_terminated() {
+            match self.reconnect() {
+                Ok(fresh) => *client = fresh,
+                Err(e) => log::warn!("{}: {e}", self.describe()),
+            }
+        }
+        client.clone()
+    }
+
+    /// Runs one request, giving up after a third of the session timeout
+    /// (a cut-off client would otherwise wait for the session to end).
+    fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, zk::Error>>,
+    ) -> Result<T, zk::Error> {
+        let limit = (self.cfg.session_timeout / 3).max(Duration::from_secs(1));
+        self.rt
+            .block_on(async { tokio::time::timeout(limit, f).await })
+            .unwrap_or(Err(zk::Error::ConnectionLoss))
+    }
+
+    fn reconnect(&self) -> Result<zk::Client, MapError> {
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(self.cfg.session_timeout)
+            .with_connection_timeout(self.cfg.connect_timeout);
+        if let Some(a) = &self.cfg.auth {
+            connector = connector.with_auth("digest", a.as_bytes());
+        }
+        let fresh = self
+            .rt
+            .block_on(async {
+                tokio::time::timeout(
+                    self.cfg.connect_timeout,
+                    connector.connect(&self.cfg.servers),
+                )
+                .await
+            })
+            .map_err(|_| MapError::Unreachable {
+                store: self.describe(),
+                why: format!("no server answered within {:?}", self.cfg.connect_timeout),
+            })?
+            .map_err(|e| zk_err("reconnecting", &self.path, e))?;
+        log::info!("{}: new ZooKeeper session", self.describe());
+        Ok(fresh)
+    }
+
+    fn acls(&self) -> zk::Acls<'static> {
+        if self.cfg.auth.is_some() {
+            zk::Acls::creator_all()
+        } else {
+            zk::Acls::anyone_all()
+        }
+    }
+
+    /// Reads the document (`None`: absent) and remembers its version for
+    /// the next [`ZkDocument::store`].
+    pub fn load(&self) -> Result<Option<Vec<u8>>, MapError> {
+        let c = self.client();
+        let (data, version) = match self.run(c.get_data(&self.path)) {
+            Ok((d, st)) => (Some(d), Some(st.version)),
+            Err(zk::Error::NoNode) => (None, None),
+            Err(e) => return Err(zk_err("reading", &self.path, e)),
+        };
+        *self.version.lock() = version;
+        Ok(data)
+    }
+
+    /// Replaces the document with `bytes`, durably (ZooKeeper has a quorum
+    /// log it) when this returns, if nobody else wrote it since this
+    /// handle last read or wrote it; otherwise [`MapError::Conflict`] and
+    /// nothing changes.
+    pub fn store(&self, bytes: &[u8]) -> Result<(), MapError> {
+        let mut version = self.version.lock();
+        if let Some((b, e)) = self.unsure.lock().take() {
+            let next = e.map_or(0, |v| v + 1);
+            if e == *version && self.holds(&b, next) {
+                *version = Some(next);
+            }
+        }
+        let expected = *version;
+        let r = match expected {
+            Some(v) => {
+                let c = self.client();
+                self.run(c.set_data(&self.path, bytes, Some(v)))
+                    .map(|st| st.version)
+            }
+            None => {
+                self.create_parents()?;
+                let opts = zk::CreateMode::Persistent.with_acls(self.acls());
+                let c = self.client();
+                self.run(c.create(&self.path, bytes, &opts))
+                    .map(|(st, _)| st.version)
+            }
+        };
+        match r {
+            Ok(v) => {
+                *version = Some(v);
+                Ok(())
+            }
+            // The request may have been applied before its answer was
+            // lost: then the document holds exactly our bytes, one
+            // version on.
+            Err(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::ConnectionLoss)
+                if self.holds(bytes, expected.map_or(0, |v| v + 1)) =>
+            {
+                *version = Some(expected.map_or(0, |v| v + 1));
+                Ok(())
+            }
+            Err(e @ (zk::Error::ConnectionLoss | zk::Error::Timeout)) => {
+                *self.unsure.lock() = Some((bytes.to_vec(), expected));
+                Err(zk_err("writing", &self.path, e))
+            }
+            Err(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode) => {
+                Err(MapError::Conflict {
+                    what: self.describe(),
+                    expected: expected.unwrap_or(-1),
+                    actual: self.current_version().unwrap_or(-1),
+                })
+            }
+            Err(e) => Err(zk_err("writing", &self.path, e)),
+        }
+    }
+
+    /// Replaces the document whatever it holds now (an administrator's
+    /// import), and remembers the new version.
+    pub fn overwrite(&self, bytes: &[u8]) -> Result<(), MapError> {
+        for _ in 0..10 {
+            self.load()?;
+            match self.store(bytes) {
+                Err(MapError::Conflict { .. }) => continue,
+                r => return r,
+            }
+        }
+        Err(MapError::Conflict {
+            what: self.describe(),
+            expected: -1,
+            actual: self.current_version().unwrap_or(-1),
+        })
+    }
+
+    fn holds(&self, bytes: &[u8], version: i32) -> bool {
+        let c = self.client();
+        matches!(
+            self.run(c.get_data(&self.path)),
+            Ok((d, st)) if d == bytes && st.version == version
+        )
+    }
+
+    fn current_version(&self) -> Option<i32> {
+        let c = self.client();
+        self.run(c.check_stat(&self.path))
+            .ok()
+            .flatten()
+            .map(|st| st.version)
+    }
+
+    /// Creates the document's missing ancestors (empty, persistent).
+    fn create_parents(&self) -> Result<(), MapError> {
+        let mut cur = String::new();
+        let parent = self.path.rsplit_once('/').map_or("", |(p, _)| p);
+        for comp in parent.split('/').filter(|c| !c.is_empty()) {
+            cur = format!("{cur}/{comp}");
+            let opts = zk::CreateMode::Persistent.with_acls(self.acls());
+            let c = self.client();
+            match self.run(c.create(&cur, b"", &opts)) {
+                Ok(_) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(zk_err("creating", &cur, e)),
+            }
+        }
+        Ok(())
+    }
+}
