@@ -55,9 +55,15 @@ pub fn run(a: AgentArgs) -> Result<()> {
         })
     });
     let frontend: Box<dyn ferry_agent::Frontend> = match a.frontend.as_str() {
-        "tgt" => Box::new(TgtFrontend::new(Tgtadm {
-            control: a.tgtd_control,
-        })),
+        "tgt" => {
+            let tgt = TgtFrontend::new(Tgtadm {
+                control: a.tgtd_control,
+            });
+            match reservations_in_map(&a.map)? {
+                Some(prepare) => Box::new(tgt.with_prepare(prepare)),
+                None => Box::new(tgt),
+            }
+        }
         "lio" => Box::new(LioFrontend {
             root: a.configfs.clone(),
             node: a.node.clone(),
@@ -72,4 +78,31 @@ pub fn run(a: AgentArgs) -> Result<()> {
     eprintln!("ferry agent: node {} on {}", a.node, a.map.map);
     Agent::new(cfg, connect).run(&stop);
     Ok(())
+}
+
+/// With a ZooKeeper map, LUNs keep their persistent reservations in it
+/// (`<root>/reservations/<lun>`): before this node first serves a LUN,
+/// its volume's reservation slot is pointed there (and what it held is
+/// copied over). tgtd's plugin then reads and saves them there. The
+/// embedded file map is one node's, so there the volume keeps them.
+fn reservations_in_map(map: &MapArgs) -> Result<Option<ferry_agent::PrepareLun>> {
+    if !map.map.starts_with("zk://") {
+        return Ok(None);
+    }
+    let cfg = ferry_zk::ZkConfig::parse(&map.map)?;
+    let url = format!("zk://{}{}", cfg.servers, cfg.root);
+    // tgtd reads the credentials file by this name: make it absolute.
+    let auth_file = match &map.zk_auth_file {
+        Some(f) => Some(
+            std::fs::canonicalize(f)
+                .with_context(|| format!("ZooKeeper credentials {}", f.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(Box::new(move |lun: &str, spec: &str| {
+        let pointer = ferry_host::pr_home::pointer(&url, lun, auth_file.as_deref());
+        ferry_host::pr_home::keep_in_map(spec, &pointer)
+            .map(drop)
+            .map_err(|e| format!("keeping its persistent reservations in {url}: {e}"))
+    })))
 }

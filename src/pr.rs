@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ferry_host::control::{call, find_host, Request};
 use ferry_host::ferry_pr::PrState;
+use ferry_host::pr_home::Pointer;
 use ferry_host::{Lun, VolumeSpec};
 
 #[derive(Subcommand)]
@@ -35,7 +36,7 @@ pub fn run(cmd: PrCmd) -> Result<()> {
         PrCmd::Clear(a) => (a, true),
     };
     let spec = VolumeSpec::parse(&a.volume)?;
-    let state = match find_host(&spec.to_string()) {
+    let (state, home) = match find_host(&spec.to_string()) {
         Some(sock) => {
             let req = Request::Reservations {
                 volume: spec.to_string(),
@@ -45,7 +46,7 @@ pub fn run(cmd: PrCmd) -> Result<()> {
             if !r.ok {
                 bail!("{}", r.error.unwrap_or_default());
             }
-            r.reservations.unwrap_or_default()
+            (r.reservations.unwrap_or_default(), r.reservations_home)
         }
         None if clear => {
             // Nobody here serves it: write the cleared state straight to
@@ -63,18 +64,34 @@ pub fn run(cmd: PrCmd) -> Result<()> {
             }
             let (_, served) = ferry_host::lun::resolve(&spec)?;
             let store = served.store()?;
-            let old = store
-                .load_reservations()?
-                .and_then(|b| PrState::decode(&b).ok())
-                .unwrap_or_default();
-            let next = old.cleared();
-            store.store_reservations(&next.encode())?;
-            next
+            let slot = store.load_reservations()?;
+            // The slot may point to the ZooKeeper map, which then holds
+            // the state (the pointer stays).
+            match slot.as_deref().and_then(Pointer::decode) {
+                Some(p) => {
+                    let doc = p.connect()?;
+                    let old = doc
+                        .load()?
+                        .and_then(|b| PrState::decode(&b).ok())
+                        .unwrap_or_default();
+                    let next = old.cleared();
+                    doc.store(&next.encode())?;
+                    (next, Some(doc.describe()))
+                }
+                None => {
+                    let old = slot
+                        .and_then(|b| PrState::decode(&b).ok())
+                        .unwrap_or_default();
+                    let next = old.cleared();
+                    store.store_reservations(&next.encode())?;
+                    (next, Some(store.describe()))
+                }
+            }
         }
         None => {
             let lun = Lun::open_with(&spec.to_string(), false)
                 .with_context(|| format!("opening {spec}"))?;
-            lun.reservations().state()
+            (lun.reservations().state(), Some(lun.reservations_home()))
         }
     };
     if a.json {
@@ -83,6 +100,9 @@ pub fn run(cmd: PrCmd) -> Result<()> {
     }
     if clear {
         println!("{spec}: persistent reservations cleared");
+    }
+    if let Some(h) = &home {
+        println!("kept in {h}");
     }
     println!("generation {}", state.generation);
     match &state.reservation {

@@ -616,6 +616,135 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     check(&out, "lun remove");
 }
 
+/// A LUN served by the map's agents keeps its persistent reservations in
+/// the map (`<root>/reservations/<lun>`) and its volume only a pointer to
+/// them: made through one node, they stay put through a migration commit
+/// (the new volume gets the pointer) and are enforced, and changed, by
+/// the node that takes over when the first dies.
+#[test]
+fn reservations_live_in_the_map_through_migration_and_failover() {
+    use common::pr::{connect_to, prout, read_reservation, write_status, HOST_A, HOST_B};
+    use ferry_host::ferry_pr::PrState;
+    use ferry_host::pr_home::Pointer;
+    use ferry_initiator::ScsiStatus;
+    use ferry_zk::{ZkConfig, ZkDocument};
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(zk) = ZooKeeper::start(&dir.path().join("zk")) else {
+        return;
+    };
+    let url = zk.url("ferry");
+    let vols = dir.path().join("vols");
+    std::fs::create_dir_all(&vols).unwrap();
+    let vol = |n: &str| format!("file:{}", vols.join(n).display());
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    for n in ["a", "b"] {
+        nodes.insert(n.to_string(), Node::add(n, dir.path(), &url));
+    }
+    for n in nodes.values_mut() {
+        n.start_agent(&url);
+    }
+    ferry(&url, &["volume", "create", &vol("p1"), "--size", "32M"]);
+    ferry(&url, &["map", "target", "add", TARGET]);
+    ferry(
+        &url,
+        &[
+            "map",
+            "lun",
+            "add",
+            "p1",
+            "--target",
+            TARGET,
+            "--lun",
+            "1",
+            "--spec",
+            &vol("p1"),
+            "--nodes",
+            "a,b",
+        ],
+    );
+    for host in [INITIATOR, HOST_A, HOST_B] {
+        ferry(&url, &["map", "initiator", "add", host, "--lun", "p1"]);
+    }
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(20), "p1 served by a", |s| {
+        serves(s, "a", "p1", v)
+    });
+    let kept = || {
+        let doc = ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/p1").unwrap();
+        PrState::decode(&doc.load().unwrap().expect("no reservations in the map")).unwrap()
+    };
+    let pointer_in = |volume: &str| {
+        let slot = vols.join(format!("{volume}.ferry-pr"));
+        Pointer::decode(&std::fs::read(&slot).unwrap())
+            .unwrap_or_else(|| panic!("{} holds no pointer", slot.display()))
+    };
+
+    // Host A holds Write Exclusive through node a; host B is registered.
+    {
+        let mut a = connect_to(&nodes["a"].url(1), HOST_A, 1);
+        let mut b = connect_to(&nodes["a"].url(1), HOST_B, 2);
+        assert_eq!(prout(&mut a, 0, 0, 0, 0xa), ScsiStatus::Good);
+        assert_eq!(prout(&mut b, 0, 0, 0, 0xb), ScsiStatus::Good);
+        assert_eq!(prout(&mut a, 1, 1, 0xa, 0), ScsiStatus::Good);
+        assert_eq!(write_status(&mut b), ScsiStatus::ReservationConflict);
+    }
+    let state = kept();
+    assert_eq!(state.registrations.len(), 2, "{state:?}");
+    assert!(state.reservation.is_some(), "{state:?}");
+    assert_eq!(pointer_in("p1").lun, "p1");
+
+    // A migration committed through the map: the state stays in the map,
+    // the new volume points to it.
+    ferry(
+        &url,
+        &["map", "migrate", "start", "p1", "--to", &vol("p1-new")],
+    );
+    wait_map(&url, Duration::from_secs(60), "p1 copied", |s| {
+        s["migration_status"]["p1"]["state"] == "copied"
+    });
+    ferry(&url, &["map", "migrate", "commit", "p1"]);
+    ferry(
+        &url,
+        &[
+            "map",
+            "migrate",
+            "status",
+            "p1",
+            "--wait",
+            "--until",
+            "committed",
+            "--wait-timeout",
+            "60s",
+        ],
+    );
+    assert_eq!(pointer_in("p1-new").lun, "p1");
+    assert_eq!(kept().generation, state.generation);
+
+    // Node a dies; node b serves p1 and enforces what was made through a.
+    nodes.get_mut("a").unwrap().kill9();
+    wait_map(
+        &url,
+        SESSION + Duration::from_secs(5),
+        "p1 re-homed to b",
+        |s| serves(s, "b", "p1", 0),
+    );
+    let b_url = nodes["b"].url(1);
+    let mut host_a = connect_to(&b_url, HOST_A, 1);
+    let mut host_b = connect_to(&b_url, HOST_B, 2);
+    assert_eq!(read_reservation(&mut host_b), Some((0xa, 1)));
+    assert_eq!(write_status(&mut host_b), ScsiStatus::ReservationConflict);
+    assert_eq!(write_status(&mut host_a), ScsiStatus::Good);
+    // B preempts A through b: saved in the map by b.
+    assert_eq!(prout(&mut host_b, 4, 1, 0xb, 0xa), ScsiStatus::Good);
+    assert_eq!(write_status(&mut host_b), ScsiStatus::Good);
+    let after = kept();
+    assert_eq!(after.registrations.len(), 1, "{after:?}");
+    assert!(after.generation > state.generation, "{after:?}");
+}
+
 /// A target with CHAP in the map: the agent creates the account and binds
 /// it; initiators without the secret cannot log in, with it they can, and
 /// the secret appears in no log or listing.

@@ -385,3 +385,107 @@ fn embedded_file_map_takes_the_same_edits() {
     );
     assert!(e.contains("conflict"), "{e}");
 }
+
+/// The document a gateway keeps a LUN's persistent reservations in: every
+/// write is a compare-and-set on the version the writer last saw, so a
+/// gateway that lost the LUN cannot overwrite what the new one saved.
+/// A volume pointed at the map keeps only the pointer; opening it while
+/// ZooKeeper is down is a clear error naming the document, not a hang.
+#[test]
+fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
+    use ferry_host::ferry_pr::PrState;
+    use ferry_host::pr_home::{keep_in_map, pointer, Pointer};
+    use ferry_zk::{ZkConfig, ZkDocument};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut zk) = ZooKeeper::start(&dir.path().join("zk")) else {
+        return;
+    };
+    let url = zk.url("ferry");
+    let open = || ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/db").unwrap();
+    let (old, new) = (open(), open());
+    assert_eq!(old.load().unwrap(), None);
+    old.store(b"one").unwrap();
+    assert_eq!(new.load().unwrap().as_deref(), Some(&b"one"[..]));
+    new.store(b"two").unwrap();
+    // `old` has not seen "two": its write is refused and changes nothing.
+    let e = old.store(b"stale").unwrap_err().to_string();
+    assert!(
+        e.contains("conflict") && e.contains("reservations/db"),
+        "{e}"
+    );
+    assert_eq!(open().load().unwrap().as_deref(), Some(&b"two"[..]));
+    // Two first writers of an absent document: one wins.
+    let (x, y) = (
+        ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/web").unwrap(),
+        ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/web").unwrap(),
+    );
+    x.load().unwrap();
+    y.load().unwrap();
+    x.store(b"x").unwrap();
+    assert!(y.store(b"y").is_err());
+    // Bad paths are refused before connecting.
+    assert!(ZkDocument::open(ZkConfig::parse(&url).unwrap(), "../x").is_err());
+
+    // A volume whose reservations are pointed at the map: what it held
+    // moves there, and the volume keeps only the pointer.
+    let volume = dir.path().join("v.img");
+    std::fs::File::create(&volume)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let spec = format!("file:{}", volume.display());
+    let sidecar = dir.path().join("v.img.ferry-pr");
+    let held = PrState {
+        generation: 7,
+        ..Default::default()
+    };
+    std::fs::write(&sidecar, held.encode()).unwrap();
+    let p = pointer(&url, "vol1", None);
+    assert!(keep_in_map(&spec, &p).unwrap());
+    assert!(
+        !keep_in_map(&spec, &p).unwrap(),
+        "pointing twice changes nothing"
+    );
+    assert_eq!(
+        Pointer::decode(&std::fs::read(&sidecar).unwrap()),
+        Some(p.clone())
+    );
+    let doc = ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/vol1").unwrap();
+    let kept = PrState::decode(&doc.load().unwrap().unwrap()).unwrap();
+    assert_eq!(kept.generation, 7);
+    let lun = ferry_host::Lun::open_with(&spec, false).unwrap();
+    assert_eq!(lun.reservations().state().generation, 7);
+    assert!(lun
+        .reservations_home()
+        .ends_with("/ferry/reservations/vol1"));
+    drop(lun);
+
+    // `ferry pr show` says where they are.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["pr", "show", &spec])
+        .env("FERRY_RUN_DIR", dir.path().join("run"))
+        .output()
+        .unwrap();
+    let shown = check(&out, "ferry pr show");
+    assert!(
+        shown.contains("reservations/vol1") && shown.contains("generation 7"),
+        "{shown}"
+    );
+
+    // ZooKeeper down: opening the LUN fails promptly and names the
+    // document; the pointer stays.
+    zk.kill9();
+    let t = Instant::now();
+    let e = match ferry_host::Lun::open_with(&spec, false) {
+        Ok(_) => panic!("opened a LUN whose reservations are unreachable"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("reservations/vol1"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(Pointer::decode(&std::fs::read(&sidecar).unwrap()), Some(p));
+}

@@ -46,11 +46,18 @@ pub fn wanted_targets(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, Wan
     out
 }
 
+/// Work done on a LUN's volume before this node starts serving it: the
+/// LUN's name and spec; an error keeps the LUN from being served.
+pub type PrepareLun = Box<dyn Fn(&str, &str) -> Result<(), String> + Send>;
+
 /// tgtd, reached through tgtadm.
 pub struct TgtFrontend {
     pub tgt: Tgtadm,
     /// CHAP secrets applied per target since start (tgtd cannot show them).
     chap: BTreeMap<String, ChapCredential>,
+    /// Run before each LUN is added to tgtd (the agent points the LUN's
+    /// persistent reservations at the ZooKeeper map).
+    prepare: Option<PrepareLun>,
 }
 
 impl TgtFrontend {
@@ -58,7 +65,14 @@ impl TgtFrontend {
         TgtFrontend {
             tgt,
             chap: BTreeMap::new(),
+            prepare: None,
         }
+    }
+
+    /// Runs `prepare` before each LUN is added.
+    pub fn with_prepare(mut self, prepare: PrepareLun) -> Self {
+        self.prepare = Some(prepare);
+        self
     }
 }
 
@@ -118,6 +132,13 @@ impl Frontend for TgtFrontend {
             };
             if tid.is_some_and(|t| failed_tids.contains(&t)) {
                 continue;
+            }
+            if let (TgtOp::NewLun { name, spec, .. }, Some(prepare)) = (op, &self.prepare) {
+                if let Err(why) = prepare(name, spec) {
+                    log::warn!("LUN {name}: not served: {why}");
+                    errors.insert(name.clone(), why);
+                    continue;
+                }
             }
             let cache = match op {
                 TgtOp::NewLun { name, .. } => snap.map.luns.get(name).map(|l| l.cache_mode),

@@ -39,7 +39,7 @@ use ferry_map::state::{now_ms, LiveNode, MigrationAction, MigrationStatus, NodeS
 use ferry_map::store::{Event, MapStore, Session};
 use ferry_map::MapError;
 
-pub use crate::frontend::{Frontend, LioFrontend, TgtFrontend};
+pub use crate::frontend::{Frontend, LioFrontend, PrepareLun, TgtFrontend};
 
 /// How often a pass runs anyway while something waits: a claim turn, a
 /// retry after an error, a migration in progress.

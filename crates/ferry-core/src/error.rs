@@ -79,6 +79,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The persistent reservations could not be read or saved where
+    /// they are kept.
+    #[error("persistent reservations in {what}: {why}")]
+    Reservations { what: String, why: String },
     /// The LUN is busy with something that excludes the request.
     #[error("{0}")]
     Busy(String),

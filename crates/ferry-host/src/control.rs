@@ -131,6 +131,9 @@ pub struct Response {
     pub snapshots: Option<Vec<crate::snapshot::SnapshotInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservations: Option<ferry_pr::PrState>,
+    /// Where the reservations are saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservations_home: Option<String>,
 }
 
 impl Response {
@@ -241,6 +244,7 @@ impl Registry {
                 Ok(state) => Response {
                     ok: true,
                     reservations: Some(state),
+                    reservations_home: Some(lun.reservations_home()),
                     ..Default::default()
                 },
                 Err(e) => Response::error(e.to_string()),

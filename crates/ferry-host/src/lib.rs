@@ -4,6 +4,8 @@
 //! - [`spec`]: parse the volume specs admins write, open and create volumes;
 //! - [`lun`]: a served LUN whose volume can start migrating, and finish,
 //!   underneath the front-end;
+//! - [`pr_home`]: where a LUN's persistent reservations are saved (with
+//!   the volume, or in the ZooKeeper map);
 //! - [`snapshot`]: snapshots taken and restored while a LUN is served;
 //! - [`control`]: the Unix-socket control path the `ferry` CLI uses to reach
 //!   whichever process serves a LUN.
@@ -11,6 +13,7 @@
 
 pub mod control;
 pub mod lun;
+pub mod pr_home;
 pub mod snapshot;
 pub mod spec;
 

@@ -21,6 +21,7 @@ use ferry_pr::{Nexus, PrState, Refusal, Reservations};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use crate::pr_home::{Pointer, PrStore};
 use crate::spec::VolumeSpec;
 
 /// Options of a migration start.
@@ -69,10 +70,12 @@ pub struct Lun {
     /// Persistent reservations, enforced here for every front-end that
     /// passes PR commands through (`ferry_pr`).
     reservations: Reservations,
-    /// Where they are saved: the metadata of the served volume (for RBD
-    /// through the volume's own image handle), so they follow the LUN to
-    /// whichever gateway opens it next. Moves to the target at commit.
-    pr_store: Mutex<Arc<dyn MetaStore>>,
+    /// Where they are saved: the served volume's slot for them (for RBD
+    /// through the volume's own image handle), or the ZooKeeper document
+    /// the slot points to (`pr_home`), so they follow the LUN to
+    /// whichever gateway opens it next. The slot moves to the target at
+    /// commit.
+    pr_store: PrStore,
     /// Orders commands around PR OUT: a command holds it shared from its
     /// reservation check to the end of its I/O, a PR OUT exclusively. So
     /// once PREEMPT (AND ABORT) or CLEAR returns, no command of a
@@ -180,11 +183,11 @@ impl Lun {
                 (m.clone(), Some(Migration { vol: m, copier }))
             }
         };
-        let pr_store = match &migration {
+        let slot = match &migration {
             Some(m) => m.vol.source_store(),
             None => served.store_of(current.as_ref())?,
         };
-        let saved = pr_store.load_reservations()?;
+        let (pr_store, saved) = PrStore::open(slot)?;
         let reservations = Reservations::load(saved.as_deref()).map_err(|why| Error::Corrupt {
             what: format!(
                 "persistent reservations of {spec} ({})",
@@ -204,7 +207,7 @@ impl Lun {
         log::info!("{spec}: serving {}", current.name());
         Ok(Arc::new(Lun {
             reservations,
-            pr_store: Mutex::new(pr_store),
+            pr_store,
             pr_gate: RwLock::new(()),
             size: current.size(),
             spec,
@@ -249,10 +252,9 @@ impl Lun {
     }
 
     fn save_reservations(&self, bytes: &[u8]) -> std::result::Result<(), String> {
-        let store = self.pr_store.lock().clone();
-        store
-            .store_reservations(bytes)
-            .map_err(|e| format!("{}: {e}", store.describe()))
+        self.pr_store
+            .save(bytes)
+            .map_err(|e| format!("{}: {e}", self.pr_store.describe()))
     }
 
     /// Whether `nexus` may run `cdb` (any command but PERSISTENT RESERVE
@@ -310,10 +312,7 @@ impl Lun {
         switch: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         self.reservations.serialized(|state| -> Result<()> {
-            to.store_reservations(&state.encode())?;
-            switch()?;
-            *self.pr_store.lock() = to;
-            Ok(())
+            self.pr_store.move_slot(to, &state.encode(), switch)
         })
     }
 
@@ -334,6 +333,25 @@ impl Lun {
             );
         }
         Ok(self.reservations.state())
+    }
+
+    /// Keeps the reservations in the ZooKeeper map from now on, at
+    /// `pointer`: the state held now is written there, then the volume's
+    /// slot points to it (see [`crate::pr_home`]). PR OUT waits meanwhile.
+    pub fn keep_reservations_in(&self, pointer: &Pointer) -> Result<()> {
+        self.reservations
+            .serialized(|state| self.pr_store.keep_in(pointer, &state.encode()))
+    }
+
+    /// Where the reservations are saved, for messages and `ferry pr show`.
+    pub fn reservations_home(&self) -> String {
+        self.pr_store.describe()
+    }
+
+    /// The pointer the volume's slot holds, if the reservations are kept
+    /// in a ZooKeeper map.
+    pub fn reservations_pointer(&self) -> Option<Pointer> {
+        self.pr_store.pointer()
     }
 
     /// The configured spec.
