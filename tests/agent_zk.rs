@@ -512,11 +512,10 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
 
 /// An RBD LUN moves when its node dies, and the dead node's client is
 /// fenced first: blocklisted in the OSD map and its exclusive lock
-/// broken, so it could not write even if it were only partitioned.
+/// broken, so it could not write even if it were only partitioned. The
+/// persistent reservation two hosts made through the dead node (kept in
+/// the map) holds through the new one.
 #[cfg(feature = "rbd")]
-/// Two gateway nodes and an RBD LUN: the node taking over fences the
-/// dead node's client, and the persistent reservation two hosts made
-/// through the dead node holds through the new one.
 #[test]
 fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     use common::pr::{connect_to, prout, read_reservation, write_status, HOST_A, HOST_B};
@@ -597,6 +596,12 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     assert_eq!(read_reservation(&mut host_b), Some((0xa, 1)));
     assert_eq!(write_status(&mut host_b), ScsiStatus::ReservationConflict);
     assert_eq!(write_status(&mut host_a), ScsiStatus::Good);
+    // The state is the map's, not the image's.
+    let doc =
+        ferry_zk::ZkDocument::open(ferry_zk::ZkConfig::parse(&url).unwrap(), "reservations/r1")
+            .unwrap();
+    let kept = ferry_host::ferry_pr::PrState::decode(&doc.load().unwrap().unwrap()).unwrap();
+    assert_eq!(kept.registrations.len(), 2, "{kept:?}");
     // A lets go (CLEAR), so the unregistered test initiator may write.
     assert_eq!(prout(&mut host_a, 3, 0, 0xa, 0), ScsiStatus::Good);
     drop((host_a, host_b));

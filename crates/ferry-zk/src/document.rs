@@ -5,6 +5,8 @@
 //! (`<root>/reservations/<lun>`). The compare-and-set is the fence: a
 //! gateway that lost the LUN to another (which has written since) fails
 //! its next write instead of overwriting newer state.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ferry_map::MapError;
@@ -13,57 +15,40 @@ use zookeeper_client as zk;
 
 use crate::{connect_client, zk_err, ZkConfig};
 
-/// A connection to one document.
-pub struct ZkDocument {
+/// A client shared by every document of one process on the same
+/// servers, root and credentials: a gateway serving many LUNs holds one
+/// ZooKeeper session, not one per LUN.
+struct Connection {
     cfg: ZkConfig,
-    path: String,
     rt: tokio::runtime::Runtime,
     /// Replaced after the session expires (a client cannot come back).
     client: Mutex<zk::Client>,
-    /// The version last read or written; `None`: the document did not
-    /// exist then.
-    version: Mutex<Option<i32>>,
-    /// A write whose answer was lost (bytes, version expected): it may
-    /// have been applied, which the next write finds out.
-    unsure: Mutex<Option<(Vec<u8>, Option<i32>)>>,
 }
 
-impl std::fmt::Debug for ZkDocument {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
-    }
-}
+/// The connections in use, by servers, root and credentials.
+static CONNECTIONS: Mutex<BTreeMap<String, Weak<Connection>>> = Mutex::new(BTreeMap::new());
 
-impl ZkDocument {
-    /// Connects for the document at `rel` under the root of `cfg`
-    /// (`reservations/db`). Nothing is read yet.
-    pub fn open(cfg: ZkConfig, rel: &str) -> Result<ZkDocument, MapError> {
-        if rel.is_empty()
-            || rel.starts_with('/')
-            || rel
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(MapError::invalid(format!(
-                "invalid document path {rel:?} under {}",
-                cfg.root
-            )));
+impl Connection {
+    fn shared(cfg: ZkConfig) -> Result<Arc<Connection>, MapError> {
+        let key = format!(
+            "{}{}|{}",
+            cfg.servers,
+            cfg.root,
+            cfg.auth.as_deref().unwrap_or("")
+        );
+        let mut all = CONNECTIONS.lock();
+        all.retain(|_, c| c.strong_count() > 0);
+        if let Some(c) = all.get(&key).and_then(Weak::upgrade) {
+            return Ok(c);
         }
         let (rt, client) = connect_client(&cfg)?;
-        let path = format!("{}/{rel}", cfg.root);
-        Ok(ZkDocument {
+        let c = Arc::new(Connection {
             cfg,
-            path,
             rt,
             client: Mutex::new(client),
-            version: Mutex::new(None),
-            unsure: Mutex::new(None),
-        })
-    }
-
-    /// `zk://servers/root/rel`, for messages.
-    pub fn describe(&self) -> String {
-        format!("zk://{}{}", self.cfg.servers, self.path)
+        });
+        all.insert(key, Arc::downgrade(&c));
+        Ok(c)
     }
 
     /// The current client (a new one after a session expired).
@@ -72,7 +57,7 @@ impl ZkDocument {
         if client.state().is_terminated() {
             match self.reconnect() {
                 Ok(fresh) => *client = fresh,
-                Err(e) => log::warn!("{}: {e}", self.describe()),
+                Err(e) => log::warn!("zk://{}{}: {e}", self.cfg.servers, self.cfg.root),
             }
         }
         client.clone()
@@ -97,6 +82,7 @@ impl ZkDocument {
         if let Some(a) = &self.cfg.auth {
             connector = connector.with_auth("digest", a.as_bytes());
         }
+        let store = format!("zk://{}{}", self.cfg.servers, self.cfg.root);
         let fresh = self
             .rt
             .block_on(async {
@@ -107,11 +93,11 @@ impl ZkDocument {
                 .await
             })
             .map_err(|_| MapError::Unreachable {
-                store: self.describe(),
+                store: store.clone(),
                 why: format!("no server answered within {:?}", self.cfg.connect_timeout),
             })?
-            .map_err(|e| zk_err("reconnecting", &self.path, e))?;
-        log::info!("{}: new ZooKeeper session", self.describe());
+            .map_err(|e| zk_err("reconnecting", &store, e))?;
+        log::info!("{store}: new ZooKeeper session");
         Ok(fresh)
     }
 
@@ -121,6 +107,70 @@ impl ZkDocument {
         } else {
             zk::Acls::anyone_all()
         }
+    }
+}
+
+/// One document, read and written through a shared connection.
+pub struct ZkDocument {
+    conn: Arc<Connection>,
+    path: String,
+    /// The version last read or written; `None`: the document did not
+    /// exist then.
+    version: Mutex<Option<i32>>,
+    /// A write whose answer was lost (bytes, version expected): it may
+    /// have been applied, which the next write finds out.
+    unsure: Mutex<Option<(Vec<u8>, Option<i32>)>>,
+}
+
+impl std::fmt::Debug for ZkDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl ZkDocument {
+    /// Connects for the document at `rel` under the root of `cfg`
+    /// (`reservations/db`), sharing the process's connection to those
+    /// servers if there is one. Nothing is read yet.
+    pub fn open(cfg: ZkConfig, rel: &str) -> Result<ZkDocument, MapError> {
+        if rel.is_empty()
+            || rel.starts_with('/')
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(MapError::invalid(format!(
+                "invalid document path {rel:?} under {}",
+                cfg.root
+            )));
+        }
+        let path = format!("{}/{rel}", cfg.root);
+        Ok(ZkDocument {
+            conn: Connection::shared(cfg)?,
+            path,
+            version: Mutex::new(None),
+            unsure: Mutex::new(None),
+        })
+    }
+
+    /// `zk://servers/root/rel`, for messages.
+    pub fn describe(&self) -> String {
+        format!("zk://{}{}", self.conn.cfg.servers, self.path)
+    }
+
+    fn client(&self) -> zk::Client {
+        self.conn.client()
+    }
+
+    fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, zk::Error>>,
+    ) -> Result<T, zk::Error> {
+        self.conn.run(f)
+    }
+
+    fn acls(&self) -> zk::Acls<'static> {
+        self.conn.acls()
     }
 
     /// Reads the document (`None`: absent) and remembers its version for
