@@ -15,7 +15,11 @@ use crate::schema::Lun;
 use crate::state::Snapshot;
 
 /// The wait per rank before a less preferred node claims an unowned LUN.
-pub const CLAIM_STEP: Duration = Duration::from_millis(750);
+/// Only live nodes are ranked, so a failover does not wait for a dead
+/// node's turn; the step is the time a live but loaded node gets to see
+/// a change and claim before the next one takes the LUN for good (claims
+/// are sticky). CI saw 750 ms missed right after a ZooKeeper restart.
+pub const CLAIM_STEP: Duration = Duration::from_secs(2);
 
 /// The nodes permitted to serve `lun` that are live now, most preferred
 /// first. A LUN without a node list may run on any node in the map, in
