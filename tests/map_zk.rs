@@ -489,3 +489,48 @@ fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
     );
     assert_eq!(Pointer::decode(&std::fs::read(&sidecar).unwrap()), Some(p));
 }
+
+/// A gateway's reservation document through a ZooKeeper outage: writes
+/// fail promptly while it is down (a PR OUT then fails, nothing hangs),
+/// and work again once it is back, on the same handle, whether its
+/// session survived or a new one had to be made.
+#[test]
+fn reservation_document_writes_resume_after_a_zookeeper_outage() {
+    use ferry_zk::{ZkConfig, ZkDocument};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut zk) = ZooKeeper::start(&dir.path().join("zk")) else {
+        return;
+    };
+    let url = zk.url("ferry");
+    let mut cfg = ZkConfig::parse(&url).unwrap();
+    cfg.session_timeout = Duration::from_secs(4);
+    let doc = ZkDocument::open(cfg, "reservations/outage").unwrap();
+    assert_eq!(doc.load().unwrap(), None);
+    doc.store(b"before").unwrap();
+
+    zk.kill9();
+    let t = Instant::now();
+    let e = doc.store(b"during").unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Down longer than the session timeout: the session expires.
+    std::thread::sleep(Duration::from_secs(5));
+    zk.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match doc.store(b"after") {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("still failing after ZooKeeper came back: {e}"),
+        }
+    }
+    let check = ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/outage").unwrap();
+    assert_eq!(check.load().unwrap().as_deref(), Some(&b"after"[..]));
+}
