@@ -250,6 +250,35 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
     assert_eq!(read_keys(&mut s), (1, vec![9]));
     assert_eq!(read_reservation(&mut s), None);
     assert_eq!(write_status(&mut s), ScsiStatus::Good);
+
+    // ALL_TG_PT is taken (REPORT CAPABILITIES: ATP_C), and READ FULL
+    // STATUS shows which registration was made with it.
+    let mut b = connect(&t, HOST_B, 2);
+    let caps = b
+        .raw_cdb(&[0x5e, 2, 0, 0, 0, 0, 0, 0, 8, 0], None, 8)
+        .unwrap();
+    assert!(caps.is_good(), "{caps:?}");
+    assert_eq!(caps.data[2] & 0x04, 0x04, "ATP_C");
+    let mut p = [0u8; 24];
+    p[8..16].copy_from_slice(&0xbu64.to_be_bytes());
+    p[20] = 0x04;
+    let r = b
+        .raw_cdb(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], Some(&p), 0)
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "REGISTER with ALL_TG_PT: {r:?}");
+    let full = b
+        .raw_cdb(&[0x5e, 3, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .unwrap();
+    assert!(full.is_good(), "{full:?}");
+    let mut d = &full.data[8..];
+    let mut flags = std::collections::BTreeMap::new();
+    while d.len() >= 24 {
+        let key = u64::from_be_bytes(d[0..8].try_into().unwrap());
+        flags.insert(key, d[12] & 0x02);
+        let tid_len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
+        d = &d[24 + tid_len..];
+    }
+    assert_eq!(flags, [(9, 0), (0xb, 0x02)].into_iter().collect());
 }
 
 /// Fencing as `fence_scsi` does it: host B preempts-and-aborts host A

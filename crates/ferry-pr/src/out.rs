@@ -43,6 +43,8 @@ pub struct ProutRequest {
     pub reservation_key: u64,
     pub service_action_key: u64,
     pub aptpl: bool,
+    /// ALL_TG_PT, which only the register actions use.
+    pub all_target_ports: bool,
 }
 
 /// Length of the basic parameter list (SPC-4 6.16.3).
@@ -62,8 +64,10 @@ fn invalid_parameter() -> Refusal {
 impl ProutRequest {
     /// Parses the CDB and the parameter list the initiator sent.
     ///
-    /// REGISTER AND MOVE and SPEC_I_PT / ALL_TG_PT are not supported
-    /// (REPORT CAPABILITIES says so), and are refused with ILLEGAL REQUEST.
+    /// REGISTER AND MOVE and SPEC_I_PT are not supported (REPORT
+    /// CAPABILITIES says so), and are refused with ILLEGAL REQUEST.
+    /// ALL_TG_PT is taken by the register actions and ignored by the
+    /// others (SPC-4 6.16.3).
     pub fn parse(cdb: &[u8], params: &[u8]) -> Result<Self, Refusal> {
         if cdb.len() < 10 || cdb[0] != OPCODE {
             return Err(invalid_cdb());
@@ -87,8 +91,7 @@ impl ProutRequest {
         }
         let flags = params[20];
         let spec_i_pt = flags & 0x08 != 0;
-        let all_tg_pt = flags & 0x04 != 0;
-        if spec_i_pt || all_tg_pt {
+        if spec_i_pt {
             return Err(invalid_parameter());
         }
         Ok(ProutRequest {
@@ -98,6 +101,7 @@ impl ProutRequest {
             reservation_key: u64::from_be_bytes(params[0..8].try_into().expect("8 bytes")),
             service_action_key: u64::from_be_bytes(params[8..16].try_into().expect("8 bytes")),
             aptpl: flags & 0x01 != 0,
+            all_target_ports: flags & 0x04 != 0,
         })
     }
 
@@ -205,11 +209,13 @@ impl PrState {
             (None, key) => self.registrations.push(Registration {
                 nexus: nexus.clone(),
                 key,
+                all_target_ports: req.all_target_ports,
             }),
             (Some(_), 0) => self.unregister(nexus),
             (Some(_), key) => {
                 for r in self.registrations.iter_mut().filter(|r| &r.nexus == nexus) {
                     r.key = key;
+                    r.all_target_ports = req.all_target_ports;
                 }
             }
         }

@@ -72,11 +72,13 @@ impl PrState {
             },
             Report::ReportCapabilities => {
                 let mut out = vec![0u8; 8];
-                out[1] = 8; // length
-                            // CRH 0: RESERVE/RELEASE(6/10) from a non-holder conflict
-                            // while a persistent reservation exists. SIP_C, ATP_C 0.
-                            // PTPL_C (bit 0): the state persists through power loss.
-                out[2] = 0x01;
+                // Length.
+                out[1] = 8;
+                // CRH 0: RESERVE/RELEASE(6/10) from a non-holder conflict
+                // while a persistent reservation exists. SIP_C 0. ATP_C
+                // (bit 2): ALL_TG_PT is taken. PTPL_C (bit 0): the state
+                // persists through power loss.
+                out[2] = 0x04 | 0x01;
                 // TMV (bit 7) with the type mask below; ALLOW COMMANDS 0;
                 // PTPL_A (bit 0).
                 out[3] = 0x80 | u8::from(self.aptpl);
@@ -91,7 +93,8 @@ impl PrState {
                     body.extend_from_slice(&r.key.to_be_bytes());
                     body.extend_from_slice(&[0; 4]);
                     let holder = self.is_holder(&r.nexus);
-                    body.push(u8::from(holder)); // ALL_TG_PT 0 | R_HOLDER
+                    // ALL_TG_PT (bit 1) | R_HOLDER (bit 0)
+                    body.push(u8::from(r.all_target_ports) << 1 | u8::from(holder));
                     body.push(match (&self.reservation, holder) {
                         (Some(res), true) => res.kind.code(),
                         _ => 0,

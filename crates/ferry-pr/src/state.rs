@@ -99,6 +99,12 @@ pub struct Registration {
     #[serde(flatten)]
     pub nexus: Nexus,
     pub key: u64,
+    /// Registered with ALL_TG_PT: for the initiator port through every
+    /// target port. A ferry LUN has one target port (its target's name is
+    /// the same on every gateway, and a volume is exported once), so this
+    /// is the same registration; it is kept for READ FULL STATUS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_target_ports: bool,
 }
 
 /// The persistent reservation, if one is held. Only LU scope exists.
@@ -273,6 +279,7 @@ mod tests {
             registrations: vec![Registration {
                 nexus: a.clone(),
                 key: u64::MAX,
+                all_target_ports: true,
             }],
             reservation: Some(Reservation {
                 holder: Some(a.clone()),

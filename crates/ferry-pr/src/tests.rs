@@ -379,15 +379,11 @@ fn bad_parameter_lists_are_refused_without_change() {
             .serve_out(&a, &cdb_out(REGISTER, 0), &p[..20], &lun.persist()),
         length_error
     );
-    // SPEC_I_PT and ALL_TG_PT are not supported.
-    for flags in [0x08, 0x04] {
+    // SPEC_I_PT is not supported, with REGISTER or any other action.
+    for cdb in [cdb_out(REGISTER, 0), cdb_out(RESERVE, WE)] {
         assert_eq!(
-            lun.pr.serve_out(
-                &a,
-                &cdb_out(REGISTER, 0),
-                &params(0, 1, flags),
-                &lun.persist()
-            ),
+            lun.pr
+                .serve_out(&a, &cdb, &params(0, 1, 0x08), &lun.persist()),
             Err(Refusal::Check(Sense::new(
                 key::ILLEGAL_REQUEST,
                 asc::INVALID_FIELD_IN_PARAMETER_LIST
@@ -455,7 +451,7 @@ fn reports_capabilities_and_full_status() {
     let caps = lun.read(&a, 2);
     assert_eq!(caps.len(), 8);
     assert_eq!(u16::from_be_bytes([caps[0], caps[1]]), 8);
-    assert_eq!(caps[2], 0x01, "PTPL_C only");
+    assert_eq!(caps[2], 0x05, "ATP_C and PTPL_C");
     assert_eq!(caps[3] & 0x80, 0x80, "TMV");
     assert_eq!(u16::from_be_bytes([caps[4], caps[5]]), 0xea01);
     lun.pr
@@ -480,6 +476,26 @@ fn reports_capabilities_and_full_status() {
     assert_eq!(tid[0], 0x45, "iSCSI, name with ISID");
     assert_eq!(tid_len % 4, 0);
     assert!(tid[4..].starts_with(a.initiator.as_bytes()));
+    // A registration made with ALL_TG_PT says so; the bit is ignored by
+    // the other actions (here RELEASE).
+    let b = nexus("b");
+    let with_all_tg_pt = |who: &Nexus, action: u8, kind: u8, key: u64, sa_key: u64| {
+        lun.pr.serve_out(
+            who,
+            &cdb_out(action, kind),
+            &params(key, sa_key, 0x04),
+            &lun.persist(),
+        )
+    };
+    with_all_tg_pt(&b, REGISTER, 0, 0, 9).unwrap();
+    let full = lun.read(&a, 3);
+    let second = &full[8 + 24 + tid_len..];
+    assert_eq!(u64::from_be_bytes(second[0..8].try_into().unwrap()), 9);
+    assert_eq!(second[12], 0x02, "ALL_TG_PT, not R_HOLDER");
+    assert_eq!(full[8 + 12], 0x01, "a: R_HOLDER only");
+    with_all_tg_pt(&a, RELEASE, WE_RO, 7, 0).unwrap();
+    assert_eq!(lun.read(&a, 3)[8 + 12], 0, "a released");
+    assert!(lun.pr.state().registrations[1].all_target_ports);
     // Allocation length truncates.
     let mut buf = [0u8; 64];
     let cdb = [0x5e, 0, 0, 0, 0, 0, 0, 0, 4, 0];
