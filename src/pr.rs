@@ -16,6 +16,31 @@ pub enum PrCmd {
     /// fenced host still holds); registered hosts see RESERVATIONS
     /// PREEMPTED, as after a PR OUT CLEAR.
     Clear(PrArgs),
+    /// Move where the state is kept, while no gateway serves the LUN:
+    /// into a ZooKeeper map (the volume keeps a pointer; agents do this
+    /// themselves before a node serves a LUN of their map), or back into
+    /// the volume (a LUN leaving the map).
+    Move(MoveArgs),
+}
+
+#[derive(Args)]
+pub struct MoveArgs {
+    /// The volume (the LUN's spec).
+    pub volume: String,
+    /// Keep them in this map: `zk://host:port[,host:port...][/root]`.
+    #[arg(long, conflicts_with = "to_volume", requires = "lun")]
+    pub to_map: Option<String>,
+    /// The LUN's name in that map (the document is
+    /// `<root>/reservations/<lun>`).
+    #[arg(long, requires = "to_map")]
+    pub lun: Option<String>,
+    /// A file holding `user:password` for the map, which every gateway
+    /// reads by this path.
+    #[arg(long, requires = "to_map")]
+    pub zk_auth_file: Option<std::path::PathBuf>,
+    /// Keep them with the volume again.
+    #[arg(long)]
+    pub to_volume: bool,
 }
 
 #[derive(Args)]
@@ -34,6 +59,7 @@ pub fn run(cmd: PrCmd) -> Result<()> {
     let (a, clear) = match cmd {
         PrCmd::Show(a) => (a, false),
         PrCmd::Clear(a) => (a, true),
+        PrCmd::Move(m) => return move_home(m),
     };
     let spec = VolumeSpec::parse(&a.volume)?;
     let (state, home) = match find_host(&spec.to_string()) {
@@ -125,5 +151,46 @@ pub fn run(cmd: PrCmd) -> Result<()> {
         };
         println!("  {:#018x}  {}{holder}", r.key, r.nexus);
     }
+    Ok(())
+}
+
+fn move_home(m: MoveArgs) -> Result<()> {
+    let spec = VolumeSpec::parse(&m.volume)?;
+    if let Some(sock) = find_host(&spec.to_string()) {
+        bail!(
+            "{spec} is served here ({}): stop serving it first",
+            sock.display()
+        );
+    }
+    let others = spec.other_clients()?;
+    if !others.is_empty() {
+        bail!(
+            "{spec} is open by {}: stop serving it there first",
+            others.join(", ")
+        );
+    }
+    let changed = match (&m.to_map, &m.lun, m.to_volume) {
+        (Some(map), Some(lun), false) => {
+            let cfg = ferry_zk::ZkConfig::parse(map)?;
+            let auth = match &m.zk_auth_file {
+                Some(f) => Some(
+                    std::fs::canonicalize(f)
+                        .with_context(|| format!("ZooKeeper credentials {}", f.display()))?,
+                ),
+                None => None,
+            };
+            let url = format!("zk://{}{}", cfg.servers, cfg.root);
+            let p = ferry_host::pr_home::pointer(&url, lun, auth.as_deref());
+            ferry_host::pr_home::keep_in_map(&spec.to_string(), &p)?
+        }
+        (None, None, true) => ferry_host::pr_home::keep_with_volume(&spec.to_string())?,
+        _ => bail!("say where: --to-map URL --lun NAME, or --to-volume"),
+    };
+    let lun = Lun::open_with(&spec.to_string(), false)?;
+    println!(
+        "{spec}: persistent reservations {} in {}",
+        if changed { "now kept" } else { "already kept" },
+        lun.reservations_home()
+    );
     Ok(())
 }

@@ -473,6 +473,35 @@ fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
         "{shown}"
     );
 
+    // An admin moves them back to the volume and into the map again.
+    let pr = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("pr")
+            .args(args)
+            .env("FERRY_RUN_DIR", dir.path().join("run"))
+            .output()
+            .unwrap()
+    };
+    let moved = check(&pr(&["move", &spec, "--to-volume"]), "pr move --to-volume");
+    assert!(
+        moved.contains("now kept in") && moved.contains("v.img"),
+        "{moved}"
+    );
+    let back = PrState::decode(&std::fs::read(&sidecar).unwrap()).unwrap();
+    assert_eq!(back.generation, 7);
+    let moved = check(
+        &pr(&["move", &spec, "--to-map", &url, "--lun", "vol1"]),
+        "pr move --to-map",
+    );
+    assert!(moved.contains("reservations/vol1"), "{moved}");
+    assert_eq!(
+        Pointer::decode(&std::fs::read(&sidecar).unwrap()),
+        Some(p.clone())
+    );
+    let out = pr(&["move", &spec]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to-volume"));
+
     // ZooKeeper down: opening the LUN fails promptly and names the
     // document; the pointer stays.
     zk.kill9();

@@ -179,6 +179,15 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
         .as_str()
         .unwrap()
         .starts_with(HOST_B));
+    // Where the state is kept cannot move under a serving gateway.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["pr", "move", &spec, "--to-volume"])
+        .env("FERRY_RUN_DIR", &gw2.run_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("stop serving it first"), "{why}");
     ferry(&gw2, &["pr", "clear", &spec]);
     let r = b.raw_cdb(&[0x00; 6], None, 0).unwrap();
     assert_eq!(

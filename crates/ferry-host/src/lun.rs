@@ -343,6 +343,13 @@ impl Lun {
             .serialized(|state| self.pr_store.keep_in(pointer, &state.encode()))
     }
 
+    /// Keeps the reservations with the volume from now on (the state held
+    /// now replaces the slot's pointer). PR OUT waits meanwhile.
+    pub fn keep_reservations_with_volume(&self) -> Result<()> {
+        self.reservations
+            .serialized(|state| self.pr_store.keep_in_slot(&state.encode()))
+    }
+
     /// Where the reservations are saved, for messages and `ferry pr show`.
     pub fn reservations_home(&self) -> String {
         self.pr_store.describe()

@@ -173,6 +173,14 @@ impl PrStore {
         Ok(())
     }
 
+    /// Keeps the state in the volume's slot from now on: `state` replaces
+    /// the pointer there.
+    pub(crate) fn keep_in_slot(&self, state: &[u8]) -> Result<()> {
+        self.slot.lock().store_reservations(state)?;
+        *self.home.lock() = Home::Slot;
+        Ok(())
+    }
+
     /// The pointer the slot holds, if the state is in ZooKeeper.
     pub(crate) fn pointer(&self) -> Option<Pointer> {
         match &*self.home.lock() {
@@ -205,6 +213,19 @@ pub fn keep_in_map(spec: &str, pointer: &Pointer) -> Result<bool> {
         "{spec}: persistent reservations are kept in {} from now on",
         pointer.describe()
     );
+    Ok(true)
+}
+
+/// Makes the LUN served from `spec` keep its reservations with its volume
+/// again (a LUN leaving the map); nobody may be serving it. Returns
+/// whether anything changed.
+pub fn keep_with_volume(spec: &str) -> Result<bool> {
+    let lun = crate::Lun::open_with(spec, false)?;
+    if lun.reservations_pointer().is_none() {
+        return Ok(false);
+    }
+    lun.keep_reservations_with_volume()?;
+    log::info!("{spec}: persistent reservations are kept with the volume from now on");
     Ok(true)
 }
 
