@@ -4,10 +4,11 @@
 //! state in the gateway's memory, so a failover or restart forgets it and
 //! clustered hosts (Windows failover clusters, Pacemaker's fence_scsi,
 //! VMware) see their reservations vanish. ferry answers PR commands in the
-//! handler instead and keeps the state with the LUN's volume, in the same
-//! shared storage as the data (image metadata for RBD, a sidecar file for
-//! file volumes), so every gateway that serves the LUN sees the same
-//! registrations.
+//! handler instead and keeps the state in shared storage (the ZooKeeper
+//! map for LUNs its agents serve, else with the volume: image metadata for
+//! RBD, a sidecar file for file volumes; see `ferry_host::pr_home`), so
+//! every gateway that serves the LUN sees the same registrations. This
+//! crate does not know where: it hands the saved form to a callback.
 //!
 //! - [`state`]: the state, and its saved form;
 //! - [`out`]: PERSISTENT RESERVE OUT, every service action but REGISTER

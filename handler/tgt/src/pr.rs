@@ -9,7 +9,8 @@
 //!
 //! - PERSISTENT RESERVE IN/OUT go to the worker pool, which answers them
 //!   from the LUN's [`ferry_pr::Reservations`] and saves every change
-//!   with the volume before the initiator hears GOOD;
+//!   (with the volume, or in the ZooKeeper map) before the initiator
+//!   hears GOOD;
 //! - every other opcode first asks the same state whether the command's
 //!   nexus may run it (RESERVATION CONFLICT, or a unit attention owed),
 //!   then runs tgtd's own handler. While no reservation exists and no
