@@ -13,6 +13,13 @@
 # costs the same for every opcode.) Prints IOPS and the ratios
 # reserved/free per store (goal >= 0.95 for ferry) and ferry/rdwr with
 # the reservation.
+#
+# Then the rate of PR OUT commands (REGISTER AND IGNORE EXISTING KEY, a
+# change every time) in one session: rdwr keeps them in tgtd's memory,
+# ferry saves each durably before GOOD, beside the volume or (when
+# ZooKeeper is installed) in a ZooKeeper map on loopback, as the agents
+# do. Prints commands per second and the ratios to rdwr and between
+# ferry's two homes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/scripts/tgtd-lib.sh"
@@ -26,7 +33,8 @@ holder=iqn.2026-11.org.ferry:holder
 bench=iqn.2026-11.org.ferry:bench
 
 cleanup() {
-  stop_tgtd 1 2
+  stop_tgtd 1 2 3
+  if [ -n "${zk_pid:-}" ]; then kill -9 "$zk_pid" 2>/dev/null; wait "$zk_pid" 2>/dev/null; fi || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -83,3 +91,51 @@ for w in $workloads; do
     "$(ratio "$rr" "$rf")" "$(ratio "$fr" "$ff")" "$(ratio "$fr" "$rr")"
 done
 echo "(IOPS; $secs s per run; reservation: Write Exclusive held by another host)"
+
+# PR OUT rate.
+count=${PR_OUT_COUNT:-300}
+homes="rdwr ferry"
+zk_jar=/usr/share/java/zookeeper.jar
+if [ -f "$zk_jar" ] && command -v java >/dev/null; then
+  zk_port=$((port + 7))
+  mkdir -p "$work/zk/data"
+  printf 'tickTime=250\ndataDir=%s\nclientPort=%s\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok\n' \
+    "$work/zk/data" "$zk_port" >"$work/zk/zoo.cfg"
+  java -Xmx256m -cp "/etc/zookeeper/conf:$zk_jar" org.apache.zookeeper.server.ZooKeeperServerMain \
+    "$work/zk/zoo.cfg" >"$work/zk/log" 2>&1 &
+  zk_pid=$!
+  for _ in $(seq 300); do
+    [ "$( (exec 3<>/dev/tcp/127.0.0.1/$zk_port && echo ruok >&3 && head -c 4 <&3) 2>/dev/null)" = imok ] && break
+    sleep 0.1
+  done
+  cp "$work/rdwr.img" "$work/ferry-zk.img"
+  "$bin/ferry" pr move "file:$work/ferry-zk.img" --to-map "zk://127.0.0.1:$zk_port/ferry" --lun bench >/dev/null
+  tgtadm -C "$port" --lld iscsi --op new --mode target --tid 3 -T "$iqn:ferry-zk"
+  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid 3 -I ALL
+  tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 3 --lun 1 --bstype ferry --backing-store "file:$work/ferry-zk.img"
+  homes="$homes ferry-zk"
+fi
+declare -A rate
+actions=$(printf 'register-and-ignore %.0s' $(seq "$count"))
+for home in $homes; do
+  best=0
+  for _ in 1 2 3; do
+    t0=$(date +%s%N)
+    # shellcheck disable=SC2086 # one word per action
+    "$bin/ferry-iscsi" --initiator "$holder" --isid 1 pr-out "$(url "$home")" $actions --key a1 --sa-key a1 >/dev/null
+    t1=$(date +%s%N)
+    v=$(python3 -c "print(round($count / (($t1 - $t0) / 1e9)))")
+    [ "$v" -gt "$best" ] && best=$v
+  done
+  rate[$home]=$best
+done
+echo
+printf '%-22s' "PR OUT per second:"
+for home in $homes; do printf ' %s %s' "$home" "${rate[$home]}"; done
+echo
+printf '%-22s ferry/rdwr %s' "ratios:" "$(ratio "${rate[ferry]}" "${rate[rdwr]}")"
+if [ -n "${rate[ferry-zk]:-}" ]; then
+  printf '  ferry-zk/ferry %s' "$(ratio "${rate[ferry-zk]}" "${rate[ferry]}")"
+fi
+echo
+echo "($count commands in one session, best of 3; each saved before GOOD on ferry, in memory on rdwr)"
