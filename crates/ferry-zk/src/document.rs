@@ -227,7 +227,9 @@ impl ZkDocument {
                 *version = Some(expected.map_or(0, |v| v + 1));
                 Ok(())
             }
-            Err(e @ (zk::Error::ConnectionLoss | zk::Error::Timeout)) => {
+            Err(
+                e @ (zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionExpired),
+            ) => {
                 *self.unsure.lock() = Some((bytes.to_vec(), expected));
                 Err(zk_err("writing", &self.path, e))
             }
