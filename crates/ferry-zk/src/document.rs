@@ -13,7 +13,7 @@ use ferry_map::MapError;
 use parking_lot::Mutex;
 use zookeeper_client as zk;
 
-use crate::{connect_client, zk_err, ZkConfig};
+use crate::{connect_client, connect_on, zk_err, ZkConfig};
 
 /// A client shared by every document of one process on the same
 /// servers, root and credentials: a gateway serving many LUNs holds one
@@ -76,28 +76,12 @@ impl Connection {
     }
 
     fn reconnect(&self) -> Result<zk::Client, MapError> {
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(self.cfg.session_timeout)
-            .with_connection_timeout(self.cfg.connect_timeout);
-        if let Some(a) = &self.cfg.auth {
-            connector = connector.with_auth("digest", a.as_bytes());
-        }
-        let store = format!("zk://{}{}", self.cfg.servers, self.cfg.root);
-        let fresh = self
-            .rt
-            .block_on(async {
-                tokio::time::timeout(
-                    self.cfg.connect_timeout,
-                    connector.connect(&self.cfg.servers),
-                )
-                .await
-            })
-            .map_err(|_| MapError::Unreachable {
-                store: store.clone(),
-                why: format!("no server answered within {:?}", self.cfg.connect_timeout),
-            })?
-            .map_err(|e| zk_err("reconnecting", &store, e))?;
-        log::info!("{store}: new ZooKeeper session");
+        let fresh = connect_on(&self.rt, &self.cfg)?;
+        log::info!(
+            "zk://{}{}: new ZooKeeper session",
+            self.cfg.servers,
+            self.cfg.root
+        );
         Ok(fresh)
     }
 

@@ -176,6 +176,13 @@ fn connect_client(cfg: &ZkConfig) -> Result<(tokio::runtime::Runtime, zk::Client
             path: "ZooKeeper client runtime".into(),
             source: e,
         })?;
+    let client = connect_on(&rt, cfg)?;
+    Ok((rt, client))
+}
+
+/// A client connected (and authenticated) to `cfg`'s servers on `rt`, or
+/// [`MapError::Unreachable`] after its connect timeout.
+fn connect_on(rt: &tokio::runtime::Runtime, cfg: &ZkConfig) -> Result<zk::Client, MapError> {
     let unreachable = |why: String| MapError::Unreachable {
         store: format!("zk://{}{}", cfg.servers, cfg.root),
         why,
@@ -186,25 +193,22 @@ fn connect_client(cfg: &ZkConfig) -> Result<(tokio::runtime::Runtime, zk::Client
     if let Some(a) = &cfg.auth {
         connector = connector.with_auth("digest", a.as_bytes());
     }
-    let servers = cfg.servers.clone();
-    let client = rt
-        .block_on(async {
-            tokio::time::timeout(cfg.connect_timeout, connector.connect(&servers)).await
-        })
-        .map_err(|_| {
-            unreachable(format!(
-                "no server answered within {:?}",
-                cfg.connect_timeout
-            ))
-        })?
-        .map_err(|e| match e {
-            zk::Error::AuthFailed => MapError::NotAuthorized {
-                op: "authenticate to",
-                path: cfg.root.clone(),
-            },
-            e => unreachable(e.to_string()),
-        })?;
-    Ok((rt, client))
+    rt.block_on(async {
+        tokio::time::timeout(cfg.connect_timeout, connector.connect(&cfg.servers)).await
+    })
+    .map_err(|_| {
+        unreachable(format!(
+            "no server answered within {:?}",
+            cfg.connect_timeout
+        ))
+    })?
+    .map_err(|e| match e {
+        zk::Error::AuthFailed => MapError::NotAuthorized {
+            op: "authenticate to",
+            path: cfg.root.clone(),
+        },
+        e => unreachable(e.to_string()),
+    })
 }
 
 impl ZkStore {
