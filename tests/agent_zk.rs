@@ -510,6 +510,66 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
     }
 }
 
+/// Gateway nodes a and b with their agents running.
+fn two_nodes(dir: &std::path::Path, url: &str) -> BTreeMap<String, Node> {
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    for n in ["a", "b"] {
+        nodes.insert(n.to_string(), Node::add(n, dir, url));
+    }
+    for n in nodes.values_mut() {
+        n.start_agent(url);
+    }
+    nodes
+}
+
+/// LUN 1 of the target, `name` on `spec`, permitted on a then b, mapped
+/// to the test initiator and the two PR hosts; returns once a serves it.
+fn add_shared_lun(url: &str, name: &str, spec: &str) {
+    use common::pr::{HOST_A, HOST_B};
+    ferry(url, &["map", "target", "add", TARGET]);
+    ferry(
+        url,
+        &[
+            "map", "lun", "add", name, "--target", TARGET, "--lun", "1", "--spec", spec, "--nodes",
+            "a,b",
+        ],
+    );
+    for host in [INITIATOR, HOST_A, HOST_B] {
+        ferry(url, &["map", "initiator", "add", host, "--lun", name]);
+    }
+    let v = show(url)["version"].as_i64().unwrap();
+    wait_map(
+        url,
+        Duration::from_secs(20),
+        &format!("{name} served by a"),
+        |s| serves(s, "a", name, v),
+    );
+}
+
+/// Through `portal_url`: host A registers key 0xa and takes Write
+/// Exclusive; host B registers 0xb and may no longer write.
+fn a_reserves_b_registers(portal_url: &str) {
+    use common::pr::{connect_to, prout, write_status, HOST_A, HOST_B};
+    use ferry_initiator::ScsiStatus;
+    let mut a = connect_to(portal_url, HOST_A, 1);
+    let mut b = connect_to(portal_url, HOST_B, 2);
+    assert_eq!(prout(&mut a, 0, 0, 0, 0xa), ScsiStatus::Good);
+    assert_eq!(prout(&mut b, 0, 0, 0, 0xb), ScsiStatus::Good);
+    assert_eq!(prout(&mut a, 1, 1, 0xa, 0), ScsiStatus::Good);
+    assert_eq!(write_status(&mut b), ScsiStatus::ReservationConflict);
+}
+
+/// The persistent reservations the map keeps for `lun`.
+fn kept_in_map(url: &str, lun: &str) -> ferry_host::ferry_pr::PrState {
+    let doc = ferry_zk::ZkDocument::open(
+        ferry_zk::ZkConfig::parse(url).unwrap(),
+        &format!("reservations/{lun}"),
+    )
+    .unwrap();
+    let bytes = doc.load().unwrap().expect("no reservations in the map");
+    ferry_host::ferry_pr::PrState::decode(&bytes).unwrap()
+}
+
 /// An RBD LUN moves when its node dies, and the dead node's client is
 /// fenced first: blocklisted in the OSD map and its exclusive lock
 /// broken, so it could not write even if it were only partitioned. The
@@ -531,44 +591,17 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
         return;
     };
     let url = zk.url("ferry");
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    for n in ["a", "b"] {
-        nodes.insert(n.to_string(), Node::add(n, dir.path(), &url));
-    }
-    for n in nodes.values_mut() {
-        n.start_agent(&url);
-    }
+    let mut nodes = two_nodes(dir.path(), &url);
     let image = format!("agent-{}-{}", std::process::id(), common::free_port());
     let spec = format!("rbd:ferry-a/{image}?conf={conf}");
     ferry(&url, &["volume", "create", &spec, "--size", "64M"]);
-    ferry(&url, &["map", "target", "add", TARGET]);
-    ferry(
-        &url,
-        &[
-            "map", "lun", "add", "r1", "--target", TARGET, "--lun", "1", "--spec", &spec,
-            "--nodes", "a,b",
-        ],
-    );
-    for host in [INITIATOR, HOST_A, HOST_B] {
-        ferry(&url, &["map", "initiator", "add", host, "--lun", "r1"]);
-    }
-    let v = show(&url)["version"].as_i64().unwrap();
-    wait_map(&url, Duration::from_secs(20), "r1 served by a", |s| {
-        serves(s, "a", "r1", v)
-    });
+    add_shared_lun(&url, "r1", &spec);
     check(
         &iscsi(&["write-pattern", &nodes["a"].url(1), "--seed", "7"]),
         "write-pattern via a",
     );
     // Host A holds Write Exclusive through node a; host B is registered.
-    {
-        let mut a = connect_to(&nodes["a"].url(1), HOST_A, 1);
-        let mut b = connect_to(&nodes["a"].url(1), HOST_B, 2);
-        assert_eq!(prout(&mut a, 0, 0, 0, 0xa), ScsiStatus::Good);
-        assert_eq!(prout(&mut b, 0, 0, 0, 0xb), ScsiStatus::Good);
-        assert_eq!(prout(&mut a, 1, 1, 0xa, 0), ScsiStatus::Good);
-        assert_eq!(write_status(&mut b), ScsiStatus::ReservationConflict);
-    }
+    a_reserves_b_registers(&nodes["a"].url(1));
 
     nodes.get_mut("a").unwrap().kill9();
     wait_map(
@@ -597,10 +630,7 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     assert_eq!(write_status(&mut host_b), ScsiStatus::ReservationConflict);
     assert_eq!(write_status(&mut host_a), ScsiStatus::Good);
     // The state is the map's, not the image's.
-    let doc =
-        ferry_zk::ZkDocument::open(ferry_zk::ZkConfig::parse(&url).unwrap(), "reservations/r1")
-            .unwrap();
-    let kept = ferry_host::ferry_pr::PrState::decode(&doc.load().unwrap().unwrap()).unwrap();
+    let kept = kept_in_map(&url, "r1");
     assert_eq!(kept.registrations.len(), 2, "{kept:?}");
     // A lets go (CLEAR), so the unregistered test initiator may write.
     assert_eq!(prout(&mut host_a, 3, 0, 0xa, 0), ScsiStatus::Good);
@@ -629,10 +659,8 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
 #[test]
 fn reservations_live_in_the_map_through_migration_and_failover() {
     use common::pr::{connect_to, prout, read_reservation, write_status, HOST_A, HOST_B};
-    use ferry_host::ferry_pr::PrState;
     use ferry_host::pr_home::Pointer;
     use ferry_initiator::ScsiStatus;
-    use ferry_zk::{ZkConfig, ZkDocument};
     if !common::require("tgtd") {
         return;
     }
@@ -644,43 +672,10 @@ fn reservations_live_in_the_map_through_migration_and_failover() {
     let vols = dir.path().join("vols");
     std::fs::create_dir_all(&vols).unwrap();
     let vol = |n: &str| format!("file:{}", vols.join(n).display());
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    for n in ["a", "b"] {
-        nodes.insert(n.to_string(), Node::add(n, dir.path(), &url));
-    }
-    for n in nodes.values_mut() {
-        n.start_agent(&url);
-    }
+    let mut nodes = two_nodes(dir.path(), &url);
     ferry(&url, &["volume", "create", &vol("p1"), "--size", "32M"]);
-    ferry(&url, &["map", "target", "add", TARGET]);
-    ferry(
-        &url,
-        &[
-            "map",
-            "lun",
-            "add",
-            "p1",
-            "--target",
-            TARGET,
-            "--lun",
-            "1",
-            "--spec",
-            &vol("p1"),
-            "--nodes",
-            "a,b",
-        ],
-    );
-    for host in [INITIATOR, HOST_A, HOST_B] {
-        ferry(&url, &["map", "initiator", "add", host, "--lun", "p1"]);
-    }
-    let v = show(&url)["version"].as_i64().unwrap();
-    wait_map(&url, Duration::from_secs(20), "p1 served by a", |s| {
-        serves(s, "a", "p1", v)
-    });
-    let kept = || {
-        let doc = ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/p1").unwrap();
-        PrState::decode(&doc.load().unwrap().expect("no reservations in the map")).unwrap()
-    };
+    add_shared_lun(&url, "p1", &vol("p1"));
+    let kept = || kept_in_map(&url, "p1");
     let pointer_in = |volume: &str| {
         let slot = vols.join(format!("{volume}.ferry-pr"));
         Pointer::decode(&std::fs::read(&slot).unwrap())
@@ -688,14 +683,7 @@ fn reservations_live_in_the_map_through_migration_and_failover() {
     };
 
     // Host A holds Write Exclusive through node a; host B is registered.
-    {
-        let mut a = connect_to(&nodes["a"].url(1), HOST_A, 1);
-        let mut b = connect_to(&nodes["a"].url(1), HOST_B, 2);
-        assert_eq!(prout(&mut a, 0, 0, 0, 0xa), ScsiStatus::Good);
-        assert_eq!(prout(&mut b, 0, 0, 0, 0xb), ScsiStatus::Good);
-        assert_eq!(prout(&mut a, 1, 1, 0xa, 0), ScsiStatus::Good);
-        assert_eq!(write_status(&mut b), ScsiStatus::ReservationConflict);
-    }
+    a_reserves_b_registers(&nodes["a"].url(1));
     let state = kept();
     assert_eq!(state.registrations.len(), 2, "{state:?}");
     assert!(state.reservation.is_some(), "{state:?}");
