@@ -93,26 +93,25 @@ pub fn run(cmd: PrCmd) -> Result<()> {
             let slot = store.load_reservations()?;
             // The slot may point to the ZooKeeper map, which then holds
             // the state (the pointer stays).
-            match slot.as_deref().and_then(Pointer::decode) {
-                Some(p) => {
-                    let doc = p.connect()?;
-                    let old = doc
-                        .load()?
-                        .and_then(|b| PrState::decode(&b).ok())
-                        .unwrap_or_default();
-                    let next = old.cleared();
-                    doc.store(&next.encode())?;
-                    (next, Some(doc.describe()))
-                }
-                None => {
-                    let old = slot
-                        .and_then(|b| PrState::decode(&b).ok())
-                        .unwrap_or_default();
-                    let next = old.cleared();
-                    store.store_reservations(&next.encode())?;
-                    (next, Some(store.describe()))
-                }
+            let doc = slot
+                .as_deref()
+                .and_then(Pointer::decode)
+                .map(|p| p.connect())
+                .transpose()?;
+            let old = match &doc {
+                Some(d) => d.load()?,
+                None => slot,
+            };
+            let next = old
+                .and_then(|b| PrState::decode(&b).ok())
+                .unwrap_or_default()
+                .cleared();
+            match &doc {
+                Some(d) => d.store(&next.encode())?,
+                None => store.store_reservations(&next.encode())?,
             }
+            let home = doc.map_or_else(|| store.describe(), |d| d.describe());
+            (next, Some(home))
         }
         None => {
             let lun = Lun::open_with(&spec.to_string(), false)

@@ -498,6 +498,19 @@ fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
         Pointer::decode(&std::fs::read(&sidecar).unwrap()),
         Some(p.clone())
     );
+    // An offline clear writes the cleared state where it is kept; the
+    // pointer stays.
+    let cleared = check(&pr(&["clear", &spec]), "pr clear");
+    assert!(cleared.contains("reservations/vol1"), "{cleared}");
+    let kept = PrState::decode(&doc.load().unwrap().unwrap()).unwrap();
+    assert!(
+        kept.generation > 7 && kept.registrations.is_empty(),
+        "{kept:?}"
+    );
+    assert_eq!(
+        Pointer::decode(&std::fs::read(&sidecar).unwrap()),
+        Some(p.clone())
+    );
     let out = pr(&["move", &spec]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--to-volume"));
