@@ -73,11 +73,17 @@ impl Node {
 
     /// The node dies: agent and tgtd both get SIGKILL.
     fn kill9(&mut self) {
+        self.kill_agent();
+        self.tgtd.kill9();
+    }
+
+    /// Only the agent dies: tgtd keeps serving what it served (a node cut
+    /// off from the map but not from storage or ZooKeeper).
+    fn kill_agent(&mut self) {
         if let Some(mut a) = self.agent.take() {
             let _ = a.kill();
             let _ = a.wait();
         }
-        self.tgtd.kill9();
     }
 
     fn log_text(&self) -> String {
@@ -603,7 +609,8 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     // Host A holds Write Exclusive through node a; host B is registered.
     a_reserves_b_registers(&nodes["a"].url(1));
 
-    nodes.get_mut("a").unwrap().kill9();
+    // Node a's agent dies, its tgtd keeps serving: b takes the LUN over.
+    nodes.get_mut("a").unwrap().kill_agent();
     wait_map(
         &url,
         SESSION + Duration::from_secs(5),
@@ -632,6 +639,13 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
     // The state is the map's, not the image's.
     let kept = kept_in_map(&url, "r1");
     assert_eq!(kept.registrations.len(), 2, "{kept:?}");
+    // a's tgtd still answers, but b claimed the state when it opened the
+    // LUN: a change through a is refused and changes nothing.
+    {
+        let mut stale = connect_to(&nodes["a"].url(1), HOST_B, 2);
+        assert_ne!(prout(&mut stale, 4, 1, 0xb, 0xa), ScsiStatus::Good);
+    }
+    assert_eq!(kept_in_map(&url, "r1"), kept);
     // A lets go (CLEAR), so the unregistered test initiator may write.
     assert_eq!(prout(&mut host_a, 3, 0, 0xa, 0), ScsiStatus::Good);
     drop((host_a, host_b));

@@ -415,6 +415,14 @@ fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
         "{e}"
     );
     assert_eq!(open().load().unwrap().as_deref(), Some(&b"two"[..]));
+    // A gateway taking the LUN over claims the document when it opens it:
+    // the one before, which has not written since, is fenced at once.
+    let (before, taking_over) = (open(), open());
+    before.load().unwrap();
+    assert_eq!(taking_over.claim().unwrap().as_deref(), Some(&b"two"[..]));
+    assert!(before.store(b"late").is_err());
+    taking_over.store(b"three").unwrap();
+    assert_eq!(open().load().unwrap().as_deref(), Some(&b"three"[..]));
     // Two first writers of an absent document: one wins.
     let (x, y) = (
         ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/web").unwrap(),
@@ -514,6 +522,32 @@ fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
     let out = pr(&["move", &spec]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--to-volume"));
+
+    // A pointer to a document that is gone (deleted by hand) is an error,
+    // not "no reservations"; `ferry pr clear` starts it again, empty.
+    let ghost_volume = dir.path().join("ghost.img");
+    std::fs::File::create(&ghost_volume)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let ghost = format!("file:{}", ghost_volume.display());
+    std::fs::write(
+        dir.path().join("ghost.img.ferry-pr"),
+        pointer(&url, "ghost", None).encode(),
+    )
+    .unwrap();
+    let e = match ferry_host::Lun::open_with(&ghost, false) {
+        Ok(_) => panic!("opened a LUN whose reservations document is gone"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("missing") && e.contains("reservations/ghost"),
+        "{e}"
+    );
+    check(&pr(&["clear", &ghost]), "pr clear of a missing document");
+    let lun = ferry_host::Lun::open_with(&ghost, false).unwrap();
+    assert!(lun.reservations().state().registrations.is_empty());
+    drop(lun);
 
     // ZooKeeper down: opening the LUN fails promptly and names the
     // document; the pointer stays.

@@ -187,7 +187,7 @@ impl Lun {
             Some(m) => m.vol.source_store(),
             None => served.store_of(current.as_ref())?,
         };
-        let (pr_store, saved) = PrStore::open(slot)?;
+        let (pr_store, saved) = PrStore::open(slot, run_copier)?;
         let reservations = Reservations::load(saved.as_deref()).map_err(|why| Error::Corrupt {
             what: format!(
                 "persistent reservations of {spec} ({})",
@@ -252,9 +252,9 @@ impl Lun {
     }
 
     fn save_reservations(&self, bytes: &[u8]) -> std::result::Result<(), String> {
-        self.pr_store
-            .save(bytes)
-            .map_err(|e| format!("{}: {e}", self.pr_store.describe()))
+        // The error names where (a volume's metadata, a ZooKeeper
+        // document).
+        self.pr_store.save(bytes).map_err(|e| e.to_string())
     }
 
     /// Whether `nexus` may run `cdb` (any command but PERSISTENT RESERVE

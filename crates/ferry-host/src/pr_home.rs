@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use ferry_core::{Error, MetaStore, Result};
 use ferry_zk::{ZkConfig, ZkDocument};
+
+use crate::spec::VolumeSpec;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -86,16 +88,33 @@ pub(crate) struct PrStore {
 }
 
 impl PrStore {
-    /// Opens the slot, following a pointer; returns the saved state.
-    pub(crate) fn open(slot: Arc<dyn MetaStore>) -> Result<(PrStore, Option<Vec<u8>>)> {
+    /// Opens the slot, following a pointer; returns the saved state. A
+    /// gateway opening the LUN to serve it (`serving`) claims a document
+    /// in ZooKeeper: it writes it back unchanged, so a gateway that served
+    /// the LUN before and still runs somewhere cannot save over it.
+    pub(crate) fn open(
+        slot: Arc<dyn MetaStore>,
+        serving: bool,
+    ) -> Result<(PrStore, Option<Vec<u8>>)> {
         let saved = slot.load_reservations()?;
         let (home, saved) = match saved.as_deref().and_then(Pointer::decode) {
             Some(p) => {
                 let doc = p.connect()?;
-                let state = doc.load().map_err(|e| Error::Reservations {
+                let bad = |why: String| Error::Reservations {
                     what: p.describe(),
-                    why: e.to_string(),
+                    why,
+                };
+                let read = if serving { doc.claim() } else { doc.load() };
+                // The document is written before any pointer to it, so a
+                // missing one was deleted: the registrations hosts rely on
+                // for fencing are gone, which must not pass for "none".
+                let state = read.map_err(|e| bad(e.to_string()))?.ok_or_else(|| {
+                    bad(
+                        "the document is missing (deleted?); `ferry pr clear` starts it empty"
+                            .into(),
+                    )
                 })?;
+                let state = Some(state);
                 let pointer = saved.unwrap_or_default();
                 (
                     Home::Zk {
@@ -204,6 +223,13 @@ pub fn pointer(map_url: &str, lun: &str, auth_file: Option<&Path>) -> Pointer {
 /// (the agent does this before its node serves the LUN; nobody may be
 /// serving it). Returns whether anything changed.
 pub fn keep_in_map(spec: &str, pointer: &Pointer) -> Result<bool> {
+    // Most LUNs point there already (a node serving a LUN again): one read
+    // of the slot says so, without opening the LUN.
+    let (_, served) = crate::lun::resolve(&VolumeSpec::parse(spec)?)?;
+    let slot = served.store()?.load_reservations()?;
+    if slot.as_deref().and_then(Pointer::decode).as_ref() == Some(pointer) {
+        return Ok(false);
+    }
     let lun = crate::Lun::open_with(spec, false)?;
     if lun.reservations_pointer().as_ref() == Some(pointer) {
         return Ok(false);

@@ -179,9 +179,10 @@ pub fn report_opcodes_refused_field(
         byte: 2,
         bit: Some(2),
     };
+    // In the order tgtd checks: the allocation length first.
     match (options, has_actions) {
-        (3.., _) => reporting_options,
         _ if in_len < alloc => CdbField { byte: 6, bit: None },
+        (3.., _) => reporting_options,
         (1 | 2, None) => CdbField { byte: 3, bit: None },
         // 001b asked for an opcode with service actions, or 010b for one
         // without: the option does not fit the opcode.

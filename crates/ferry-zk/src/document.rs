@@ -7,7 +7,7 @@
 //! its next write instead of overwriting newer state.
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_map::MapError;
 use parking_lot::Mutex;
@@ -23,7 +23,13 @@ struct Connection {
     rt: tokio::runtime::Runtime,
     /// Replaced after the session expires (a client cannot come back).
     client: Mutex<zk::Client>,
+    /// When a new session last failed to come up: requests meanwhile fail
+    /// at once instead of each waiting out a connect timeout.
+    failed_reconnect: Mutex<Option<Instant>>,
 }
+
+/// How long after a failed reconnection requests fail without trying.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The connections in use, by servers, root and credentials.
 static CONNECTIONS: Mutex<BTreeMap<String, Weak<Connection>>> = Mutex::new(BTreeMap::new());
@@ -46,18 +52,30 @@ impl Connection {
             cfg,
             rt,
             client: Mutex::new(client),
+            failed_reconnect: Mutex::new(None),
         });
         all.insert(key, Arc::downgrade(&c));
         Ok(c)
     }
 
-    /// The current client (a new one after a session expired).
+    /// The current client: a new one after a session expired, unless one
+    /// failed to come up within the last [`RECONNECT_BACKOFF`] (then the
+    /// expired client, whose requests fail at once).
     fn client(&self) -> zk::Client {
         let mut client = self.client.lock();
         if client.state().is_terminated() {
-            match self.reconnect() {
-                Ok(fresh) => *client = fresh,
-                Err(e) => log::warn!("zk://{}{}: {e}", self.cfg.servers, self.cfg.root),
+            let mut failed = self.failed_reconnect.lock();
+            if failed.is_none_or(|t| t.elapsed() >= RECONNECT_BACKOFF) {
+                match self.reconnect() {
+                    Ok(fresh) => {
+                        *client = fresh;
+                        *failed = None;
+                    }
+                    Err(e) => {
+                        log::warn!("zk://{}{}: {e}", self.cfg.servers, self.cfg.root);
+                        *failed = Some(Instant::now());
+                    }
+                }
             }
         }
         client.clone()
@@ -176,10 +194,21 @@ impl ZkDocument {
     /// nothing changes.
     pub fn store(&self, bytes: &[u8]) -> Result<(), MapError> {
         let mut version = self.version.lock();
-        if let Some((b, e)) = self.unsure.lock().take() {
-            let next = e.map_or(0, |v| v + 1);
-            if e == *version && self.holds(&b, next) {
-                *version = Some(next);
+        let mut unsure = self.unsure.lock();
+        // An earlier write whose outcome is unknown is settled first; while
+        // that cannot be read, nothing is written (it may have landed, and
+        // a write at the old version would then look like a stranger's).
+        if let Some((b, e)) = unsure.take() {
+            if e == *version {
+                let next = e.map_or(0, |v| v + 1);
+                match self.holds(&b, next) {
+                    Ok(true) => *version = Some(next),
+                    Ok(false) => {}
+                    Err(err) => {
+                        *unsure = Some((b, e));
+                        return Err(zk_err("reading", &self.path, err));
+                    }
+                }
             }
         }
         let expected = *version;
@@ -206,7 +235,7 @@ impl ZkDocument {
             // lost: then the document holds exactly our bytes, one
             // version on.
             Err(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::ConnectionLoss)
-                if self.holds(bytes, expected.map_or(0, |v| v + 1)) =>
+                if matches!(self.holds(bytes, expected.map_or(0, |v| v + 1)), Ok(true)) =>
             {
                 *version = Some(expected.map_or(0, |v| v + 1));
                 Ok(())
@@ -214,7 +243,7 @@ impl ZkDocument {
             Err(
                 e @ (zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionExpired),
             ) => {
-                *self.unsure.lock() = Some((bytes.to_vec(), expected));
+                *unsure = Some((bytes.to_vec(), expected));
                 Err(zk_err("writing", &self.path, e))
             }
             Err(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode) => {
@@ -226,6 +255,28 @@ impl ZkDocument {
             }
             Err(e) => Err(zk_err("writing", &self.path, e)),
         }
+    }
+
+    /// Reads the document and writes it back unchanged, so this handle
+    /// is its writer from now on: any other handle's next write (a
+    /// gateway that served the LUN before, still running somewhere)
+    /// fails. `None` if the document does not exist (nothing written).
+    pub fn claim(&self) -> Result<Option<Vec<u8>>, MapError> {
+        for _ in 0..10 {
+            let Some(bytes) = self.load()? else {
+                return Ok(None);
+            };
+            match self.store(&bytes) {
+                Ok(()) => return Ok(Some(bytes)),
+                Err(MapError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(MapError::Conflict {
+            what: self.describe(),
+            expected: -1,
+            actual: self.current_version().unwrap_or(-1),
+        })
     }
 
     /// Replaces the document whatever it holds now (an administrator's
@@ -245,12 +296,14 @@ impl ZkDocument {
         })
     }
 
-    fn holds(&self, bytes: &[u8], version: i32) -> bool {
+    /// Whether the document holds exactly `bytes` at `version`.
+    fn holds(&self, bytes: &[u8], version: i32) -> Result<bool, zk::Error> {
         let c = self.client();
-        matches!(
-            self.run(c.get_data(&self.path)),
-            Ok((d, st)) if d == bytes && st.version == version
-        )
+        match self.run(c.get_data(&self.path)) {
+            Ok((d, st)) => Ok(d == bytes && st.version == version),
+            Err(zk::Error::NoNode) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn current_version(&self) -> Option<i32> {

@@ -701,11 +701,13 @@ impl MapStore for ZkStore {
     fn wait(&self, timeout: Duration) -> Result<Event, MapError> {
         self.ensure_watch()?;
         let mut slot = self.watcher.lock();
-        let Some((w, _)) = slot.as_mut() else {
+        let Some((w, watched_since)) = slot.as_mut() else {
             return Err(MapError::SessionExpired);
         };
+        // The reconnection count the watch was added at (a reconnection
+        // since then, even before this wait, means adding it again).
+        let watched_since = *watched_since;
         let deadline = tokio::time::Instant::now() + timeout;
-        let watched_since = self.reconnects.load(AtomicOrdering::SeqCst);
         loop {
             // Wake every half second to notice a reconnection: the watch
             // does not always deliver the session event that says so, and
