@@ -227,9 +227,13 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
     // Parameter list length 23: PARAMETER LIST LENGTH ERROR.
     let mut cdb = [0x5f, 0, 0, 0, 0, 0, 0, 0, 23, 0];
     assert_eq!(sense_of(&mut s, &cdb, Some(&params[..23])), (5, 0x1a, 0));
-    // REGISTER AND MOVE, reserved service actions, PR IN SA 4+.
+    // REGISTER AND MOVE without a TransportID or target port: INVALID
+    // FIELD IN PARAMETER LIST.
     cdb[8] = 24;
-    for sa in [7u8, 9, 0x1f] {
+    cdb[1] = 7;
+    assert_eq!(sense_of(&mut s, &cdb, Some(&params)), (5, 0x26, 0));
+    // Reserved service actions, PR IN SA 4+.
+    for sa in [9u8, 0x1f] {
         cdb[1] = sa;
         assert_eq!(
             sense_of(&mut s, &cdb, Some(&params)),
@@ -288,6 +292,64 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
         d = &d[24 + tid_len..];
     }
     assert_eq!(flags, [(9, 0), (0xb, 0x02)].into_iter().collect());
+}
+
+/// REGISTER AND MOVE over iSCSI: the holder hands its reservation to
+/// another host's initiator port, named by the TransportID READ FULL
+/// STATUS reports for it, and unregisters itself (UNREG).
+#[test]
+fn register_and_move_hands_the_reservation_to_another_host() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tgtd::start(&dir.path().join("run"));
+    let spec = common::file_volume(dir.path(), 8 << 20);
+    t.serve(&spec);
+    let mut a = connect(&t, HOST_A, 1);
+    let mut b = connect(&t, HOST_B, 2);
+    assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
+    assert_eq!(prout(&mut a, 1, 1, KEY_A, 0), ScsiStatus::Good);
+    assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
+    // B's TransportID, as READ FULL STATUS gives it.
+    let full = b
+        .raw_cdb(&[0x5e, 3, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .unwrap();
+    assert!(full.is_good(), "{full:?}");
+    let mut d = &full.data[8..];
+    let mut b_tid = None;
+    while d.len() >= 24 {
+        let key = u64::from_be_bytes(d[0..8].try_into().unwrap());
+        let len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
+        if key == KEY_B {
+            b_tid = Some(d[24..24 + len].to_vec());
+        }
+        d = &d[24 + len..];
+    }
+    let b_tid = b_tid.expect("B's registration in READ FULL STATUS");
+    // Keys, UNREG, relative target port 1, the TransportID.
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&KEY_A.to_be_bytes());
+    p[8..16].copy_from_slice(&KEY_B.to_be_bytes());
+    p[17] = 0x02;
+    p[18..20].copy_from_slice(&1u16.to_be_bytes());
+    p[20..24].copy_from_slice(&(b_tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(&b_tid);
+    let len = p.len() as u8;
+    let r = a
+        .raw_cdb(&[0x5f, 7, 0, 0, 0, 0, 0, 0, len, 0], Some(&p), 0)
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "REGISTER AND MOVE: {r:?}");
+    assert_eq!(read_reservation(&mut a), Some((KEY_B, 1)));
+    assert_eq!(read_keys(&mut a).1, vec![KEY_B]);
+    assert_eq!(write_status(&mut b), ScsiStatus::Good);
+    assert_eq!(write_status(&mut a), ScsiStatus::ReservationConflict);
+    // The move was saved: it holds through a tgtd crash and restart.
+    drop((a, b));
+    t.restart();
+    t.serve(&spec);
+    let mut b = connect(&t, HOST_B, 2);
+    assert_eq!(read_reservation(&mut b), Some((KEY_B, 1)));
 }
 
 /// Fencing as `fence_scsi` does it: host B preempts-and-aborts host A

@@ -11,8 +11,7 @@
 //! crate does not know where: it hands the saved form to a callback.
 //!
 //! - [`state`]: the state, and its saved form;
-//! - [`out`]: PERSISTENT RESERVE OUT, every service action but REGISTER
-//!   AND MOVE;
+//! - [`out`]: PERSISTENT RESERVE OUT, every service action;
 //! - [`prin`]: PERSISTENT RESERVE IN: READ KEYS, READ RESERVATION, REPORT
 //!   CAPABILITIES, READ FULL STATUS;
 //! - [`access`]: which other commands a reservation lets through;

@@ -31,6 +31,16 @@ pub enum Action {
     Preempt,
     PreemptAndAbort,
     RegisterAndIgnoreExistingKey,
+    RegisterAndMove,
+}
+
+/// Where REGISTER AND MOVE moves the reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveTo {
+    /// The initiator port (`name,i,0x<isid>`), through this target port.
+    pub initiator: String,
+    /// UNREG: the sender's registration goes too.
+    pub unregister: bool,
 }
 
 /// A parsed PERSISTENT RESERVE OUT command with its parameter list.
@@ -45,6 +55,8 @@ pub struct ProutRequest {
     pub aptpl: bool,
     /// ALL_TG_PT, which only the register actions use.
     pub all_target_ports: bool,
+    /// REGISTER AND MOVE's destination.
+    pub move_to: Option<MoveTo>,
 }
 
 /// Length of the basic parameter list (SPC-4 6.16.3).
@@ -64,10 +76,12 @@ fn invalid_parameter() -> Refusal {
 impl ProutRequest {
     /// Parses the CDB and the parameter list the initiator sent.
     ///
-    /// REGISTER AND MOVE and SPEC_I_PT are not supported (REPORT
-    /// CAPABILITIES says so), and are refused with ILLEGAL REQUEST.
-    /// ALL_TG_PT is taken by the register actions and ignored by the
-    /// others (SPC-4 6.16.3).
+    /// SPEC_I_PT is not supported (REPORT CAPABILITIES says so) and is
+    /// refused with ILLEGAL REQUEST. ALL_TG_PT is taken by the register
+    /// actions and ignored by the others (SPC-4 6.16.3). REGISTER AND
+    /// MOVE has its own parameter list (SPC-4 6.16.4), whose TransportID
+    /// must name an iSCSI initiator port (format 01b) through this target
+    /// port.
     pub fn parse(cdb: &[u8], params: &[u8]) -> Result<Self, Refusal> {
         if cdb.len() < 10 || cdb[0] != OPCODE {
             return Err(invalid_cdb());
@@ -80,29 +94,63 @@ impl ProutRequest {
             4 => Action::Preempt,
             5 => Action::PreemptAndAbort,
             6 => Action::RegisterAndIgnoreExistingKey,
+            7 => Action::RegisterAndMove,
             _ => return Err(invalid_cdb()),
         };
         let declared = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]) as usize;
-        if declared != PARAMETER_LIST_LEN || params.len() < PARAMETER_LIST_LEN {
-            return Err(Refusal::Check(Sense::new(
-                key::ILLEGAL_REQUEST,
-                asc::PARAMETER_LIST_LENGTH,
-            )));
+        let length_error =
+            || Refusal::Check(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
+        let fits = if action == Action::RegisterAndMove {
+            declared >= PARAMETER_LIST_LEN
+        } else {
+            declared == PARAMETER_LIST_LEN
+        };
+        if !fits || params.len() < declared {
+            return Err(length_error());
+        }
+        let key_at =
+            |at: usize| u64::from_be_bytes(params[at..at + 8].try_into().expect("8 bytes"));
+        let mut req = ProutRequest {
+            action,
+            type_code: cdb[2] & 0x0f,
+            scope: cdb[2] >> 4,
+            reservation_key: key_at(0),
+            service_action_key: key_at(8),
+            aptpl: false,
+            all_target_ports: false,
+            move_to: None,
+        };
+        if action == Action::RegisterAndMove {
+            // RESERVATION KEY, SERVICE ACTION RESERVATION KEY, a reserved
+            // byte, UNREG and APTPL, the RELATIVE TARGET PORT IDENTIFIER,
+            // the TRANSPORTID PARAMETER DATA LENGTH, then the TransportID,
+            // which must fill the rest of the list.
+            let flags = params[17];
+            let port = u16::from_be_bytes([params[18], params[19]]);
+            let tid_len = u32::from_be_bytes(params[20..24].try_into().expect("4 bytes")) as usize;
+            if PARAMETER_LIST_LEN.checked_add(tid_len) != Some(declared)
+                || port != crate::prin::RELATIVE_TARGET_PORT
+            {
+                return Err(invalid_parameter());
+            }
+            let tid = &params[PARAMETER_LIST_LEN..declared];
+            let (initiator, _) =
+                crate::prin::parse_transport_id(tid).ok_or_else(invalid_parameter)?;
+            req.aptpl = flags & 0x01 != 0;
+            req.move_to = Some(MoveTo {
+                initiator,
+                unregister: flags & 0x02 != 0,
+            });
+            return Ok(req);
         }
         let flags = params[20];
         let spec_i_pt = flags & 0x08 != 0;
         if spec_i_pt {
             return Err(invalid_parameter());
         }
-        Ok(ProutRequest {
-            action,
-            type_code: cdb[2] & 0x0f,
-            scope: cdb[2] >> 4,
-            reservation_key: u64::from_be_bytes(params[0..8].try_into().expect("8 bytes")),
-            service_action_key: u64::from_be_bytes(params[8..16].try_into().expect("8 bytes")),
-            aptpl: flags & 0x01 != 0,
-            all_target_ports: flags & 0x04 != 0,
-        })
+        req.aptpl = flags & 0x01 != 0;
+        req.all_target_ports = flags & 0x04 != 0;
+        Ok(req)
     }
 
     /// The reservation type and scope, for the actions that create one.
@@ -179,7 +227,50 @@ impl PrState {
                 Ok(Change::Changed)
             }
             Action::Preempt | Action::PreemptAndAbort => self.preempt(nexus, req),
+            Action::RegisterAndMove => self.register_and_move(nexus, req),
         }
+    }
+
+    /// REGISTER AND MOVE (SPC-4 5.12.8): the holder hands its reservation,
+    /// same type, to another initiator port, registered with the service
+    /// action key; with UNREG the holder's registration goes as well. The
+    /// CDB's TYPE and SCOPE are ignored.
+    fn register_and_move(&mut self, nexus: &Nexus, req: &ProutRequest) -> Result<Change, Refusal> {
+        self.check_key(nexus, req)?;
+        let Some(to) = &req.move_to else {
+            return Err(invalid_parameter());
+        };
+        // A key of zero cannot be registered, and the reservation cannot
+        // move to the port that holds it.
+        if req.service_action_key == 0 || to.initiator == nexus.initiator {
+            return Err(invalid_parameter());
+        }
+        let Some(held) = self.reservation.clone() else {
+            return Err(invalid_cdb());
+        };
+        if held.kind.all_registrants() || !self.is_holder(nexus) {
+            return Err(Refusal::Conflict);
+        }
+        let dest = Nexus::new(to.initiator.clone(), nexus.target.clone());
+        match self.registrations.iter_mut().find(|r| r.nexus == dest) {
+            Some(r) => r.key = req.service_action_key,
+            None => self.registrations.push(Registration {
+                nexus: dest.clone(),
+                key: req.service_action_key,
+                all_target_ports: false,
+            }),
+        }
+        self.reservation = Some(Reservation {
+            holder: Some(dest),
+            kind: held.kind,
+        });
+        if to.unregister {
+            self.registrations.retain(|r| &r.nexus != nexus);
+            self.attentions.retain(|a| &a.nexus != nexus);
+        }
+        self.aptpl = req.aptpl;
+        self.generation = self.generation.wrapping_add(1);
+        Ok(Change::Changed)
     }
 
     /// The nexus must be registered, with the key it gives.

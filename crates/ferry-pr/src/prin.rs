@@ -44,7 +44,7 @@ impl PrinRequest {
 
 /// Relative target port identifier ferry reports: each gateway has one
 /// target port per target.
-const RELATIVE_TARGET_PORT: u16 = 1;
+pub const RELATIVE_TARGET_PORT: u16 = 1;
 
 impl PrState {
     /// The full parameter data of `report` (the caller truncates it to the
@@ -129,6 +129,32 @@ fn type_mask_bit(t: PrType) -> u16 {
         PrType::WriteExclusive => 0x0200,
         PrType::ExclusiveAccessAllRegistrants => 0x0001,
     }
+}
+
+/// The initiator port named by an iSCSI TransportID in format 01b (name
+/// and ISID), in the form nexuses use (`name,i,0x<isid>`, ISID in lower
+/// case), and the TransportID's length. `None` for any other protocol or
+/// format, or a malformed one: a name without an ISID names an initiator
+/// device, not a port.
+pub fn parse_transport_id(tid: &[u8]) -> Option<(String, usize)> {
+    const ISCSI: u8 = 0x05;
+    let head = tid.get(..4)?;
+    if head[0] != (0x40 | ISCSI) {
+        return None;
+    }
+    let len = 4 + usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let body = tid.get(4..len)?;
+    let end = body.iter().position(|&b| b == 0)?;
+    let port = std::str::from_utf8(&body[..end]).ok()?;
+    let (name, isid) = port.rsplit_once(",i,0x")?;
+    if name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+        || isid.len() != 12
+        || !isid.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    Some((format!("{name},i,0x{}", isid.to_ascii_lowercase()), len))
 }
 
 /// The iSCSI TransportID of a nexus's initiator (SPC-4 7.6.4.6): format

@@ -19,6 +19,7 @@ const CLEAR: u8 = 3;
 const PREEMPT: u8 = 4;
 const PREEMPT_AND_ABORT: u8 = 5;
 const REGISTER_IGNORE: u8 = 6;
+const REGISTER_AND_MOVE: u8 = 7;
 
 const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 const WRITE10: [u8; 10] = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
@@ -390,8 +391,8 @@ fn bad_parameter_lists_are_refused_without_change() {
             )))
         );
     }
-    // REGISTER AND MOVE and unknown service actions; short CDBs.
-    for sa in [7u8, 8, 0x1f] {
+    // Unknown service actions; short CDBs.
+    for sa in [8u8, 0x1f] {
         assert_eq!(
             lun.pr.serve_out(&a, &cdb_out(sa, 0), &p, &lun.persist()),
             Err(Refusal::Check(Sense::invalid_field()))
@@ -536,4 +537,82 @@ fn commands_are_checked_while_a_change_is_being_saved() {
     assert!(lun.attentions(&c).is_empty(), "reported twice");
     assert_eq!(lun.attentions(&a), vec![attention::REGISTRATIONS_PREEMPTED]);
     assert_eq!(lun.keys(&b), vec![2, 3]);
+}
+
+/// REGISTER AND MOVE's parameter list: keys, UNREG, relative target port
+/// 1, and `tid` as the TransportID.
+fn move_params(res_key: u64, sa_key: u64, unreg: bool, tid: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&res_key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[17] = if unreg { 0x02 } else { 0 };
+    p[18..20].copy_from_slice(&1u16.to_be_bytes());
+    p[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(tid);
+    p
+}
+
+fn move_cdb(len: usize) -> [u8; 10] {
+    let [_, _, hi, lo] = (len as u32).to_be_bytes();
+    [0x5f, REGISTER_AND_MOVE, 0, 0, 0, 0, 0, hi, lo, 0]
+}
+
+#[test]
+fn register_and_move_hands_the_reservation_to_another_port() {
+    let lun = Lun::new();
+    let (a, b) = (nexus("a"), nexus("b"));
+    let b_tid = crate::prin::transport_id(&b);
+    lun.out(&a, REGISTER, 0, 0, 0xa).unwrap();
+    lun.out(&a, RESERVE, WE_RO, 0xa, 0).unwrap();
+    let generation = lun.pr.state().generation;
+    let go = |who: &Nexus, p: &[u8]| lun.pr.serve_out(who, &move_cdb(p.len()), p, &lun.persist());
+    // b is not registered: it may not move anything.
+    assert_eq!(go(&b, &move_params(0, 0xb, false, &b_tid)), conflict());
+    // Refused and changing nothing: a wrong key; key zero; the holder's
+    // own port; a name without an ISID; another target port; a list
+    // whose length is not the TransportID's.
+    assert_eq!(go(&a, &move_params(0x9, 0xb, false, &b_tid)), conflict());
+    let invalid = Err(Refusal::Check(Sense::new(
+        key::ILLEGAL_REQUEST,
+        asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    )));
+    assert_eq!(go(&a, &move_params(0xa, 0, false, &b_tid)), invalid);
+    let a_tid = crate::prin::transport_id(&a);
+    assert_eq!(go(&a, &move_params(0xa, 0xb, false, &a_tid)), invalid);
+    let name_only = crate::prin::transport_id(&Nexus::new("iqn.2026-11.test:b", "iqn.t,t,0x0001"));
+    assert_eq!(go(&a, &move_params(0xa, 0xb, false, &name_only)), invalid);
+    let mut other_port = move_params(0xa, 0xb, false, &b_tid);
+    other_port[19] = 2;
+    assert_eq!(go(&a, &other_port), invalid);
+    let mut short = move_params(0xa, 0xb, false, &b_tid);
+    short[23] += 4;
+    assert_eq!(go(&a, &short), invalid);
+    assert_eq!(lun.pr.state().generation, generation);
+
+    // a moves its reservation to b, keeping its own registration.
+    go(&a, &move_params(0xa, 0xb, false, &b_tid)).unwrap();
+    let state = lun.pr.state();
+    assert_eq!(state.generation, generation + 1);
+    assert!(state.is_holder(&b) && !state.is_holder(&a));
+    assert_eq!(lun.keys(&a), vec![0xa, 0xb]);
+    assert_eq!(lun.check(&b, &WRITE10), Ok(()));
+    assert_eq!(lun.check(&a, &WRITE10), Ok(()), "a registrant of WE-RO");
+    // a, no longer the holder, cannot move it again.
+    assert_eq!(go(&a, &move_params(0xa, 0xc, false, &b_tid)), conflict());
+    // b moves it back with UNREG: b is gone, a holds it (type kept).
+    let back = move_params(0xb, 0xa1, true, &crate::prin::transport_id(&a));
+    go(&b, &back).unwrap();
+    let state = lun.pr.state();
+    assert!(state.is_holder(&a));
+    assert_eq!(state.reservation.unwrap().kind.code(), WE_RO);
+    assert_eq!(lun.keys(&a), vec![0xa1]);
+    assert_eq!(lun.check(&b, &WRITE10), conflict());
+    // No reservation: INVALID FIELD IN CDB. All-registrants: conflict.
+    lun.out(&a, RELEASE, WE_RO, 0xa1, 0).unwrap();
+    assert_eq!(
+        go(&a, &move_params(0xa1, 0xb, false, &b_tid)),
+        Err(Refusal::Check(Sense::invalid_field()))
+    );
+    lun.out(&a, RESERVE, WE_AR, 0xa1, 0).unwrap();
+    assert_eq!(go(&a, &move_params(0xa1, 0xb, false, &b_tid)), conflict());
 }

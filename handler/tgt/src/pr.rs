@@ -35,8 +35,8 @@ const PRIN: usize = 0x5e;
 const PROUT: usize = 0x5f;
 
 /// The service actions ferry answers, as REPORT SUPPORTED OPERATION
-/// CODES lists them (tgtd's own lists name REGISTER AND MOVE, which ferry
-/// refuses, and lack READ FULL STATUS and PREEMPT AND ABORT).
+/// CODES lists them (tgtd's own lists lack READ FULL STATUS and PREEMPT
+/// AND ABORT).
 struct ActionList<const N: usize>([ffi::ServiceAction; N]);
 // SAFETY: immutable after construction; tgtd only reads it.
 unsafe impl<const N: usize> Sync for ActionList<N> {}
@@ -52,7 +52,7 @@ const END: ffi::ServiceAction = ffi::ServiceAction {
     cmd_perform: None,
 };
 static PRIN_ACTIONS: ActionList<5> = ActionList([action(0), action(1), action(2), action(3), END]);
-static PROUT_ACTIONS: ActionList<8> = ActionList([
+static PROUT_ACTIONS: ActionList<9> = ActionList([
     action(0),
     action(1),
     action(2),
@@ -60,6 +60,7 @@ static PROUT_ACTIONS: ActionList<8> = ActionList([
     action(4),
     action(5),
     action(6),
+    action(7),
     END,
 ]);
 
