@@ -253,10 +253,15 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
         sense_of(&mut s, &[0x5f, 1, 2, 0, 0, 0, 0, 0, 24, 0], Some(&p)),
         (5, 0x24, 0)
     );
-    // SPEC_I_PT is not supported: INVALID FIELD IN PARAMETER LIST.
+    // SPEC_I_PT without its TransportID list: PARAMETER LIST LENGTH
+    // ERROR; with RESERVE: INVALID FIELD IN PARAMETER LIST.
     p[20] = 0x08;
     assert_eq!(
         sense_of(&mut s, &[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], Some(&p)),
+        (5, 0x1a, 0)
+    );
+    assert_eq!(
+        sense_of(&mut s, &[0x5f, 1, 1, 0, 0, 0, 0, 0, 24, 0], Some(&p)),
         (5, 0x26, 0)
     );
     // Nothing changed but the one registration; tgtd is fine.
@@ -294,6 +299,58 @@ fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
     assert_eq!(flags, [(9, 0), (0xb, 0x02)].into_iter().collect());
 }
 
+/// The TransportID READ FULL STATUS reports for the registration with
+/// `key`.
+fn transport_id_of(s: &mut Session, key: u64) -> Vec<u8> {
+    let full = s
+        .raw_cdb(&[0x5e, 3, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .unwrap();
+    assert!(full.is_good(), "{full:?}");
+    let mut d = &full.data[8..];
+    while d.len() >= 24 {
+        let len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
+        if u64::from_be_bytes(d[0..8].try_into().unwrap()) == key {
+            return d[24..24 + len].to_vec();
+        }
+        d = &d[24 + len..];
+    }
+    panic!("no registration with key {key:#x} in READ FULL STATUS");
+}
+
+/// SPEC_I_PT over iSCSI: host A registers itself and host B's initiator
+/// port (named by the TransportID READ FULL STATUS gave for it) in one
+/// REGISTER; B then reserves with that key.
+#[test]
+fn spec_i_pt_registers_another_hosts_port() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    t.serve(&common::file_volume(dir.path(), 8 << 20));
+    let mut a = connect(&t, HOST_A, 1);
+    let mut b = connect(&t, HOST_B, 2);
+    assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
+    let b_tid = transport_id_of(&mut b, KEY_B);
+    assert_eq!(prout(&mut b, 0, 0, KEY_B, 0), ScsiStatus::Good);
+    assert_eq!(read_keys(&mut a).1, Vec::<u64>::new());
+    let mut p = vec![0u8; 24];
+    p[8..16].copy_from_slice(&KEY_A.to_be_bytes());
+    p[20] = 0x08;
+    p.extend_from_slice(&(b_tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(&b_tid);
+    let len = p.len() as u8;
+    let r = a
+        .raw_cdb(&[0x5f, 0, 0, 0, 0, 0, 0, 0, len, 0], Some(&p), 0)
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "REGISTER with SPEC_I_PT: {r:?}");
+    assert_eq!(read_keys(&mut a).1, vec![KEY_A, KEY_A]);
+    assert_eq!(prout(&mut b, 1, 1, KEY_A, 0), ScsiStatus::Good);
+    assert_eq!(read_reservation(&mut a), Some((KEY_A, 1)));
+    assert_eq!(write_status(&mut b), ScsiStatus::Good);
+    assert_eq!(write_status(&mut a), ScsiStatus::ReservationConflict);
+}
+
 /// REGISTER AND MOVE over iSCSI: the holder hands its reservation to
 /// another host's initiator port, named by the TransportID READ FULL
 /// STATUS reports for it, and unregisters itself (UNREG).
@@ -311,22 +368,7 @@ fn register_and_move_hands_the_reservation_to_another_host() {
     assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
     assert_eq!(prout(&mut a, 1, 1, KEY_A, 0), ScsiStatus::Good);
     assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
-    // B's TransportID, as READ FULL STATUS gives it.
-    let full = b
-        .raw_cdb(&[0x5e, 3, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
-        .unwrap();
-    assert!(full.is_good(), "{full:?}");
-    let mut d = &full.data[8..];
-    let mut b_tid = None;
-    while d.len() >= 24 {
-        let key = u64::from_be_bytes(d[0..8].try_into().unwrap());
-        let len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
-        if key == KEY_B {
-            b_tid = Some(d[24..24 + len].to_vec());
-        }
-        d = &d[24 + len..];
-    }
-    let b_tid = b_tid.expect("B's registration in READ FULL STATUS");
+    let b_tid = transport_id_of(&mut b, KEY_B);
     // Keys, UNREG, relative target port 1, the TransportID.
     let mut p = vec![0u8; 24];
     p[0..8].copy_from_slice(&KEY_A.to_be_bytes());

@@ -57,6 +57,9 @@ pub struct ProutRequest {
     pub all_target_ports: bool,
     /// REGISTER AND MOVE's destination.
     pub move_to: Option<MoveTo>,
+    /// REGISTER with SPEC_I_PT: the other initiator ports to register
+    /// with the same key, through this target port.
+    pub specified: Vec<String>,
 }
 
 /// Length of the basic parameter list (SPC-4 6.16.3).
@@ -76,12 +79,11 @@ fn invalid_parameter() -> Refusal {
 impl ProutRequest {
     /// Parses the CDB and the parameter list the initiator sent.
     ///
-    /// SPEC_I_PT is not supported (REPORT CAPABILITIES says so) and is
-    /// refused with ILLEGAL REQUEST. ALL_TG_PT is taken by the register
-    /// actions and ignored by the others (SPC-4 6.16.3). REGISTER AND
-    /// MOVE has its own parameter list (SPC-4 6.16.4), whose TransportID
-    /// must name an iSCSI initiator port (format 01b) through this target
-    /// port.
+    /// ALL_TG_PT is taken by the register actions and ignored by the
+    /// others; SPEC_I_PT by REGISTER only (SPC-4 6.16.3). REGISTER AND
+    /// MOVE has its own parameter list (SPC-4 6.16.4). Every TransportID
+    /// must name an iSCSI initiator port (format 01b, with the ISID): a
+    /// name alone names a device, whose ports ferry cannot know.
     pub fn parse(cdb: &[u8], params: &[u8]) -> Result<Self, Refusal> {
         if cdb.len() < 10 || cdb[0] != OPCODE {
             return Err(invalid_cdb());
@@ -100,12 +102,13 @@ impl ProutRequest {
         let declared = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]) as usize;
         let length_error =
             || Refusal::Check(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
-        let fits = if action == Action::RegisterAndMove {
-            declared >= PARAMETER_LIST_LEN
-        } else {
-            declared == PARAMETER_LIST_LEN
-        };
-        if !fits || params.len() < declared {
+        // REGISTER AND MOVE, and REGISTER with SPEC_I_PT, carry
+        // TransportIDs after the basic list; the others are exactly it.
+        if declared < PARAMETER_LIST_LEN || params.len() < declared {
+            return Err(length_error());
+        }
+        let spec_i_pt = action != Action::RegisterAndMove && params[20] & 0x08 != 0;
+        if action != Action::RegisterAndMove && !spec_i_pt && declared != PARAMETER_LIST_LEN {
             return Err(length_error());
         }
         let key_at =
@@ -119,6 +122,7 @@ impl ProutRequest {
             aptpl: false,
             all_target_ports: false,
             move_to: None,
+            specified: Vec::new(),
         };
         if action == Action::RegisterAndMove {
             // RESERVATION KEY, SERVICE ACTION RESERVATION KEY, a reserved
@@ -144,12 +148,29 @@ impl ProutRequest {
             return Ok(req);
         }
         let flags = params[20];
-        let spec_i_pt = flags & 0x08 != 0;
-        if spec_i_pt {
-            return Err(invalid_parameter());
-        }
         req.aptpl = flags & 0x01 != 0;
         req.all_target_ports = flags & 0x04 != 0;
+        if spec_i_pt {
+            // Only REGISTER names other initiator ports (SPC-4 6.16.3):
+            // a TRANSPORTID PARAMETER DATA LENGTH, then TransportIDs
+            // filling the rest of the list.
+            if action != Action::Register {
+                return Err(invalid_parameter());
+            }
+            let total = params
+                .get(24..28)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+            if total.and_then(|t| t.checked_add(28)) != Some(declared) {
+                return Err(length_error());
+            }
+            let mut at = 28;
+            while at < declared {
+                let (initiator, len) = crate::prin::parse_transport_id(&params[at..declared])
+                    .ok_or_else(invalid_parameter)?;
+                req.specified.push(initiator);
+                at += len;
+            }
+        }
         Ok(req)
     }
 
@@ -288,6 +309,9 @@ impl PrState {
         ignore: bool,
     ) -> Result<Change, Refusal> {
         let current = self.registration(nexus).map(|r| r.key);
+        if !req.specified.is_empty() {
+            return self.register_specified(nexus, req, current);
+        }
         if !ignore {
             // Unregistered nexuses must give key zero, registered ones
             // their current key (SPC-4 table 53).
@@ -309,6 +333,46 @@ impl PrState {
                     r.all_target_ports = req.all_target_ports;
                 }
             }
+        }
+        self.aptpl = req.aptpl;
+        self.generation = self.generation.wrapping_add(1);
+        Ok(Change::Changed)
+    }
+
+    /// REGISTER with SPEC_I_PT (SPC-4 5.12.7): an unregistered nexus
+    /// registers itself and the initiator ports it names, all with the
+    /// service action key, or nothing at all.
+    fn register_specified(
+        &mut self,
+        nexus: &Nexus,
+        req: &ProutRequest,
+        current: Option<u64>,
+    ) -> Result<Change, Refusal> {
+        if current.is_some() {
+            return Err(invalid_parameter());
+        }
+        if req.reservation_key != 0 {
+            return Err(Refusal::Conflict);
+        }
+        if req.service_action_key == 0 {
+            return Ok(Change::None);
+        }
+        let mut ports = vec![nexus.clone()];
+        for initiator in &req.specified {
+            let port = Nexus::new(initiator.clone(), nexus.target.clone());
+            if self.registration(&port).is_some() {
+                return Err(invalid_parameter());
+            }
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        for port in ports {
+            self.registrations.push(Registration {
+                nexus: port,
+                key: req.service_action_key,
+                all_target_ports: req.all_target_ports,
+            });
         }
         self.aptpl = req.aptpl;
         self.generation = self.generation.wrapping_add(1);

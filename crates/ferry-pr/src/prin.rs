@@ -75,10 +75,10 @@ impl PrState {
                 // Length.
                 out[1] = 8;
                 // CRH 0: RESERVE/RELEASE(6/10) from a non-holder conflict
-                // while a persistent reservation exists. SIP_C 0. ATP_C
-                // (bit 2): ALL_TG_PT is taken. PTPL_C (bit 0): the state
-                // persists through power loss.
-                out[2] = 0x04 | 0x01;
+                // while a persistent reservation exists. SIP_C (bit 3):
+                // SPEC_I_PT is taken. ATP_C (bit 2): ALL_TG_PT is taken.
+                // PTPL_C (bit 0): the state persists through power loss.
+                out[2] = 0x08 | 0x04 | 0x01;
                 // TMV (bit 7) with the type mask below; ALLOW COMMANDS 0;
                 // PTPL_A (bit 0).
                 out[3] = 0x80 | u8::from(self.aptpl);

@@ -380,17 +380,29 @@ fn bad_parameter_lists_are_refused_without_change() {
             .serve_out(&a, &cdb_out(REGISTER, 0), &p[..20], &lun.persist()),
         length_error
     );
-    // SPEC_I_PT is not supported, with REGISTER or any other action.
-    for cdb in [cdb_out(REGISTER, 0), cdb_out(RESERVE, WE)] {
-        assert_eq!(
-            lun.pr
-                .serve_out(&a, &cdb, &params(0, 1, 0x08), &lun.persist()),
-            Err(Refusal::Check(Sense::new(
-                key::ILLEGAL_REQUEST,
-                asc::INVALID_FIELD_IN_PARAMETER_LIST
-            )))
-        );
-    }
+    // SPEC_I_PT: REGISTER needs its TransportID list; the other actions
+    // may not set it.
+    assert_eq!(
+        lun.pr.serve_out(
+            &a,
+            &cdb_out(REGISTER, 0),
+            &params(0, 1, 0x08),
+            &lun.persist()
+        ),
+        length_error
+    );
+    assert_eq!(
+        lun.pr.serve_out(
+            &a,
+            &cdb_out(RESERVE, WE),
+            &params(0, 1, 0x08),
+            &lun.persist()
+        ),
+        Err(Refusal::Check(Sense::new(
+            key::ILLEGAL_REQUEST,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST
+        )))
+    );
     // Unknown service actions; short CDBs.
     for sa in [8u8, 0x1f] {
         assert_eq!(
@@ -452,7 +464,7 @@ fn reports_capabilities_and_full_status() {
     let caps = lun.read(&a, 2);
     assert_eq!(caps.len(), 8);
     assert_eq!(u16::from_be_bytes([caps[0], caps[1]]), 8);
-    assert_eq!(caps[2], 0x05, "ATP_C and PTPL_C");
+    assert_eq!(caps[2], 0x0d, "SIP_C, ATP_C and PTPL_C");
     assert_eq!(caps[3] & 0x80, 0x80, "TMV");
     assert_eq!(u16::from_be_bytes([caps[4], caps[5]]), 0xea01);
     lun.pr
@@ -615,4 +627,64 @@ fn register_and_move_hands_the_reservation_to_another_port() {
     );
     lun.out(&a, RESERVE, WE_AR, 0xa1, 0).unwrap();
     assert_eq!(go(&a, &move_params(0xa1, 0xb, false, &b_tid)), conflict());
+}
+
+/// REGISTER with SPEC_I_PT and the TransportIDs of `ports`.
+fn spec_i_pt_params(sa_key: u64, ports: &[&Nexus]) -> Vec<u8> {
+    let tids: Vec<u8> = ports
+        .iter()
+        .flat_map(|n| crate::prin::transport_id(n))
+        .collect();
+    let mut p = params(0, sa_key, 0x08).to_vec();
+    p.extend_from_slice(&(tids.len() as u32).to_be_bytes());
+    p.extend_from_slice(&tids);
+    p
+}
+
+#[test]
+fn spec_i_pt_registers_the_named_ports_too_or_none() {
+    let lun = Lun::new();
+    let (a, b, c, d) = (nexus("a"), nexus("b"), nexus("c"), nexus("d"));
+    let register = |who: &Nexus, p: &[u8]| {
+        let [_, _, hi, lo] = (p.len() as u32).to_be_bytes();
+        lun.pr.serve_out(
+            who,
+            &[0x5f, REGISTER, 0, 0, 0, 0, 0, hi, lo, 0],
+            p,
+            &lun.persist(),
+        )
+    };
+    register(&a, &spec_i_pt_params(0x5, &[&b, &c])).unwrap();
+    assert_eq!(lun.keys(&a), vec![5, 5, 5]);
+    let state = lun.pr.state();
+    for n in [&a, &b, &c] {
+        assert!(state.is_registered(n), "{n}");
+    }
+    // b registered that way holds a reservation with the key.
+    lun.out(&b, RESERVE, WE, 5, 0).unwrap();
+    assert!(lun.pr.state().is_holder(&b));
+    let generation = lun.pr.state().generation;
+    let invalid = Err(Refusal::Check(Sense::new(
+        key::ILLEGAL_REQUEST,
+        asc::INVALID_FIELD_IN_PARAMETER_LIST,
+    )));
+    // All or nothing: c is registered already, so d is not registered
+    // either; a registered sender may not use SPEC_I_PT.
+    assert_eq!(register(&d, &spec_i_pt_params(0x7, &[&c])), invalid);
+    assert_eq!(register(&a, &spec_i_pt_params(0x7, &[&d])), invalid);
+    // A name without an ISID, and a list longer than its TransportIDs.
+    let device = Nexus::new("iqn.2026-11.test:e", "iqn.t,t,0x0001");
+    assert_eq!(register(&d, &spec_i_pt_params(0x7, &[&device])), invalid);
+    let mut long = spec_i_pt_params(0x7, &[&c]);
+    long.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        register(&d, &long),
+        Err(Refusal::Check(Sense::new(
+            key::ILLEGAL_REQUEST,
+            asc::PARAMETER_LIST_LENGTH
+        )))
+    );
+    let state = lun.pr.state();
+    assert_eq!(state.generation, generation);
+    assert!(!state.is_registered(&d));
 }
