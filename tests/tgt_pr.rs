@@ -31,6 +31,20 @@ fn summary(log: &str) -> (u32, u32, u32) {
     (n[1], n[2], n[3])
 }
 
+/// A tgtd serving a fresh file volume of `bytes` as target 1, LUN 1:
+/// tgtd, the volume's spec, and the directory holding both (dropped last);
+/// `None` where tgtd is not installed.
+fn serving(bytes: u64) -> Option<(Tgtd, String, tempfile::TempDir)> {
+    if !common::require("tgtd") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    let spec = common::file_volume(dir.path(), bytes);
+    t.serve(&spec);
+    Some((t, spec, dir))
+}
+
 #[test]
 fn iscsi_test_cu_persistent_reserve_families_pass() {
     if !common::require("tgtd") || !common::require("iscsi-test-cu") {
@@ -208,12 +222,9 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
 
 #[test]
 fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
-    if !common::require("tgtd") {
+    let Some((t, _, _dir)) = serving(8 << 20) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let t = Tgtd::start(&dir.path().join("run"));
-    t.serve(&common::file_volume(dir.path(), 8 << 20));
+    };
     let mut s = connect(&t, HOST_A, 1);
     let sense_of = |s: &mut Session, cdb: &[u8], out: Option<&[u8]>| {
         let r = s
@@ -322,12 +333,9 @@ fn transport_id_of(s: &mut Session, key: u64) -> Vec<u8> {
 /// REGISTER; B then reserves with that key.
 #[test]
 fn spec_i_pt_registers_another_hosts_port() {
-    if !common::require("tgtd") {
+    let Some((t, _, _dir)) = serving(8 << 20) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let t = Tgtd::start(&dir.path().join("run"));
-    t.serve(&common::file_volume(dir.path(), 8 << 20));
+    };
     let mut a = connect(&t, HOST_A, 1);
     let mut b = connect(&t, HOST_B, 2);
     assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
@@ -356,13 +364,9 @@ fn spec_i_pt_registers_another_hosts_port() {
 /// STATUS reports for it, and unregisters itself (UNREG).
 #[test]
 fn register_and_move_hands_the_reservation_to_another_host() {
-    if !common::require("tgtd") {
+    let Some((mut t, spec, _dir)) = serving(8 << 20) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Tgtd::start(&dir.path().join("run"));
-    let spec = common::file_volume(dir.path(), 8 << 20);
-    t.serve(&spec);
+    };
     let mut a = connect(&t, HOST_A, 1);
     let mut b = connect(&t, HOST_B, 2);
     assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
@@ -400,12 +404,9 @@ fn register_and_move_hands_the_reservation_to_another_host() {
 /// A's writes fail from then on.
 #[test]
 fn preempt_and_abort_fences_a_writing_host_at_once() {
-    if !common::require("tgtd") {
+    let Some((t, _, _dir)) = serving(16 << 20) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let t = Tgtd::start(&dir.path().join("run"));
-    t.serve(&common::file_volume(dir.path(), 16 << 20));
+    };
     {
         let mut a = connect(&t, HOST_A, 1);
         assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
