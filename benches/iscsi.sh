@@ -32,14 +32,8 @@ start_tgtd "$work/tgtd.log"
 # Equal files, fully written, for both stores.
 dd if=/dev/urandom of="$work/rdwr.img" bs=1M count=1024 status=none
 cp "$work/rdwr.img" "$work/ferry.img"
-for tid in 1 2; do
-  name=$([ $tid = 1 ] && echo rdwr || echo ferry)
-  tgtadm -C "$port" --lld iscsi --op new --mode target --tid $tid -T "$iqn:$name"
-  tgtadm -C "$port" --lld iscsi --op update --mode target --tid $tid --name MaxRecvDataSegmentLength --value 262144
-  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid $tid -I ALL
-done
-tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rdwr --backing-store "$work/rdwr.img"
-tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 --bstype ferry --backing-store "file:$work/ferry.img"
+serve_lun 1 "$iqn:rdwr" rdwr "$work/rdwr.img" MaxRecvDataSegmentLength=262144
+serve_lun 2 "$iqn:ferry" ferry "file:$work/ferry.img" MaxRecvDataSegmentLength=262144
 
 gen=0
 ensure_migrating() {

@@ -43,13 +43,8 @@ start_tgtd "$work/tgtd.log"
 
 dd if=/dev/urandom of="$work/rdwr.img" bs=1M count=256 status=none
 cp "$work/rdwr.img" "$work/ferry.img"
-for tid in 1 2; do
-  name=$([ $tid = 1 ] && echo rdwr || echo ferry)
-  tgtadm -C "$port" --lld iscsi --op new --mode target --tid $tid -T "$iqn:$name"
-  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid $tid -I ALL
-done
-tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rdwr --backing-store "$work/rdwr.img"
-tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 --bstype ferry --backing-store "file:$work/ferry.img"
+serve_lun 1 "$iqn:rdwr" rdwr "$work/rdwr.img"
+serve_lun 2 "$iqn:ferry" ferry "file:$work/ferry.img"
 
 url() { echo "iscsi://127.0.0.1:$port/$iqn:$1/1"; }
 pr() { # store initiator isid args... (status must be GOOD)
@@ -110,9 +105,7 @@ if [ -f "$zk_jar" ] && command -v java >/dev/null; then
   done
   cp "$work/rdwr.img" "$work/ferry-zk.img"
   "$bin/ferry" pr move "file:$work/ferry-zk.img" --to-map "zk://127.0.0.1:$zk_port/ferry" --lun bench >/dev/null
-  tgtadm -C "$port" --lld iscsi --op new --mode target --tid 3 -T "$iqn:ferry-zk"
-  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid 3 -I ALL
-  tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 3 --lun 1 --bstype ferry --backing-store "file:$work/ferry-zk.img"
+  serve_lun 3 "$iqn:ferry-zk" ferry "file:$work/ferry-zk.img"
   homes="$homes ferry-zk"
 fi
 declare -A rate

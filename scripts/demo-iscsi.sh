@@ -30,10 +30,7 @@ trap cleanup EXIT
 echo "== 1. a $size file volume with data, served by tgtd on 127.0.0.1:$port"
 "$bin/ferry" volume create "$src" --size "$size"
 start_tgtd "$work/tgtd.log"
-tgtadm -C "$port" --lld iscsi --op new --mode target --tid 1 -T "$iqn"
-tgtadm -C "$port" --lld iscsi --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144
-tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype ferry --backing-store "$src"
-tgtadm -C "$port" --lld iscsi --op bind --mode target --tid 1 -I ALL
+serve_lun 1 "$iqn" ferry "$src" MaxRecvDataSegmentLength=262144
 "$bin/ferry-iscsi" info "$url"
 echo "   writing a known pattern over the LUN through iSCSI..."
 "$bin/ferry-iscsi" write-pattern "$url" --seed 7

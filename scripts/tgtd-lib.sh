@@ -1,6 +1,7 @@
 # Sourced by the demo and the benchmarks: a private tgtd on 127.0.0.1:$port
 # (management channel $port too) loading the freshly built bs_ferry.so from
-# $bin. Call start_tgtd LOG once; stop_tgtd [TID...] from the EXIT trap.
+# $bin. Call start_tgtd LOG once, serve_lun per target; stop_tgtd [TID...]
+# from the EXIT trap.
 
 # tgtd loads every file in its backing-store directory: install under a
 # dot name, then rename, so a running tgtd keeps its mapped copy.
@@ -26,4 +27,17 @@ stop_tgtd() { # TID...
   tgtadm -C "$port" --op delete --mode system >/dev/null 2>&1 || true
   sleep 0.5
   if [ -n "${tgtd_pid:-}" ]; then kill -9 "$tgtd_pid" 2>/dev/null; wait "$tgtd_pid" 2>/dev/null; fi || true
+}
+
+# Target TID named TARGET serving BSTYPE on PATH as LUN 1, open to every
+# initiator; target parameters to set as NAME=VALUE.
+serve_lun() { # TID TARGET BSTYPE PATH [NAME=VALUE...]
+  local tid=$1 target=$2 bstype=$3 path=$4 kv
+  shift 4
+  tgtadm -C "$port" --lld iscsi --op new --mode target --tid "$tid" -T "$target"
+  for kv in "$@"; do
+    tgtadm -C "$port" --lld iscsi --op update --mode target --tid "$tid" --name "${kv%%=*}" --value "${kv#*=}"
+  done
+  tgtadm -C "$port" --lld iscsi --op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$bstype" --backing-store "$path"
+  tgtadm -C "$port" --lld iscsi --op bind --mode target --tid "$tid" -I ALL
 }
