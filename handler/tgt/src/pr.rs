@@ -83,33 +83,61 @@ pub unsafe fn install(lu: *mut ScsiLu) -> SavedOps {
     // Unsupported opcodes keep tgtd's `spc_illegal_op`: REPORT SUPPORTED
     // OPERATION CODES lists every other entry into a fixed 2 KiB buffer,
     // which wrapping all 256 would overflow (it did: a smashed stack).
-    let illegal = ffi::tgtd().ok().map(|t| t.spc_illegal_op as usize);
+    let illegal = illegal_op();
     for (op, orig) in saved.0.iter_mut().enumerate() {
-        // SAFETY: the LU's ops[op].cmd_perform, within `struct scsi_lu`
-        // (offsets pinned in ffi.rs); a nullable function pointer.
+        // SAFETY: the LU's ops[op] (see ops_entry), on tgtd's main thread
+        // with no command of the LU running.
         unsafe {
-            let entry = lu
-                .cast::<u8>()
-                .add(ffi::LU_OPS + op * ffi::DEVICE_TYPE_OPERATIONS_SIZE)
-                .cast::<Option<CmdPerform>>();
-            *orig = *entry;
+            let entry = ops_entry(lu, op);
+            *orig = *entry.perform;
             if op == PRIN || op == PROUT {
-                *entry = Some(perform_pr);
-                let list: *const ffi::ServiceAction = if op == PRIN {
+                *entry.perform = Some(perform_pr);
+                *entry.service_actions = if op == PRIN {
                     PRIN_ACTIONS.0.as_ptr()
                 } else {
                     PROUT_ACTIONS.0.as_ptr()
                 };
-                *entry
-                    .cast::<u8>()
-                    .add(ffi::OPS_SERVICE_ACTIONS)
-                    .cast::<*const ffi::ServiceAction>() = list;
-            } else if orig.is_some_and(|f| Some(f as usize) != illegal) {
-                *entry = Some(perform_checked);
+            } else if implemented(*orig, illegal) {
+                *entry.perform = Some(perform_checked);
             }
         }
     }
     saved
+}
+
+/// The two fields of an LU's opcode-table entry (`struct
+/// device_type_operations`) that ferry reads and writes.
+struct OpsEntry {
+    perform: *mut Option<CmdPerform>,
+    service_actions: *mut *const ffi::ServiceAction,
+}
+
+/// `lu`'s table entry for opcode `op`.
+///
+/// # Safety
+/// `lu` is a live LU; `op` < 256. The pointers are valid as long as the
+/// LU is (offsets pinned by the layout tests in ffi.rs).
+unsafe fn ops_entry(lu: *mut ScsiLu, op: usize) -> OpsEntry {
+    // SAFETY: per the contract: the entry lies within `struct scsi_lu`.
+    unsafe {
+        let entry = lu
+            .cast::<u8>()
+            .add(ffi::LU_OPS + op * ffi::DEVICE_TYPE_OPERATIONS_SIZE);
+        OpsEntry {
+            perform: entry.cast(),
+            service_actions: entry.add(ffi::OPS_SERVICE_ACTIONS).cast(),
+        }
+    }
+}
+
+/// tgtd's `spc_illegal_op`, the handler of opcodes a device type lacks.
+fn illegal_op() -> Option<usize> {
+    ffi::tgtd().ok().map(|t| t.spc_illegal_op as usize)
+}
+
+/// Whether `handler` (tgtd's, for some opcode) implements the opcode.
+fn implemented(handler: Option<CmdPerform>, illegal: Option<usize>) -> bool {
+    handler.is_some_and(|f| Some(f as usize) != illegal)
 }
 
 /// Names of the nexuses seen, by tgtd's (nexus id, creation time): the
@@ -236,7 +264,7 @@ unsafe fn refuse(cmd: *mut ScsiCmd, refusal: Refusal) -> c_int {
         Refusal::Check(s) => {
             if let Ok(tgtd) = ffi::tgtd() {
                 // SAFETY: per the contract.
-                unsafe { (tgtd.sense_data_build)(cmd, s.key, s.asc) };
+                unsafe { crate::runtime::build_sense(tgtd, cmd, &s) };
             }
             ffi::SAM_STAT_CHECK_CONDITION
         }
@@ -278,7 +306,7 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
                 None => ffi::SAM_STAT_CHECK_CONDITION,
             };
             if status == ffi::SAM_STAT_CHECK_CONDITION
-                && ferry_scsi::cdb::is_report_supported_opcodes(crate::cdb_of(cmd))
+                && ferry_scsi::cdb::is_report_supported_opcodes(cdb)
             {
                 point_at_refused_field(slot, cmd);
             }
@@ -317,31 +345,12 @@ unsafe fn point_at_refused_field(slot: &LunSlot, cmd: *mut ScsiCmd) {
             return;
         }
         let requested = usize::from(cdb[3]);
-        let illegal = ffi::tgtd().ok().map(|t| t.spc_illegal_op as usize);
-        let has_actions = match slot.saved_ops.0[requested] {
-            Some(f) if Some(f as usize) != illegal => {
-                Some(!service_actions_of((*cmd).dev, requested).is_null())
-            }
-            _ => None,
-        };
+        let has_actions = implemented(slot.saved_ops.0[requested], illegal_op())
+            .then(|| !(*ops_entry((*cmd).dev, requested).service_actions).is_null());
         let field =
             ferry_scsi::cdb::report_opcodes_refused_field(&cdb, (*cmd).in_sdb.length, has_actions);
         let new_len = sense::point_at_cdb_field(buf, len, field);
         (*cmd).sense_len = new_len as c_int;
-    }
-}
-
-/// The service-action list of opcode `op` in `lu`'s table (null if none).
-///
-/// # Safety
-/// `lu` is a live LU on tgtd's main thread.
-unsafe fn service_actions_of(lu: *mut ScsiLu, op: usize) -> *const ffi::ServiceAction {
-    // SAFETY: per the contract; the entry's service_actions pointer
-    // (offsets pinned in ffi.rs).
-    unsafe {
-        *lu.cast::<u8>()
-            .add(ffi::LU_OPS + op * ffi::DEVICE_TYPE_OPERATIONS_SIZE + ffi::OPS_SERVICE_ACTIONS)
-            .cast::<*const ffi::ServiceAction>()
     }
 }
 

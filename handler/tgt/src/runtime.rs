@@ -256,12 +256,7 @@ unsafe extern "C" fn on_completions(fd: c_int, _events: c_int, _data: *mut c_voi
                     }
                     Err(Refusal::Conflict) => ffi::SAM_STAT_RESERVATION_CONFLICT,
                     Err(Refusal::Check(s)) => {
-                        match s.info {
-                            Some(info) => {
-                                (tgtd.sense_data_build_with_info)(cmd, s.key, s.asc, info)
-                            }
-                            None => (tgtd.sense_data_build)(cmd, s.key, s.asc),
-                        }
+                        build_sense(tgtd, cmd, &s);
                         ffi::SAM_STAT_CHECK_CONDITION
                     }
                 };
@@ -270,4 +265,19 @@ unsafe extern "C" fn on_completions(fd: c_int, _events: c_int, _data: *mut c_voi
             }
         }
     });
+}
+
+/// Puts `s` in `cmd`'s sense data, through tgtd (which knows the LU's
+/// sense format).
+///
+/// # Safety
+/// `cmd` is a live command on tgtd's main thread.
+pub(crate) unsafe fn build_sense(tgtd: &ffi::Tgtd, cmd: *mut ScsiCmd, s: &Sense) {
+    // SAFETY: per the contract.
+    unsafe {
+        match s.info {
+            Some(info) => (tgtd.sense_data_build_with_info)(cmd, s.key, s.asc, info),
+            None => (tgtd.sense_data_build)(cmd, s.key, s.asc),
+        }
+    }
 }
