@@ -114,12 +114,12 @@ impl Reservations {
         let _changes = self.changes.lock();
         let next = change(&self.state());
         persist(&next.encode())?;
-        self.install(next);
+        self.install(&mut self.state.lock(), next);
         Ok(())
     }
 
-    fn install(&self, next: PrState) {
-        let mut state = self.state.lock();
+    /// Makes `next` the enforced state (`state` is the locked current one).
+    fn install(&self, state: &mut PrState, next: PrState) {
         self.quiet.store(next.is_quiet(), Ordering::Release);
         *state = next;
     }
@@ -195,8 +195,7 @@ impl Reservations {
         // still owed.
         next.attentions
             .retain(|a| !before.attentions.contains(a) || state.attentions.contains(a));
-        self.quiet.store(next.is_quiet(), Ordering::Release);
-        *state = next;
+        self.install(&mut state, next);
         Ok(())
     }
 

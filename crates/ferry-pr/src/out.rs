@@ -113,6 +113,10 @@ impl ProutRequest {
         }
         let key_at =
             |at: usize| u64::from_be_bytes(params[at..at + 8].try_into().expect("8 bytes"));
+        // A TRANSPORTID PARAMETER DATA LENGTH.
+        let length_at = |at: usize| {
+            u32::from_be_bytes(params[at..at + 4].try_into().expect("4 bytes")) as usize
+        };
         let mut req = ProutRequest {
             action,
             type_code: cdb[2] & 0x0f,
@@ -131,8 +135,7 @@ impl ProutRequest {
             // which must fill the rest of the list.
             let flags = params[17];
             let port = u16::from_be_bytes([params[18], params[19]]);
-            let tid_len = u32::from_be_bytes(params[20..24].try_into().expect("4 bytes")) as usize;
-            if PARAMETER_LIST_LEN.checked_add(tid_len) != Some(declared)
+            if PARAMETER_LIST_LEN.checked_add(length_at(20)) != Some(declared)
                 || port != crate::prin::RELATIVE_TARGET_PORT
             {
                 return Err(invalid_parameter());
@@ -157,10 +160,7 @@ impl ProutRequest {
             if action != Action::Register {
                 return Err(invalid_parameter());
             }
-            let total = params
-                .get(24..28)
-                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
-            if total.and_then(|t| t.checked_add(28)) != Some(declared) {
+            if declared < 28 || length_at(24).checked_add(28) != Some(declared) {
                 return Err(length_error());
             }
             let mut at = 28;
@@ -286,8 +286,8 @@ impl PrState {
             kind: held.kind,
         });
         if to.unregister {
-            self.registrations.retain(|r| &r.nexus != nexus);
-            self.attentions.retain(|a| &a.nexus != nexus);
+            // No longer the holder, so nothing else goes with it.
+            self.unregister(nexus);
         }
         self.aptpl = req.aptpl;
         self.generation = self.generation.wrapping_add(1);
