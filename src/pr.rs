@@ -4,8 +4,6 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ferry_host::control::{call, find_host, Request};
-use ferry_host::ferry_pr::PrState;
-use ferry_host::pr_home::Pointer;
 use ferry_host::{Lun, VolumeSpec};
 
 #[derive(Subcommand)]
@@ -75,9 +73,10 @@ pub fn run(cmd: PrCmd) -> Result<()> {
             (r.reservations.unwrap_or_default(), r.reservations_home)
         }
         None if clear => {
-            // Nobody here serves it: write the cleared state straight to
-            // the volume's metadata, which also replaces a document too
-            // damaged to open the LUN with. A gateway elsewhere serving it
+            // Nobody here serves it: write the cleared state where the
+            // volume keeps it (its metadata, or the map it points to),
+            // which also replaces a document too damaged to open the LUN
+            // with. A gateway elsewhere serving it
             // would keep enforcing (and saving) its own state, so that is
             // refused.
             let others = spec.other_clients()?;
@@ -89,28 +88,8 @@ pub fn run(cmd: PrCmd) -> Result<()> {
                 );
             }
             let (_, served) = ferry_host::lun::resolve(&spec)?;
-            let store = served.store()?;
-            let slot = store.load_reservations()?;
-            // The slot may point to the ZooKeeper map, which then holds
-            // the state (the pointer stays).
-            let doc = slot
-                .as_deref()
-                .and_then(Pointer::decode)
-                .map(|p| p.connect())
-                .transpose()?;
-            let old = match &doc {
-                Some(d) => d.load()?,
-                None => slot,
-            };
-            let next = old
-                .and_then(|b| PrState::decode(&b).ok())
-                .unwrap_or_default()
-                .cleared();
-            match &doc {
-                Some(d) => d.store(&next.encode())?,
-                None => store.store_reservations(&next.encode())?,
-            }
-            let home = doc.map_or_else(|| store.describe(), |d| d.describe());
+            let (next, home) =
+                ferry_host::pr_home::replace_offline(served.store()?, |old| old.cleared())?;
             (next, Some(home))
         }
         None => {

@@ -188,13 +188,11 @@ impl Lun {
             None => served.store_of(current.as_ref())?,
         };
         let (pr_store, saved) = PrStore::open(slot, run_copier)?;
-        let reservations = Reservations::load(saved.as_deref()).map_err(|why| Error::Corrupt {
-            what: format!(
-                "persistent reservations of {spec} ({})",
-                pr_store.describe()
-            ),
-            why: format!("{why}; `ferry pr clear` replaces them"),
-        })?;
+        let reservations =
+            Reservations::load(saved.as_deref()).map_err(|why| Error::Reservations {
+                what: pr_store.describe(),
+                why: format!("unreadable ({why}); `ferry pr clear` replaces them"),
+            })?;
         let state = reservations.state();
         if !state.registrations.is_empty() {
             log::info!(
@@ -323,9 +321,9 @@ impl Lun {
             let _gate = self.pr_gate.write();
             self.reservations
                 .replace_with(PrState::cleared, &|b| self.save_reservations(b))
-                .map_err(|why| Error::Corrupt {
-                    what: format!("persistent reservations of {}", self.spec),
-                    why,
+                .map_err(|why| Error::Reservations {
+                    what: self.pr_store.describe(),
+                    why: format!("clearing them failed: {why}"),
                 })?;
             log::warn!(
                 "{}: persistent reservations cleared by an administrator",

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_core::{Error, MetaStore, Result};
+use ferry_pr::PrState;
 use ferry_zk::{ZkConfig, ZkDocument};
 
 use crate::spec::VolumeSpec;
@@ -205,6 +206,40 @@ impl PrStore {
         match &*self.home.lock() {
             Home::Slot => None,
             Home::Zk { pointer, .. } => Pointer::decode(pointer),
+        }
+    }
+}
+
+/// Replaces the reservations saved for the volume whose metadata is
+/// `slot` with `change` of them, where they are kept (a pointer is
+/// followed, and stays), for an administrator working on a volume no
+/// gateway serves. State that is damaged or missing counts as none.
+/// Returns the new state and where it was saved.
+pub fn replace_offline(
+    slot: Arc<dyn MetaStore>,
+    change: impl FnOnce(PrState) -> PrState,
+) -> Result<(PrState, String)> {
+    let saved = slot.load_reservations()?;
+    let old = |bytes: Option<Vec<u8>>| {
+        bytes
+            .and_then(|b| PrState::decode(&b).ok())
+            .unwrap_or_default()
+    };
+    match saved.as_deref().and_then(Pointer::decode) {
+        Some(p) => {
+            let doc = p.connect()?;
+            let bad = |why: String| Error::Reservations {
+                what: p.describe(),
+                why,
+            };
+            let next = change(old(doc.load().map_err(|e| bad(e.to_string()))?));
+            doc.store(&next.encode()).map_err(|e| bad(e.to_string()))?;
+            Ok((next, doc.describe()))
+        }
+        None => {
+            let next = change(old(saved));
+            slot.store_reservations(&next.encode())?;
+            Ok((next, slot.describe()))
         }
     }
 }
