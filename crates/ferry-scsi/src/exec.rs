@@ -245,7 +245,7 @@ fn get_lba_status(
         let first = (e.offset >> shift).max(at);
         let last = e.end().div_ceil(1 << shift).min(end);
         push(at, first, 1);
-        push(first.max(at), last, 0);
+        push(first, last, 0);
         at = at.max(last);
     }
     push(at, end, 1);
