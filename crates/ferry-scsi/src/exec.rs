@@ -343,11 +343,37 @@ fn write_same(
         // SBC-3 5.50: with UNMAP set the device server unmaps the range
         // rather than writing the block. ferry's volumes read unmapped
         // blocks as zeroes (LBPRZ = 1), which is what initiators check.
-        return lun.volume.discard(off, len).map_err(write_err);
+        lun.volume.discard(off, len).map_err(write_err)?;
+    } else if !stamped && block.iter().all(|&b| b == 0) {
+        lun.volume.write_zeroes(off, len).map_err(write_err)?;
+    } else {
+        write_repeated(lun, off, len, block, lbdata, pbdata)?;
     }
-    if !stamped && block.iter().all(|&b| b == 0) {
-        return lun.volume.write_zeroes(off, len).map_err(write_err);
+    // Unmapping or zeroing changes the medium as much as writing does:
+    // the cache mode's flush applies to all three.
+    flush_after_write(lun)
+}
+
+/// Flushes a write without FUA if the LUN's cache mode and WCE bit say
+/// every write must be durable before it is acknowledged.
+fn flush_after_write(lun: &LunContext<'_>) -> Result<(), Sense> {
+    if lun.cache_mode.flush_write(lun.write_cache, false) {
+        lun.volume.flush().map_err(write_err)?;
     }
+    Ok(())
+}
+
+/// WRITE SAME's data path: `block` repeated over `len` bytes at `off`,
+/// stamped with each block's address for LBDATA / PBDATA.
+fn write_repeated(
+    lun: &LunContext<'_>,
+    off: u64,
+    len: u64,
+    block: &[u8],
+    lbdata: bool,
+    pbdata: bool,
+) -> Result<(), Sense> {
+    let bl = lun.block_len();
     let per_chunk = (CHUNK as usize / bl).max(1);
     let mut buf = Vec::with_capacity(per_chunk * bl);
     let mut done = 0u64;
@@ -370,9 +396,6 @@ fn write_same(
         }
         lun.volume.write_at(&buf, off + done).map_err(write_err)?;
         done += buf.len() as u64;
-    }
-    if lun.cache_mode.flush_write(lun.write_cache, false) {
-        lun.volume.flush().map_err(write_err)?;
     }
     Ok(())
 }
@@ -401,12 +424,13 @@ fn unmap(lun: &LunContext<'_>, list: &[u8]) -> Result<(), Sense> {
         }
         ranges.push(lun.range(lba, blocks)?);
     }
-    for (off, len) in ranges {
-        if len > 0 {
-            lun.volume.discard(off, len).map_err(write_err)?;
-        }
+    if ranges.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    for (off, len) in ranges {
+        lun.volume.discard(off, len).map_err(write_err)?;
+    }
+    flush_after_write(lun)
 }
 
 #[cfg(test)]
@@ -551,9 +575,10 @@ mod tests {
         }
     }
 
-    /// Flushes caused by a plain write, a FUA write and a SYNCHRONIZE
-    /// CACHE, in `mode` with the initiator's WCE bit `wce`.
-    fn flushes(mode: CacheMode, wce: bool) -> [usize; 3] {
+    /// Flushes caused by a plain write, a FUA write, a SYNCHRONIZE CACHE,
+    /// a WRITE SAME(10) of a zero block, a WRITE SAME(16) with UNMAP and an
+    /// UNMAP, in `mode` with the initiator's WCE bit `wce`.
+    fn flushes(mode: CacheMode, wce: bool) -> [usize; 6] {
         let f = fixture();
         let vol = Counting {
             inner: f.vol.clone(),
@@ -567,20 +592,30 @@ mod tests {
             caw_lock: &f.caw,
         };
         let data = [7u8; 512];
+        let zero = [0u8; 512];
+        let list = unmap_list(&[(4, 2)]);
         let mut fua = write10(1, 1);
         fua[1] = 0x08;
-        let mut out = [0; 3];
-        for (i, cdb) in [
-            &write10(1, 1)[..],
-            &fua[..],
-            &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        // WRITE SAME(10), LBA 2, 3 blocks, of a zero block.
+        let same_zero = [0x41, 0, 0, 0, 0, 2, 0, 0, 3, 0];
+        // WRITE SAME(16) with UNMAP (byte 1 bit 3), LBA 8, 4 blocks.
+        let same_unmap = [0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 4, 0, 0];
+        let unmap = [0x42, 0, 0, 0, 0, 0, 0, 0, list.len() as u8, 0];
+        let mut out = [0; 6];
+        for (i, (cdb, data_out)) in [
+            (&write10(1, 1)[..], &data[..]),
+            (&fua[..], &data[..]),
+            (&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0][..], &[][..]),
+            (&same_zero[..], &zero[..]),
+            (&same_unmap[..], &data[..]),
+            (&unmap[..], &list[..]),
         ]
         .into_iter()
         .enumerate()
         {
             let before = vol.flushes.load(std::sync::atomic::Ordering::Relaxed);
             let cmd = parse(cdb).unwrap().unwrap();
-            execute(&lun, &cmd, if i < 2 { &data[..] } else { &[] }, &mut []).unwrap();
+            execute(&lun, &cmd, data_out, &mut []).unwrap();
             out[i] = vol.flushes.load(std::sync::atomic::Ordering::Relaxed) - before;
         }
         out
@@ -589,15 +624,18 @@ mod tests {
     #[test]
     fn cache_modes_decide_which_commands_flush() {
         use CacheMode::*;
-        // [plain write, FUA write, SYNCHRONIZE CACHE]
+        // [plain write, FUA write, SYNCHRONIZE CACHE, WRITE SAME of a
+        // zero block, WRITE SAME with UNMAP, UNMAP]: zeroing and unmapping
+        // change the medium like a write and are flushed like one.
         for wce in [true, false] {
-            assert_eq!(flushes(Writethrough, wce), [1, 1, 1]);
-            assert_eq!(flushes(Directsync, wce), [1, 1, 1]);
-            assert_eq!(flushes(Unsafe, wce), [0, 0, 0]);
+            assert_eq!(flushes(Writethrough, wce), [1; 6]);
+            assert_eq!(flushes(Directsync, wce), [1; 6]);
+            assert_eq!(flushes(Unsafe, wce), [0; 6]);
         }
-        assert_eq!(flushes(Writeback, true), [0, 1, 1]);
-        assert_eq!(flushes(None, true), [0, 1, 1]);
-        assert_eq!(flushes(Writeback, false), [1, 1, 1]);
+        assert_eq!(flushes(Writeback, true), [0, 1, 1, 0, 0, 0]);
+        assert_eq!(flushes(None, true), [0, 1, 1, 0, 0, 0]);
+        assert_eq!(flushes(Writeback, false), [1; 6]);
+        assert_eq!(flushes(None, false), [1; 6]);
     }
 
     #[test]
