@@ -96,6 +96,15 @@ pub fn write_needs_flush(cdb: &[u8]) -> bool {
     }
 }
 
+/// Whether a callout changing the medium for `cdb` (a WRITE, and the
+/// UNMAP callouts tcmu-runner makes for UNMAP and for WRITE SAME with the
+/// UNMAP bit) must flush before it completes, in cache mode `mode` with
+/// the WCE bit initiators see: unmapping changes the medium as much as a
+/// write does, so it is flushed like one.
+pub fn flush_needed(mode: ferry_core::CacheMode, write_cache: bool, cdb: &[u8]) -> bool {
+    mode.flush_write(write_cache, write_needs_flush(cdb))
+}
+
 /// The data-out of a command as one buffer (borrowed when it is one
 /// segment already).
 pub fn gather<'a>(segments: &[&'a [u8]]) -> Cow<'a, [u8]> {
@@ -182,12 +191,11 @@ impl DevState {
         completion(self.volume().flush().map_err(write_err))
     }
 
-    /// One UNMAP range (tcmu-runner splits the descriptor list).
-    pub fn unmap(&self, off: u64, len: u64) -> Completion {
-        if len == 0 {
-            return Completion::OK;
-        }
-        completion(self.volume().discard(off, len).map_err(write_err))
+    /// One UNMAP range (tcmu-runner splits the descriptor list, and
+    /// carries WRITE SAME with the UNMAP bit out through this callout
+    /// too); flushed when `flush` ([`flush_needed`]).
+    pub fn unmap(&self, off: u64, len: u64, flush: bool) -> Completion {
+        completion(discard(self.volume(), off, len, flush))
     }
 
     /// Runs the original CDB through `ferry_scsi` (WRITE SAME, COMPARE AND
@@ -217,6 +225,18 @@ impl DevState {
         let result = ferry_scsi::execute(&ctx, &cmd, &data, &mut []).map(|_| ());
         Some(completion(result))
     }
+}
+
+/// Unmaps `len` bytes at `off` of `vol`, then flushes if `flush`.
+fn discard(vol: &dyn Volume, off: u64, len: u64, flush: bool) -> Result<(), Sense> {
+    if len == 0 {
+        return Ok(());
+    }
+    vol.discard(off, len).map_err(write_err)?;
+    if flush {
+        vol.flush().map_err(write_err)?;
+    }
+    Ok(())
 }
 
 /// Checks that a LUN of `lun_bytes` (tcmu's `num_lbas * block_size`) can
@@ -298,7 +318,7 @@ mod tests {
         let d = dev(dir.path(), 1 << 20);
         assert_eq!(d.read(&mut [], 0, 0), Completion::OK);
         assert_eq!(d.write(&[], 0, 0, true), Completion::OK);
-        assert_eq!(d.unmap(0, 0), Completion::OK);
+        assert_eq!(d.unmap(0, 0, true), Completion::OK);
     }
 
     #[test]
@@ -306,7 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dev(dir.path(), 1 << 20);
         d.write(&[&[9u8; 8192]], 0, 8192, false);
-        assert_eq!(d.unmap(0, 4096), Completion::OK);
+        assert_eq!(d.unmap(0, 4096, false), Completion::OK);
         let mut buf = vec![7u8; 8192];
         d.read(&mut [&mut buf], 0, 8192);
         assert!(buf[..4096].iter().all(|&v| v == 0));
@@ -394,6 +414,82 @@ mod tests {
         ]));
         assert!(!write_needs_flush(&[0x83]));
         assert!(!write_needs_flush(&[]));
+    }
+
+    /// A volume that counts flushes.
+    struct Counting {
+        inner: Arc<ferry_core::sim::SimVolume>,
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Volume for Counting {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> ferry_core::Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> ferry_core::Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+        fn flush(&self) -> ferry_core::Result<()> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn unmap_callouts_flush_as_writes_do() {
+        use ferry_core::CacheMode::{self, *};
+        // The CDBs tcmu-runner calls the unmap callout for: UNMAP, and
+        // WRITE SAME(10)/(16) with the UNMAP bit (byte 1 bit 3).
+        let cdbs: [&[u8]; 3] = [
+            &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
+            &[0x41, 0x08, 0, 0, 0, 8, 0, 0, 8, 0],
+            &[0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0],
+        ];
+        let flushes = |mode: CacheMode, wce: bool| -> Vec<usize> {
+            let vol = Counting {
+                inner: ferry_core::sim::SimVolume::new(
+                    "lun",
+                    1 << 20,
+                    4096,
+                    ferry_core::sim::Faults::new(),
+                ),
+                flushes: 0.into(),
+            };
+            cdbs.iter()
+                .map(|cdb| {
+                    let before = vol.flushes.load(std::sync::atomic::Ordering::Relaxed);
+                    discard(&vol, 4096, 4096, flush_needed(mode, wce, cdb)).unwrap();
+                    vol.flushes.load(std::sync::atomic::Ordering::Relaxed) - before
+                })
+                .collect()
+        };
+        for wce in [true, false] {
+            assert_eq!(flushes(Writethrough, wce), [1, 1, 1]);
+            assert_eq!(flushes(Directsync, wce), [1, 1, 1]);
+            assert_eq!(flushes(Unsafe, wce), [0, 0, 0]);
+        }
+        assert_eq!(flushes(Writeback, true), [0, 0, 0]);
+        assert_eq!(flushes(None, true), [0, 0, 0]);
+        assert_eq!(flushes(Writeback, false), [1, 1, 1]);
+        assert_eq!(flushes(None, false), [1, 1, 1]);
+        // A FUA write is flushed whatever WCE says, a plain one not.
+        assert!(flush_needed(
+            Writeback,
+            true,
+            &[0x2a, 0x08, 0, 0, 0, 0, 0, 0, 1, 0]
+        ));
+        assert!(!flush_needed(
+            Writeback,
+            true,
+            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        ));
     }
 
     #[test]

@@ -553,11 +553,7 @@ unsafe extern "C" fn write(
         let Ok(off) = u64::try_from(off) else {
             return sts::RANGE;
         };
-        let flush = q
-            .state
-            .lun
-            .cache_mode()
-            .flush_write(q.write_cache(), exec::write_needs_flush(&q.cdb()));
+        let flush = exec::flush_needed(q.state.lun.cache_mode(), q.write_cache(), &q.cdb());
         // SAFETY: the command's iovec, valid until completion.
         let segs = unsafe { Segments::new(iov, iov_cnt) };
         q.submit(move |s| {
@@ -589,7 +585,10 @@ unsafe extern "C" fn unmap(dev: *mut TcmuDevice, cmd: *mut TcmurCmd, off: u64, l
         let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
             return sts::HW_ERR;
         };
-        q.submit(move |s| s.unmap(off, len))
+        // UNMAP and WRITE SAME with UNMAP: flushed as the cache mode
+        // flushes writes (writethrough, directsync, WCE off).
+        let flush = exec::flush_needed(q.state.lun.cache_mode(), q.write_cache(), &q.cdb());
+        q.submit(move |s| s.unmap(off, len, flush))
     })
 }
 
