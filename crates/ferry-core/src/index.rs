@@ -3,9 +3,9 @@
 //! (what an abort must copy back), and a durable copy of the first, the
 //! *confirmed* bits.
 //!
-//! Memory: two bits per region (migrated, written), 64 KiB per TiB at the
-//! default 4 MiB region size; the confirmed bitmap lives only in the store
-//! and is rewritten from the migrated bits at each confirmation.
+//! Memory: three bits per region (migrated, written, confirmed), 96 KiB
+//! per TiB at the default 4 MiB region size, plus the numbers of the words
+//! whose migrated bits are ahead of their confirmed bits.
 //!
 //! On-store layout (little endian):
 //! `magic[8] | format u32 | header crc32 u32 | region_size u64 | regions u64 |
@@ -21,22 +21,35 @@
 //!   the target, and reaches the store at once, without a sync: a process
 //!   crash (kill -9) keeps both in the page cache, so a reopen in the same
 //!   boot trusts the migrated bits;
+//! - every bit change reaches the store *before* memory: a bit readers and
+//!   writers can see in memory is always in the store too, so nothing is
+//!   acknowledged on the strength of a bit a reopen would not find;
 //! - a *confirmed* bit is set only by [`RegionIndex::confirm`], which the
-//!   caller runs after making the target durable, with a snapshot of the
-//!   migrated bits taken before that flush; then the index is synced. After
-//!   power loss or a reboot (the store's epoch changed) a reopen trusts
-//!   only the confirmed bits: regions migrated since the last flush go
-//!   back to the source, which is allowed because nothing written to them
-//!   since was flushed;
+//!   caller runs after making the target durable, with the pending words
+//!   taken by [`RegionIndex::pending`] before that flush; then the index is
+//!   synced. After power loss or a reboot (the store's epoch changed) a
+//!   reopen trusts only the confirmed bits: regions migrated since the last
+//!   flush go back to the source, which is allowed because nothing written
+//!   to them since was flushed;
+//! - a reopen in the same boot marks every word whose migrated bits are
+//!   ahead of its confirmed bits as pending, so the first flush after a
+//!   restart confirms what the previous process migrated (it used to find
+//!   nothing to confirm, and a later power loss sent flushed writes back
+//!   to the source);
 //! - a *written* bit is set before the write it covers is issued; after a
 //!   reboot every confirmed region counts as written, so an abort copies
-//!   back anything whose newest bytes may be on the target.
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+//!   back anything whose newest bytes may be on the target;
+//! - a failed store write or sync *poisons* the index: the store may now be
+//!   behind memory, or a sync's dirty pages may be gone, so every later
+//!   change fails (the volume above fences) and nothing is retried.
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::faults;
 use crate::store::MetaStore;
 
 const MAGIC: &[u8; 8] = b"FERRYIDX";
@@ -58,6 +71,35 @@ enum Bitmap {
     Confirmed = 2,
 }
 
+/// Migrated words a confirmation covers: taken by [`RegionIndex::pending`]
+/// before the caller flushes the target, written by
+/// [`RegionIndex::confirm`] after it.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// `(word, migrated bits at the time pending() took them)`.
+    words: Vec<(usize, u64)>,
+}
+
+impl Pending {
+    /// Whether nothing was migrated since the last confirmation.
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// Number of words to confirm.
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+}
+
+/// What the `persist` lock guards: the store's word order and the words
+/// waiting for confirmation.
+#[derive(Default)]
+struct Persist {
+    /// Words whose migrated bits may be ahead of their confirmed bits.
+    unconfirmed: BTreeSet<usize>,
+}
+
 /// The bitmaps with their persistence.
 pub struct RegionIndex {
     region_shift: u32,
@@ -66,18 +108,30 @@ pub struct RegionIndex {
     epoch: [u8; 16],
     migrated: Box<[AtomicU64]>,
     written: Box<[AtomicU64]>,
-    /// Migrated bits changed since the last confirmation.
-    changed: AtomicBool,
+    /// The confirmed words as last written to the store.
+    confirmed: Box<[AtomicU64]>,
     store: Arc<dyn MetaStore>,
     /// Serializes word writes to the store so a stale word never lands
-    /// after a newer one. Taken once per region state change, not per I/O.
-    persist: Mutex<()>,
-    unsynced: AtomicBool,
+    /// after a newer one, and so a bit reaches the store before memory.
+    /// Taken once per region state change, not per I/O.
+    persist: Mutex<Persist>,
+    /// Serializes syncs: a caller returns only after a sync that began
+    /// after its words were written has completed (the flag alone let a
+    /// second caller return while the first one's fsync still ran).
+    sync: Mutex<()>,
+    unsynced: std::sync::atomic::AtomicBool,
+    /// Set by the first failed store write or sync; every later change
+    /// fails with it.
+    poisoned: Mutex<Option<String>>,
 }
 
 fn words_for(regions: u64) -> usize {
     // A region count fits usize on 64-bit hosts (ferry targets only those).
     regions.div_ceil(64) as usize
+}
+
+fn zeroed(words: usize) -> Box<[AtomicU64]> {
+    (0..words).map(|_| AtomicU64::new(0)).collect()
 }
 
 impl RegionIndex {
@@ -90,12 +144,14 @@ impl RegionIndex {
         let index = Self::empty(store, volume_size, region_size, regions);
         let mut bytes = index.header();
         bytes.resize(index.store_len() as usize, 0); // fits: the index is in memory too
+        index.store.fault_point(faults::START_CREATE_INDEX)?;
         index.store.create_index(&bytes)?;
         Ok(index)
     }
 
     /// Loads an existing index and checks it matches the record. After a
-    /// reboot (epoch changed) only confirmed regions stay migrated.
+    /// reboot (epoch changed) only confirmed regions stay migrated; in the
+    /// same boot, migrated regions not yet confirmed are pending.
     pub fn open(store: Arc<dyn MetaStore>, volume_size: u64, region_size: u64) -> Result<Self> {
         let what = store.describe();
         let corrupt = |why: String| Error::Corrupt {
@@ -147,6 +203,7 @@ impl RegionIndex {
         };
         let caches_lost = index.store.epoch().is_some_and(|now| now != stored_epoch);
         {
+            let mut persist = index.persist.lock();
             for i in 0..words {
                 let c = word_at(Bitmap::Confirmed, i);
                 let (m, w) = if caches_lost {
@@ -156,8 +213,15 @@ impl RegionIndex {
                 } else {
                     (word_at(Bitmap::Migrated, i), word_at(Bitmap::Written, i))
                 };
+                if m & !c != 0 {
+                    // Same boot: migrated by a previous process, not yet
+                    // confirmed. The next checkpoint must confirm it, or a
+                    // power loss after that checkpoint would undo it.
+                    persist.unconfirmed.insert(i);
+                }
                 index.migrated[i].store(m, Ordering::Relaxed);
                 index.written[i].store(w, Ordering::Relaxed);
+                index.confirmed[i].store(c, Ordering::Relaxed);
             }
         }
         // Bits past the last region would make counts wrong; a store with
@@ -184,6 +248,7 @@ impl RegionIndex {
             // Write the adopted state and this boot's epoch, durably,
             // before anything relies on it.
             let _p = index.persist.lock();
+            index.store.fault_point(faults::OPEN_ADOPT_INDEX)?;
             for i in 0..words {
                 index.put(
                     Bitmap::Migrated,
@@ -193,6 +258,7 @@ impl RegionIndex {
                 index.put(Bitmap::Written, i, index.written[i].load(Ordering::Relaxed))?;
             }
             index.store.write_index(0, &index.header())?;
+            index.store.fault_point(faults::OPEN_SYNC_INDEX)?;
             index.store.sync_index()?;
             index.unsynced.store(false, Ordering::Release);
         }
@@ -206,12 +272,14 @@ impl RegionIndex {
             regions,
             volume_size,
             epoch: store.epoch().unwrap_or([0; 16]),
-            migrated: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            written: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            changed: AtomicBool::new(false),
+            migrated: zeroed(words),
+            written: zeroed(words),
+            confirmed: zeroed(words),
             store,
-            persist: Mutex::new(()),
-            unsynced: AtomicBool::new(false),
+            persist: Mutex::new(Persist::default()),
+            sync: Mutex::new(()),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
+            poisoned: Mutex::new(None),
         }
     }
 
@@ -234,10 +302,37 @@ impl RegionIndex {
         HEADER_LEN + 24 * self.migrated.len() as u64
     }
 
+    /// Why the index refuses changes, if a store write or sync failed.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match self.poisoned() {
+            Some(why) => Err(Error::Fenced(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first failure; the store may now disagree with memory.
+    fn poison(&self, e: &Error) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            log::error!(
+                "{}: region index write failed, refusing further changes: {e}",
+                self.store.describe()
+            );
+            *p = Some(format!("region index write failed: {e}"));
+        }
+    }
+
     /// Writes one word of one bitmap to the store (caller holds `persist`).
+    /// A failure poisons the index.
     fn put(&self, map: Bitmap, word: usize, value: u64) -> Result<()> {
         let at = HEADER_LEN + 8 * (map as u64 * self.migrated.len() as u64 + word as u64);
-        self.store.write_index(at, &value.to_le_bytes())?;
+        self.store
+            .write_index(at, &value.to_le_bytes())
+            .inspect_err(|e| self.poison(e))?;
         self.unsynced.store(true, Ordering::Release);
         Ok(())
     }
@@ -277,6 +372,12 @@ impl RegionIndex {
         self.written[w].load(Ordering::Acquire) & m != 0
     }
 
+    /// Whether region `r`'s migrated bit is confirmed (survives power loss).
+    pub fn is_confirmed(&self, r: u64) -> bool {
+        let (w, m) = Self::bit(r);
+        self.confirmed[w].load(Ordering::Acquire) & m != 0
+    }
+
     /// Whether every region in `first..=last` is migrated and written.
     pub fn all_migrated_and_written(&self, first: u64, last: u64) -> bool {
         (first..=last).all(|r| self.is_migrated(r) && self.is_written(r))
@@ -284,15 +385,21 @@ impl RegionIndex {
 
     /// Number of migrated regions.
     pub fn migrated_count(&self) -> u64 {
-        self.migrated
-            .iter()
-            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
-            .sum()
+        Self::count(&self.migrated)
     }
 
     /// Number of regions written since the migration started.
     pub fn written_count(&self) -> u64 {
-        self.written
+        Self::count(&self.written)
+    }
+
+    /// Number of regions whose migration is confirmed.
+    pub fn confirmed_count(&self) -> u64 {
+        Self::count(&self.confirmed)
+    }
+
+    fn count(words: &[AtomicU64]) -> u64 {
+        words
             .iter()
             .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
             .sum()
@@ -318,12 +425,12 @@ impl RegionIndex {
 
     /// Sets migrated bits. Caller contract: the regions' data has been
     /// written to the target. The words reach the store (not durably)
-    /// before returning; [`RegionIndex::confirm`] makes them durable.
+    /// before memory, and are pending until [`RegionIndex::confirm`].
     pub fn mark_migrated(&self, regions: &[u64]) -> Result<()> {
-        self.changed.store(true, Ordering::Release);
-        self.update(regions, Bitmap::Migrated, |w, m| {
-            self.migrated[w].fetch_or(m, Ordering::AcqRel) | m
-        })
+        let mut persist = self.persist.lock();
+        let changed = self.update(&persist, regions, Bitmap::Migrated, |old, m| old | m)?;
+        persist.unconfirmed.extend(changed);
+        Ok(())
     }
 
     /// Clears migrated and confirmed bits (abort copy-back), then syncs.
@@ -336,110 +443,199 @@ impl RegionIndex {
     /// migrated from an older confirmed state must still go through
     /// copy-back.
     pub fn clear_migrated(&self, regions: &[u64]) -> Result<()> {
-        self.update(regions, Bitmap::Migrated, |w, m| {
-            self.migrated[w].fetch_and(!m, Ordering::AcqRel) & !m
-        })?;
         {
-            let _p = self.persist.lock();
-            let mut words: Vec<usize> = regions.iter().map(|&r| Self::bit(r).0).collect();
-            words.sort_unstable();
-            words.dedup();
+            let persist = self.persist.lock();
+            let words = self.update(&persist, regions, Bitmap::Migrated, |old, m| old & !m)?;
+            self.store.fault_point(faults::COPY_BACK_CLEAR_CONFIRMED)?;
             for w in words {
-                self.put(
-                    Bitmap::Confirmed,
-                    w,
-                    self.migrated[w].load(Ordering::Acquire),
-                )?;
+                let now = self.migrated[w].load(Ordering::Acquire);
+                self.put(Bitmap::Confirmed, w, now)?;
+                self.confirmed[w].store(now, Ordering::Release);
             }
         }
+        self.store.fault_point(faults::COPY_BACK_SYNC_INDEX)?;
         self.sync()
     }
 
     /// Sets the written bit of `r` if it was clear (the word reaches the
-    /// store before returning). Returns whether it was newly set.
+    /// store before memory). Returns whether it was newly set.
     pub fn mark_written(&self, r: u64) -> Result<bool> {
         if self.is_written(r) {
             return Ok(false);
         }
-        self.update(&[r], Bitmap::Written, |w, m| {
-            self.written[w].fetch_or(m, Ordering::AcqRel) | m
-        })?;
+        let persist = self.persist.lock();
+        self.update(&persist, &[r], Bitmap::Written, |old, m| old | m)?;
         Ok(true)
     }
 
-    /// Starts a confirmation: a copy of the migrated bits, taken before the
-    /// caller flushes the target, so that [`RegionIndex::confirm`] confirms
-    /// only regions that flush covered. `None` when nothing was marked
-    /// since the last confirmation.
-    pub fn snapshot(&self) -> Option<Vec<u64>> {
-        // Clear the flag first: a region marked from here on sets it again
-        // and is confirmed next time, even if it also makes this snapshot.
-        if !self.changed.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        Some(
-            self.migrated
-                .iter()
-                .map(|w| w.load(Ordering::Acquire))
+    /// Starts a confirmation: takes the words migrated since the last one,
+    /// with their bits as they are now. The caller then flushes the target
+    /// and passes the result to [`RegionIndex::confirm`], which confirms
+    /// only what that flush covered. A region marked after this call stays
+    /// pending for the next confirmation.
+    pub fn pending(&self) -> Pending {
+        let mut persist = self.persist.lock();
+        let words = std::mem::take(&mut persist.unconfirmed);
+        Pending {
+            words: words
+                .into_iter()
+                .map(|w| (w, self.migrated[w].load(Ordering::Acquire)))
                 .collect(),
-        )
+        }
     }
 
-    /// Confirms the regions of `snapshot` that are still migrated, then
-    /// syncs the index (the written bits too). Caller contract: the target
-    /// was flushed after `snapshot` was taken.
-    pub fn confirm(&self, snapshot: Option<&[u64]>) -> Result<()> {
-        if let Some(snapshot) = snapshot {
+    /// Writes the confirmed words of `pending` that changed, then syncs the
+    /// index (the written bits too). Caller contract: the target was flushed
+    /// after `pending` was taken. Only the changed words are written, so a
+    /// checkpoint costs what was migrated since the last one, not the size
+    /// of the volume.
+    pub fn confirm(&self, pending: Pending) -> Result<()> {
+        self.check_poison()?;
+        if !pending.is_empty() {
             let _p = self.persist.lock();
-            for (w, snap) in snapshot.iter().enumerate() {
+            self.store.fault_point(faults::CHECKPOINT_WRITE_CONFIRMED)?;
+            for (w, snap) in pending.words {
+                // Bits only go 0 -> 1 outside an abort, and an abort confirms
+                // everything before it starts clearing; the intersection
+                // keeps a bit cleared since out anyway.
                 let now = snap & self.migrated[w].load(Ordering::Acquire);
-                if let Err(e) = self.put(Bitmap::Confirmed, w, now) {
-                    self.changed.store(true, Ordering::Release);
-                    return Err(e);
+                if now != self.confirmed[w].load(Ordering::Acquire) {
+                    self.put(Bitmap::Confirmed, w, now)?;
+                    self.confirmed[w].store(now, Ordering::Release);
                 }
             }
         }
+        self.store.fault_point(faults::CHECKPOINT_SYNC_INDEX)?;
         self.sync()
-            .inspect_err(|_| self.changed.store(true, Ordering::Release))
     }
 
-    /// Applies `apply` (which returns the word's new value) to the words of
-    /// `regions` and writes the changed words to the store.
+    /// Applies `apply(old, mask)` to the words of `regions`, writes each
+    /// changed word to the store, then publishes it in memory. Returns the
+    /// changed words. The caller holds `persist`, the only writer of these
+    /// bitmaps, so the loaded word is current.
     fn update(
         &self,
+        _persist: &Persist,
         regions: &[u64],
         map: Bitmap,
-        apply: impl Fn(usize, u64) -> u64,
-    ) -> Result<()> {
-        let _p = self.persist.lock();
-        let mut words: Vec<usize> = Vec::with_capacity(regions.len());
-        for &r in regions {
-            let (w, m) = Self::bit(r);
-            apply(w, m);
-            words.push(w);
-        }
-        words.sort_unstable();
-        words.dedup();
+        apply: impl Fn(u64, u64) -> u64,
+    ) -> Result<Vec<usize>> {
+        self.check_poison()?;
         let bitmap = match map {
             Bitmap::Written => &self.written,
             _ => &self.migrated,
         };
-        for w in words {
-            // Read the word after all updates so the stored value is the
-            // newest; the persist lock keeps writers of one word in order.
-            self.put(map, w, bitmap[w].load(Ordering::Acquire))?;
+        let mut masks: Vec<(usize, u64)> = regions.iter().map(|&r| Self::bit(r)).collect();
+        masks.sort_unstable();
+        let mut changed = Vec::new();
+        let mut i = 0;
+        while i < masks.len() {
+            let w = masks[i].0;
+            let mut mask = 0;
+            while i < masks.len() && masks[i].0 == w {
+                mask |= masks[i].1;
+                i += 1;
+            }
+            let old = bitmap[w].load(Ordering::Acquire);
+            let new = apply(old, mask);
+            if new == old {
+                continue;
+            }
+            // ORDERING: store first, then memory. A bit seen in memory
+            // (by the lock-free fast path, say) is always in the store; if
+            // the write fails, memory keeps the old word and the index is
+            // poisoned.
+            self.put(map, w, new)?;
+            bitmap[w].store(new, Ordering::Release);
+            changed.push(w);
         }
-        Ok(())
+        Ok(changed)
     }
 
-    /// Makes every word written so far durable.
+    /// Makes every word written so far durable. A failure poisons the
+    /// index: the kernel may have dropped the dirty pages, so a later
+    /// successful sync would prove nothing.
     pub fn sync(&self) -> Result<()> {
+        let _s = self.sync.lock();
+        self.check_poison()?;
         if self.unsynced.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.store.sync_index() {
-                self.unsynced.store(true, Ordering::Release);
+                self.poison(&e);
                 return Err(e);
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Faults, SimStore};
+
+    fn index(regions: u64) -> (Arc<SimStore>, RegionIndex) {
+        let store = SimStore::new("idx", Faults::new());
+        let idx = RegionIndex::create(store.clone(), regions * 4096, 4096).unwrap();
+        (store, idx)
+    }
+
+    #[test]
+    fn confirm_writes_only_the_words_that_changed() {
+        let (store, idx) = index(64 * 1000);
+        idx.mark_migrated(&[5, 70]).unwrap();
+        let before = store.index_writes();
+        idx.confirm(idx.pending()).unwrap();
+        // Two confirmed words (regions 5 and 70 sit in words 0 and 1).
+        assert_eq!(store.index_writes() - before, 2);
+        let before = store.index_writes();
+        idx.confirm(idx.pending()).unwrap();
+        assert_eq!(store.index_writes(), before, "nothing new to confirm");
+        assert!(idx.is_confirmed(5) && idx.is_confirmed(70));
+    }
+
+    #[test]
+    fn reopen_in_the_same_boot_keeps_unconfirmed_regions_pending() {
+        let (store, idx) = index(128);
+        idx.mark_migrated(&[3]).unwrap();
+        drop(idx);
+        let idx = RegionIndex::open(store.clone(), 128 * 4096, 4096).unwrap();
+        assert!(idx.is_migrated(3));
+        assert!(!idx.is_confirmed(3));
+        let pending = idx.pending();
+        assert_eq!(
+            pending.len(),
+            1,
+            "region 3 must be confirmed by the next checkpoint"
+        );
+        idx.confirm(pending).unwrap();
+        assert!(idx.is_confirmed(3));
+    }
+
+    #[test]
+    fn failed_word_write_leaves_memory_unchanged_and_poisons() {
+        let faults = Faults::new();
+        let store = SimStore::new("idx", faults.clone());
+        let idx = RegionIndex::create(store.clone(), 128 * 4096, 4096).unwrap();
+        faults.fail_once(0);
+        assert!(idx.mark_migrated(&[7]).is_err());
+        assert!(
+            !idx.is_migrated(7),
+            "memory must not run ahead of the store"
+        );
+        assert!(idx.poisoned().is_some());
+        // Every later change fails, although the store works again.
+        assert!(matches!(idx.mark_written(1), Err(Error::Fenced(_))));
+        assert!(matches!(idx.sync(), Err(Error::Fenced(_))));
+    }
+
+    #[test]
+    fn failed_sync_is_not_retried() {
+        let faults = Faults::new();
+        let store = SimStore::new("idx", faults.clone());
+        let idx = RegionIndex::create(store.clone(), 128 * 4096, 4096).unwrap();
+        idx.mark_migrated(&[1]).unwrap();
+        faults.fail_once(0);
+        assert!(idx.sync().is_err());
+        assert!(matches!(idx.sync(), Err(Error::Fenced(_))));
     }
 }

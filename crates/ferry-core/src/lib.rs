@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod copier;
 pub mod error;
+pub mod faults;
 pub mod index;
 pub mod locks;
 pub mod migrate;

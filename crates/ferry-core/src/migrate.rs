@@ -31,18 +31,33 @@
 //!   target, so a reopen after a process crash (same boot: the page cache
 //!   survives) finds both;
 //! - a region is *confirmed* only after a flush of the target that began
-//!   after the region was marked (`checkpoint`: snapshot the bits, flush
-//!   the target, confirm the snapshot, sync the index). After power loss
-//!   only confirmed regions are trusted, so target data is always durable
-//!   before the index entry that routes reads to it. Checkpoints run on
-//!   every flush the initiator asks for and at least every second while
-//!   the copier works;
+//!   after the region was marked (`checkpoint`: take the pending words,
+//!   flush the target, write the confirmed words, sync the index). After
+//!   power loss only confirmed regions are trusted, so target data is
+//!   always durable before the index entry that routes reads to it.
+//!   Checkpoints run on every flush the initiator asks for and at least
+//!   every second while the copier works;
+//! - a flush returns only after a checkpoint that *began after the flush
+//!   was asked for* has completed. Checkpoints run one at a time; callers
+//!   that arrive while one runs wait, and the next checkpoint covers all of
+//!   them (group commit), so no caller returns on the strength of a
+//!   checkpoint whose pending words were taken before its own writes;
+//! - a reopen in the same boot treats regions the previous process
+//!   migrated but never confirmed as pending (`index.rs`), so the first
+//!   flush after a restart confirms them;
 //! - during an abort, a region's bits are cleared only after its data is
 //!   durable on the source, and the clear is synced before writers go to
 //!   the source alone.
 //!
-//! A failed flush fences the volume: no later I/O is acknowledged on top
-//! of data whose durability is unknown.
+//! A failed flush, a failed index write or a failed state change fences
+//! the volume: no later I/O is acknowledged on top of data or metadata
+//! whose state is unknown. Index bits reach the store before memory, so an
+//! I/O acknowledged before the failure never relied on a bit the store
+//! lacks.
+//!
+//! Memory: a copy-up (a partial write to an unmigrated region) moves the
+//! region in chunks of at most [`COPY_CHUNK`] bytes, whatever the region
+//! size (up to 1 GiB).
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -51,6 +66,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result};
+use crate::faults;
 use crate::index::{region_size_ok, RegionIndex};
 use crate::locks::RegionLocks;
 use crate::record::{now_unix, MigrationRecord, MigrationState, RECORD_FORMAT};
@@ -59,6 +75,11 @@ use crate::volume::{check_range, Extent, Volume};
 
 /// How often the index is made durable while the copier runs, at most.
 pub const INDEX_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest buffer a copy (copier or copy-up) moves at once: 1 MiB keeps a
+/// QD32 burst of copy-ups of 1 GiB regions at 32 MiB, and is large enough
+/// that the per-call cost of a network backend is amortized.
+pub const COPY_CHUNK: u64 = 1 << 20;
 
 /// What the caller of [`MigratingVolume::start`] decides.
 #[derive(Debug, Clone)]
@@ -117,6 +138,11 @@ pub struct MigratingVolume {
     /// Foreground operations started; the adaptive copier watches it.
     foreground_ops: AtomicU64,
     last_checkpoint: Mutex<Instant>,
+    /// Checkpoints begun so far (numbered from 1).
+    checkpoints_begun: AtomicU64,
+    /// Held while a checkpoint runs; holds the number of the last one
+    /// that completed. Checkpoints complete in order.
+    checkpoint_done: Mutex<u64>,
 }
 
 fn state_code(s: MigrationState) -> u8 {
@@ -243,7 +269,9 @@ impl MigratingVolume {
         // orphan index, replaced on the next start) or a record whose
         // marker `resume` writes again.
         let index = RegionIndex::create(target_store.clone(), size, plan.region_size)?;
+        target_store.fault_point(faults::START_STORE_RECORD)?;
         target_store.store_record(&record.encode())?;
+        target_store.fault_point(faults::START_STORE_MARKER)?;
         source_store.store_source_marker(&SourceMarker::migrating(&record.target))?;
         log::info!(
             "migration {} started: {} -> {} ({} bytes, {} regions of {} bytes)",
@@ -304,6 +332,7 @@ impl MigratingVolume {
         }
         let index = RegionIndex::open(target_store.clone(), record.size, record.region_size)?;
         if source_store.load_source_marker()?.is_none() {
+            target_store.fault_point(faults::RESUME_STORE_MARKER)?;
             source_store.store_source_marker(&SourceMarker::migrating(&record.target))?;
         }
         log::info!(
@@ -348,6 +377,8 @@ impl MigratingVolume {
             fence_reason: Mutex::new(None),
             foreground_ops: AtomicU64::new(0),
             last_checkpoint: Mutex::new(Instant::now()),
+            checkpoints_begun: AtomicU64::new(0),
+            checkpoint_done: Mutex::new(0),
         }
     }
 
@@ -383,10 +414,30 @@ impl MigratingVolume {
 
     /// Records `state` durably, then switches to it. Callers hold the legs
     /// lock exclusively, so no I/O sees the switch half done.
+    ///
+    /// A failed store fences the volume: the record may hold either state
+    /// (a RADOS write can time out after it was applied), and serving on
+    /// with one of them could contradict what a reopen finds.
     fn enter(&self, state: MigrationState) -> Result<()> {
-        self.update_record(|r| r.state = state)?;
+        self.point(faults::STATE_STORE_RECORD)
+            .and_then(|()| self.update_record(|r| r.state = state))
+            .inspect_err(|e| self.fence(&format!("recording state {state} failed: {e}")))?;
         self.state.store(state_code(state), Ordering::Release);
         Ok(())
+    }
+
+    /// Announces a named fault point (see [`crate::faults`]).
+    fn point(&self, name: &'static str) -> Result<()> {
+        self.target_store.fault_point(name)
+    }
+
+    fn fence(&self, why: &str) {
+        log::error!("fencing {}: {why}", self.name);
+        let mut reason = self.fence_reason.lock();
+        if reason.is_none() {
+            *reason = Some(why.to_string());
+        }
+        self.fenced.store(true, Ordering::Release);
     }
 
     /// Updates and durably stores the record.
@@ -405,18 +456,23 @@ impl MigratingVolume {
             let why = self.fence_reason.lock().clone().unwrap_or_default();
             return Err(Error::Fenced(why));
         }
+        if let Some(why) = self.index.poisoned() {
+            return Err(Error::Fenced(why));
+        }
         Ok(())
+    }
+
+    /// Whether the volume refuses I/O after a failed flush or metadata
+    /// write.
+    pub fn is_fenced(&self) -> bool {
+        self.check_fence().is_err()
     }
 
     /// Runs `f` (a flush); on failure fences the volume. A failed flush is
     /// never retried: the kernel may have dropped the dirty pages, so a
     /// later success would prove nothing.
     fn fenced_flush(&self, f: impl FnOnce() -> Result<()>) -> Result<()> {
-        f().inspect_err(|e| {
-            log::error!("fencing {}: flush failed: {e}", self.name);
-            *self.fence_reason.lock() = Some(e.to_string());
-            self.fenced.store(true, Ordering::Release);
-        })
+        f().inspect_err(|e| self.fence(&format!("flush failed: {e}")))
     }
 
     fn begin(&self) -> Result<RwLockReadGuard<'_, Legs>> {
@@ -459,13 +515,35 @@ impl MigratingVolume {
     /// Makes everything written so far durable and confirms the migrated
     /// regions: snapshot the bits, flush the data, then confirm and sync
     /// the index (the ORDERING rule in the module docs).
+    ///
+    /// Returns only once a checkpoint that began after this call did has
+    /// completed (see the module docs): either this call's own, or one a
+    /// concurrent caller ran while this one waited for the lock.
     fn checkpoint(&self, legs: &Legs) -> Result<()> {
-        let snapshot = self.index.snapshot();
-        if self.state() == MigrationState::Aborting {
-            self.fenced_flush(|| legs.source().flush())?;
+        // Checkpoints numbered above `arrival` begin after this point, so
+        // they take pending words and flush data written before it.
+        let arrival = self.checkpoints_begun.load(Ordering::SeqCst);
+        let mut done = self.checkpoint_done.lock();
+        self.check_fence()?;
+        if *done > arrival {
+            return Ok(());
         }
-        self.fenced_flush(|| legs.target().flush())?;
-        self.fenced_flush(|| self.index.confirm(snapshot.as_deref()))?;
+        let number = self.checkpoints_begun.fetch_add(1, Ordering::SeqCst) + 1;
+        // ORDERING: pending words first, then the data flush, then the
+        // confirmation and the index sync.
+        let pending = self.index.pending();
+        if self.state() == MigrationState::Aborting {
+            self.fenced_flush(|| {
+                self.point(faults::CHECKPOINT_FLUSH_SOURCE)?;
+                legs.source().flush()
+            })?;
+        }
+        self.fenced_flush(|| {
+            self.point(faults::CHECKPOINT_FLUSH_TARGET)?;
+            legs.target().flush()
+        })?;
+        self.fenced_flush(|| self.index.confirm(pending))?;
+        *done = number;
         *self.last_checkpoint.lock() = Instant::now();
         Ok(())
     }
@@ -478,27 +556,19 @@ impl MigratingVolume {
         Ok(())
     }
 
-    /// Reads `[start,end)` of the source into a buffer and lays `overlay`
-    /// (offset, bytes; `None` bytes = zeroes) over it: a region copy-up.
-    fn merged_region(
-        &self,
-        legs: &Legs,
-        start: u64,
-        end: u64,
-        at: u64,
-        overlay: Option<&[u8]>,
-        overlay_len: u64,
-    ) -> Result<Vec<u8>> {
-        // A region is at most 1 GiB (region_size_ok), which fits usize.
-        let mut buf = vec![0u8; (end - start) as usize];
-        legs.source().read_at(&mut buf, start)?;
-        let from = (at - start) as usize;
-        let to = from + overlay_len as usize;
-        match overlay {
-            Some(data) => buf[from..to].copy_from_slice(data),
-            None => buf[from..to].fill(0),
+    /// Copies region `[start,end)` up from the source to the target, except
+    /// `[at, at+len)` which the caller's write is about to cover, in chunks
+    /// of at most [`COPY_CHUNK`] bytes.
+    fn copy_up(&self, legs: &Legs, start: u64, end: u64, at: u64, len: u64) -> Result<()> {
+        self.point(faults::WRITE_COPY_UP)?;
+        let mut buf = Vec::new();
+        if at > start {
+            copy_extents(legs.source(), legs.target(), start, at, &mut buf)?;
         }
-        Ok(buf)
+        if at + len < end {
+            copy_extents(legs.source(), legs.target(), at + len, end, &mut buf)?;
+        }
+        Ok(())
     }
 
     /// Forward-mode handling of one region piece of a write or zeroing.
@@ -512,7 +582,10 @@ impl MigratingVolume {
         data: Option<&[u8]>,
         discard: bool,
     ) -> Result<()> {
-        let apply_target = |at: u64, len: u64| apply(legs.target(), at, len, data, discard);
+        let apply_target = |at: u64, len: u64| {
+            self.point(faults::WRITE_DATA)?;
+            apply(legs.target(), at, len, data, discard)
+        };
         // Fast path: bits only go 0 -> 1 while copying, so a region seen
         // migrated and written stays so for the rest of this I/O.
         if self.index.is_migrated(r) && self.index.is_written(r) {
@@ -521,20 +594,22 @@ impl MigratingVolume {
         let _g = self.locks.lock(r, r);
         // The written bit goes first: an abort must copy this region back
         // even if we crash right after the write lands on the target.
-        self.index.mark_written(r)?;
+        if !self.index.is_written(r) {
+            self.point(faults::WRITE_MARK_WRITTEN)?;
+            self.index.mark_written(r)?;
+        }
         if self.index.is_migrated(r) {
             return apply_target(at, len);
         }
         let (start, end) = self.index.region_bounds(r);
-        if at == start && at + len == end {
-            apply_target(at, len)?;
-        } else {
-            let merged = self.merged_region(legs, start, end, at, data, len)?;
-            legs.target().write_at(&merged, start)?;
-        }
+        // The rest of the region first (nothing routes to the target yet),
+        // then the write itself.
+        self.copy_up(legs, start, end, at, len)?;
+        apply_target(at, len)?;
         // ORDERING: data on the target first, then the migrated bit; it is
         // confirmed (trusted after power loss) by the next checkpoint,
         // which flushes the target before it writes the confirmation.
+        self.point(faults::WRITE_MARK_MIGRATED)?;
         self.index.mark_migrated(&[r])
     }
 
@@ -551,10 +626,15 @@ impl MigratingVolume {
     ) -> Result<()> {
         let _g = self.locks.lock(r, r);
         if self.index.is_migrated(r) {
-            self.index.mark_written(r)?;
+            if !self.index.is_written(r) {
+                self.point(faults::WRITE_MARK_WRITTEN)?;
+                self.index.mark_written(r)?;
+            }
+            self.point(faults::WRITE_DATA)?;
             apply(legs.source(), at, len, data, discard)?;
             apply(legs.target(), at, len, data, discard)
         } else {
+            self.point(faults::WRITE_DATA)?;
             apply(legs.source(), at, len, data, discard)
         }
     }
@@ -603,6 +683,7 @@ impl MigratingVolume {
             return Ok(RegionCopy::Skipped);
         }
         let (start, end) = self.index.region_bounds(r);
+        self.point(faults::COPY_WRITE_TARGET)?;
         let bytes = copy_extents(legs.source(), legs.target(), start, end, buf)?;
         Ok(RegionCopy::Copied { bytes })
     }
@@ -618,6 +699,7 @@ impl MigratingVolume {
         }
         // ORDERING: the batch's data is written; the bits route reads to
         // it now and are confirmed by a checkpoint, at least every second.
+        self.point(faults::COPY_MARK_MIGRATED)?;
         self.index.mark_migrated(regions)?;
         self.checkpoint_if_due(&legs)
     }
@@ -661,6 +743,7 @@ impl MigratingVolume {
             return Ok(RegionCopy::Copied { bytes: 0 });
         }
         let (start, end) = self.index.region_bounds(r);
+        self.point(faults::COPY_BACK_WRITE_SOURCE)?;
         let bytes = copy_extents(legs.target(), legs.source(), start, end, buf)?;
         Ok(RegionCopy::Copied { bytes })
     }
@@ -676,7 +759,10 @@ impl MigratingVolume {
         }
         // ORDERING: the source must hold the regions durably before their
         // bits are cleared and reads go back to it.
-        self.fenced_flush(|| legs.source().flush())?;
+        self.fenced_flush(|| {
+            self.point(faults::COPY_BACK_FLUSH_SOURCE)?;
+            legs.source().flush()
+        })?;
         let _g = self
             .locks
             .lock(regions[0], *regions.last().expect("non-empty"));
@@ -698,7 +784,10 @@ impl MigratingVolume {
             return Ok(false);
         }
         let source = legs.source.clone().expect("source present while aborting");
-        self.fenced_flush(|| source.flush())?;
+        self.fenced_flush(|| {
+            self.point(faults::FINISH_ABORT_FLUSH_SOURCE)?;
+            source.flush()
+        })?;
         self.enter(MigrationState::Aborted)?;
         legs.target = None;
         drop(legs);
@@ -805,20 +894,33 @@ impl MigratingVolume {
 /// the target after a restart), and the index goes. Failures are logged,
 /// not returned: the commit itself is durable, and the next open redoes it.
 pub fn cleanup_committed(source_store: &dyn MetaStore, target_store: &dyn MetaStore, target: &str) {
-    if let Err(e) = source_store.store_source_marker(&SourceMarker::committed(target)) {
+    if let Err(e) = target_store
+        .fault_point(faults::COMMIT_STORE_MARKER)
+        .and_then(|()| source_store.store_source_marker(&SourceMarker::committed(target)))
+    {
         log::warn!("could not mark the source as committed: {e}");
     }
-    if let Err(e) = target_store.remove_index() {
+    if let Err(e) = target_store
+        .fault_point(faults::COMMIT_REMOVE_INDEX)
+        .and_then(|()| target_store.remove_index())
+    {
         log::warn!("could not remove the region index: {e}");
     }
 }
 
 /// Removes what an aborted migration leaves behind, target included.
 pub fn cleanup_aborted(source_store: &dyn MetaStore, target_store: &dyn MetaStore) {
-    if let Err(e) = target_store.destroy_volume() {
+    if let Err(e) = target_store
+        .fault_point(faults::ABORT_DESTROY_TARGET)
+        .and_then(|()| target_store.destroy_volume())
+    {
         log::warn!("could not discard the aborted target: {e}");
     }
-    if let Err(e) = source_store.remove_source_marker() {
+    // The target's store is gone; the point is announced on the source's.
+    if let Err(e) = source_store
+        .fault_point(faults::ABORT_REMOVE_MARKER)
+        .and_then(|()| source_store.remove_source_marker())
+    {
         log::warn!("could not remove the source marker: {e}");
     }
 }
@@ -849,13 +951,13 @@ fn copy_extents(
     if covered < len && !to.allocated(start, len)?.is_empty() {
         to.write_zeroes(start, len)?;
     }
-    const CHUNK: u64 = 1 << 20;
+    const CHUNK: u64 = COPY_CHUNK;
     let mut copied = 0;
     for Extent { offset, len } in data {
         let mut done = 0;
         while done < len {
             let n = CHUNK.min(len - done);
-            buf.resize(n as usize, 0); // n ≤ 1 MiB
+            buf.resize(n as usize, 0); // n ≤ COPY_CHUNK
             from.read_at(buf, offset + done)?;
             to.write_at(buf, offset + done)?;
             done += n;
@@ -912,8 +1014,14 @@ impl Volume for MigratingVolume {
     fn flush(&self) -> Result<()> {
         let legs = self.begin()?;
         match self.state() {
-            MigrationState::Committed => self.fenced_flush(|| legs.target().flush()),
-            MigrationState::Aborted => self.fenced_flush(|| legs.source().flush()),
+            MigrationState::Committed => self.fenced_flush(|| {
+                self.point(faults::PLAIN_FLUSH)?;
+                legs.target().flush()
+            }),
+            MigrationState::Aborted => self.fenced_flush(|| {
+                self.point(faults::PLAIN_FLUSH)?;
+                legs.source().flush()
+            }),
             // Data first, then the index (`checkpoint`).
             _ => self.checkpoint(&legs),
         }

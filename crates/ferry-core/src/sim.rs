@@ -23,38 +23,87 @@ use crate::store::{MetaStore, SourceMarker};
 use crate::volume::{check_range, Extent, Volume};
 
 /// Shared fault-point counter and the point at which to "die".
-#[derive(Default)]
+///
+/// Two kinds of point share one "crashed" state: *numbered* points (every
+/// mutating call of a simulated volume or store) and *named* points (the
+/// engine's [`crate::faults`] announcements, seen through
+/// [`MetaStore::fault_point`]). Either kind can be armed to crash the
+/// process there; numbered points can also fail once and carry on, the
+/// way one failed write of a real device does.
 pub struct Faults {
     counter: AtomicU64,
     armed: AtomicU64,
+    fail_once: AtomicU64,
     crashed: AtomicBool,
+    named: Mutex<Named>,
+}
+
+#[derive(Default)]
+struct Named {
+    /// Named points passed since the last arm, in order.
+    trace: Vec<&'static str>,
+    /// Crash at this named hit (counted from the last arm).
+    armed: Option<usize>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            counter: AtomicU64::new(0),
+            armed: AtomicU64::new(u64::MAX),
+            fail_once: AtomicU64::new(u64::MAX),
+            crashed: AtomicBool::new(false),
+            named: Mutex::new(Named::default()),
+        }
+    }
 }
 
 impl Faults {
     pub fn new() -> Arc<Self> {
-        Arc::new(Faults {
-            counter: AtomicU64::new(0),
-            armed: AtomicU64::new(u64::MAX),
-            crashed: AtomicBool::new(false),
-        })
+        Arc::new(Faults::default())
     }
 
     /// Makes fault point number `n` (counted from now) and all later ones fail.
     pub fn arm(&self, n: u64) {
         self.counter.store(0, Ordering::SeqCst);
+        self.fail_once.store(u64::MAX, Ordering::SeqCst);
         self.armed.store(n, Ordering::SeqCst);
         self.crashed.store(false, Ordering::SeqCst);
+        *self.named.lock() = Named::default();
+    }
+
+    /// Makes numbered point `n` (counted from now) fail without effect,
+    /// and every other point work: one failed device call, not a crash.
+    pub fn fail_once(&self, n: u64) {
+        self.counter.store(0, Ordering::SeqCst);
+        self.armed.store(u64::MAX, Ordering::SeqCst);
+        self.fail_once.store(n, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+
+    /// Crashes at the `n`-th named point (counted from now, from 0): the
+    /// operation it names and everything after it fail.
+    pub fn arm_named(&self, n: usize) {
+        self.arm(u64::MAX);
+        self.named.lock().armed = Some(n);
     }
 
     /// Back to normal operation, as after a restart.
     pub fn disarm(&self) {
         self.armed.store(u64::MAX, Ordering::SeqCst);
+        self.fail_once.store(u64::MAX, Ordering::SeqCst);
         self.crashed.store(false, Ordering::SeqCst);
+        self.named.lock().armed = None;
     }
 
     /// Fault points passed since the last `arm`.
     pub fn points(&self) -> u64 {
         self.counter.load(Ordering::SeqCst)
+    }
+
+    /// Named points passed since the last arm, in order.
+    pub fn named_trace(&self) -> Vec<&'static str> {
+        self.named.lock().trace.clone()
     }
 
     /// Whether the armed point was reached.
@@ -70,6 +119,28 @@ impl Faults {
         if n == self.armed.load(Ordering::SeqCst) {
             self.crashed.store(true, Ordering::SeqCst);
             return Err(Error::Injected(format!("{what} (point {n})")));
+        }
+        if n == self.fail_once.load(Ordering::SeqCst) {
+            return Err(Error::Injected(format!(
+                "{what} (one failure at point {n})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A named point of the engine ([`crate::faults`]).
+    pub fn hit_named(&self, point: &'static str) -> Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(Error::Injected(format!("{point} after crash")));
+        }
+        let mut named = self.named.lock();
+        let n = named.trace.len();
+        named.trace.push(point);
+        if named.armed == Some(n) {
+            self.crashed.store(true, Ordering::SeqCst);
+            return Err(Error::Injected(format!(
+                "crash at {point} (named point {n})"
+            )));
         }
         Ok(())
     }
@@ -151,6 +222,25 @@ impl SimVolume {
         self.image.lock().power_crash(rng);
     }
 
+    /// A copy of this volume as power loss *now* would leave it, keeping
+    /// none of the unflushed writes (the strictest case), with its own
+    /// fault counter. The original is untouched: a test can take it at
+    /// the instant a flush returns while other threads still run.
+    pub fn fork_power_lost(&self) -> Arc<Self> {
+        let img = self.image.lock();
+        Arc::new(SimVolume {
+            name: self.name.clone(),
+            size: self.size,
+            object_size: self.object_size,
+            image: Mutex::new(Image {
+                cache: img.disk.clone(),
+                disk: img.disk.clone(),
+                pending: Vec::new(),
+            }),
+            faults: Faults::new(),
+        })
+    }
+
     /// Overwrites contents directly (test setup), durably.
     pub fn fill(&self, data: &[u8]) {
         let mut img = self.image.lock();
@@ -224,6 +314,7 @@ pub struct SimStore {
     /// Simulated boot id: a power crash is a reboot.
     epoch: Mutex<[u8; 16]>,
     destroyed: AtomicBool,
+    index_writes: AtomicU64,
     faults: Arc<Faults>,
 }
 
@@ -237,8 +328,15 @@ impl SimStore {
             index: Mutex::new(None),
             epoch: Mutex::new([1; 16]),
             destroyed: AtomicBool::new(false),
+            index_writes: AtomicU64::new(0),
             faults,
         })
+    }
+
+    /// `write_index` calls so far: what a checkpoint costs on a store
+    /// where each is a synchronous round trip (RADOS).
+    pub fn index_writes(&self) -> u64 {
+        self.index_writes.load(Ordering::SeqCst)
     }
 
     /// Simulates power loss on the index, and the reboot after it.
@@ -247,6 +345,30 @@ impl SimStore {
             img.power_crash(rng);
         }
         rng.fill(&mut self.epoch.lock()[..]);
+    }
+
+    /// A copy of this store as power loss *now* would leave it (no
+    /// unsynced index write kept, a new boot's epoch), with its own fault
+    /// counter; see [`SimVolume::fork_power_lost`].
+    pub fn fork_power_lost(&self) -> Arc<Self> {
+        let index = self.index.lock().as_ref().map(|img| Image {
+            cache: img.disk.clone(),
+            disk: img.disk.clone(),
+            pending: Vec::new(),
+        });
+        let mut epoch = *self.epoch.lock();
+        epoch[0] = epoch[0].wrapping_add(1);
+        Arc::new(SimStore {
+            name: self.name.clone(),
+            record: Mutex::new(self.record.lock().clone()),
+            reservations: Mutex::new(self.reservations.lock().clone()),
+            marker: Mutex::new(self.marker.lock().clone()),
+            index: Mutex::new(index),
+            epoch: Mutex::new(epoch),
+            destroyed: AtomicBool::new(self.destroyed()),
+            index_writes: AtomicU64::new(0),
+            faults: Faults::new(),
+        })
     }
 
     /// Whether `destroy_volume` was called.
@@ -276,6 +398,9 @@ impl SimStore {
 impl MetaStore for SimStore {
     fn describe(&self) -> String {
         format!("sim:{}", self.name)
+    }
+    fn fault_point(&self, point: &'static str) -> Result<()> {
+        self.faults.hit_named(point)
     }
     fn load_record(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.record.lock().clone())
@@ -308,6 +433,7 @@ impl MetaStore for SimStore {
     fn write_index(&self, offset: u64, bytes: &[u8]) -> Result<()> {
         self.faults
             .hit(&format!("write index {}@{offset}", self.name))?;
+        self.index_writes.fetch_add(1, Ordering::SeqCst);
         let mut idx = self.index.lock();
         let img = idx
             .as_mut()
@@ -334,10 +460,12 @@ impl MetaStore for SimStore {
         Ok(())
     }
     fn remove_source_marker(&self) -> Result<()> {
+        self.faults.hit(&format!("remove marker {}", self.name))?;
         *self.marker.lock() = None;
         Ok(())
     }
     fn remove_index(&self) -> Result<()> {
+        self.faults.hit(&format!("remove index {}", self.name))?;
         *self.index.lock() = None;
         Ok(())
     }
@@ -346,6 +474,7 @@ impl MetaStore for SimStore {
         Ok(())
     }
     fn destroy_volume(&self) -> Result<()> {
+        self.faults.hit(&format!("destroy {}", self.name))?;
         self.destroyed.store(true, Ordering::SeqCst);
         *self.index.lock() = None;
         *self.record.lock() = None;

@@ -61,6 +61,13 @@ pub trait MetaStore: Send + Sync {
     /// Where the metadata lives, for messages.
     fn describe(&self) -> String;
 
+    /// Announces the named fault point `point` (one of
+    /// [`crate::faults::ALL`]) just before the operation it names. Real
+    /// stores do nothing; a test store may fail here to simulate a crash.
+    fn fault_point(&self, _point: &'static str) -> Result<()> {
+        Ok(())
+    }
+
     /// The migration record, if one exists.
     fn load_record(&self) -> Result<Option<Vec<u8>>>;
     /// Atomically replaces the record; durable when this returns.

@@ -1,0 +1,99 @@
+//! Named fault points: every metadata write and every flush the engine
+//! depends on for durability has a name here, and the engine announces
+//! each one through [`crate::MetaStore::fault_point`] just before the
+//! operation. Production stores ignore the call; the simulated store of
+//! the `sim` feature can crash the "process" at any of them, which is how
+//! `tests/crash_points.rs` explores every point both ways (process crash,
+//! power loss) and checks a reference model after each.
+//!
+//! A crash *at* a point means the operation it names never happened; a
+//! crash right after it is the crash at the next point. The list is
+//! exhaustive on purpose: the exploration test fails when a scenario
+//! reaches a point not listed here, or when a listed point is never
+//! reached, so the list cannot drift from the code.
+
+/// Creating the all-clear index of a new migration.
+pub const START_CREATE_INDEX: &str = "start.create_index";
+/// Storing the record that puts the target in a migration.
+pub const START_STORE_RECORD: &str = "start.store_record";
+/// Marking the source as the source of the migration.
+pub const START_STORE_MARKER: &str = "start.store_marker";
+/// Reopen after a reboot: rewriting the adopted bits and the new epoch.
+pub const OPEN_ADOPT_INDEX: &str = "open.adopt_index";
+/// Reopen after a reboot: syncing the adopted index.
+pub const OPEN_SYNC_INDEX: &str = "open.sync_index";
+/// Resume: writing back a source marker a crash lost.
+pub const RESUME_STORE_MARKER: &str = "resume.store_marker";
+/// A write's written bit, before the data it covers.
+pub const WRITE_MARK_WRITTEN: &str = "write.mark_written";
+/// A copy-up: source bytes around the write copied to the target.
+pub const WRITE_COPY_UP: &str = "write.copy_up";
+/// A write's data reaching the target (or, aborting, the source).
+pub const WRITE_DATA: &str = "write.data";
+/// A write's region marked migrated after its data is on the target.
+pub const WRITE_MARK_MIGRATED: &str = "write.mark_migrated";
+/// The copier writing a region to the target.
+pub const COPY_WRITE_TARGET: &str = "copy.write_target";
+/// The copier marking a batch of copied regions.
+pub const COPY_MARK_MIGRATED: &str = "copy.mark_migrated";
+/// A checkpoint flushing the source (during an abort).
+pub const CHECKPOINT_FLUSH_SOURCE: &str = "checkpoint.flush_source";
+/// A checkpoint flushing the target.
+pub const CHECKPOINT_FLUSH_TARGET: &str = "checkpoint.flush_target";
+/// A checkpoint writing the confirmed words.
+pub const CHECKPOINT_WRITE_CONFIRMED: &str = "checkpoint.write_confirmed";
+/// A checkpoint syncing the index.
+pub const CHECKPOINT_SYNC_INDEX: &str = "checkpoint.sync_index";
+/// Storing a record with a new state (copied, committed, aborting, aborted).
+pub const STATE_STORE_RECORD: &str = "state.store_record";
+/// Commit's cleanup: the source marker now forwards to the target.
+pub const COMMIT_STORE_MARKER: &str = "commit.store_marker";
+/// Commit's cleanup: removing the index.
+pub const COMMIT_REMOVE_INDEX: &str = "commit.remove_index";
+/// Abort copy-back: a region written back to the source.
+pub const COPY_BACK_WRITE_SOURCE: &str = "copy_back.write_source";
+/// Abort copy-back: flushing the source before bits are cleared.
+pub const COPY_BACK_FLUSH_SOURCE: &str = "copy_back.flush_source";
+/// Abort copy-back: clearing migrated and confirmed words.
+pub const COPY_BACK_CLEAR_CONFIRMED: &str = "copy_back.clear_confirmed";
+/// Abort copy-back: syncing the cleared words.
+pub const COPY_BACK_SYNC_INDEX: &str = "copy_back.sync_index";
+/// End of an abort: flushing the source before the aborted state.
+pub const FINISH_ABORT_FLUSH_SOURCE: &str = "finish_abort.flush_source";
+/// End of an abort: discarding the target.
+pub const ABORT_DESTROY_TARGET: &str = "abort.destroy_target";
+/// End of an abort: removing the source marker.
+pub const ABORT_REMOVE_MARKER: &str = "abort.remove_marker";
+/// A plain (committed or aborted) volume's flush.
+pub const PLAIN_FLUSH: &str = "plain.flush";
+
+/// Every named point, in no particular order.
+pub const ALL: &[&str] = &[
+    START_CREATE_INDEX,
+    START_STORE_RECORD,
+    START_STORE_MARKER,
+    OPEN_ADOPT_INDEX,
+    OPEN_SYNC_INDEX,
+    RESUME_STORE_MARKER,
+    WRITE_MARK_WRITTEN,
+    WRITE_COPY_UP,
+    WRITE_DATA,
+    WRITE_MARK_MIGRATED,
+    COPY_WRITE_TARGET,
+    COPY_MARK_MIGRATED,
+    CHECKPOINT_FLUSH_SOURCE,
+    CHECKPOINT_FLUSH_TARGET,
+    CHECKPOINT_WRITE_CONFIRMED,
+    CHECKPOINT_SYNC_INDEX,
+    STATE_STORE_RECORD,
+    COMMIT_STORE_MARKER,
+    COMMIT_REMOVE_INDEX,
+    COPY_BACK_WRITE_SOURCE,
+    COPY_BACK_FLUSH_SOURCE,
+    COPY_BACK_CLEAR_CONFIRMED,
+    COPY_BACK_SYNC_INDEX,
+    FINISH_ABORT_FLUSH_SOURCE,
+    ABORT_DESTROY_TARGET,
+    ABORT_REMOVE_MARKER,
+    PLAIN_FLUSH,
+];
