@@ -20,8 +20,12 @@ pub const START_STORE_RECORD: &str = "start.store_record";
 pub const START_STORE_MARKER: &str = "start.store_marker";
 /// Reopen after a reboot: rewriting the adopted bits and the new epoch.
 pub const OPEN_ADOPT_INDEX: &str = "open.adopt_index";
-/// Reopen after a reboot: syncing the adopted index.
+/// Reopen: syncing the index (the adopted bits after a reboot, what the
+/// dead process wrote in the same boot).
 pub const OPEN_SYNC_INDEX: &str = "open.sync_index";
+/// Reopen in the same boot: clearing confirmed bits an interrupted
+/// copy-back left ahead of the migrated bits.
+pub const OPEN_REPAIR_CONFIRMED: &str = "open.repair_confirmed";
 /// Resume: writing back a source marker a crash lost.
 pub const RESUME_STORE_MARKER: &str = "resume.store_marker";
 /// A write's written bit, before the data it covers.
@@ -74,6 +78,7 @@ pub const ALL: &[&str] = &[
     START_STORE_MARKER,
     OPEN_ADOPT_INDEX,
     OPEN_SYNC_INDEX,
+    OPEN_REPAIR_CONFIRMED,
     RESUME_STORE_MARKER,
     WRITE_MARK_WRITTEN,
     WRITE_COPY_UP,

@@ -261,6 +261,31 @@ impl RegionIndex {
             index.store.fault_point(faults::OPEN_SYNC_INDEX)?;
             index.store.sync_index()?;
             index.unsynced.store(false, Ordering::Release);
+        } else {
+            // Same boot. A process killed inside an abort's copy-back may
+            // have cleared migrated bits without their confirmed bits: the
+            // region's data is durable on the source (flushed before the
+            // clear), and writes now go there alone, so the confirmed bit
+            // must go too, or a power loss would route the region back to
+            // the target's older bytes.
+            let _p = index.persist.lock();
+            for i in 0..words {
+                let (m, c) = (
+                    index.migrated[i].load(Ordering::Relaxed),
+                    index.confirmed[i].load(Ordering::Relaxed),
+                );
+                if c & !m != 0 {
+                    index.store.fault_point(faults::OPEN_REPAIR_CONFIRMED)?;
+                    index.put(Bitmap::Confirmed, i, c & m)?;
+                    index.confirmed[i].store(c & m, Ordering::Relaxed);
+                }
+            }
+            // The dead process's index writes sit in the page cache with
+            // no one left to sync them: this process's flags know nothing
+            // of them, so sync them now, before anything relies on them.
+            index.store.fault_point(faults::OPEN_SYNC_INDEX)?;
+            index.store.sync_index()?;
+            index.unsynced.store(false, Ordering::Release);
         }
         Ok(index)
     }
