@@ -77,7 +77,12 @@ impl VolumeSpec {
         Ok(VolumeSpec::File(normalize(&abs)))
     }
 
-    /// Opens the volume and its metadata store for serving.
+    /// Opens the volume and its metadata store for serving, or for working
+    /// on it offline, as its only writer: a file volume holds an exclusive
+    /// `flock`, an RBD image its exclusive lock (see
+    /// `ferry_rbd::Image::hold_exclusive`), until it is closed. A volume
+    /// another process holds so is refused, naming that process where the
+    /// backend can tell (RBD: client and address).
     pub fn open(&self) -> Result<Opened> {
         self.open_with(Access::Exclusive)
     }
@@ -100,6 +105,11 @@ impl VolumeSpec {
                 // one process would fight over the exclusive lock.
                 let what = s.to_string();
                 let vol = ferry_rbd::RbdVolume::open(s).map_err(rbd_err("open", &what))?;
+                if access == Access::Exclusive && s.snap.is_none() {
+                    vol.image()
+                        .hold_exclusive()
+                        .map_err(rbd_err("lock", &what))?;
+                }
                 let store: Arc<dyn MetaStore> = Arc::new(vol.meta_store());
                 Ok((Arc::new(vol), store))
             }
@@ -205,6 +215,13 @@ impl VolumeSpec {
                     .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>());
                 let vol = ferry_rbd::RbdVolume::create(s, size, like)
                     .map_err(rbd_err("create", &what))?;
+                // The creator is its only writer from the start.
+                if let Err(e) = vol.image().hold_exclusive() {
+                    let io = vol.image().ioctx().clone();
+                    drop(vol);
+                    let _ = ferry_rbd::remove_image(&io, &s.image);
+                    return Err(e.into_core("lock", &what));
+                }
                 if let Some(src) = like {
                     let n = ferry_rbd::copy_metadata(src, &vol)
                         .map_err(rbd_err("copy metadata to", &what))?;

@@ -38,6 +38,17 @@ pub enum RbdError {
     /// Ceph answered something ferry cannot use.
     #[error("{what}: {why}")]
     Unexpected { what: String, why: String },
+    /// Another live client holds the image's exclusive lock: a process
+    /// serving or migrating it elsewhere (another gateway, another run
+    /// directory), which is the only one allowed to write it.
+    #[error(
+        "image {image} is held by {} (it holds the image's exclusive lock, so it serves or \
+         migrates the image and is its only writer): run the command where it runs; \
+         if it died, its lock is released once its watch on the image expires (30 s by \
+         default) or when it is fenced by a failover",
+        holders.join(", ")
+    )]
+    Locked { image: String, holders: Vec<String> },
     /// A migration cannot start: each entry is one failed check.
     #[error("migration prechecks failed: {}", .0.join("; "))]
     Precheck(Vec<String>),
@@ -62,7 +73,7 @@ impl RbdError {
             RbdError::ImageExists { .. } => libc::EEXIST,
             RbdError::Call { errno, .. } => *errno,
             RbdError::Unexpected { .. } => libc::EIO,
-            RbdError::Precheck(_) => libc::EBUSY,
+            RbdError::Precheck(_) | RbdError::Locked { .. } => libc::EBUSY,
         }
     }
 
@@ -84,6 +95,7 @@ impl RbdError {
             }
             RbdError::Call { what, .. } | RbdError::Unexpected { what, .. } => what.clone(),
             RbdError::Precheck(_) => "migration".into(),
+            RbdError::Locked { image, .. } => image.clone(),
         }
     }
 
@@ -99,6 +111,7 @@ impl RbdError {
                     why: why.clone(),
                 }
             }
+            RbdError::Locked { .. } => return ferry_core::Error::Busy(self.to_string()),
             other => io::Error::new(kind_of(other.errno()), other.to_string()),
         };
         ferry_core::Error::volume_io(op, volume, 0, source)

@@ -189,6 +189,9 @@ pub struct Image {
     snap: Option<String>,
     id: String,
     read_only: bool,
+    /// The cookie of ferry's advisory lock while this handle holds it
+    /// (released at close; see [`Image::hold_exclusive`]).
+    advisory: parking_lot::Mutex<Option<String>>,
 }
 
 // SAFETY: librbd image handles may be used from any thread.
@@ -199,6 +202,15 @@ unsafe impl Sync for Image {}
 
 impl Drop for Image {
     fn drop(&mut self) {
+        if let Some(cookie) = self.advisory.get_mut().take() {
+            if let Ok(c) = std::ffi::CString::new(cookie) {
+                // SAFETY: open image; c is NUL-terminated.
+                let r = unsafe { sys::rbd_unlock(self.handle, c.as_ptr()) };
+                if r < 0 && r != -libc::ENOENT {
+                    log::warn!("unlocking image {}: errno {}", self.describe(), -r);
+                }
+            }
+        }
         // SAFETY: opened by rbd_open*, closed once; every aio on it was
         // waited for. Closing also drops the header watch and any
         // exclusive lock we held.
@@ -272,6 +284,7 @@ impl Image {
             snap: snap.map(str::to_string),
             id: String::new(),
             read_only,
+            advisory: parking_lot::Mutex::new(None),
         };
         image.id = image.read_id()?;
         Ok(image)
@@ -765,18 +778,209 @@ impl Image {
     }
 }
 
+/// A client holding a lock on an image's header object (what `rbd lock
+/// ls` shows): librbd's managed exclusive lock (cookie `auto <n>`) or an
+/// advisory lock such as ferry's own on images without the exclusive-lock
+/// feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locker {
+    /// `client.<global id>`.
+    pub client: String,
+    pub cookie: String,
+    /// The client's address, `ip:port/nonce`.
+    pub addr: String,
+}
+
+impl std::fmt::Display for Locker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}", self.client, self.addr)
+    }
+}
+
+/// An entity address without its `v1:`/`v2:`/`any:` type prefix, so the
+/// address a locker records and the one its watch shows compare equal.
+pub(crate) fn bare_addr(addr: &str) -> &str {
+    addr.split_once(':')
+        .filter(|(kind, _)| matches!(*kind, "v1" | "v2" | "any"))
+        .map_or(addr, |(_, rest)| rest)
+}
+
+/// The cookie of ferry's advisory lock, for images without the
+/// exclusive-lock feature; one per connection, so a second handle of the
+/// same process does not count as the holder.
+fn advisory_cookie(io: &IoCtx) -> String {
+    format!("ferry {}", io.cluster().instance_id())
+}
+
 impl Image {
-    /// Takes the image's exclusive lock and keeps it (librbd's managed
-    /// lock: it is not handed to another client that asks for it, so a
-    /// second gateway cannot start writing while this one serves). Fails
-    /// with `EROFS`/`EBUSY` while another client holds it.
-    pub fn lock_exclusive(&self) -> Result<()> {
-        // SAFETY: open image handle.
+    /// Makes this handle the image's only writer for as long as it is open:
+    /// takes librbd's exclusive lock in the mode that is never handed to a
+    /// client asking for it (`rbd_lock_acquire`; other clients' writes then
+    /// fail with `EROFS`), or, on an image without the exclusive-lock
+    /// feature, an exclusive advisory lock of ferry's own that every ferry
+    /// opener checks. A holder that died is dealt with the way librbd does
+    /// it: once its watch on the header has expired, its lock is broken
+    /// (after blocklisting it, for the advisory lock). A holder still
+    /// watching is refused with [`RbdError::Locked`], naming it.
+    pub fn hold_exclusive(&self) -> Result<()> {
+        if self.read_only {
+            return Err(RbdError::Unexpected {
+                what: format!("image {}", self.describe()),
+                why: "a read-only handle cannot hold the exclusive lock".into(),
+            });
+        }
+        if self.features()? & u64::from(sys::RBD_FEATURE_EXCLUSIVE_LOCK) == 0 {
+            return self.hold_advisory();
+        }
+        // SAFETY: open, writable image handle.
         let r = unsafe { sys::rbd_lock_acquire(self.handle, sys::RBD_LOCK_MODE_EXCLUSIVE) };
+        match r {
+            0.. => Ok(()),
+            r if [libc::EROFS, libc::EBUSY, libc::EAGAIN].contains(&-r) => Err(self.locked_error()),
+            r => Err(self.err("rbd_lock_acquire", r.into())),
+        }
+    }
+
+    /// Whether this handle holds the exclusive lock (managed or ferry's
+    /// advisory one).
+    pub fn holds_exclusive(&self) -> Result<bool> {
+        if self.advisory.lock().is_some() {
+            return Ok(true);
+        }
+        let mut owner: c_int = 0;
+        // SAFETY: open image, valid out-pointer.
+        let r = unsafe { sys::rbd_is_exclusive_lock_owner(self.handle, &mut owner) };
         if r < 0 {
-            return Err(self.err("rbd_lock_acquire", r.into()));
+            return Err(self.err("rbd_is_exclusive_lock_owner", r.into()));
+        }
+        Ok(owner != 0)
+    }
+
+    fn locked_error(&self) -> RbdError {
+        let holders = match self.lockers() {
+            Ok(l) if !l.is_empty() => l.iter().map(Locker::to_string).collect(),
+            Ok(_) => vec!["another client (it released the lock meanwhile: retry)".into()],
+            Err(e) => vec![format!("another client (listing lockers failed: {e})")],
+        };
+        RbdError::Locked {
+            image: self.describe(),
+            holders,
+        }
+    }
+
+    fn hold_advisory(&self) -> Result<()> {
+        let cookie = advisory_cookie(&self.io);
+        let c = cstring("lock cookie", &cookie)?;
+        let mut broke = false;
+        loop {
+            // SAFETY: open image; c is NUL-terminated.
+            let r = unsafe { sys::rbd_lock_exclusive(self.handle, c.as_ptr()) };
+            match r {
+                // EEXIST: this connection holds it already.
+                r if r >= 0 || r == -libc::EEXIST => {
+                    *self.advisory.lock() = Some(cookie);
+                    return Ok(());
+                }
+                r if r == -libc::EBUSY && !broke => {
+                    // Break the locks of holders whose watch is gone (they
+                    // died); a live holder keeps its lock.
+                    let watching: Vec<String> = self
+                        .watchers()?
+                        .into_iter()
+                        .map(|w| bare_addr(&w.addr).to_string())
+                        .collect();
+                    let lockers = self.lockers()?;
+                    let (alive, dead): (Vec<Locker>, Vec<Locker>) = lockers
+                        .into_iter()
+                        .partition(|l| watching.iter().any(|w| w == bare_addr(&l.addr)));
+                    if !alive.is_empty() {
+                        return Err(RbdError::Locked {
+                            image: self.describe(),
+                            holders: alive.iter().map(Locker::to_string).collect(),
+                        });
+                    }
+                    for l in dead {
+                        crate::fence::blocklist(self.io.cluster(), &l.addr)?;
+                        self.break_advisory(&l)?;
+                        log::warn!(
+                            "{}: broke the lock of {l}, which no longer watches it",
+                            self.describe()
+                        );
+                    }
+                    broke = true;
+                }
+                r if r == -libc::EBUSY => return Err(self.locked_error()),
+                r => return Err(self.err("rbd_lock_exclusive", r.into())),
+            }
+        }
+    }
+
+    /// Breaks an advisory lock another client holds.
+    pub(crate) fn break_advisory(&self, l: &Locker) -> Result<()> {
+        let client = cstring("lock client", &l.client)?;
+        let cookie = cstring("lock cookie", &l.cookie)?;
+        // SAFETY: open image; both strings NUL-terminated.
+        let r = unsafe { sys::rbd_break_lock(self.handle, client.as_ptr(), cookie.as_ptr()) };
+        if r < 0 && r != -libc::ENOENT {
+            return Err(self.err("rbd_break_lock", r.into()));
         }
         Ok(())
+    }
+
+    /// Every lock on the image's header (`rbd_list_lockers`): the managed
+    /// exclusive lock's owner and advisory lockers.
+    pub fn lockers(&self) -> Result<Vec<Locker>> {
+        let mut lens = [256usize; 4];
+        loop {
+            let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&n| vec![0u8; n]).collect();
+            let mut got = lens;
+            let mut exclusive: c_int = 0;
+            let [tag, clients, cookies, addrs] = &mut bufs[..] else {
+                unreachable!("four buffers")
+            };
+            let [tag_len, clients_len, cookies_len, addrs_len] = &mut got;
+            // SAFETY: open image; each buffer is writable for the length
+            // passed with it, and every length is a valid in/out pointer.
+            let r = unsafe {
+                sys::rbd_list_lockers(
+                    self.handle,
+                    &mut exclusive,
+                    tag.as_mut_ptr().cast::<c_char>(),
+                    tag_len,
+                    clients.as_mut_ptr().cast::<c_char>(),
+                    clients_len,
+                    cookies.as_mut_ptr().cast::<c_char>(),
+                    cookies_len,
+                    addrs.as_mut_ptr().cast::<c_char>(),
+                    addrs_len,
+                )
+            };
+            if r == -(libc::ERANGE as isize) {
+                let grown: Vec<usize> = got.iter().zip(lens).map(|(&g, l)| g.max(l)).collect();
+                if grown == lens || lens[0] > 1 << 20 {
+                    return Err(self.err("rbd_list_lockers", (-libc::ERANGE).into()));
+                }
+                lens.copy_from_slice(&grown);
+                continue;
+            }
+            if r < 0 {
+                return Err(self.err("rbd_list_lockers", r as i64));
+            }
+            let take = |b: &[u8], n: usize| split_nul(&b[..n.min(b.len())]);
+            let clients = take(clients, *clients_len);
+            let cookies = take(cookies, *cookies_len);
+            let addrs = take(addrs, *addrs_len);
+            return Ok(clients
+                .into_iter()
+                .zip(cookies)
+                .zip(addrs)
+                .map(|((client, cookie), addr)| Locker {
+                    client,
+                    cookie,
+                    addr,
+                })
+                .collect());
+        }
     }
 
     /// The clients holding the image's lock (empty when it is free).
@@ -791,7 +995,9 @@ impl Image {
             let r = unsafe {
                 sys::rbd_lock_get_owners(self.handle, &mut mode, list.as_mut_ptr(), &mut n)
             };
-            if r == -libc::ENOENT {
+            // ENOENT: nobody holds it; EINVAL: the image has no
+            // exclusive-lock feature, so there is no managed lock.
+            if r == -libc::ENOENT || r == -libc::EINVAL {
                 return Ok(Vec::new());
             }
             if r == -libc::ERANGE && n > cap {

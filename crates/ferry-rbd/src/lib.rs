@@ -39,7 +39,7 @@ mod volume;
 pub use error::{RbdError, Result};
 #[cfg(feature = "rbd")]
 pub use image::{
-    clone_image, create_image, image_exists, remove_image, CreateOptions, Image, ImageStat,
+    clone_image, create_image, image_exists, remove_image, CreateOptions, Image, ImageStat, Locker,
     SnapInfo, Watcher,
 };
 #[cfg(feature = "rbd")]
