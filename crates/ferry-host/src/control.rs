@@ -7,13 +7,23 @@
 //! one JSON response line per connection. The CLI finds the host of a
 //! volume by asking every socket in the run dir (`list`); sockets whose
 //! process is gone are removed. The I/O path never waits on this: control
-//! requests run on the control thread and take only the LUN's own locks.
+//! requests take only the LUN's own locks.
+//!
+//! Each connection is served on a thread of its own (up to
+//! [`MAX_REQUESTS`] at once), so one slow request (a migration start
+//! against a cluster that does not answer, a commit) never keeps `list`
+//! or `status` waiting: a CLI that got no answer would conclude nobody
+//! serves the volume and work on it offline. (That is refused anyway,
+//! since the serving process holds the volume's lock, but the admin
+//! would get an error instead of an answer.) `list` itself waits at most
+//! [`LIST_WAIT`] for a LUN busy with a control operation and then
+//! reports the progress it saw last.
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -156,6 +166,19 @@ impl Response {
     }
 }
 
+/// Most control connections served at once; more are answered at once
+/// with an error. Each runs on its own thread, and a CLI makes one at a
+/// time, so this only bounds a runaway client.
+pub const MAX_REQUESTS: usize = 32;
+
+/// Longest `list` waits for one LUN's migration state before reporting
+/// what that LUN last reported (a commit or abort may hold it for a flush
+/// of the target).
+pub const LIST_WAIT: Duration = Duration::from_millis(100);
+
+/// What a control socket does with each request.
+pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
 /// The LUNs a process serves, by configured spec.
 #[derive(Default)]
 pub struct Registry {
@@ -192,7 +215,7 @@ impl Registry {
                 .map(|l| Served {
                     spec: l.spec().to_string(),
                     size: ferry_core::Volume::size(l.as_ref()),
-                    migration: l.status(),
+                    migration: l.status_within(LIST_WAIT),
                     cache_mode: l.cache_mode(),
                 })
                 .collect();
@@ -294,10 +317,17 @@ impl ControlServer {
 
     /// Listens at `path`.
     pub fn start_at(registry: Arc<Registry>, path: &Path) -> std::io::Result<Self> {
+        Self::start_with(Arc::new(move |req: &Request| registry.handle(req)), path)
+    }
+
+    /// Listens at `path`, answering each request with `handler` on a
+    /// thread of the connection's own.
+    pub fn start_with(handler: Handler, path: &Path) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicUsize::new(0));
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -308,7 +338,7 @@ impl ControlServer {
                             break;
                         }
                         match conn {
-                            Ok(stream) => serve_one(&registry, stream),
+                            Ok(stream) => dispatch(&handler, &running, stream),
                             Err(e) => log::warn!("control socket accept failed: {e}"),
                         }
                     }
@@ -339,7 +369,40 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve_one(registry: &Registry, stream: UnixStream) {
+/// Serves one connection on a thread of its own, unless [`MAX_REQUESTS`]
+/// are running already.
+fn dispatch(handler: &Handler, running: &Arc<AtomicUsize>, stream: UnixStream) {
+    if running.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS {
+        running.fetch_sub(1, Ordering::AcqRel);
+        reply(
+            &stream,
+            &Response::error(format!(
+                "{MAX_REQUESTS} control requests are running already; retry"
+            )),
+        );
+        return;
+    }
+    let (h, r) = (handler.clone(), running.clone());
+    let spawned = std::thread::Builder::new()
+        .name("ferry-control-req".into())
+        .spawn(move || {
+            serve_one(h.as_ref(), stream);
+            r.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        running.fetch_sub(1, Ordering::AcqRel);
+        log::warn!("no thread for a control request: {e}");
+    }
+}
+
+fn reply(stream: &UnixStream, resp: &Response) {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    let mut w = stream;
+    let _ = w.write_all(&out);
+}
+
+fn serve_one(handler: &(dyn Fn(&Request) -> Response + Send + Sync), stream: UnixStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
@@ -349,14 +412,11 @@ fn serve_one(registry: &Registry, stream: UnixStream) {
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             log::info!("control request: {}", line.trim());
-            registry.handle(&req)
+            handler(&req)
         }
         Err(e) => Response::error(format!("bad request: {e}")),
     };
-    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-    out.push(b'\n');
-    let mut w = &stream;
-    let _ = w.write_all(&out);
+    reply(&stream, &resp);
 }
 
 /// Sends one request to the socket at `path`.
@@ -416,4 +476,68 @@ pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A request that blocks until the test lets it go does not keep the
+    /// socket from answering `list` (nor another request) meanwhile.
+    #[test]
+    fn list_is_answered_while_another_request_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let (entered_tx, entered_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+        let handler: Handler = Arc::new(move |req: &Request| match req {
+            Request::List => Response {
+                ok: true,
+                served: Some(Vec::new()),
+                ..Default::default()
+            },
+            Request::Pause { .. } => {
+                entered_tx.lock().send(()).unwrap();
+                release_rx.lock().recv().unwrap();
+                Response {
+                    ok: true,
+                    ..Default::default()
+                }
+            }
+            _ => Response::error("not in this test"),
+        });
+        let server = ControlServer::start_with(handler, &path).unwrap();
+        let slow = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                call(
+                    &path,
+                    &Request::Pause {
+                        volume: "file:/v".into(),
+                    },
+                )
+            })
+        };
+        entered_rx.recv().unwrap();
+        // The pause is inside the handler now, and stays there.
+        for _ in 0..3 {
+            let r = call(&path, &Request::List).unwrap();
+            assert!(r.ok && r.served == Some(Vec::new()), "{r:?}");
+        }
+        let r = call(
+            &path,
+            &Request::Status {
+                volume: "file:/v".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.error.as_deref(), Some("not in this test"));
+        assert!(!slow.is_finished(), "the slow request ended early");
+        release_tx.send(()).unwrap();
+        assert!(slow.join().unwrap().unwrap().ok);
+        drop(server);
+        assert!(!path.exists(), "the socket outlived its server");
+    }
 }

@@ -82,6 +82,12 @@ pub struct Lun {
     /// preempted host that was checked before it is still running, and
     /// none checked after it gets through: fencing is immediate.
     pr_gate: RwLock<()>,
+    /// Serializes the control operations that replace the volume under
+    /// the LUN (a migration start, a quiesced snapshot operation). Never
+    /// taken by I/O, so the slow part of a start does not stall commands.
+    admin: Mutex<()>,
+    /// What [`Lun::status`] last reported.
+    last_status: Mutex<Option<Progress>>,
 }
 
 /// The cache mode of a LUN configured by hand (tgtadm without `cache=`,
@@ -207,6 +213,8 @@ impl Lun {
             reservations,
             pr_store,
             pr_gate: RwLock::new(()),
+            admin: Mutex::new(()),
+            last_status: Mutex::new(None),
             size: current.size(),
             spec,
             current: RwLock::new(current),
@@ -224,6 +232,7 @@ impl Lun {
         &self,
         f: impl FnOnce(&Arc<dyn Volume>) -> Result<(T, Option<Arc<dyn Volume>>)>,
     ) -> Result<T> {
+        let _admin = self.admin.lock();
         let mut current = self.current.write();
         let (out, replace) = f(&current)?;
         if let Some(v) = replace {
@@ -395,17 +404,21 @@ impl Lun {
 
     /// Starts migrating this LUN to `target` (created here with the LUN's
     /// size). I/O pauses only for the switch itself.
+    ///
+    /// The slow work comes first, with no lock that I/O or the control
+    /// path waits on: connecting to the target's cluster, the prechecks,
+    /// creating the target and writing the index, the record and the
+    /// source marker (none of it reads the source's data, so writes that
+    /// keep going straight to the source meanwhile lose nothing: no region
+    /// is copied before the switch). Then, with I/O held off, the switch
+    /// re-checks that nothing changed (the same volume under the LUN, no
+    /// migration) and swaps in the migrating volume and its copier; if
+    /// something did change, the fresh target is removed again. Only one
+    /// start or snapshot switch runs at a time (`admin`).
     pub fn start_migration(&self, target: &str, opts: &StartOptions) -> Result<Progress> {
         let tspec = VolumeSpec::parse(target)?;
-        let mut slot = self.migration.lock();
-        if let Some(m) = slot.as_ref() {
-            if m.vol.state() != MigrationState::Aborted {
-                return Err(Error::SourceBusy {
-                    source_name: self.spec.to_string(),
-                    target: m.vol.record().target,
-                });
-            }
-        }
+        let _admin = self.admin.lock();
+        self.ensure_no_migration()?;
         let served = self.served.lock().clone();
         if tspec == self.spec || tspec == served {
             return Err(Error::BadSpec {
@@ -413,8 +426,8 @@ impl Lun {
                 why: "the target is the LUN's own volume".into(),
             });
         }
-        let mut current = self.current.write();
-        let source = current.clone();
+        // The volume I/O goes to now; I/O keeps going to it meanwhile.
+        let source = self.current.read().clone();
         let source_store = served.store_of(source.as_ref())?;
         if tspec.exists()? {
             return Err(Error::BadSpec {
@@ -438,7 +451,13 @@ impl Lun {
         }
         served.precheck(source.as_ref(), &tspec)?;
         let (tvol, tstore) = tspec.create(source.size(), Some(source.as_ref()))?;
-        let vol = match MigratingVolume::start(source, source_store, tvol, tstore.clone(), plan) {
+        let vol = match MigratingVolume::start(
+            source.clone(),
+            source_store.clone(),
+            tvol,
+            tstore.clone(),
+            plan,
+        ) {
             Ok(v) => v,
             Err(e) => {
                 // Nothing refers to the fresh target yet; do not leave it.
@@ -446,15 +465,52 @@ impl Lun {
                 return Err(e);
             }
         };
+        // The switch: I/O waits from here until the swap (in-flight I/O on
+        // the old volume finishes first, so the copier misses no write).
+        let mut slot = self.migration.lock();
+        let mut current = self.current.write();
+        let unchanged = Arc::ptr_eq(&current, &source)
+            && *self.served.lock() == served
+            && slot
+                .as_ref()
+                .is_none_or(|m| m.vol.state() == MigrationState::Aborted);
+        if !unchanged {
+            drop((current, slot));
+            undo_start(vol, source_store.as_ref(), tstore.as_ref());
+            return Err(Error::Busy(format!(
+                "{}: the LUN's volume changed while the migration to {tspec} was being \
+                 prepared; nothing was started",
+                self.spec
+            )));
+        }
         let copier = if self.run_copier {
-            Some(Copier::spawn(vol.clone(), CopierConfig::default())?)
+            match Copier::spawn(vol.clone(), CopierConfig::default()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    drop((current, slot));
+                    undo_start(vol, source_store.as_ref(), tstore.as_ref());
+                    return Err(e);
+                }
+            }
         } else {
             None
         };
         *current = vol.clone();
+        drop(current);
         let progress = Progress::of(&vol, None);
         *slot = Some(Migration { vol, copier });
         Ok(progress)
+    }
+
+    /// Refuses while a migration (other than an aborted one) exists.
+    fn ensure_no_migration(&self) -> Result<()> {
+        match self.migration.lock().as_ref() {
+            Some(m) if m.vol.state() != MigrationState::Aborted => Err(Error::SourceBusy {
+                source_name: self.spec.to_string(),
+                target: m.vol.record().target,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn with_migration<T>(&self, f: impl FnOnce(&Migration) -> Result<T>) -> Result<T> {
@@ -466,10 +522,27 @@ impl Lun {
 
     /// Progress of the migration, if any.
     pub fn status(&self) -> Option<Progress> {
-        self.migration.lock().as_ref().map(|m| match &m.copier {
+        let slot = self.migration.lock();
+        self.progress_of(&slot)
+    }
+
+    fn progress_of(&self, slot: &Option<Migration>) -> Option<Progress> {
+        let p = slot.as_ref().map(|m| match &m.copier {
             Some(c) => c.progress(),
             None => Progress::of(&m.vol, None),
-        })
+        });
+        self.last_status.lock().clone_from(&p);
+        p
+    }
+
+    /// [`Lun::status`], waiting at most `wait` for a control operation
+    /// that holds the migration (a commit, an abort's switch); after that
+    /// the progress last reported. For `list`, which must always answer.
+    pub fn status_within(&self, wait: Duration) -> Option<Progress> {
+        match self.migration.try_lock_for(wait) {
+            Some(slot) => self.progress_of(&slot),
+            None => self.last_status.lock().clone(),
+        }
     }
 
     /// Pauses or resumes the copier.
@@ -590,6 +663,28 @@ impl Lun {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Takes back a migration [`Lun::start_migration`] made but did not switch
+/// to (nothing was ever routed through it): the source's marker first, so
+/// the source no longer points anywhere, then the target with its record
+/// and index. Failures are logged; a leftover target is refused by the
+/// next start ("already exists") rather than overwritten.
+fn undo_start(vol: Arc<MigratingVolume>, source_store: &dyn MetaStore, tstore: &dyn MetaStore) {
+    let target = vol.record().target;
+    if let Err(e) = source_store.remove_source_marker() {
+        log::error!("undoing the start of a migration to {target}: {e}");
+    }
+    // The engine's handle on the target must be gone before it is removed.
+    drop(vol);
+    for (what, r) in [
+        ("record", tstore.remove_record()),
+        ("volume", tstore.destroy_volume()),
+    ] {
+        if let Err(e) = r {
+            log::error!("undoing the start of a migration: removing the target's {what}: {e}");
         }
     }
 }
