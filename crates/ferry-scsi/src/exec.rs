@@ -156,13 +156,20 @@ pub fn execute(
         }
         Command::CompareAndWrite { lba, blocks, fua } => {
             let (off, len) = lun.range(lba, blocks)?;
+            // The data-out is the verify half then the write half, split
+            // where the CDB's block count says. A buffer of any other
+            // length means the initiator meant another count (libiscsi
+            // sends 256 blocks as a count of 0): comparing and writing at
+            // the wrong split would put the wrong data on the medium, so
+            // the count is refused, for a longer buffer as well as a
+            // shorter one (tgtd hands it over at the transport's length).
+            if data_out.len() as u64 != 2 * len {
+                return Err(Sense::invalid_field());
+            }
             if len == 0 {
                 return Ok(0);
             }
             let half = len as usize;
-            if data_out.len() < 2 * half {
-                return Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH));
-            }
             let _g = lun.caw_lock.lock();
             compare(lun, off, &data_out[..half])?;
             write(lun, off, len, &data_out[half..2 * half], fua)?;
@@ -784,6 +791,39 @@ mod tests {
             (key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY, Some(0))
         );
         assert!(run(&f, &read10(2, 1), &[], 512)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 2));
+    }
+
+    #[test]
+    fn compare_and_write_refuses_a_data_out_that_does_not_match_its_block_count() {
+        let f = fixture();
+        run(&f, &write10(0, 4), &[1u8; 4 * 512], 0).unwrap();
+        // COMPARE AND WRITE, LBA 0, NUMBER OF LOGICAL BLOCKS (byte 13) 1,
+        // but 4 blocks of data-out: split at one block, the "write half"
+        // would be the second block of what was sent.
+        let cdb = [0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        let mut data = vec![1u8; 512];
+        data.extend_from_slice(&[2u8; 3 * 512]);
+        assert_eq!(run(&f, &cdb, &data, 0), Err(Sense::invalid_field()));
+        // NUMBER OF LOGICAL BLOCKS 3, with 4 blocks: too short.
+        let mut cdb3 = cdb;
+        cdb3[13] = 3;
+        assert_eq!(run(&f, &cdb3, &data, 0), Err(Sense::invalid_field()));
+        // A count of 0 names no block, so it carries no data either.
+        let mut cdb0 = cdb;
+        cdb0[13] = 0;
+        assert_eq!(run(&f, &cdb0, &data, 0), Err(Sense::invalid_field()));
+        assert_eq!(run(&f, &cdb0, &[], 0), Ok(vec![]));
+        // Nothing was written.
+        assert!(run(&f, &read10(0, 4), &[], 4 * 512)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 1));
+        // Exactly two blocks: swapped.
+        run(&f, &cdb, &data[..1024], 0).unwrap();
+        assert!(run(&f, &read10(0, 1), &[], 512)
             .unwrap()
             .iter()
             .all(|&b| b == 2));

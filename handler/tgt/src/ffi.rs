@@ -93,12 +93,19 @@ pub const ATTR_LU_VPD: usize = 152;
 pub const VPD_BLOCK_LIMITS: usize = 0xb0 & 0x7f;
 pub const VPD_LB_PROVISIONING: usize = 0xb2 & 0x7f;
 
-/// `struct vpd` (tgtd.h): only the update hook is used.
+/// `struct vpd` (tgtd.h): the update hook, and the page's bytes after
+/// its 4-byte header in `data[]` at [`VPD_DATA`].
 #[repr(C)]
 pub struct Vpd {
     pub size: u16,
     pub vpd_update: Option<unsafe extern "C" fn(*mut ScsiLu, *mut c_void)>,
 }
+
+/// Offset of `data[]` in `struct vpd`: right after the hook.
+pub const VPD_DATA: usize = 16;
+/// Index in the block limits page's `data[]` of MAXIMUM COMPARE AND
+/// WRITE LENGTH (page byte 5, SBC-3 6.5.3; tgtd's `update_vpd_b0` sets it).
+pub const VPD_B0_MAX_COMPARE_AND_WRITE: usize = 5 - 4;
 
 /// `struct mode_pg` (tgtd.h) header; `mode_data` follows at offset 20.
 #[repr(C)]
@@ -356,6 +363,8 @@ mod tests {
     #[test]
     fn vpd_and_mode_page_layout_matches_tgt() {
         assert_eq!(offset_of!(Vpd, vpd_update), 8);
+        // data[] follows the hook: the struct's size without the array.
+        assert_eq!(size_of::<Vpd>(), VPD_DATA);
         // mode_data[] follows pcode_size directly (offset 20); the Rust
         // struct's size is padded to 24 like C's, which has the array.
         assert_eq!(offset_of!(ModePg, pcode), 16);

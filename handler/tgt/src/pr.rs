@@ -20,7 +20,11 @@
 //!
 //! The same table takes GET LBA STATUS to the workers as well: tgtd's
 //! reads holes of the LU's file descriptor, which a ferry LU has none of,
-//! while `ferry_scsi` asks the volume.
+//! while `ferry_scsi` asks the volume. And it gives the LU COMPARE AND
+//! WRITE, which tgt 1.0.85's table lacks (`spc_illegal_op`) although its
+//! `sbc_rw` knows the opcode: the LU's entry runs `sbc_rw` (RESERVE(6),
+//! read-only and range checks, then `bs_cmd_submit`), and `ferry_scsi`
+//! compares and writes under the LUN's CAW lock.
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
@@ -33,6 +37,9 @@ use crate::{slot_ptr, LunSlot};
 
 const PRIN: usize = 0x5e;
 const PROUT: usize = 0x5f;
+const COMPARE_AND_WRITE: usize = ferry_scsi::cdb::op::COMPARE_AND_WRITE as usize;
+/// The opcode whose tgtd handler (`sbc_rw`) carries COMPARE AND WRITE out.
+const WRITE_16: usize = ferry_scsi::cdb::op::WRITE_16 as usize;
 
 /// The service actions ferry answers, as REPORT SUPPORTED OPERATION
 /// CODES lists them (tgtd's own lists lack READ FULL STATUS and PREEMPT
@@ -97,7 +104,7 @@ pub unsafe fn install(lu: *mut ScsiLu) -> SavedOps {
                 } else {
                     PROUT_ACTIONS.0.as_ptr()
                 };
-            } else if implemented(*orig, illegal) {
+            } else if implemented(*orig, illegal) || op == COMPARE_AND_WRITE {
                 *entry.perform = Some(perform_checked);
             }
         }
@@ -301,7 +308,14 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             if ferry_scsi::cdb::is_get_lba_status(cdb) {
                 return hand_over(cmd, false);
             }
-            let status = match slot.saved_ops.0[op] {
+            if op == COMPARE_AND_WRITE {
+                let blocks = cdb.get(13).copied().unwrap_or(0);
+                if blocks > max_compare_and_write((*cmd).dev) {
+                    // SBC-3 5.3: more than the block limits page allows.
+                    return refuse(cmd, Refusal::Check(ferry_scsi::Sense::invalid_field()));
+                }
+            }
+            let status = match slot.saved_ops.0[handler_of(op)] {
                 Some(orig) => orig(host_no, cmd),
                 None => ffi::SAM_STAT_CHECK_CONDITION,
             };
@@ -313,6 +327,39 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             status
         }
     })
+}
+
+/// MAXIMUM COMPARE AND WRITE LENGTH of `lu`'s block limits VPD page, as
+/// initiators read it (tgtd builds the page; 0 if it has none).
+///
+/// # Safety
+/// `lu` is a live LU, on tgtd's main thread.
+unsafe fn max_compare_and_write(lu: *mut ScsiLu) -> u8 {
+    // SAFETY: per the contract; the LU's VPD table and the page tgtd
+    // allocated with its data (offsets pinned by the layout tests).
+    unsafe {
+        let vpds = lu
+            .cast::<u8>()
+            .add(ffi::LU_ATTRS + ffi::ATTR_LU_VPD)
+            .cast::<*mut ffi::Vpd>();
+        let vpd = *vpds.add(ffi::VPD_BLOCK_LIMITS);
+        if vpd.is_null() || usize::from((*vpd).size) <= ffi::VPD_B0_MAX_COMPARE_AND_WRITE {
+            return 0;
+        }
+        *vpd.cast::<u8>()
+            .add(ffi::VPD_DATA + ffi::VPD_B0_MAX_COMPARE_AND_WRITE)
+    }
+}
+
+/// The opcode whose tgtd handler runs `op`: WRITE(16)'s `sbc_rw` for
+/// COMPARE AND WRITE (tgtd's table has none for it; see the module docs),
+/// `op`'s own otherwise.
+fn handler_of(op: usize) -> usize {
+    if op == COMPARE_AND_WRITE {
+        WRITE_16
+    } else {
+        op
+    }
 }
 
 /// tgtd refuses a REPORT SUPPORTED OPERATION CODES it cannot answer with
@@ -345,7 +392,7 @@ unsafe fn point_at_refused_field(slot: &LunSlot, cmd: *mut ScsiCmd) {
             return;
         }
         let requested = usize::from(cdb[3]);
-        let has_actions = implemented(slot.saved_ops.0[requested], illegal_op())
+        let has_actions = implemented(slot.saved_ops.0[handler_of(requested)], illegal_op())
             .then(|| !(*ops_entry((*cmd).dev, requested).service_actions).is_null());
         let field =
             ferry_scsi::cdb::report_opcodes_refused_field(&cdb, (*cmd).in_sdb.length, has_actions);
@@ -384,6 +431,13 @@ unsafe fn hand_over(cmd: *mut ScsiCmd, pr: bool) -> c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_and_write_runs_through_tgtds_write_handler() {
+        assert_eq!(handler_of(0x89), 0x8a);
+        assert_eq!(handler_of(0x8a), 0x8a);
+        assert_eq!(handler_of(0x28), 0x28);
+    }
 
     #[test]
     fn initiator_port_reads_tgtds_transport_id() {
