@@ -631,8 +631,12 @@ impl MigratingVolume {
                 self.index.mark_written(r)?;
             }
             self.point(faults::WRITE_DATA)?;
-            apply(legs.source(), at, len, data, discard)?;
-            apply(legs.target(), at, len, data, discard)
+            // A failure on either leg fences: the legs may now disagree,
+            // and a copy-back already batched could hand the region to
+            // the source in a state no read ever showed.
+            apply(legs.source(), at, len, data, discard)
+                .and_then(|()| apply(legs.target(), at, len, data, discard))
+                .inspect_err(|e| self.fence(&format!("a write to both legs failed half way: {e}")))
         } else {
             self.point(faults::WRITE_DATA)?;
             apply(legs.source(), at, len, data, discard)

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::sim::{info, Faults, SimStore, SimVolume};
-use ferry_core::{Copier, CopierConfig, MigratingVolume, MigrationPlan, MigrationState, Volume};
+use ferry_core::{
+    Copier, CopierConfig, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Volume,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -18,8 +20,11 @@ const THREADS: u64 = 4;
 
 struct Setup {
     vol: Arc<MigratingVolume>,
+    faults: Arc<Faults>,
     source: Arc<SimVolume>,
+    source_store: Arc<SimStore>,
     target: Arc<SimVolume>,
+    target_store: Arc<SimStore>,
     model: Vec<u8>,
 }
 
@@ -31,11 +36,13 @@ fn setup(seed: u64) -> Setup {
     rng.fill(&mut model[..]);
     source.fill(&model);
     let target = SimVolume::new("dst", SIZE, REGION, faults.clone());
+    let source_store = SimStore::new("src", faults.clone());
+    let target_store = SimStore::new("dst", faults.clone());
     let vol = MigratingVolume::start(
         source.clone(),
-        SimStore::new("src", faults.clone()),
+        source_store.clone(),
         target.clone(),
-        SimStore::new("dst", faults),
+        target_store.clone(),
         MigrationPlan {
             source_spec: "sim:src".into(),
             target_spec: "sim:dst".into(),
@@ -49,8 +56,11 @@ fn setup(seed: u64) -> Setup {
     .unwrap();
     Setup {
         vol,
+        faults,
         source,
+        source_store,
         target,
+        target_store,
         model,
     }
 }
@@ -180,4 +190,153 @@ fn writers_race_abort_copy_back() {
         s.source.contents() == want,
         "source differs from the writers' model after abort"
     );
+}
+
+/// What one writer thread knows of its own slots: every acknowledged
+/// value, what its last completed flush covered, and what it wrote since.
+struct Owned {
+    acked: Vec<u8>,
+    flushed: Vec<u8>,
+    since: Vec<(u64, Vec<u8>)>,
+    cut: Option<(u64, Vec<u8>)>,
+}
+
+/// Writers and flushes on four threads race the copier thread until the
+/// armed fault point crashes the "process"; returns each thread's view.
+fn crash_under_load(s: &Setup, faults: &Faults, crash_at: u64, ops: u64) -> Vec<Owned> {
+    let copier = Copier::spawn(s.vol.clone(), CopierConfig::default()).unwrap();
+    copier.set_rate_limit(None).unwrap();
+    copier.set_adaptive(false).unwrap();
+    faults.arm(crash_at);
+    let views = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let vol = s.vol.clone();
+                let model = s.model.clone();
+                scope.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(t + 100);
+                    let slots: Vec<u64> = (0..SIZE / SLOT).filter(|s| s % THREADS == t).collect();
+                    let mut me = Owned {
+                        acked: model.clone(),
+                        flushed: model,
+                        since: Vec::new(),
+                        cut: None,
+                    };
+                    for _ in 0..ops {
+                        let slot = slots[rng.random_range(0..slots.len())];
+                        let off = slot * SLOT + rng.random_range(0..SLOT / 2);
+                        let len = rng.random_range(1..=SLOT / 2);
+                        if rng.random_range(0..8) == 0 {
+                            // Everything acknowledged so far must be durable
+                            // once this returns.
+                            let covered = me.acked.clone();
+                            if vol.flush().is_err() {
+                                break;
+                            }
+                            me.flushed = covered;
+                            me.since.clear();
+                            continue;
+                        }
+                        let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                        if vol.write_at(&data, off).is_err() {
+                            me.cut = Some((off, data));
+                            break;
+                        }
+                        me.acked[off as usize..(off + len) as usize].copy_from_slice(&data);
+                        me.since.push((off, data));
+                    }
+                    me
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(copier);
+    views
+}
+
+fn owned_ranges(t: u64) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..SIZE / SLOT)
+        .filter(move |s| s % THREADS == t)
+        .map(|s| (s * SLOT) as usize..((s + 1) * SLOT) as usize)
+}
+
+/// A crash at a random point while writers, flushes and the copier run,
+/// both ways. After a process crash each thread's acknowledged writes read
+/// back (the write the crash cut short all old or all new); after power
+/// loss every byte is what the thread's last flush covered or something it
+/// wrote since.
+#[test]
+fn crash_while_writers_flush_and_the_copier_runs_keeps_what_was_acknowledged() {
+    for case in 0..12u64 {
+        let power = case % 2 == 1;
+        let seed = 40 + case;
+        // Dry run: the number of device calls this workload makes.
+        let dry = setup(seed);
+        let dry_faults = dry.faults.clone();
+        crash_under_load(&dry, &dry_faults, u64::MAX, 150);
+        let total = dry_faults.points();
+        let crash_at = total * (case + 1) / 14;
+
+        let s = setup(seed);
+        let faults = s.faults.clone();
+        let views = crash_under_load(&s, &faults, crash_at, 150);
+        assert!(
+            faults.crashed(),
+            "case {case}: point {crash_at} of {total} not reached"
+        );
+        faults.disarm();
+        let mut rng = StdRng::seed_from_u64(seed);
+        if power {
+            s.source.power_crash(&mut rng);
+            s.target.power_crash(&mut rng);
+            s.target_store.power_crash(&mut rng);
+        }
+        let vol =
+            ferry_core::migrate::reopen_target((s.target.clone(), s.target_store.clone()), |_| {
+                Ok((s.source.clone(), s.source_store.clone()))
+            })
+            .unwrap()
+            .volume();
+        let got = read_all(vol.as_ref());
+        for (t, me) in views.iter().enumerate() {
+            let cut_ok = |i: usize| {
+                me.cut.as_ref().is_some_and(|(off, d)| {
+                    let o = *off as usize;
+                    i >= o && i < o + d.len() && got[i] == d[i - o]
+                })
+            };
+            if let Some((off, d)) = &me.cut {
+                // The cut-short write lies in one slot, so in one region:
+                // all of it or none of it.
+                let r = *off as usize..*off as usize + d.len();
+                assert!(
+                    got[r.clone()] == d[..] || got[r.clone()] == me.acked[r.clone()] || power,
+                    "case {case}: thread {t}'s cut-short write is half there"
+                );
+            }
+            for r in owned_ranges(t as u64) {
+                for i in r {
+                    let ok = if power {
+                        got[i] == me.flushed[i]
+                            || cut_ok(i)
+                            || me.since.iter().any(|(off, d)| {
+                                let o = *off as usize;
+                                i >= o && i < o + d.len() && got[i] == d[i - o]
+                            })
+                    } else {
+                        got[i] == me.acked[i] || cut_ok(i)
+                    };
+                    assert!(
+                        ok,
+                        "case {case} ({} crash at {crash_at}/{total}): thread {t} byte {i} is {}, acked {} flushed {}",
+                        if power { "power" } else { "process" },
+                        got[i],
+                        me.acked[i],
+                        me.flushed[i]
+                    );
+                }
+            }
+        }
+    }
 }

@@ -286,16 +286,35 @@ proptest! {
     /// A crash (process kill or power loss) at any fault point: afterwards
     /// the reopened volume holds every acknowledged write (power loss: every
     /// write acknowledged before the last acknowledged flush), the migration
-    /// resumes, and it can be finished without losing anything.
+    /// resumes, and it can be finished without losing anything. The crash
+    /// point is drawn from a dry run's count, so every case crashes; a
+    /// second crash may hit the recovery itself, and a kill -9 may be
+    /// followed by a power loss before the recovery.
     #[test]
     fn crash_at_any_point_then_reopen_keeps_acknowledged_writes(
         seed in any::<u64>(),
         power in any::<bool>(),
+        kill_then_power in any::<bool>(),
         abort_after in any::<bool>(),
-        crash_at in 0u64..400,
+        crash_frac in 0.0f64..1.0,
+        recovery_crash in proptest::option::of(0.0f64..1.0),
         ops in proptest::collection::vec(op_strategy(16 * REGION), 1..60),
     ) {
         let size = 16 * REGION;
+        // Dry run: how many fault points these ops pass.
+        let points = {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut model = initial_data(size, &mut rng);
+            let world = World::new(size, &model);
+            world.faults.arm(u64::MAX);
+            let vol = world.start().unwrap();
+            let mut cursor = CopyCursor::new(small_config());
+            for op in &ops {
+                apply(&vol, &mut cursor, &mut model, op).unwrap();
+            }
+            world.faults.points()
+        };
+        let crash_at = (crash_frac * points as f64) as u64;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut model = initial_data(size, &mut rng);
         let world = World::new(size, &model);
@@ -326,15 +345,55 @@ proptest! {
                 }
             }
         }
+        prop_assert!(world.faults.crashed(), "point {} of {} was not reached", crash_at, points);
         // Restart.
         world.faults.disarm();
+        if !power && kill_then_power {
+            // kill -9, a reopen that serves nothing, then power loss.
+            drop(world.reopen().unwrap());
+        }
+        let power = power || kill_then_power;
         if power {
             world.source.power_crash(&mut rng);
             world.target.power_crash(&mut rng);
             world.target_store.power_crash(&mut rng);
         }
+        if let Some(frac) = recovery_crash {
+            // The recovery crashes too (a process crash in the same boot),
+            // at a point of its own: the reopen and the rest of the copy.
+            world.faults.arm(u64::MAX);
+            if let Some(m) = world.reopen_migrating() {
+                let _ = CopyCursor::new(small_config()).run_to_end(&m);
+            }
+            let recovery_points = world.faults.points();
+            world.faults.arm((frac * recovery_points as f64) as u64);
+            if let Ok(v) = world.reopen() {
+                drop(v);
+                if let Some(m) = reopen_migrating_quiet(&world) {
+                    let _ = CopyCursor::new(small_config()).run_to_end(&m);
+                }
+            }
+            world.faults.disarm();
+        }
         let vol = world.reopen().unwrap();
         let got = read_all(vol.as_ref());
+        if !power {
+            if let Some((off, data)) = &in_flight {
+                // Each region piece of the cut-short write: all or nothing.
+                let end = off + data.len() as u64;
+                let mut at = *off;
+                while at < end {
+                    let e = ((at / REGION + 1) * REGION).min(end);
+                    let (s, e) = (at as usize, e as usize);
+                    let n = (at - off) as usize;
+                    prop_assert!(
+                        got[s..e] == model[s..e] || got[s..e] == data[n..n + e - s],
+                        "piece {}..{} of the cut-short write is neither old nor new", s, e
+                    );
+                    at = e as u64;
+                }
+            }
+        }
         for i in 0..size as usize {
             let mut ok = got[i] == model[i];
             if let Some((off, data)) = &in_flight {
@@ -362,6 +421,105 @@ proptest! {
         }
         let again = world.reopen().unwrap();
         prop_assert!(same(&read_all(again.as_ref()), &got), "after reopen: {}", diff(&read_all(again.as_ref()), &got));
+    }
+
+    /// One device call fails and the process carries on. The op that saw
+    /// it fails; a failed metadata write or flush fences the volume, so no
+    /// later op is acknowledged on top of it; a failed data write does
+    /// not. Every acknowledged write reads back, now and after a restart.
+    #[test]
+    fn one_failed_device_call_is_reported_and_nothing_acknowledged_is_lost(
+        seed in any::<u64>(),
+        fail_frac in 0.0f64..1.0,
+        ops in proptest::collection::vec(op_strategy(16 * REGION), 1..60),
+    ) {
+        let size = 16 * REGION;
+        let points = {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut model = initial_data(size, &mut rng);
+            let world = World::new(size, &model);
+            let vol = world.start().unwrap();
+            world.faults.arm(u64::MAX);
+            let mut cursor = CopyCursor::new(small_config());
+            for op in &ops {
+                apply(&vol, &mut cursor, &mut model, op).unwrap();
+            }
+            world.faults.points()
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut model = initial_data(size, &mut rng);
+        let world = World::new(size, &model);
+        let vol = world.start().unwrap();
+        world.faults.fail_once((fail_frac * points as f64) as u64);
+        let mut cursor = CopyCursor::new(small_config());
+        let mut failed = false;
+        let mut uncertain: Option<(u64, Vec<u8>)> = None;
+        for op in &ops {
+            match apply(&vol, &mut cursor, &mut model, op) {
+                Ok(()) => {}
+                Err(Error::Injected(_)) if !failed => {
+                    failed = true;
+                    // The failed op's pieces are each old or new; adopt
+                    // what is there.
+                    if let Some((off, data)) = intended(op, size) {
+                        if vol.is_fenced() {
+                            uncertain = Some((off, data));
+                            continue;
+                        }
+                        let mut got = vec![0u8; data.len()];
+                        vol.read_at(&mut got, off).unwrap();
+                        model[off as usize..off as usize + data.len()].copy_from_slice(&got);
+                    }
+                }
+                Err(Error::Fenced(_)) => prop_assert!(failed, "fenced without a failure"),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        world.faults.disarm();
+        if vol.is_fenced() {
+            // Fenced after the failure: nothing was acknowledged since. A
+            // restart must hold every write acknowledged before it.
+            drop(vol);
+            let again = world.reopen().unwrap();
+            let got = read_all(again.as_ref());
+            if let Some((off, data)) = &uncertain {
+                // The failed op: each region piece all old or all new.
+                let end = off + data.len() as u64;
+                let mut at = *off;
+                while at < end {
+                    let e = ((at / REGION + 1) * REGION).min(end);
+                    let (s, e) = (at as usize, e as usize);
+                    let n = (at - off) as usize;
+                    prop_assert!(
+                        got[s..e] == model[s..e] || got[s..e] == data[n..n + e - s],
+                        "piece {}..{} of the failed write is neither old nor new", s, e
+                    );
+                    model[s..e].copy_from_slice(&got[s..e]);
+                    at = e as u64;
+                }
+            }
+            prop_assert!(same(&got, &model), "after fence and restart: {}", diff(&got, &model));
+        } else {
+            prop_assert!(same(&read_all(vol.as_ref()), &model), "{}", diff(&read_all(vol.as_ref()), &model));
+            drop(vol);
+            let again = world.reopen().unwrap();
+            prop_assert!(same(&read_all(again.as_ref()), &model), "after restart: {}", diff(&read_all(again.as_ref()), &model));
+        }
+    }
+}
+
+/// Reopens the migration without panicking (the recovery may crash).
+fn reopen_migrating_quiet(world: &World) -> Option<Arc<MigratingVolume>> {
+    if world.target_store.destroyed() {
+        return None;
+    }
+    let src: (Arc<dyn Volume>, Arc<dyn MetaStore>) =
+        (world.source.clone(), world.source_store.clone());
+    match reopen_target((world.target.clone(), world.target_store.clone()), |_| {
+        Ok(src)
+    }) {
+        Ok(Reopened::Migrating(m)) => Some(m),
+        _ => None,
     }
 }
 
