@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::sim::{info, Faults, SimStore, SimVolume};
-use ferry_core::{
-    Copier, CopierConfig, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Volume,
-};
+use ferry_core::{Copier, CopierConfig, MigratingVolume, MigrationPlan, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
