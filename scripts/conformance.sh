@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SCSI conformance of a ferry LUN against tgt's own rdwr backing store,
-# with libiscsi's iscsi-test-cu, one test per process under a watchdog.
+# with libiscsi's iscsi-test-cu: one test per process under a watchdog,
+# then the whole SCSI family in one process, the way its users run it.
 #
 #   scripts/conformance.sh OUTDIR [FILTER]
 #
@@ -10,6 +11,11 @@
 # whole run). Writes OUTDIR/{rdwr,ferry,ferry-migrating}.tsv (test, result)
 # with result pass / fail / skip / timeout, and prints the counts.
 # FILTER (a grep -E pattern on test names) runs a subset.
+#
+# The single-process run (`iscsi-test-cu --test=SCSI`, one session per
+# suite but one process: state a test leaves behind reaches the later
+# ones) writes OUTDIR/single-<LUN>.tsv and OUTDIR/single-<LUN>.log.
+# CONFORMANCE_SINGLE_ONLY=1 runs only that part.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -68,6 +74,7 @@ ensure_migrating() {
 }
 
 tests=$(iscsi-test-cu --list | grep -E '^ALL\.[^.]+\.[^.]+$' | grep -E "$filter" || true)
+if [ "${CONFORMANCE_SINGLE_ONLY:-0}" = 1 ]; then tests=; fi
 
 run_one() { # name url -> result
   local log rc
@@ -85,6 +92,30 @@ run_one() { # name url -> result
   else echo pass; fi
 }
 
+# CUnit's log of a whole run -> one `Suite.Test<TAB>result` line per
+# test, decided as run_one decides for one test: fail if CUnit failed it,
+# else skip if it reported a skipped part, else pass. CUnit's verdict
+# ("passed" ending a line, or a line starting with FAILED) closes a test:
+# what follows it on the line or later (the next suite's set-up) is not
+# the test's.
+cunit_results() {
+  awk '
+    function flush() { if (name != "") print name "\t" res; name = "" }
+    function check(l,   i) {
+      if (done) return
+      i = index(l, "passed")
+      if (i) { l = substr(l, 1, i - 1); done = 1 }
+      else if (l ~ /^FAILED/) { res = "fail"; done = 1; return }
+      if (l ~ /\[SKIPPED\]/ && res == "pass") res = "skip"
+    }
+    /^Suite: / { flush(); suite = $2; next }
+    /^Run Summary/ { flush(); exit }
+    /^  Test: / { flush(); name = suite "." $2; res = "pass"; done = 0; l = $0; sub(/^  Test: [^ ]+ [.][.][.]/, "", l); check(l); next }
+    name != "" { check($0) }
+    END { flush() }
+  '
+}
+
 for target in rdwr ferry ferry-migrating; do
   : >"$out/$target.tsv"
 done
@@ -99,11 +130,27 @@ for t in $tests; do
   done
 done
 
-echo "migrations started and committed under the third LUN during the run: $generation"
 for target in rdwr ferry ferry-migrating; do
-  printf '%-16s' "$target"
+  [ "$target" = ferry-migrating ] && ensure_migrating >/dev/null
+  log=$out/single-$target.log
+  timeout -k 5 900 iscsi-test-cu --dataloss --test=SCSI "iscsi://127.0.0.1:$port/$iqn:$target/1" >"$log" 2>&1 || true
+  cunit_results <"$log" >"$out/single-$target.tsv"
+done
+
+echo "migrations started and committed under the third LUN during the run: $generation"
+counts() { # TSV
+  local r
   for r in pass fail skip timeout; do
-    printf ' %s %s' "$(grep -c $'\t'"$r"'$' "$out/$target.tsv" || true)" "$r"
+    printf ' %s %s' "$(grep -c $'\t'"$r"'$' "$1" || true)" "$r"
   done
   echo
+}
+for target in rdwr ferry ferry-migrating; do
+  printf '%-16s' "$target"
+  counts "$out/$target.tsv"
+done
+echo "one process, --test=SCSI:"
+for target in rdwr ferry ferry-migrating; do
+  printf '%-16s' "$target"
+  counts "$out/single-$target.tsv"
 done
