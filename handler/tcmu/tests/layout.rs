@@ -5,12 +5,12 @@
 //! source is fetched separately, outside the repository:
 //!
 //! ```text
-//! cd /some/dir && apt-get source tcmu      # Debian 12: tcmu-1.5.4
-//! TCMU_SRC=/some/dir/tcmu-1.5.4 cargo test -p ferry-tcmu --test layout
+//! TCMU_SRC=$(bash scripts/tcmu-src.sh) cargo nextest run -p ferry-tcmu --test layout
 //! ```
 //!
-//! Without `TCMU_SRC` the test is skipped (the unit tests in `ffi.rs` pin
-//! the same numbers as measured once).
+//! (`scripts/tcmu-src.sh` runs `apt-get source tcmu` once into a cache.)
+//! Without `TCMU_SRC` the test is skipped on a laptop (the unit tests in
+//! `ffi.rs` pin the same numbers as measured once) and fails in CI.
 use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
@@ -65,6 +65,10 @@ macro_rules! expect {
 #[test]
 fn declarations_match_tcmu_runner_headers() {
     let Some(src) = std::env::var_os("TCMU_SRC").map(PathBuf::from) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "TCMU_SRC is not set in CI: export TCMU_SRC=$(bash scripts/tcmu-src.sh)"
+        );
         eprintln!(
             "skipping: set TCMU_SRC to a tcmu-runner 1.5.4 source tree (apt-get source tcmu) \
              to re-measure the ABI"
