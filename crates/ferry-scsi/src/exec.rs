@@ -465,9 +465,33 @@ mod tests {
     }
 
     fn run(f: &Fixture, cdb: &[u8], out: &[u8], in_len: usize) -> Result<Vec<u8>, Sense> {
+        run_shift(f, 9, cdb, out, in_len)
+    }
+
+    /// 4096-byte logical blocks: a LUN of [`BLOCKS`] of them.
+    fn fixture_4k() -> Fixture {
+        let faults = Faults::new();
+        Fixture {
+            vol: SimVolume::new("lun", BLOCKS * 4096, 4096, faults.clone()),
+            faults,
+            caw: Mutex::new(()),
+        }
+    }
+
+    fn run_4k(f: &Fixture, cdb: &[u8], out: &[u8], in_len: usize) -> Result<Vec<u8>, Sense> {
+        run_shift(f, 12, cdb, out, in_len)
+    }
+
+    fn run_shift(
+        f: &Fixture,
+        block_shift: u32,
+        cdb: &[u8],
+        out: &[u8],
+        in_len: usize,
+    ) -> Result<Vec<u8>, Sense> {
         let lun = LunContext {
             volume: f.vol.as_ref(),
-            block_shift: 9,
+            block_shift,
             write_cache: true,
             cache_mode: CacheMode::Writeback,
             caw_lock: &f.caw,
@@ -855,6 +879,121 @@ mod tests {
         assert_eq!(err.info, Some(300));
         expect[300] = 5;
         run(&f, &cdb, &expect, 0).unwrap();
+    }
+
+    fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0] = opcode;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    #[test]
+    fn blocks_of_4096_bytes_are_placed_and_range_checked_in_4096_byte_units() {
+        let f = fixture_4k();
+        let last = BLOCKS - 1;
+        // The last two blocks, written and read back with 16-byte CDBs.
+        let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 253) as u8).collect();
+        run_4k(&f, &rw16(0x8a, last - 1, 2), &data, 0).unwrap();
+        assert_eq!(
+            run_4k(&f, &rw16(0x88, last - 1, 2), &[], 2 * 4096).unwrap(),
+            data
+        );
+        let mut raw = vec![0u8; 2 * 4096];
+        f.vol.read_at(&mut raw, (last - 1) * 4096).unwrap();
+        assert_eq!(raw, data, "at byte (LBA * 4096)");
+        // One block past the end, and a 2-block command over the end.
+        for cdb in [
+            rw16(0x8a, BLOCKS, 1),
+            rw16(0x8a, last, 2),
+            rw16(0x88, last, 2),
+            rw16(0x8f, last, 2),
+            rw16(0x8b, last, 2),
+            rw16(0x90, last, 2),
+            rw16(0x93, last, 2),
+        ] {
+            assert_eq!(
+                run_4k(&f, &cdb, &[0u8; 2 * 4096], 2 * 4096),
+                Err(Sense::out_of_range()),
+                "{cdb:02x?}"
+            );
+        }
+        assert_eq!(
+            run_4k(&f, &read10(BLOCKS as u32, 1), &[], 4096),
+            Err(Sense::out_of_range())
+        );
+        // A data-out short of the CDB's length: whole blocks only.
+        run_4k(&f, &rw16(0x8a, 0, 2), &[9u8; 4096 + 100], 0).unwrap();
+        let got = run_4k(&f, &rw16(0x88, 0, 2), &[], 2 * 4096).unwrap();
+        assert!(got[..4096].iter().all(|&b| b == 9));
+        assert!(got[4096..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn blocks_of_4096_bytes_in_write_same_unmap_verify_and_compare_and_write() {
+        let f = fixture_4k();
+        // WRITE SAME(16) with LBDATA: every 4096-byte block stamped with
+        // its own LBA.
+        let mut same = rw16(0x93, 4, 3);
+        same[1] = 0x02;
+        run_4k(&f, &same, &[0xab; 4096], 0).unwrap();
+        let got = run_4k(&f, &rw16(0x88, 4, 3), &[], 3 * 4096).unwrap();
+        for (i, block) in got.chunks(4096).enumerate() {
+            assert_eq!(&block[..4], &(4 + i as u32).to_be_bytes());
+            assert!(block[4..].iter().all(|&b| b == 0xab));
+        }
+        // Its block is one 4096-byte block: 512 bytes are too few.
+        assert_eq!(
+            run_4k(&f, &rw16(0x93, 0, 1), &[1; 512], 0),
+            Err(Sense::new(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH))
+        );
+        // UNMAP of block 5 only.
+        let list = unmap_list(&[(5, 1)]);
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, list.len() as u8, 0];
+        run_4k(&f, &cdb, &list, 0).unwrap();
+        let got = run_4k(&f, &rw16(0x88, 4, 3), &[], 3 * 4096).unwrap();
+        let zeroed: Vec<bool> = got
+            .chunks(4096)
+            .map(|b| b.iter().all(|&x| x == 0))
+            .collect();
+        assert_eq!(zeroed, [false, true, false]);
+        // VERIFY(16) with BYTCHK: the miscompare offset counts bytes.
+        let mut expect = got[..4096].to_vec();
+        expect[4000] ^= 1;
+        let mut verify = rw16(0x8f, 4, 1);
+        verify[1] = 0x02;
+        assert_eq!(
+            run_4k(&f, &verify, &expect, 0).unwrap_err().info,
+            Some(4000)
+        );
+        // COMPARE AND WRITE of one 4096-byte block: 8192 bytes of data-out.
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[9] = 4;
+        caw[13] = 1;
+        let mut halves = got[..4096].to_vec();
+        halves.extend_from_slice(&[0x11; 4096]);
+        assert_eq!(
+            run_4k(&f, &caw, &halves[..4096 + 512], 0),
+            Err(Sense::invalid_field())
+        );
+        run_4k(&f, &caw, &halves, 0).unwrap();
+        assert!(run_4k(&f, &rw16(0x88, 4, 1), &[], 4096)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0x11));
+        // WRITE SAME with no block count runs to the end, in 4096-byte
+        // blocks.
+        run_4k(&f, &rw16(0x93, BLOCKS - 2, 0), &[7; 4096], 0).unwrap();
+        let tail = run_4k(&f, &rw16(0x88, BLOCKS - 3, 3), &[], 3 * 4096).unwrap();
+        assert!(tail[..4096].iter().all(|&b| b == 0));
+        assert!(tail[4096..].iter().all(|&b| b == 7));
+        // GET LBA STATUS counts 4096-byte blocks.
+        assert_eq!(
+            lba_status(&run_4k(&f, &get_lba_status(0, 4096), &[], 4096).unwrap())[..3],
+            [(0, 4, 1), (4, 1, 0), (5, 1, 1)]
+        );
     }
 
     #[test]
