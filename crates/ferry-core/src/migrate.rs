@@ -419,6 +419,7 @@ impl MigratingVolume {
     /// (a RADOS write can time out after it was applied), and serving on
     /// with one of them could contradict what a reopen finds.
     fn enter(&self, state: MigrationState) -> Result<()> {
+        self.check_fence()?;
         self.point(faults::STATE_STORE_RECORD)
             .and_then(|()| self.update_record(|r| r.state = state))
             .inspect_err(|e| self.fence(&format!("recording state {state} failed: {e}")))?;
@@ -694,6 +695,9 @@ impl MigratingVolume {
 
     /// Marks copied regions migrated.
     pub fn commit_copied(&self, regions: &[u64]) -> Result<()> {
+        // A fence means a flush failed and may have dropped the batch's
+        // pages: marking them now would route reads to lost data.
+        self.check_fence()?;
         if regions.is_empty() {
             return Ok(());
         }
@@ -711,6 +715,7 @@ impl MigratingVolume {
     /// Once every region is migrated, records the `copied` state. Returns
     /// whether the migration is now copied.
     pub fn finish_copy(&self) -> Result<bool> {
+        self.check_fence()?;
         if self.state() == MigrationState::Copied {
             return Ok(true);
         }
@@ -754,6 +759,10 @@ impl MigratingVolume {
 
     /// Hands copied-back regions to the source.
     pub fn commit_copied_back(&self, regions: &[u64]) -> Result<()> {
+        // Fenced: a flush of the source failed and a later one would
+        // prove nothing, so no region is handed back (and the target,
+        // which may hold the only good copy, is never discarded).
+        self.check_fence()?;
         if regions.is_empty() {
             return Ok(());
         }
@@ -780,6 +789,7 @@ impl MigratingVolume {
     /// Ends an abort once no region is left on the target: records the
     /// `aborted` state, then discards the target. Returns whether done.
     pub fn finish_abort(&self) -> Result<bool> {
+        self.check_fence()?;
         if self.state() == MigrationState::Aborted {
             return Ok(true);
         }

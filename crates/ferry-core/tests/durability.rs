@@ -265,3 +265,54 @@ fn a_failed_index_write_fences_the_volume_instead_of_acknowledging_later_writes(
         "the refused second write landed"
     );
 }
+
+/// Found in review: after a failed flush fenced the volume, the copier's
+/// pending batch was still marked (and an abort could still finish and
+/// discard the target), relying on pages the failed flush may have
+/// dropped. Now nothing changes the index or the state once fenced.
+#[test]
+fn a_fenced_volume_marks_no_batch_and_finishes_no_abort() {
+    use ferry_core::copier::{CopierConfig, CopyCursor};
+    let w = world();
+    let vol = start(&w);
+    let mut cursor = CopyCursor::new(CopierConfig {
+        batch_bytes: u64::MAX,
+        batch_age: Duration::from_secs(3600),
+        parallel: 1,
+    });
+    cursor.step(&vol).unwrap(); // region 0 copied, batched, not marked
+    w.faults.fail_once(0); // the next device call: the flush below
+    assert!(vol.flush().is_err());
+    assert!(vol.is_fenced());
+    assert!(matches!(cursor.commit_batch(&vol), Err(Error::Fenced(_))));
+    assert!(
+        !vol.index().is_migrated(0),
+        "a batch was marked after the fence"
+    );
+    assert!(matches!(vol.finish_copy(), Err(Error::Fenced(_))));
+
+    // The abort side: a copied-back batch is not handed to the source.
+    let w = world();
+    let vol = start(&w);
+    vol.write_at(&[9; REGION as usize], 0).unwrap();
+    vol.flush().unwrap();
+    vol.abort().unwrap();
+    let mut cursor = CopyCursor::new(CopierConfig {
+        batch_bytes: u64::MAX,
+        batch_age: Duration::from_secs(3600),
+        parallel: 1,
+    });
+    cursor.step(&vol).unwrap(); // region 0 copied back, batched
+    w.faults.fail_once(0);
+    assert!(vol.flush().is_err());
+    assert!(matches!(cursor.commit_batch(&vol), Err(Error::Fenced(_))));
+    assert!(
+        vol.index().is_migrated(0),
+        "a region was handed back after the fence"
+    );
+    assert!(matches!(vol.finish_abort(), Err(Error::Fenced(_))));
+    assert!(
+        !w.target_store.destroyed(),
+        "the target was discarded while fenced"
+    );
+}
