@@ -718,3 +718,136 @@ fn get_lba_status_follows_writes_and_unmaps() {
     let sense = r.sense.expect("sense");
     assert_eq!((sense.key, sense.asc), (5, 0x21), "{r:?}");
 }
+
+/// A 16-byte READ/WRITE-layout CDB: `opcode`, LBA, block count.
+fn cdb16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = opcode;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[test]
+fn lun_of_4096_byte_blocks_places_data_by_4096_and_refuses_past_the_end() {
+    if !common::require("tgtd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    // 8 MiB: 2048 blocks of 4096 bytes.
+    let spec = common::file_volume(dir.path(), 8 << 20);
+    let blocks: u64 = 2048;
+    t.add_target(1);
+    check(
+        &t.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--bstype",
+            "ferry",
+            "--backing-store",
+            &spec,
+            "--blocksize",
+            "4096",
+        ]),
+        "adding a ferry LUN with 4096-byte blocks",
+    );
+    let mut s = Session::connect(&t.url(1, 1)).unwrap();
+    // READ CAPACITY(16): the last LBA and the block length.
+    let mut rc16 = [0u8; 16];
+    rc16[0] = 0x9e;
+    rc16[1] = 0x10;
+    rc16[13] = 32;
+    let r = s.raw_cdb(&rc16, None, 32).unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    assert_eq!(
+        u64::from_be_bytes(r.data[0..8].try_into().unwrap()),
+        blocks - 1
+    );
+    assert_eq!(u32::from_be_bytes(r.data[8..12].try_into().unwrap()), 4096);
+
+    // The last two blocks: WRITE(16) with FUA, READ(16), VERIFY(16) with
+    // BYTCHK, and the bytes in the file at LBA * 4096.
+    let data: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8).collect();
+    let mut write = cdb16(0x8a, blocks - 2, 2);
+    write[1] = 0x08;
+    expect_good(
+        &mut s,
+        &write,
+        Some(&data),
+        0,
+        "WRITE(16) of the last 2 blocks",
+    );
+    let r = s
+        .raw_cdb(&cdb16(0x88, blocks - 2, 2), None, 2 * 4096)
+        .unwrap();
+    assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
+    assert_eq!(r.data, data, "READ(16) of the last 2 blocks");
+    let mut verify = cdb16(0x8f, blocks - 2, 2);
+    verify[1] = 0x02;
+    expect_good(
+        &mut s,
+        &verify,
+        Some(&data),
+        0,
+        "VERIFY(16) of the last 2 blocks",
+    );
+    let mut other = data.clone();
+    other[4096 + 7] ^= 0xff;
+    expect_sense(
+        &mut s,
+        &verify,
+        Some(&other),
+        0x0e,
+        0x1d,
+        "VERIFY(16) miscompare",
+    );
+    let file = std::fs::read(dir.path().join("v.img")).unwrap();
+    assert_eq!(file.len(), 8 << 20, "the file did not grow");
+    assert_eq!(&file[(blocks as usize - 2) * 4096..], &data[..]);
+
+    // Past the end: one block beyond, and two blocks over it, for each
+    // kind of command; nothing lands in the file.
+    let block = vec![0x5au8; 4096];
+    let two = vec![0x5au8; 2 * 4096];
+    // With BYTCHK: tgtd answers a VERIFY without it itself, GOOD without
+    // looking at the range.
+    let mut verify_over = cdb16(0x8f, blocks - 1, 2);
+    verify_over[1] = 0x02;
+    for (cdb, out, what) in [
+        (
+            cdb16(0x8a, blocks, 1),
+            Some(&block[..]),
+            "WRITE(16) one past",
+        ),
+        (cdb16(0x8a, blocks - 1, 2), Some(&two[..]), "WRITE(16) over"),
+        (cdb16(0x88, blocks, 1), None, "READ(16) one past"),
+        (cdb16(0x88, blocks - 1, 2), None, "READ(16) over"),
+        (verify_over, Some(&two[..]), "VERIFY(16) over"),
+        (
+            cdb16(0x93, blocks - 1, 2),
+            Some(&block[..]),
+            "WRITE SAME(16) over",
+        ),
+    ] {
+        expect_sense(&mut s, &cdb, out, 5, 0x21, what);
+    }
+    let write10 = [0x2a, 0, 0, 0, 0x08, 0x00, 0, 0, 1, 0]; // LBA 2048
+    expect_sense(
+        &mut s,
+        &write10,
+        Some(&block),
+        5,
+        0x21,
+        "WRITE(10) one past",
+    );
+    let file = std::fs::read(dir.path().join("v.img")).unwrap();
+    assert_eq!(file.len(), 8 << 20, "the file did not grow");
+    assert_eq!(&file[(blocks as usize - 2) * 4096..], &data[..]);
+}
