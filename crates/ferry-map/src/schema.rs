@@ -311,7 +311,7 @@ impl ClusterMap {
     pub fn validate(&self) -> Result<(), MapError> {
         let mut chap_users = BTreeMap::new();
         for (k, t) in &self.targets {
-            debug_assert_eq!(k, &t.iqn);
+            check_key(Kind::Target, k, &t.iqn)?;
             t.validate()?;
             // tgt's accounts are global: two targets cannot have one user
             // with different secrets (nor share one and stay independent).
@@ -324,12 +324,14 @@ impl ClusterMap {
                 }
             }
         }
-        for n in self.nodes.values() {
+        for (k, n) in &self.nodes {
+            check_key(Kind::Node, k, &n.name)?;
             n.validate()?;
         }
         let mut numbers = BTreeMap::new();
         let mut specs = BTreeMap::new();
-        for l in self.luns.values() {
+        for (k, l) in &self.luns {
+            check_key(Kind::Lun, k, &l.name)?;
             l.validate()?;
             if !self.targets.contains_key(&l.target) {
                 return Err(MapError::NotFound {
@@ -361,7 +363,8 @@ impl ClusterMap {
                 return Err(unsafe_shared(l));
             }
         }
-        for i in self.initiators.values() {
+        for (k, i) in &self.initiators {
+            check_key(Kind::Initiator, k, &i.iqn)?;
             i.validate()?;
             for l in &i.luns {
                 if !self.luns.contains_key(l) {
@@ -396,6 +399,21 @@ impl ClusterMap {
             .map(|i| i.iqn.clone())
             .collect()
     }
+}
+
+/// A document is filed under the name of the entity it describes (a
+/// target's and an initiator's IQN, a LUN's and a node's name): references
+/// name entities and lookups go by key, so the two must agree. A store may
+/// still hold a document that does not (a hand-edited `map.json`, another
+/// writer's bug); it is refused here, not trusted.
+fn check_key(kind: Kind, key: &str, name: &str) -> Result<(), MapError> {
+    if key == name {
+        return Ok(());
+    }
+    Err(MapError::invalid(format!(
+        "the {noun} document {key:?} describes {noun} {name:?}; a document must be filed under its own name",
+        noun = kind.noun()
+    )))
 }
 
 fn unsafe_shared(l: &Lun) -> MapError {
@@ -567,6 +585,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already used"));
+    }
+
+    /// Found by the `map_json` fuzz target: a target filed under another
+    /// IQN failed a `debug_assert` (a panic in debug builds) and was
+    /// accepted in release builds.
+    #[test]
+    fn documents_filed_under_another_name_are_refused() {
+        let mut m = sample();
+        let t = m.targets.remove("iqn.2026-11.org.ferry:t1").unwrap();
+        m.targets.insert("iqn.202(6-11.org.ferry:t1".into(), t);
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("filed under its own name"), "{err}");
+
+        let mut m = sample();
+        let l = m.luns.remove("l1").unwrap();
+        m.luns.insert("l9".into(), l);
+        assert!(m.validate().is_err());
+
+        let mut m = sample();
+        let n = m.nodes.remove("a").unwrap();
+        m.nodes.insert("b".into(), n);
+        assert!(m.validate().is_err());
+
+        let mut m = sample();
+        add_initiator(&mut m, "iqn.1994-05.com.redhat:h1", "l1");
+        let i = m.initiators.remove("iqn.1994-05.com.redhat:h1").unwrap();
+        m.initiators.insert("iqn.1994-05.com.redhat:h2".into(), i);
+        assert!(m.validate().is_err());
     }
 
     #[test]
