@@ -74,7 +74,18 @@ impl VolumeSpec {
                 .map_err(|e| bad(&format!("cannot resolve a relative path: {e}")))?
                 .join(path)
         };
-        Ok(VolumeSpec::File(normalize(&abs)))
+        let path = normalize(&abs);
+        // The canonical spec (`file:` and this path) is what migration
+        // records keep and what is parsed again on reopening; a spec is
+        // trimmed before it is read, so a path ending in white space (left
+        // last by `..` or `.`, as in `/srv/vol /.`) would come back as
+        // another file.
+        if path.to_str().is_some_and(|p| p.trim_end().len() != p.len()) {
+            return Err(bad(
+                "the path ends with white space, which a spec cannot name",
+            ));
+        }
+        Ok(VolumeSpec::File(path))
     }
 
     /// Opens the volume and its metadata store for serving, or for working
@@ -345,6 +356,26 @@ mod tests {
         ] {
             let err = VolumeSpec::parse(spec).unwrap_err().to_string();
             assert!(err.contains(why), "{spec:?}: {err}");
+        }
+    }
+
+    /// Found by the `volume_spec` fuzz target: `"\u{f}\u{b}/ "` parsed
+    /// to a path ending in a space, whose canonical spec named another
+    /// file.
+    #[test]
+    fn canonical_specs_parse_back_to_the_same_volume() {
+        for spec in [
+            "/srv/vol /.",
+            "/srv/vol /x/..",
+            "file:/a\u{b}/",
+            "\u{f}\u{b}/ ",
+        ] {
+            let err = VolumeSpec::parse(spec).unwrap_err().to_string();
+            assert!(err.contains("white space"), "{spec:?}: {err}");
+        }
+        for spec in ["/srv/v ol", "/srv/vol/ x/..", "file:/srv/vol0.img"] {
+            let parsed = VolumeSpec::parse(spec).unwrap();
+            assert_eq!(VolumeSpec::parse(&parsed.to_string()).unwrap(), parsed);
         }
     }
 
