@@ -131,11 +131,16 @@ fn type_mask_bit(t: PrType) -> u16 {
     }
 }
 
+/// The longest iSCSI name (RFC 3720 3.2.6.1), so that the TransportID
+/// ferry writes for a port (`transport_id`) fits its 16-bit length.
+const MAX_ISCSI_NAME: usize = 223;
+
 /// The initiator port named by an iSCSI TransportID in format 01b (name
 /// and ISID), in the form nexuses use (`name,i,0x<isid>`, ISID in lower
 /// case), and the TransportID's length. `None` for any other protocol or
 /// format, or a malformed one: a name without an ISID names an initiator
-/// device, not a port.
+/// device, not a port, and a name longer than 223 bytes no iSCSI
+/// initiator has.
 pub fn parse_transport_id(tid: &[u8]) -> Option<(String, usize)> {
     const ISCSI: u8 = 0x05;
     let head = tid.get(..4)?;
@@ -148,6 +153,7 @@ pub fn parse_transport_id(tid: &[u8]) -> Option<(String, usize)> {
     let port = std::str::from_utf8(&body[..end]).ok()?;
     let (name, isid) = port.rsplit_once(",i,0x")?;
     if name.is_empty()
+        || name.len() > MAX_ISCSI_NAME
         || !name.bytes().all(|b| b.is_ascii_graphic())
         || isid.len() != 12
         || !isid.bytes().all(|b| b.is_ascii_hexdigit())
@@ -174,4 +180,38 @@ pub fn transport_id(nexus: &Nexus) -> Vec<u8> {
     out.extend_from_slice(name);
     out.resize(4 + padded, 0);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by reading what the `transport_id` fuzz target's round trip
+    /// checks: a port name of 65,532 bytes or more was taken, and READ FULL
+    /// STATUS then gave its TransportID a length of `65536 as u16`, zero.
+    #[test]
+    fn transport_ids_name_iscsi_names_of_at_most_223_bytes() {
+        let tid = |name: &str| {
+            transport_id(&Nexus::new(
+                format!("{name},i,0x000000000001"),
+                "iqn.t,t,0x0001",
+            ))
+        };
+        let longest = format!("iqn.2026-11.org.example:{}", "a".repeat(223 - 24));
+        assert_eq!(longest.len(), 223);
+        let ours = tid(&longest);
+        assert_eq!(
+            parse_transport_id(&ours),
+            Some((format!("{longest},i,0x000000000001"), ours.len()))
+        );
+        assert_eq!(parse_transport_id(&tid(&format!("{longest}b"))), None);
+        // The longest port name a TransportID's length field can carry:
+        // 65,534 bytes and the null, which `transport_id` wrote back with
+        // a length of zero.
+        let mut huge = vec![0x45, 0, 0xff, 0xff];
+        huge.extend_from_slice("a".repeat(65534 - 17).as_bytes());
+        huge.extend_from_slice(b",i,0x000000000001\0");
+        assert_eq!(huge.len(), 4 + 0xffff);
+        assert_eq!(parse_transport_id(&huge), None);
+    }
 }
