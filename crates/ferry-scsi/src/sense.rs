@@ -128,6 +128,9 @@ pub struct CdbField {
     pub bit: Option<u8>,
 }
 
+/// The most sense data a device server returns (SPC-4 4.5.1).
+const MAX_SENSE_LEN: usize = 252;
+
 /// Adds `field` as the sense-key specific information of the sense data
 /// `buf[..len]` (fixed or descriptor format) and returns its new length;
 /// other data is returned unchanged.
@@ -149,8 +152,16 @@ pub fn point_at_cdb_field(buf: &mut [u8], len: usize, field: CdbField) -> usize 
             len
         }
         // Descriptor format: append a sense-key specific descriptor
-        // (type 2, SPC-4 4.5.2.4) after those already there.
-        Some(0x72 | 0x73) if len >= 8 && len + 8 <= buf.len() && buf[7] as usize + 8 == len => {
+        // (type 2, SPC-4 4.5.2.4) after those already there, if the sense
+        // data stays within its 252 bytes (so its ADDITIONAL SENSE LENGTH,
+        // at most 244, fits its byte).
+        Some(0x72 | 0x73)
+            if len >= 8
+                && len
+                    .checked_add(8)
+                    .is_some_and(|end| end <= buf.len().min(MAX_SENSE_LEN))
+                && buf[7] as usize + 8 == len =>
+        {
             buf[len..len + 8].copy_from_slice(&[0x02, 0x06, 0, 0, sks[0], sks[1], sks[2], 0]);
             buf[7] += 8;
             len + 8
@@ -223,6 +234,28 @@ mod tests {
         let mut bad_len = [0u8; 32];
         bad_len[..8].copy_from_slice(&[0x72, 5, 0x24, 0, 0, 0, 0, 4]);
         assert_eq!(point_at_cdb_field(&mut bad_len, 8, at), 8);
+    }
+
+    /// Found by the `cdb_exec` fuzz target: descriptor-format sense data
+    /// whose ADDITIONAL SENSE LENGTH was 248 or more overflowed the byte
+    /// when the descriptor was added (a panic with overflow checks, a
+    /// wrong length without).
+    #[test]
+    fn field_pointer_keeps_sense_data_within_252_bytes() {
+        let at = CdbField { byte: 1, bit: None };
+        for additional in [244u8, 248, 255] {
+            let len = usize::from(additional) + 8;
+            let mut buf = [0u8; 300];
+            buf[..8].copy_from_slice(&[0x72, 5, 0x24, 0, 0, 0, 0, additional]);
+            assert_eq!(point_at_cdb_field(&mut buf, len, at), len);
+            assert_eq!(buf[7], additional);
+            assert!(buf[len..].iter().all(|&b| b == 0));
+        }
+        let mut buf = [0u8; 300];
+        buf[..8].copy_from_slice(&[0x72, 5, 0x24, 0, 0, 0, 0, 236]);
+        assert_eq!(point_at_cdb_field(&mut buf, 244, at), 252);
+        assert_eq!(buf[7], 244);
+        assert_eq!(point_at_cdb_field(&mut buf, usize::MAX, at), usize::MAX);
     }
 
     #[test]
