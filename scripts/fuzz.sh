@@ -12,9 +12,9 @@
 # --long: every target for FUZZ_LONG_RUNS executions (default 10^7),
 #   growing fuzz/corpus/<target> (ignored by git), at the lowest priority.
 #
-# One fuzzer runs at a time. Prints target -> executions -> exec/s -> result
-# and exits non-zero if any target crashed, hung or failed to run; a crash
-# leaves its input in fuzz/artifacts/<target>/ and is replayed with
+# One fuzzer runs at a time. Prints target, executions, seconds, exec/s and
+# result for each, and exits non-zero if any target crashed, hung or failed
+# to run; a crash leaves its input in fuzz/artifacts/<target>/, replayed by
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -s none <target> \
 #     fuzz/artifacts/<target>/<file>
 #
@@ -113,6 +113,7 @@ for t in "${targets[@]}"; do
   done_line=$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n 1 || true)
   if [ "$rc" -eq 0 ] && [ -n "$done_line" ]; then
     execs=$(echo "$done_line" | awk '{print $2}')
+    secs=$(echo "$done_line" | awk '{print $5}')
     # libFuzzer's own rate, from its last status line.
     rate=$(grep -oE 'exec/s: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
     rate=${rate:-?}
@@ -120,20 +121,23 @@ for t in "${targets[@]}"; do
   else
     execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1 || true)
     execs=${execs:-?}
+    secs=?
     rate=?
     artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | awk '{print $5}' || true)
     result="FAILED (exit $rc${artifact:+, input $artifact})"
     failed=1
-    echo "---- $t log (last 60 lines)"
-    tail -n 60 "$log"
+    echo "---- $t log: the panic, then the last 30 lines"
+    grep -m 1 -A 3 'panicked at' "$log" || true
+    echo "...."
+    tail -n 30 "$log"
     echo "----"
   fi
-  echo "   $t: $execs executions, $rate exec/s, $result"
-  results+=("$(printf '%-16s %12s %10s  %s' "$t" "$execs" "$rate" "$result")")
+  echo "   $t: $execs executions in $secs s, $rate exec/s, $result"
+  results+=("$(printf '%-16s %12s %8s %10s  %s' "$t" "$execs" "$secs" "$rate" "$result")")
 done
 
 echo
-printf '%-16s %12s %10s  %s\n' target executions exec/s result
+printf '%-16s %12s %8s %10s  %s\n' target executions seconds exec/s result
 for r in "${results[@]}"; do
   echo "$r"
 done
