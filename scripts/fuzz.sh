@@ -95,6 +95,7 @@ max_len() {
 
 results=()
 failed=0
+passed=0
 for t in "${targets[@]}"; do
   if [ "$mode" = long ]; then
     corpus=(fuzz/corpus/"$t")
@@ -122,6 +123,7 @@ for t in "${targets[@]}"; do
       rate=-
     fi
     result=ok
+    passed=$((passed + 1))
   else
     execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1 || true)
     execs=${execs:-?}
@@ -129,7 +131,7 @@ for t in "${targets[@]}"; do
     rate=?
     artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | awk '{print $5}' || true)
     result="FAILED (exit $rc${artifact:+, input $artifact})"
-    failed=1
+    failed=$((failed + 1))
     echo "---- $t log: the panic, then the last 30 lines"
     grep -m 1 -A 3 'panicked at' "$log" || true
     echo "...."
@@ -145,6 +147,7 @@ printf '%-16s %12s %8s %10s  %s\n' target executions seconds exec/s result
 for r in "${results[@]}"; do
   echo "$r"
 done
+echo "fuzz: $passed passed, $failed failed"
 if [ "$failed" -ne 0 ]; then
   echo "fuzz.sh: a target failed; see the log above and fuzz/artifacts/" >&2
   exit 1
