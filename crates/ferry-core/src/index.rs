@@ -43,7 +43,7 @@
 //!   behind memory, or a sync's dirty pages may be gone, so every later
 //!   change fails (the volume above fences) and nothing is retried.
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -119,10 +119,12 @@ pub struct RegionIndex {
     /// after its words were written has completed (the flag alone let a
     /// second caller return while the first one's fsync still ran).
     sync: Mutex<()>,
-    unsynced: std::sync::atomic::AtomicBool,
+    unsynced: AtomicBool,
     /// Set by the first failed store write or sync; every later change
-    /// fails with it.
-    poisoned: Mutex<Option<String>>,
+    /// fails, and the volume above fences. Read on every I/O, so a flag;
+    /// the reason beside it is read only once it is set.
+    poisoned: AtomicBool,
+    poison_reason: Mutex<Option<String>>,
 }
 
 fn words_for(regions: u64) -> usize {
@@ -303,8 +305,9 @@ impl RegionIndex {
             store,
             persist: Mutex::new(Persist::default()),
             sync: Mutex::new(()),
-            unsynced: std::sync::atomic::AtomicBool::new(false),
-            poisoned: Mutex::new(None),
+            unsynced: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(None),
         }
     }
 
@@ -329,7 +332,10 @@ impl RegionIndex {
 
     /// Why the index refuses changes, if a store write or sync failed.
     pub fn poisoned(&self) -> Option<String> {
-        self.poisoned.lock().clone()
+        if !self.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.poison_reason.lock().clone()
     }
 
     fn check_poison(&self) -> Result<()> {
@@ -341,7 +347,7 @@ impl RegionIndex {
 
     /// Records the first failure; the store may now disagree with memory.
     fn poison(&self, e: &Error) {
-        let mut p = self.poisoned.lock();
+        let mut p = self.poison_reason.lock();
         if p.is_none() {
             log::error!(
                 "{}: region index write failed, refusing further changes: {e}",
@@ -349,6 +355,8 @@ impl RegionIndex {
             );
             *p = Some(format!("region index write failed: {e}"));
         }
+        // The reason first, then the flag that makes readers look at it.
+        self.poisoned.store(true, Ordering::Release);
     }
 
     /// Writes one word of one bitmap to the store (caller holds `persist`).
@@ -416,11 +424,6 @@ impl RegionIndex {
     /// Number of regions written since the migration started.
     pub fn written_count(&self) -> u64 {
         Self::count(&self.written)
-    }
-
-    /// Number of regions whose migration is confirmed.
-    pub fn confirmed_count(&self) -> u64 {
-        Self::count(&self.confirmed)
     }
 
     fn count(words: &[AtomicU64]) -> u64 {
