@@ -11,6 +11,15 @@
 //! exhaustive on purpose: the exploration test fails when a scenario
 //! reaches a point not listed here, or when a listed point is never
 //! reached, so the list cannot drift from the code.
+//!
+//! Three lists, one per exploration: [`ENGINE`] (the migration engine,
+//! announced through [`crate::MetaStore::fault_point`] and explored by
+//! `tests/crash_points.rs` here), [`SNAPSHOT`] (a file volume's snapshot
+//! copy and restore) and [`RESERVATIONS`] (saving a LUN's persistent
+//! reservations in a file volume's slot). The last two are durable steps
+//! of the file backend on real files: `ferry_file::steps` announces them
+//! to a test hook, and `ferry-host`'s `tests/crash_points.rs` explores
+//! them. [`ALL`] is the three together.
 
 /// Creating the all-clear index of a new migration.
 pub const START_CREATE_INDEX: &str = "start.create_index";
@@ -71,8 +80,86 @@ pub const ABORT_REMOVE_MARKER: &str = "abort.remove_marker";
 /// A plain (committed or aborted) volume's flush.
 pub const PLAIN_FLUSH: &str = "plain.flush";
 
-/// Every named point, in no particular order.
-pub const ALL: &[&str] = &[
+/// Snapshot create and restore: flushing the served volume before it is
+/// copied (the data an initiator flushed or not, made durable before the
+/// copy is taken of it).
+pub const SNAPSHOT_FLUSH_VOLUME: &str = "snapshot.flush_volume";
+/// A copy's leftover temporary file (from an earlier crash) removed.
+pub const SNAPSHOT_REMOVE_STALE: &str = "snapshot.remove_stale";
+/// A copy's data: creating the temporary file (a reflink where the
+/// filesystem shares blocks), then each chunk of a sparse copy.
+pub const SNAPSHOT_COPY_DATA: &str = "snapshot.copy_data";
+/// fsync of a copy, before any name makes it a snapshot or the volume.
+pub const SNAPSHOT_SYNC_COPY: &str = "snapshot.sync_copy";
+/// A synced copy linked under its snapshot name (`<path>.snap-<name>`).
+pub const SNAPSHOT_PUBLISH: &str = "snapshot.publish";
+/// The copy's temporary name removed once it is published.
+pub const SNAPSHOT_REMOVE_TEMP: &str = "snapshot.remove_temp";
+/// fsync of the directory: the snapshot's name durable.
+pub const SNAPSHOT_SYNC_DIR: &str = "snapshot.sync_dir";
+/// A copy abandoned after a failure (not a crash): its temporary file
+/// removed.
+pub const SNAPSHOT_DISCARD_COPY: &str = "snapshot.discard_copy";
+/// Restore: the synced copy of the snapshot renamed over the volume.
+pub const RESTORE_RENAME: &str = "restore.rename";
+/// Restore: fsync of the directory, making the rename durable.
+pub const RESTORE_SYNC_DIR: &str = "restore.sync_dir";
+
+/// Saving reservations: the new state written to the slot's temporary
+/// file (`<path>.ferry-pr.tmp`).
+pub const PR_WRITE_TEMP: &str = "pr.write_temp";
+/// Saving reservations: fsync of the temporary file.
+pub const PR_SYNC_TEMP: &str = "pr.sync_temp";
+/// Saving reservations: the temporary file renamed over the slot.
+pub const PR_RENAME: &str = "pr.rename";
+/// Saving reservations: fsync of the directory, making the rename (and
+/// so the PR OUT about to be acknowledged) durable.
+pub const PR_SYNC_DIR: &str = "pr.sync_dir";
+
+/// A file volume's snapshot create and restore, in no particular order.
+pub const SNAPSHOT: &[&str] = &[
+    SNAPSHOT_FLUSH_VOLUME,
+    SNAPSHOT_REMOVE_STALE,
+    SNAPSHOT_COPY_DATA,
+    SNAPSHOT_SYNC_COPY,
+    SNAPSHOT_PUBLISH,
+    SNAPSHOT_REMOVE_TEMP,
+    SNAPSHOT_SYNC_DIR,
+    SNAPSHOT_DISCARD_COPY,
+    RESTORE_RENAME,
+    RESTORE_SYNC_DIR,
+];
+
+/// Saving persistent reservations in a file volume's slot.
+pub const RESERVATIONS: &[&str] = &[PR_WRITE_TEMP, PR_SYNC_TEMP, PR_RENAME, PR_SYNC_DIR];
+
+/// Every named point of every list.
+pub const ALL: &[&str] = &concat::<{ ENGINE.len() + SNAPSHOT.len() + RESERVATIONS.len() }>([
+    ENGINE,
+    SNAPSHOT,
+    RESERVATIONS,
+]);
+
+/// The lists one after the other; `N` must be their total length.
+const fn concat<const N: usize>(lists: [&[&'static str]; 3]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut n = 0;
+    let mut l = 0;
+    while l < lists.len() {
+        let mut i = 0;
+        while i < lists[l].len() {
+            out[n] = lists[l][i];
+            n += 1;
+            i += 1;
+        }
+        l += 1;
+    }
+    assert!(n == N, "the lists' lengths add up to N");
+    out
+}
+
+/// Every named point of the migration engine, in no particular order.
+pub const ENGINE: &[&str] = &[
     START_CREATE_INDEX,
     START_STORE_RECORD,
     START_STORE_MARKER,

@@ -13,12 +13,13 @@
 //! fail too, as if the process died there.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::error::{Error, Result};
+use crate::migrate::{reopen_target, MigratingVolume, MigrationPlan, Opened, Reopened};
 use crate::store::{MetaStore, SourceMarker};
 use crate::volume::{check_range, Extent, Volume};
 
@@ -198,6 +199,24 @@ pub struct SimVolume {
     object_size: u64,
     image: Mutex<Image>,
     faults: Arc<Faults>,
+    /// Completed flushes, for tests of which commands flush.
+    flushes: AtomicU64,
+    /// A gate the next flush waits at (see [`SimVolume::hold_next_flush`]).
+    flush_gate: Mutex<Option<FlushGate>>,
+}
+
+/// The volume's side of a held flush: it says it arrived, then waits.
+struct FlushGate {
+    arrived: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+/// The test's side of a held flush (see [`SimVolume::hold_next_flush`]).
+pub struct HeldFlush {
+    /// Receives once the flush has arrived and waits.
+    pub arrived: mpsc::Receiver<()>,
+    /// Send (or drop) to let it go on.
+    pub release: mpsc::Sender<()>,
 }
 
 impl SimVolume {
@@ -209,7 +228,27 @@ impl SimVolume {
             object_size,
             image: Mutex::new(Image::zeroed(size as usize)),
             faults,
+            flushes: AtomicU64::new(0),
+            flush_gate: Mutex::new(None),
         })
+    }
+
+    /// Flushes completed so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next flush stop before it takes effect until the test
+    /// releases it: a deterministic way to hold a checkpoint inside its
+    /// data flush while other threads run.
+    pub fn hold_next_flush(&self) -> HeldFlush {
+        let (arrived_tx, arrived) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        *self.flush_gate.lock() = Some(FlushGate {
+            arrived: arrived_tx,
+            release: release_rx,
+        });
+        HeldFlush { arrived, release }
     }
 
     /// The page-cache image (what a reader would see now).
@@ -238,6 +277,8 @@ impl SimVolume {
                 pending: Vec::new(),
             }),
             faults: Faults::new(),
+            flushes: AtomicU64::new(0),
+            flush_gate: Mutex::new(None),
         })
     }
 
@@ -273,8 +314,15 @@ impl Volume for SimVolume {
         Ok(())
     }
     fn flush(&self) -> Result<()> {
+        let gate = self.flush_gate.lock().take();
+        if let Some(gate) = gate {
+            // The test may have gone; then there is nothing to wait for.
+            let _ = gate.arrived.send(());
+            let _ = gate.release.recv();
+        }
         self.faults.hit(&format!("flush {}", self.name))?;
         self.image.lock().flush();
+        self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
@@ -488,4 +536,107 @@ pub fn info(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A migration's world: a source filled with `initial`, an empty target of
+/// the same size, their stores, and one fault counter for all four.
+pub struct SimWorld {
+    pub faults: Arc<Faults>,
+    pub source: Arc<SimVolume>,
+    pub source_store: Arc<SimStore>,
+    pub target: Arc<SimVolume>,
+    pub target_store: Arc<SimStore>,
+    region_size: u64,
+}
+
+impl SimWorld {
+    /// Volumes of `initial.len()` bytes with `region_size` objects.
+    pub fn new(initial: &[u8], region_size: u64) -> Self {
+        let faults = Faults::new();
+        let size = initial.len() as u64;
+        let source = SimVolume::new("src", size, region_size, faults.clone());
+        source.fill(initial);
+        SimWorld {
+            source_store: SimStore::new("src", faults.clone()),
+            target: SimVolume::new("dst", size, region_size, faults.clone()),
+            target_store: SimStore::new("dst", faults.clone()),
+            source,
+            faults,
+            region_size,
+        }
+    }
+
+    /// The plan tests start with: the world's region size, no rate limit,
+    /// not adaptive, not paused.
+    pub fn plan(&self) -> MigrationPlan {
+        MigrationPlan {
+            source_spec: "sim:src".into(),
+            target_spec: "sim:dst".into(),
+            source_info: info(&[("pool", "a")]),
+            region_size: self.region_size,
+            rate_limit: None,
+            adaptive: false,
+            paused: false,
+        }
+    }
+
+    /// Starts the migration with `plan`.
+    pub fn start(&self, plan: MigrationPlan) -> Result<Arc<MigratingVolume>> {
+        MigratingVolume::start(
+            self.source.clone(),
+            self.source_store.clone(),
+            self.target.clone(),
+            self.target_store.clone(),
+            plan,
+        )
+    }
+
+    /// What a restarted host opens by the volume's name: the migration,
+    /// what it left behind, or (no record, or the target discarded) the
+    /// source, as the host finds it by the marker.
+    pub fn reopen(&self) -> Result<Reopened> {
+        if self.target_store.destroyed() || self.target_store.load_record()?.is_none() {
+            return Ok(Reopened::Plain(self.source.clone()));
+        }
+        let src: Opened = (self.source.clone(), self.source_store.clone());
+        reopen_target((self.target.clone(), self.target_store.clone()), |_| {
+            Ok(src)
+        })
+    }
+
+    /// Power loss on all four objects, and the reboot after it.
+    pub fn power_loss(&self, rng: &mut impl Rng) {
+        self.source.power_crash(rng);
+        self.target.power_crash(rng);
+        self.source_store.power_crash(rng);
+        self.target_store.power_crash(rng);
+    }
+}
+
+/// Checks that `got[off..off+new.len()]` is, in each piece of one
+/// `region`, either all `old` (what was there) or all `new` (what a write
+/// cut short meant to leave): a write is never half applied within a
+/// region.
+pub fn pieces_all_or_nothing(
+    got: &[u8],
+    old: &[u8],
+    off: u64,
+    new: &[u8],
+    region: u64,
+) -> std::result::Result<(), String> {
+    let end = off + new.len() as u64;
+    let mut at = off;
+    while at < end {
+        let piece_end = ((at / region + 1) * region).min(end);
+        // Test images are small; offsets fit usize.
+        let (s, e) = (at as usize, piece_end as usize);
+        let n = (at - off) as usize;
+        if got[s..e] != old[s..e] && got[s..e] != new[n..n + e - s] {
+            return Err(format!(
+                "bytes {s}..{e} of a cut-short write are neither all old nor all new"
+            ));
+        }
+        at = piece_end;
+    }
+    Ok(())
 }

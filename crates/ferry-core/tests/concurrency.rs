@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::sim::{info, Faults, SimStore, SimVolume};
+use ferry_core::sim::{Faults, SimWorld};
 use ferry_core::{Copier, CopierConfig, MigratingVolume, MigrationPlan, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,49 +18,23 @@ const THREADS: u64 = 4;
 
 struct Setup {
     vol: Arc<MigratingVolume>,
-    faults: Arc<Faults>,
-    source: Arc<SimVolume>,
-    source_store: Arc<SimStore>,
-    target: Arc<SimVolume>,
-    target_store: Arc<SimStore>,
+    world: SimWorld,
     model: Vec<u8>,
 }
 
 fn setup(seed: u64) -> Setup {
     let mut rng = StdRng::seed_from_u64(seed);
-    let faults = Faults::new();
-    let source = SimVolume::new("src", SIZE, REGION, faults.clone());
     let mut model = vec![0u8; SIZE as usize];
     rng.fill(&mut model[..]);
-    source.fill(&model);
-    let target = SimVolume::new("dst", SIZE, REGION, faults.clone());
-    let source_store = SimStore::new("src", faults.clone());
-    let target_store = SimStore::new("dst", faults.clone());
-    let vol = MigratingVolume::start(
-        source.clone(),
-        source_store.clone(),
-        target.clone(),
-        target_store.clone(),
-        MigrationPlan {
-            source_spec: "sim:src".into(),
-            target_spec: "sim:dst".into(),
-            source_info: info(&[]),
-            region_size: REGION,
+    let world = SimWorld::new(&model, REGION);
+    let vol = world
+        .start(MigrationPlan {
             rate_limit: Some(64 * REGION),
             adaptive: true,
-            paused: false,
-        },
-    )
-    .unwrap();
-    Setup {
-        vol,
-        faults,
-        source,
-        source_store,
-        target,
-        target_store,
-        model,
-    }
+            ..world.plan()
+        })
+        .unwrap();
+    Setup { vol, world, model }
 }
 
 /// Runs writers until `stop`; returns each thread's view of its slots.
@@ -160,7 +134,7 @@ fn writers_race_copier_with_pause_resume_and_commit() {
         "volume differs from the writers' model"
     );
     assert!(
-        s.target.contents() == want,
+        s.world.target.contents() == want,
         "target alone differs from the model"
     );
 }
@@ -185,7 +159,7 @@ fn writers_race_abort_copy_back() {
     let want = merge(writers.into_iter().map(|h| h.join().unwrap()).collect());
     assert_eq!(s.vol.state(), MigrationState::Aborted);
     assert!(
-        s.source.contents() == want,
+        s.world.source.contents() == want,
         "source differs from the writers' model after abort"
     );
 }
@@ -271,13 +245,13 @@ fn crash_while_writers_flush_and_the_copier_runs_keeps_what_was_acknowledged() {
         let seed = 40 + case;
         // Dry run: the number of device calls this workload makes.
         let dry = setup(seed);
-        let dry_faults = dry.faults.clone();
+        let dry_faults = dry.world.faults.clone();
         crash_under_load(&dry, &dry_faults, u64::MAX, 150);
         let total = dry_faults.points();
         let crash_at = total * (case + 1) / 14;
 
         let s = setup(seed);
-        let faults = s.faults.clone();
+        let faults = s.world.faults.clone();
         let views = crash_under_load(&s, &faults, crash_at, 150);
         assert!(
             faults.crashed(),
@@ -286,16 +260,9 @@ fn crash_while_writers_flush_and_the_copier_runs_keeps_what_was_acknowledged() {
         faults.disarm();
         let mut rng = StdRng::seed_from_u64(seed);
         if power {
-            s.source.power_crash(&mut rng);
-            s.target.power_crash(&mut rng);
-            s.target_store.power_crash(&mut rng);
+            s.world.power_loss(&mut rng);
         }
-        let vol =
-            ferry_core::migrate::reopen_target((s.target.clone(), s.target_store.clone()), |_| {
-                Ok((s.source.clone(), s.source_store.clone()))
-            })
-            .unwrap()
-            .volume();
+        let vol = s.world.reopen().unwrap().volume();
         let got = read_all(vol.as_ref());
         for (t, me) in views.iter().enumerate() {
             let cut_ok = |i: usize| {

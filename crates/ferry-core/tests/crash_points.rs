@@ -18,11 +18,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
-use ferry_core::migrate::{reopen_target, Reopened};
-use ferry_core::sim::{info, Faults, SimStore, SimVolume};
-use ferry_core::{
-    faults, Error, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Volume,
-};
+use ferry_core::migrate::Reopened;
+use ferry_core::sim::{pieces_all_or_nothing, SimWorld};
+use ferry_core::{faults, Error, MigratingVolume, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -189,14 +187,6 @@ fn config() -> CopierConfig {
     }
 }
 
-struct World {
-    faults: Arc<Faults>,
-    source: Arc<SimVolume>,
-    source_store: Arc<SimStore>,
-    target: Arc<SimVolume>,
-    target_store: Arc<SimStore>,
-}
-
 fn initial() -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(7);
     let mut data = vec![0u8; SIZE as usize];
@@ -208,61 +198,16 @@ fn initial() -> Vec<u8> {
     data
 }
 
-impl World {
-    fn new() -> Self {
-        let faults = Faults::new();
-        let source = SimVolume::new("src", SIZE, REGION, faults.clone());
-        source.fill(&initial());
-        World {
-            source_store: SimStore::new("src", faults.clone()),
-            target: SimVolume::new("dst", SIZE, REGION, faults.clone()),
-            target_store: SimStore::new("dst", faults.clone()),
-            source,
-            faults,
-        }
-    }
+fn new_world() -> SimWorld {
+    SimWorld::new(&initial(), REGION)
+}
 
-    fn start(&self) -> ferry_core::Result<Arc<MigratingVolume>> {
-        MigratingVolume::start(
-            self.source.clone(),
-            self.source_store.clone(),
-            self.target.clone(),
-            self.target_store.clone(),
-            MigrationPlan {
-                source_spec: "sim:src".into(),
-                target_spec: "sim:dst".into(),
-                source_info: info(&[]),
-                region_size: REGION,
-                rate_limit: None,
-                adaptive: false,
-                paused: false,
-            },
-        )
-    }
-
-    /// What a restarted host opens by the volume's name.
-    fn reopen(&self) -> ferry_core::Result<Served> {
-        if self.target_store.destroyed() || self.target_store.load_record()?.is_none() {
-            return Ok(Served::Plain(self.source.clone()));
-        }
-        let src: (Arc<dyn Volume>, Arc<dyn MetaStore>) =
-            (self.source.clone(), self.source_store.clone());
-        Ok(
-            match reopen_target((self.target.clone(), self.target_store.clone()), |_| {
-                Ok(src)
-            })? {
-                Reopened::Migrating(m) => Served::Migrating(m),
-                Reopened::Plain(v) => Served::Plain(v),
-            },
-        )
-    }
-
-    fn power_loss(&self, rng: &mut StdRng) {
-        self.source.power_crash(rng);
-        self.target.power_crash(rng);
-        self.target_store.power_crash(rng);
-        self.source_store.power_crash(rng);
-    }
+/// What a restarted host opens by the volume's name.
+fn reopen(world: &SimWorld) -> ferry_core::Result<Served> {
+    Ok(match world.reopen()? {
+        Reopened::Migrating(m) => Served::Migrating(m),
+        Reopened::Plain(v) => Served::Plain(v),
+    })
 }
 
 enum Served {
@@ -313,18 +258,8 @@ impl Model {
     fn check_process_crash(&mut self, got: &[u8], cut: Option<(u64, Vec<u8>)>, ctx: &str) {
         if let Some((off, new)) = &cut {
             let end = off + new.len() as u64;
-            let mut at = *off;
-            while at < end {
-                let piece_end = ((at / REGION + 1) * REGION).min(end);
-                let (s, e) = (at as usize, piece_end as usize);
-                let n = (at - off) as usize;
-                let piece_new = &new[n..n + (e - s)];
-                let old = &self.acked[s..e];
-                assert!(
-                    got[s..e] == *old || got[s..e] == *piece_new,
-                    "{ctx}: piece {s}..{e} of the cut-short write is neither all old nor all new"
-                );
-                at = piece_end;
+            if let Err(e) = pieces_all_or_nothing(got, &self.acked, *off, new, REGION) {
+                panic!("{ctx}: {e}");
             }
             // What landed counts as written (and unflushed).
             let landed = got[*off as usize..end as usize].to_vec();
@@ -375,12 +310,12 @@ fn intended(op: &Op) -> Option<(u64, Vec<u8>)> {
 
 /// Runs `ops` against `world`, updating `model` with what is acknowledged.
 /// Returns the op a crash cut short, if one did.
-fn run(world: &World, served: &mut Served, ops: &[Op], model: &mut Model) -> Option<Op> {
+fn run(world: &SimWorld, served: &mut Served, ops: &[Op], model: &mut Model) -> Option<Op> {
     let mut cursor = CopyCursor::new(config());
     for op in ops {
         let result: ferry_core::Result<()> = (|| {
             match *op {
-                Start => *served = Served::Migrating(world.start()?),
+                Start => *served = Served::Migrating(world.start(world.plan())?),
                 Write { off, len, seed } => {
                     let data = pattern(len, seed, off);
                     served.volume().expect("served").write_at(&data, off)?;
@@ -415,7 +350,7 @@ fn run(world: &World, served: &mut Served, ops: &[Op], model: &mut Model) -> Opt
                 }
                 Restart => {
                     *served = Served::None;
-                    *served = world.reopen()?;
+                    *served = reopen(&world)?;
                     cursor = CopyCursor::new(config());
                 }
             }
@@ -444,10 +379,8 @@ fn read_all(vol: &dyn Volume) -> Vec<u8> {
 }
 
 /// Reopens after a crash and checks the model; returns what is served.
-fn recover(world: &World, model: &mut Model, power: bool, cut: Option<Op>, ctx: &str) -> Served {
-    let served = world
-        .reopen()
-        .unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
+fn recover(world: &SimWorld, model: &mut Model, power: bool, cut: Option<Op>, ctx: &str) -> Served {
+    let served = reopen(world).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
     let got = read_all(served.volume().expect("served"));
     let cut = cut.as_ref().and_then(intended);
     if power {
@@ -460,7 +393,13 @@ fn recover(world: &World, model: &mut Model, power: bool, cut: Option<Op>, ctx: 
 
 /// The second life after a recovery: writes and a flush, kill -9, reopen,
 /// then power loss, reopen, and the migration driven to its end.
-fn second_life(world: &World, mut served: Served, model: &mut Model, rng: &mut StdRng, ctx: &str) {
+fn second_life(
+    world: &SimWorld,
+    mut served: Served,
+    model: &mut Model,
+    rng: &mut StdRng,
+    ctx: &str,
+) {
     let ops = [
         Write {
             off: 77,
@@ -498,7 +437,7 @@ fn second_life(world: &World, mut served: Served, model: &mut Model, rng: &mut S
         );
     }
     drop(served);
-    let again = world.reopen().unwrap();
+    let again = reopen(&world).unwrap();
     assert_eq!(
         read_all(again.volume().unwrap()),
         model.acked,
@@ -508,7 +447,7 @@ fn second_life(world: &World, mut served: Served, model: &mut Model, rng: &mut S
 
 /// The named points a clean run of `ops` passes, in order.
 fn dry_run(ops: &[Op]) -> Vec<&'static str> {
-    let world = World::new();
+    let world = new_world();
     world.faults.arm_named(usize::MAX);
     let mut model = Model::new();
     let mut served = Served::None;
@@ -523,7 +462,7 @@ fn dry_run(ops: &[Op]) -> Vec<&'static str> {
 
 /// Named points a power-loss recovery of `crash_at` passes.
 fn recovery_trace(ops: &[Op], crash_at: usize, seed: u64) -> Vec<&'static str> {
-    let world = World::new();
+    let world = new_world();
     let mut model = Model::new();
     let mut served = Served::None;
     world.faults.arm_named(crash_at);
@@ -532,7 +471,7 @@ fn recovery_trace(ops: &[Op], crash_at: usize, seed: u64) -> Vec<&'static str> {
     world.faults.disarm();
     world.power_loss(&mut StdRng::seed_from_u64(seed));
     world.faults.arm_named(usize::MAX);
-    let served = world.reopen().unwrap();
+    let served = reopen(&world).unwrap();
     if let Served::Migrating(m) = &served {
         CopyCursor::new(config()).run_to_end(m).unwrap();
         if m.state() == MigrationState::Copied {
@@ -553,7 +492,7 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
                 if power { "power" } else { "process" }
             );
             let mut rng = StdRng::seed_from_u64(at as u64 * 2 + power as u64);
-            let world = World::new();
+            let world = new_world();
             let mut model = Model::new();
             let mut served = Served::None;
             world.faults.arm_named(at);
@@ -584,7 +523,7 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
             let ctx = format!(
                 "{name}: power crash at {at} ({point}), then a crash in recovery at {again} ({again_point})"
             );
-            let world = World::new();
+            let world = new_world();
             let mut model = Model::new();
             let mut served = Served::None;
             world.faults.arm_named(at);
@@ -595,7 +534,7 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
             world.power_loss(&mut rng);
             // The recovery, crashing at its `again`-th point.
             world.faults.arm_named(again);
-            let mut served = match world.reopen() {
+            let mut served = match reopen(&world) {
                 Ok(s) => s,
                 Err(_) => Served::None,
             };
@@ -615,9 +554,7 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
             // The recovery wrote nothing an initiator saw, so the first
             // power loss's rules still hold, now after a second crash of
             // either kind; check with a process crash, then power loss.
-            let served = world
-                .reopen()
-                .unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
+            let served = reopen(&world).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
             let got = read_all(served.volume().unwrap());
             let mut m2 = model.clone();
             m2.check_power_loss(&got, cut.as_ref().and_then(intended), &ctx);
@@ -633,11 +570,11 @@ fn every_named_point_crashed_both_ways_keeps_every_acknowledged_write() {
     let (mut seen, forward_cases) = explore("forward", &forward());
     let (aborted_seen, aborted_cases) = explore("aborted", &aborted());
     seen.extend(aborted_seen);
-    let all: BTreeSet<&'static str> = faults::ALL.iter().copied().collect();
+    let all: BTreeSet<&'static str> = faults::ENGINE.iter().copied().collect();
     let unknown: Vec<_> = seen.difference(&all).collect();
     assert!(
         unknown.is_empty(),
-        "points missing from faults::ALL: {unknown:?}"
+        "points missing from faults::ENGINE: {unknown:?}"
     );
     let missed: Vec<_> = all.difference(&seen).collect();
     assert!(missed.is_empty(), "points no scenario reaches: {missed:?}");

@@ -3,92 +3,52 @@
 //! Each builds the interleaving it needs with channels and fault points,
 //! not sleeps, and checks what power loss *at the instant a flush returns*
 //! would leave (`fork_power_lost`).
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::migrate::{reopen_target, Reopened};
-use ferry_core::sim::{info, Faults, SimStore, SimVolume};
+use ferry_core::sim::{SimStore, SimVolume, SimWorld};
 use ferry_core::{Error, MetaStore, MigratingVolume, MigrationPlan, Volume};
-use parking_lot::Mutex;
 
 /// 16 KiB regions of 512-byte blocks, so an 8-block write is a copy-up.
 const REGION: u64 = 16384;
 const SIZE: u64 = 8 * REGION;
 
-struct World {
-    faults: Arc<Faults>,
-    source: Arc<SimVolume>,
-    source_store: Arc<SimStore>,
-    target: Arc<dyn Volume>,
-    target_sim: Arc<SimVolume>,
-    target_store: Arc<SimStore>,
-}
-
 fn source_bytes() -> Vec<u8> {
     (0..SIZE).map(|i| (i % 251) as u8 | 0x80).collect()
 }
 
-fn world_with_target(wrap: impl FnOnce(Arc<SimVolume>) -> Arc<dyn Volume>) -> World {
-    let faults = Faults::new();
-    let source = SimVolume::new("src", SIZE, REGION, faults.clone());
-    source.fill(&source_bytes());
-    let target_sim = SimVolume::new("dst", SIZE, REGION, faults.clone());
-    World {
-        source_store: SimStore::new("src", faults.clone()),
-        target: wrap(target_sim.clone()),
-        target_sim,
-        target_store: SimStore::new("dst", faults.clone()),
-        source,
-        faults,
-    }
+fn world() -> SimWorld {
+    SimWorld::new(&source_bytes(), REGION)
 }
 
-fn world() -> World {
-    world_with_target(|t| t)
-}
-
-fn start(w: &World) -> Arc<MigratingVolume> {
-    MigratingVolume::start(
-        w.source.clone(),
-        w.source_store.clone(),
-        w.target.clone(),
-        w.target_store.clone(),
-        MigrationPlan {
-            source_spec: "sim:src".into(),
-            target_spec: "sim:dst".into(),
-            source_info: info(&[]),
-            region_size: REGION,
-            rate_limit: None,
-            adaptive: false,
-            paused: true,
-        },
-    )
+/// A paused migration: only the test's own writes move regions.
+fn start(w: &SimWorld) -> Arc<MigratingVolume> {
+    w.start(MigrationPlan {
+        paused: true,
+        ..w.plan()
+    })
     .unwrap()
 }
 
-/// Reopens by the target's name with the given objects (a restart).
-fn reopen(
-    source: Arc<SimVolume>,
-    source_store: Arc<SimStore>,
-    target: Arc<dyn Volume>,
-    target_store: Arc<SimStore>,
-) -> Arc<MigratingVolume> {
-    let src: (Arc<dyn Volume>, Arc<dyn MetaStore>) = (source, source_store);
-    match reopen_target((target, target_store), |_| Ok(src)).unwrap() {
+/// A restart: the migration reopened by the target's name.
+fn reopen(w: &SimWorld) -> Arc<MigratingVolume> {
+    match w.reopen().unwrap() {
         Reopened::Migrating(m) => m,
         Reopened::Plain(_) => panic!("the migration should still be in progress"),
     }
 }
 
 /// What power loss right now would leave, reopened after the reboot.
-fn power_lost_now(w: &World) -> Arc<MigratingVolume> {
-    reopen(
-        w.source.fork_power_lost(),
-        w.source_store.fork_power_lost(),
-        w.target_sim.fork_power_lost(),
-        w.target_store.fork_power_lost(),
-    )
+fn power_lost_now(w: &SimWorld) -> Arc<MigratingVolume> {
+    let source: Arc<dyn Volume> = w.source.fork_power_lost();
+    let source_store: Arc<dyn MetaStore> = w.source_store.fork_power_lost();
+    let target: Arc<SimVolume> = w.target.fork_power_lost();
+    let target_store: Arc<SimStore> = w.target_store.fork_power_lost();
+    match reopen_target((target, target_store), |_| Ok((source, source_store))).unwrap() {
+        Reopened::Migrating(m) => m,
+        Reopened::Plain(_) => panic!("the migration should still be in progress"),
+    }
 }
 
 fn read(vol: &dyn Volume, off: u64, len: usize) -> Vec<u8> {
@@ -108,12 +68,7 @@ fn flush_after_a_same_boot_restart_confirms_what_the_dead_process_migrated() {
     vol.write_at(&first, 0).unwrap();
     // kill -9: the page cache (and so the migrated bit) survives.
     drop(vol);
-    let vol = reopen(
-        w.source.clone(),
-        w.source_store.clone(),
-        w.target.clone(),
-        w.target_store.clone(),
-    );
+    let vol = reopen(&w);
     assert!(vol.index().is_migrated(0), "same boot: the bit is trusted");
     let second = vec![0x22; 512]; // LBA 8 with FUA, then SYNCHRONIZE CACHE
     vol.write_at(&second, 4096).unwrap();
@@ -133,63 +88,21 @@ fn flush_after_a_same_boot_restart_confirms_what_the_dead_process_migrated() {
     );
 }
 
-/// A target whose first flush waits until the test opens a gate.
-struct GatedFlush {
-    inner: Arc<SimVolume>,
-    gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
-}
-
-impl Volume for GatedFlush {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn object_size(&self) -> u64 {
-        self.inner.object_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> ferry_core::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> ferry_core::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> ferry_core::Result<()> {
-        let gate = self.gate.lock().take();
-        if let Some((entered, open)) = gate {
-            entered.send(()).unwrap();
-            open.recv().unwrap();
-        }
-        self.inner.flush()
-    }
-    fn allocated(&self, offset: u64, len: u64) -> ferry_core::Result<Vec<ferry_core::Extent>> {
-        self.inner.allocated(offset, len)
-    }
-}
-
 /// Defect 2 of issue 13: while one flush's checkpoint is inside its data
 /// flush, a second flush must not return before that checkpoint has
 /// confirmed the region the first one took. Power loss at the instant the
 /// second flush returns must keep the write both flushes cover.
 #[test]
 fn a_flush_does_not_return_while_an_earlier_checkpoint_is_still_running() {
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (open_tx, open_rx) = mpsc::channel();
-    let w = world_with_target(|inner| {
-        Arc::new(GatedFlush {
-            inner,
-            gate: Mutex::new(Some((entered_tx, open_rx))),
-        })
-    });
-    let w = Arc::new(w);
+    let w = world();
     let vol = start(&w);
     let data = vec![0x33; REGION as usize];
     vol.write_at(&data, REGION).unwrap(); // a whole region: marked at once
+    let held = w.target.hold_next_flush();
     std::thread::scope(|s| {
         let first = s.spawn(|| vol.flush());
-        entered_rx.recv().unwrap(); // the first checkpoint is in its flush
-        let (done_tx, done_rx) = mpsc::channel();
+        held.arrived.recv().unwrap(); // the first checkpoint is in its flush
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let (vol2, w2) = (&vol, &w);
         let second = s.spawn(move || {
             let result = vol2.flush();
@@ -201,7 +114,7 @@ fn a_flush_does_not_return_while_an_earlier_checkpoint_is_still_running() {
         // Give the second flush the chance to return early (it must not);
         // the bound only decides when to stop waiting for that.
         let returned_early = done_rx.recv_timeout(Duration::from_millis(500)).is_ok();
-        open_tx.send(()).unwrap();
+        held.release.send(()).unwrap();
         first.join().unwrap().unwrap();
         let (result, image) = second.join().unwrap();
         result.unwrap();
@@ -247,12 +160,7 @@ fn a_failed_index_write_fences_the_volume_instead_of_acknowledging_later_writes(
     // whose bytes are intact.
     drop(vol);
     w.faults.disarm();
-    let vol = reopen(
-        w.source.clone(),
-        w.source_store.clone(),
-        w.target.clone(),
-        w.target_store.clone(),
-    );
+    let vol = reopen(&w);
     let got = read(vol.as_ref(), 2 * REGION, 1024);
     let src = &source_bytes()[2 * REGION as usize..2 * REGION as usize + 1024];
     assert!(

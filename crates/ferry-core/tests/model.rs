@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
-use ferry_core::migrate::{reopen_target, Reopened};
-use ferry_core::sim::{info, Faults, SimStore, SimVolume};
+use ferry_core::migrate::Reopened;
+use ferry_core::sim::{info, pieces_all_or_nothing, Faults, SimStore, SimVolume, SimWorld};
 use ferry_core::{Error, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Volume};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -50,77 +50,48 @@ fn pattern(len: usize, seed: u8, off: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A world of simulated volumes: source, target and their stores.
-struct World {
-    faults: Arc<Faults>,
-    source: Arc<SimVolume>,
-    source_store: Arc<SimStore>,
-    target: Arc<SimVolume>,
-    target_store: Arc<SimStore>,
+/// A world of `size` bytes whose source holds `initial` (zeroes past it).
+fn world(size: u64, initial: &[u8]) -> SimWorld {
+    let mut data = initial.to_vec();
+    data.resize(size as usize, 0);
+    SimWorld::new(&data, REGION)
 }
 
-impl World {
-    fn new(size: u64, initial: &[u8]) -> Self {
-        let faults = Faults::new();
-        let source = SimVolume::new("src", size, REGION, faults.clone());
-        source.fill(initial);
-        World {
-            source_store: SimStore::new("src", faults.clone()),
-            target: SimVolume::new("dst", size, REGION, faults.clone()),
-            target_store: SimStore::new("dst", faults.clone()),
-            source,
-            faults,
-        }
-    }
+fn start(world: &SimWorld) -> ferry_core::Result<Arc<MigratingVolume>> {
+    world.start(world.plan())
+}
 
-    fn start(&self) -> ferry_core::Result<Arc<MigratingVolume>> {
-        MigratingVolume::start(
-            self.source.clone(),
-            self.source_store.clone(),
-            self.target.clone(),
-            self.target_store.clone(),
-            MigrationPlan {
-                source_spec: "sim:src".into(),
-                target_spec: "sim:dst".into(),
-                source_info: info(&[("pool", "a")]),
-                region_size: REGION,
-                rate_limit: None,
-                adaptive: false,
-                paused: false,
-            },
-        )
-    }
+/// The volume a restarted host serves.
+fn reopen(world: &SimWorld) -> ferry_core::Result<Arc<dyn Volume>> {
+    world.reopen().map(|r| r.volume())
+}
 
-    /// Opens what a restarted host would open, by the target's name.
-    fn reopen(&self) -> ferry_core::Result<Arc<dyn Volume>> {
-        // No record: the migration never started (or was discarded), and
-        // the volume is the source, as the host finds it by the marker.
-        if self.target_store.destroyed() || self.target_store.load_record()?.is_none() {
-            return Ok(self.source.clone());
-        }
-        let src: (Arc<dyn Volume>, Arc<dyn MetaStore>) =
-            (self.source.clone(), self.source_store.clone());
-        let r = reopen_target((self.target.clone(), self.target_store.clone()), |_| {
-            Ok(src)
-        })?;
-        Ok(r.volume())
+/// The migration a restarted host resumes, if one is still in progress.
+fn reopen_migrating(world: &SimWorld) -> Option<Arc<MigratingVolume>> {
+    match world.reopen().unwrap() {
+        Reopened::Migrating(m) => Some(m),
+        Reopened::Plain(_) => None,
     }
+}
 
-    fn reopen_migrating(&self) -> Option<Arc<MigratingVolume>> {
-        if self.target_store.destroyed() {
-            return None;
-        }
-        let src: (Arc<dyn Volume>, Arc<dyn MetaStore>) =
-            (self.source.clone(), self.source_store.clone());
-        match reopen_target((self.target.clone(), self.target_store.clone()), |_| {
-            Ok(src)
-        })
-        .unwrap()
-        {
-            Reopened::Migrating(m) => Some(m),
-            Reopened::Plain(_) => None,
-        }
+/// Device calls the ops make on a fresh world, counted from the start of
+/// the migration (`count_start`) or from just after it.
+fn dry_run_points(seed: u64, size: u64, ops: &[Op], count_start: bool) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut model = initial_data(size, &mut rng);
+    let world = world(size, &model);
+    if count_start {
+        world.faults.arm(u64::MAX);
     }
+    let vol = start(&world).unwrap();
+    if !count_start {
+        world.faults.arm(u64::MAX);
+    }
+    let mut cursor = CopyCursor::new(small_config());
+    for op in ops {
+        apply(&vol, &mut cursor, &mut model, op).unwrap();
+    }
+    world.faults.points()
 }
 
 fn initial_data(size: u64, rng: &mut StdRng) -> Vec<u8> {
@@ -237,8 +208,8 @@ proptest! {
     ) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut model = initial_data(size, &mut rng);
-        let world = World::new(size, &model);
-        let vol = world.start().unwrap();
+        let world = world(size, &model);
+        let vol = start(&world).unwrap();
         let mut cursor = CopyCursor::new(small_config());
         for op in &ops {
             let op = clamp(op, size);
@@ -250,7 +221,7 @@ proptest! {
         // The migration ended one way or the other; what a restart opens
         // holds the same bytes.
         drop(vol);
-        let reopened = world.reopen().unwrap();
+        let reopened = reopen(&world).unwrap();
         prop_assert!(same(&read_all(reopened.as_ref()), &model), "{}", diff(&read_all(reopened.as_ref()), &model));
     }
 
@@ -265,8 +236,8 @@ proptest! {
         let size = 16 * REGION;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut model = initial_data(size, &mut rng);
-        let world = World::new(size, &model);
-        let vol = world.start().unwrap();
+        let world = world(size, &model);
+        let vol = start(&world).unwrap();
         let mut cursor = CopyCursor::new(small_config());
         for op in ops.iter().filter(|o| !matches!(o, Op::Abort | Op::Commit)) {
             apply(&vol, &mut cursor, &mut model, op).unwrap();
@@ -302,29 +273,18 @@ proptest! {
     ) {
         let size = 16 * REGION;
         // Dry run: how many fault points these ops pass.
-        let points = {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut model = initial_data(size, &mut rng);
-            let world = World::new(size, &model);
-            world.faults.arm(u64::MAX);
-            let vol = world.start().unwrap();
-            let mut cursor = CopyCursor::new(small_config());
-            for op in &ops {
-                apply(&vol, &mut cursor, &mut model, op).unwrap();
-            }
-            world.faults.points()
-        };
+        let points = dry_run_points(seed, size, &ops, true);
         let crash_at = (crash_frac * points as f64) as u64;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut model = initial_data(size, &mut rng);
-        let world = World::new(size, &model);
+        let world = world(size, &model);
         world.faults.arm(crash_at);
         // What may be on disk for each byte: the value at the last flush and
         // every value written since (power loss may keep any of them).
         let mut durable = model.clone();
         let mut since_flush: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut in_flight: Option<(u64, Vec<u8>)> = None;
-        if let Ok(vol) = world.start() {
+        if let Ok(vol) = start(&world) {
             let mut cursor = CopyCursor::new(small_config());
             for op in &ops {
                 let before = model.clone();
@@ -350,47 +310,33 @@ proptest! {
         world.faults.disarm();
         if !power && kill_then_power {
             // kill -9, a reopen that serves nothing, then power loss.
-            drop(world.reopen().unwrap());
+            drop(reopen(&world).unwrap());
         }
         let power = power || kill_then_power;
         if power {
-            world.source.power_crash(&mut rng);
-            world.target.power_crash(&mut rng);
-            world.target_store.power_crash(&mut rng);
+            world.power_loss(&mut rng);
         }
         if let Some(frac) = recovery_crash {
             // The recovery crashes too (a process crash in the same boot),
             // at a point of its own: the reopen and the rest of the copy.
             world.faults.arm(u64::MAX);
-            if let Some(m) = world.reopen_migrating() {
+            if let Some(m) = reopen_migrating(&world) {
                 let _ = CopyCursor::new(small_config()).run_to_end(&m);
             }
             let recovery_points = world.faults.points();
             world.faults.arm((frac * recovery_points as f64) as u64);
-            if let Ok(v) = world.reopen() {
-                drop(v);
-                if let Some(m) = reopen_migrating_quiet(&world) {
-                    let _ = CopyCursor::new(small_config()).run_to_end(&m);
-                }
+            // The recovery may crash anywhere, so its errors are expected.
+            if let Ok(Reopened::Migrating(m)) = world.reopen() {
+                let _ = CopyCursor::new(small_config()).run_to_end(&m);
             }
             world.faults.disarm();
         }
-        let vol = world.reopen().unwrap();
+        let vol = reopen(&world).unwrap();
         let got = read_all(vol.as_ref());
         if !power {
             if let Some((off, data)) = &in_flight {
-                // Each region piece of the cut-short write: all or nothing.
-                let end = off + data.len() as u64;
-                let mut at = *off;
-                while at < end {
-                    let e = ((at / REGION + 1) * REGION).min(end);
-                    let (s, e) = (at as usize, e as usize);
-                    let n = (at - off) as usize;
-                    prop_assert!(
-                        got[s..e] == model[s..e] || got[s..e] == data[n..n + e - s],
-                        "piece {}..{} of the cut-short write is neither old nor new", s, e
-                    );
-                    at = e as u64;
+                if let Err(e) = pieces_all_or_nothing(&got, &model, *off, data, REGION) {
+                    prop_assert!(false, "{}", e);
                 }
             }
         }
@@ -412,14 +358,14 @@ proptest! {
         }
         // Whatever survived is now the truth; finishing must keep it.
         drop(vol);
-        if let Some(m) = world.reopen_migrating() {
+        if let Some(m) = reopen_migrating(&world) {
             if abort_after {
                 m.abort().unwrap();
             }
             finish(&m);
             prop_assert!(same(&read_all(m.as_ref()), &got), "after finish: {}", diff(&read_all(m.as_ref()), &got));
         }
-        let again = world.reopen().unwrap();
+        let again = reopen(&world).unwrap();
         prop_assert!(same(&read_all(again.as_ref()), &got), "after reopen: {}", diff(&read_all(again.as_ref()), &got));
     }
 
@@ -434,22 +380,11 @@ proptest! {
         ops in proptest::collection::vec(op_strategy(16 * REGION), 1..60),
     ) {
         let size = 16 * REGION;
-        let points = {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut model = initial_data(size, &mut rng);
-            let world = World::new(size, &model);
-            let vol = world.start().unwrap();
-            world.faults.arm(u64::MAX);
-            let mut cursor = CopyCursor::new(small_config());
-            for op in &ops {
-                apply(&vol, &mut cursor, &mut model, op).unwrap();
-            }
-            world.faults.points()
-        };
+        let points = dry_run_points(seed, size, &ops, false);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut model = initial_data(size, &mut rng);
-        let world = World::new(size, &model);
-        let vol = world.start().unwrap();
+        let world = world(size, &model);
+        let vol = start(&world).unwrap();
         world.faults.fail_once((fail_frac * points as f64) as u64);
         let mut cursor = CopyCursor::new(small_config());
         let mut failed = false;
@@ -480,46 +415,23 @@ proptest! {
             // Fenced after the failure: nothing was acknowledged since. A
             // restart must hold every write acknowledged before it.
             drop(vol);
-            let again = world.reopen().unwrap();
+            let again = reopen(&world).unwrap();
             let got = read_all(again.as_ref());
             if let Some((off, data)) = &uncertain {
                 // The failed op: each region piece all old or all new.
-                let end = off + data.len() as u64;
-                let mut at = *off;
-                while at < end {
-                    let e = ((at / REGION + 1) * REGION).min(end);
-                    let (s, e) = (at as usize, e as usize);
-                    let n = (at - off) as usize;
-                    prop_assert!(
-                        got[s..e] == model[s..e] || got[s..e] == data[n..n + e - s],
-                        "piece {}..{} of the failed write is neither old nor new", s, e
-                    );
-                    model[s..e].copy_from_slice(&got[s..e]);
-                    at = e as u64;
+                if let Err(e) = pieces_all_or_nothing(&got, &model, *off, data, REGION) {
+                    prop_assert!(false, "{}", e);
                 }
+                let r = *off as usize..*off as usize + data.len();
+                model[r.clone()].copy_from_slice(&got[r]);
             }
             prop_assert!(same(&got, &model), "after fence and restart: {}", diff(&got, &model));
         } else {
             prop_assert!(same(&read_all(vol.as_ref()), &model), "{}", diff(&read_all(vol.as_ref()), &model));
             drop(vol);
-            let again = world.reopen().unwrap();
+            let again = reopen(&world).unwrap();
             prop_assert!(same(&read_all(again.as_ref()), &model), "after restart: {}", diff(&read_all(again.as_ref()), &model));
         }
-    }
-}
-
-/// Reopens the migration without panicking (the recovery may crash).
-fn reopen_migrating_quiet(world: &World) -> Option<Arc<MigratingVolume>> {
-    if world.target_store.destroyed() {
-        return None;
-    }
-    let src: (Arc<dyn Volume>, Arc<dyn MetaStore>) =
-        (world.source.clone(), world.source_store.clone());
-    match reopen_target((world.target.clone(), world.target_store.clone()), |_| {
-        Ok(src)
-    }) {
-        Ok(Reopened::Migrating(m)) => Some(m),
-        _ => None,
     }
 }
 
@@ -581,7 +493,7 @@ fn intended(op: &Op, size: u64) -> Option<(u64, Vec<u8>)> {
 
 #[test]
 fn bad_region_size_is_refused_and_nothing_written() {
-    let world = World::new(16 * REGION, &[]);
+    let world = world(16 * REGION, &[]);
     let err = MigratingVolume::start(
         world.source.clone(),
         world.source_store.clone(),
@@ -633,8 +545,8 @@ fn target_smaller_than_source_is_refused() {
 
 #[test]
 fn source_already_migrating_is_refused() {
-    let world = World::new(16 * REGION, &[]);
-    let _vol = world.start().unwrap();
+    let world = world(16 * REGION, &[]);
+    let _vol = start(&world).unwrap();
     let other_target = SimVolume::new("dst2", 16 * REGION, REGION, world.faults.clone());
     let other_store = SimStore::new("dst2", world.faults.clone());
     let err = MigratingVolume::start(
@@ -661,29 +573,29 @@ fn source_already_migrating_is_refused() {
 
 #[test]
 fn corrupt_record_is_reported_not_guessed() {
-    let world = World::new(16 * REGION, &[]);
-    drop(world.start().unwrap());
+    let world = world(16 * REGION, &[]);
+    drop(start(&world).unwrap());
     let mut raw = world.target_store.raw_record().unwrap();
     let mid = raw.len() / 2;
     raw[mid] ^= 0x20;
     world.target_store.set_raw_record(Some(raw));
-    let err = world.reopen().err().unwrap();
+    let err = reopen(&world).err().unwrap();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
 
 #[test]
 fn corrupt_index_is_reported_not_guessed() {
-    let world = World::new(16 * REGION, &[]);
-    drop(world.start().unwrap());
+    let world = world(16 * REGION, &[]);
+    drop(start(&world).unwrap());
     world.target_store.set_raw_index(vec![0xff; 40]);
-    let err = world.reopen().err().unwrap();
+    let err = reopen(&world).err().unwrap();
     assert!(err.to_string().contains("index"), "{err}");
 }
 
 #[test]
 fn commit_before_copy_finishes_is_refused_with_counts() {
-    let world = World::new(16 * REGION, &[]);
-    let vol = world.start().unwrap();
+    let world = world(16 * REGION, &[]);
+    let vol = start(&world).unwrap();
     let err = vol.commit().unwrap_err();
     assert!(
         matches!(
@@ -702,8 +614,8 @@ fn holes_are_marked_without_writing_the_target() {
     let size = 16 * REGION;
     let mut rng = StdRng::seed_from_u64(7);
     let model = initial_data(size, &mut rng);
-    let world = World::new(size, &model);
-    let vol = world.start().unwrap();
+    let world = world(size, &model);
+    let vol = start(&world).unwrap();
     finish(&vol);
     assert_eq!(vol.state(), MigrationState::Committed);
     // Regions 1, 4, 7, ... were holes in the source and stay holes.
@@ -714,8 +626,8 @@ fn holes_are_marked_without_writing_the_target() {
 
 #[test]
 fn failed_flush_fences_the_volume() {
-    let world = World::new(16 * REGION, &[]);
-    let vol = world.start().unwrap();
+    let world = world(16 * REGION, &[]);
+    let vol = start(&world).unwrap();
     vol.write_at(&[1u8; 512], 0).unwrap();
     world.faults.arm(0);
     assert!(vol.flush().is_err());

@@ -580,43 +580,14 @@ mod tests {
         assert_eq!(parse(&rc16), Ok(None));
     }
 
-    /// A volume that counts flushes.
-    struct Counting {
-        inner: Arc<SimVolume>,
-        flushes: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Volume for Counting {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        fn size(&self) -> u64 {
-            self.inner.size()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> ferry_core::Result<()> {
-            self.inner.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> ferry_core::Result<()> {
-            self.inner.write_at(buf, offset)
-        }
-        fn flush(&self) -> ferry_core::Result<()> {
-            self.flushes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.flush()
-        }
-    }
-
     /// Flushes caused by a plain write, a FUA write, a SYNCHRONIZE CACHE,
     /// a WRITE SAME(10) of a zero block, a WRITE SAME(16) with UNMAP and an
     /// UNMAP, in `mode` with the initiator's WCE bit `wce`.
-    fn flushes(mode: CacheMode, wce: bool) -> [usize; 6] {
+    fn flushes(mode: CacheMode, wce: bool) -> [u64; 6] {
         let f = fixture();
-        let vol = Counting {
-            inner: f.vol.clone(),
-            flushes: 0.into(),
-        };
+        let vol = f.vol.as_ref();
         let lun = LunContext {
-            volume: &vol,
+            volume: vol,
             block_shift: 9,
             write_cache: wce,
             cache_mode: mode,
@@ -644,10 +615,10 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let before = vol.flushes.load(std::sync::atomic::Ordering::Relaxed);
+            let before = vol.flushes();
             let cmd = parse(cdb).unwrap().unwrap();
             execute(&lun, &cmd, data_out, &mut []).unwrap();
-            out[i] = vol.flushes.load(std::sync::atomic::Ordering::Relaxed) - before;
+            out[i] = vol.flushes() - before;
         }
         out
     }

@@ -416,32 +416,6 @@ mod tests {
         assert!(!write_needs_flush(&[]));
     }
 
-    /// A volume that counts flushes.
-    struct Counting {
-        inner: Arc<ferry_core::sim::SimVolume>,
-        flushes: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Volume for Counting {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        fn size(&self) -> u64 {
-            self.inner.size()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> ferry_core::Result<()> {
-            self.inner.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> ferry_core::Result<()> {
-            self.inner.write_at(buf, offset)
-        }
-        fn flush(&self) -> ferry_core::Result<()> {
-            self.flushes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.flush()
-        }
-    }
-
     #[test]
     fn unmap_callouts_flush_as_writes_do() {
         use ferry_core::CacheMode::{self, *};
@@ -452,21 +426,18 @@ mod tests {
             &[0x41, 0x08, 0, 0, 0, 8, 0, 0, 8, 0],
             &[0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0],
         ];
-        let flushes = |mode: CacheMode, wce: bool| -> Vec<usize> {
-            let vol = Counting {
-                inner: ferry_core::sim::SimVolume::new(
-                    "lun",
-                    1 << 20,
-                    4096,
-                    ferry_core::sim::Faults::new(),
-                ),
-                flushes: 0.into(),
-            };
+        let flushes = |mode: CacheMode, wce: bool| -> Vec<u64> {
+            let vol = ferry_core::sim::SimVolume::new(
+                "lun",
+                1 << 20,
+                4096,
+                ferry_core::sim::Faults::new(),
+            );
             cdbs.iter()
                 .map(|cdb| {
-                    let before = vol.flushes.load(std::sync::atomic::Ordering::Relaxed);
+                    let before = vol.flushes();
                     discard(&vol, 4096, 4096, flush_needed(mode, wce, cdb)).unwrap();
-                    vol.flushes.load(std::sync::atomic::Ordering::Relaxed) - before
+                    vol.flushes() - before
                 })
                 .collect()
         };
