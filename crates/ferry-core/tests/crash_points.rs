@@ -350,7 +350,7 @@ fn run(world: &SimWorld, served: &mut Served, ops: &[Op], model: &mut Model) -> 
                 }
                 Restart => {
                     *served = Served::None;
-                    *served = reopen(&world)?;
+                    *served = reopen(world)?;
                     cursor = CopyCursor::new(config());
                 }
             }
@@ -437,7 +437,7 @@ fn second_life(
         );
     }
     drop(served);
-    let again = reopen(&world).unwrap();
+    let again = reopen(world).unwrap();
     assert_eq!(
         read_all(again.volume().unwrap()),
         model.acked,
