@@ -320,22 +320,7 @@ fn bad_input_gets_errors_or_sense_and_tgtd_survives() {
         let out = t.add_ferry_lun(1, 1, spec);
         assert!(!out.status.success(), "{spec:?} was accepted");
     }
-    let out = t.tgtadm(&[
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "1",
-        "--bstype",
-        "ferry",
-        "--backing-store",
-        &src,
-        "--bsopts",
-        "bogus=1",
-    ]);
+    let out = t.add_ferry_lun_with(1, 1, &src, &["--bsopts", "bogus=1"]);
     assert!(!out.status.success(), "unknown --bsopts accepted");
     assert!(t.alive());
     let log = t.log_text();
@@ -447,26 +432,9 @@ fn cache_modes_show_in_wce_and_follow_changes() {
     );
     t.add_target(1);
     // A typo in the mode is refused; a LUN starts in the mode asked for.
-    let lun = |n: &str, bsopts: &str| {
-        t.tgtadm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            n,
-            "--bstype",
-            "ferry",
-            "--backing-store",
-            &vol,
-            "--bsopts",
-            bsopts,
-        ])
-    };
-    assert!(!lun("1", "cache=fast").status.success());
-    check(&lun("1", "cache=writethrough"), "LUN in writethrough");
+    let lun = |n: u32, bsopts: &str| t.add_ferry_lun_with(1, n, &vol, &["--bsopts", bsopts]);
+    assert!(!lun(1, "cache=fast").status.success());
+    check(&lun(1, "cache=writethrough"), "LUN in writethrough");
     let mut s = Session::connect(&t.url(1, 1)).unwrap();
     assert!(!wce(&mut s), "writethrough shows WCE=0");
     // An initiator cannot turn the cache on in writethrough: the mode
@@ -740,22 +708,7 @@ fn lun_of_4096_byte_blocks_places_data_by_4096_and_refuses_past_the_end() {
     let blocks: u64 = 2048;
     t.add_target(1);
     check(
-        &t.tgtadm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--bstype",
-            "ferry",
-            "--backing-store",
-            &spec,
-            "--blocksize",
-            "4096",
-        ]),
+        &t.add_ferry_lun_with(1, 1, &spec, &["--blocksize", "4096"]),
         "adding a ferry LUN with 4096-byte blocks",
     );
     let mut s = Session::connect(&t.url(1, 1)).unwrap();

@@ -220,20 +220,29 @@ impl Tgtd {
 
     /// Adds a ferry LUN; returns tgtadm's output (callers check failures).
     pub fn add_ferry_lun(&self, tid: u32, lun: u32, spec: &str) -> Output {
-        self.tgtadm(&[
+        self.add_ferry_lun_with(tid, lun, spec, &[])
+    }
+
+    /// [`Tgtd::add_ferry_lun`] with more tgtadm options (`--bsopts ...`,
+    /// `--blocksize ...`).
+    pub fn add_ferry_lun_with(&self, tid: u32, lun: u32, spec: &str, extra: &[&str]) -> Output {
+        let (tid, lun) = (tid.to_string(), lun.to_string());
+        let mut args = vec![
             "--op",
             "new",
             "--mode",
             "logicalunit",
             "--tid",
-            &tid.to_string(),
+            &tid,
             "--lun",
-            &lun.to_string(),
+            &lun,
             "--bstype",
             "ferry",
             "--backing-store",
             spec,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.tgtadm(&args)
     }
 
     /// Target 1 with `spec` as its LUN 1 (which must open).
