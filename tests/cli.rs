@@ -36,6 +36,24 @@ fn ok_json(run_dir: &Path, args: &[&str]) -> Value {
     })
 }
 
+/// `ferry migrate start SRC DST --paused --region-size 64K` through
+/// `run`'s control socket (or offline), as JSON.
+fn start_paused(run: &Path, src: &str, dst: &str) -> Value {
+    ok_json(
+        run,
+        &[
+            "migrate",
+            "start",
+            src,
+            dst,
+            "--paused",
+            "--region-size",
+            "64K",
+            "--json",
+        ],
+    )
+}
+
 fn fails_with(run_dir: &Path, args: &[&str], needle: &str) {
     let out = ferry(run_dir, args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -227,19 +245,7 @@ fn migration_of_a_served_volume_is_steered_through_the_control_socket() {
     );
     // The served volume is locked: an offline start would be refused, so
     // this start must have gone through the socket.
-    let p = ok_json(
-        &run,
-        &[
-            "migrate",
-            "start",
-            &src,
-            &dst,
-            "--paused",
-            "--region-size",
-            "64K",
-            "--json",
-        ],
-    );
+    let p = start_paused(&run, &src, &dst);
     assert_eq!(p["state"], "copying");
     assert_eq!(p["paused"], true);
     std::thread::sleep(Duration::from_millis(300));
@@ -297,19 +303,7 @@ fn offline_commands_on_a_served_file_volume_are_refused_until_the_server_dies() 
     let (src, data) = source_with_data(dir.path());
     let dst = format!("file:{}", dir.path().join("dst.img").display());
     let mut server = serve(&run_a, &src);
-    let p = ok_json(
-        &run_a,
-        &[
-            "migrate",
-            "start",
-            &src,
-            &dst,
-            "--paused",
-            "--region-size",
-            "64K",
-            "--json",
-        ],
-    );
+    let p = start_paused(&run_a, &src, &dst);
     assert_eq!(p["state"], "copying");
     for args in [
         &["migrate", "abort", &src][..],
