@@ -80,6 +80,10 @@ pub const ABORT_REMOVE_MARKER: &str = "abort.remove_marker";
 /// A plain (committed or aborted) volume's flush.
 pub const PLAIN_FLUSH: &str = "plain.flush";
 
+/// Opening a file volume for writing: fsync of its directory, so that a
+/// rename a dead process left in the page cache (a restore, a
+/// reservations save) is durable before anything is served on top of it.
+pub const VOLUME_OPEN_SYNC_DIR: &str = "volume.open_sync_dir";
 /// Snapshot create and restore: flushing the served volume before it is
 /// copied (the data an initiator flushed or not, made durable before the
 /// copy is taken of it).
@@ -116,8 +120,10 @@ pub const PR_RENAME: &str = "pr.rename";
 /// so the PR OUT about to be acknowledged) durable.
 pub const PR_SYNC_DIR: &str = "pr.sync_dir";
 
-/// A file volume's snapshot create and restore, in no particular order.
+/// A file volume's snapshot create and restore, and its reopen, in no
+/// particular order.
 pub const SNAPSHOT: &[&str] = &[
+    VOLUME_OPEN_SYNC_DIR,
     SNAPSHOT_FLUSH_VOLUME,
     SNAPSHOT_REMOVE_STALE,
     SNAPSHOT_COPY_DATA,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod snapshot;
+pub mod steps;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
@@ -84,6 +85,15 @@ impl FileVolume {
             });
         }
         if access == Access::Exclusive {
+            // ORDERING: a process that died after renaming a file over
+            // this one (a snapshot restore) or over its reservations slot,
+            // before syncing the directory, left a rename only the page
+            // cache holds. Sync it before anything is served on top of it:
+            // a write flushed after this reopen must not come back, after
+            // power loss, under the name of the replaced file.
+            steps::before(ferry_core::faults::VOLUME_OPEN_SYNC_DIR, path)
+                .map_err(|e| io_err("sync the directory of", path, e))?;
+            sync_dir(path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
@@ -108,26 +118,24 @@ impl FileVolume {
         })
     }
 
-    /// Moves the (open, locked) file to `to`, replacing what is there,
-    /// and syncs the directory: the lock moves with the file, so nothing
-    /// can open `to` in between.
+    /// Moves the (open, locked) file to `to`, replacing what is there:
+    /// the lock moves with the file, so nothing can open `to` in between.
+    /// The rename is durable only after [`FileVolume::sync_dir`].
     pub fn rename_to(mut self, to: &Path) -> Result<Self> {
+        steps::before(ferry_core::faults::RESTORE_RENAME, to)
+            .map_err(|e| io_err("rename", &self.path, e))?;
         fs::rename(&self.path, to).map_err(|e| io_err("rename", &self.path, e))?;
-        let dir = to
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        // Past the rename this file is the volume: a failed directory sync
-        // is reported but must not make the caller keep the old one.
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            log::error!(
-                "{}: syncing the directory after a rename: {e}",
-                to.display()
-            );
-        }
         self.name = to.display().to_string();
         self.path = to.to_path_buf();
         Ok(self)
+    }
+
+    /// fsyncs the directory holding the file: a rename to it
+    /// ([`FileVolume::rename_to`]) is durable once this returns.
+    pub fn sync_dir(&self) -> Result<()> {
+        steps::before(ferry_core::faults::RESTORE_SYNC_DIR, &self.path)
+            .map_err(|e| io_err("sync the directory of", &self.path, e))?;
+        sync_dir(&self.path)
     }
 
     pub fn path(&self) -> &Path {
@@ -248,16 +256,49 @@ fn sync_dir(path: &Path) -> Result<()> {
         .map_err(|e| Error::meta_io("fsync directory", &dir.display().to_string(), e))
 }
 
+/// The named steps of a replacement (`ferry_core::faults`), announced to
+/// [`steps`] before each is done.
+struct ReplaceSteps {
+    write: &'static str,
+    sync: &'static str,
+    rename: &'static str,
+    sync_dir: &'static str,
+}
+
+/// A reservations save: a PR OUT is acknowledged once it returns.
+const RESERVATION_STEPS: ReplaceSteps = ReplaceSteps {
+    write: ferry_core::faults::PR_WRITE_TEMP,
+    sync: ferry_core::faults::PR_SYNC_TEMP,
+    rename: ferry_core::faults::PR_RENAME,
+    sync_dir: ferry_core::faults::PR_SYNC_DIR,
+};
+
 /// Writes `bytes` to `path` atomically and durably.
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file_in_steps(path, bytes, None)
+}
+
+/// [`replace_file`], announcing each step as `named` says.
+// ORDERING: the temporary file is synced before the rename, and the
+// directory after it: a crash at any step leaves the old contents or
+// the new ones, and the new ones are durable when this returns.
+fn replace_file_in_steps(path: &Path, bytes: &[u8], named: Option<&ReplaceSteps>) -> Result<()> {
     let what = path.display().to_string();
     let tmp = sidecar(path, ".tmp");
+    let announce = |point: Option<&'static str>, at: &Path, op: &'static str| match point {
+        Some(p) => steps::before(p, at).map_err(|e| Error::meta_io(op, &what, e)),
+        None => Ok(()),
+    };
+    announce(named.map(|n| n.write), &tmp, "create")?;
     let mut f = File::create(&tmp).map_err(|e| Error::meta_io("create", &what, e))?;
     f.write_all(bytes)
         .map_err(|e| Error::meta_io("write", &what, e))?;
+    announce(named.map(|n| n.sync), &tmp, "fsync")?;
     f.sync_all()
         .map_err(|e| Error::meta_io("fsync", &what, e))?;
+    announce(named.map(|n| n.rename), path, "rename")?;
     fs::rename(&tmp, path).map_err(|e| Error::meta_io("rename", &what, e))?;
+    announce(named.map(|n| n.sync_dir), path, "fsync directory")?;
     sync_dir(path)
 }
 
@@ -412,7 +453,7 @@ impl MetaStore for FileMetaStore {
     }
 
     fn store_reservations(&self, bytes: &[u8]) -> Result<()> {
-        replace_file(&self.reservations_path(), bytes)
+        replace_file_in_steps(&self.reservations_path(), bytes, Some(&RESERVATION_STEPS))
     }
 
     fn remove_index(&self) -> Result<()> {

@@ -17,7 +17,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use ferry_core::faults;
 use rustix::fs::SeekFrom;
+
+use crate::steps;
 
 /// How a copy was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +78,58 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// Copies `src` to a new file `dst` (which must not exist): a reflink if
 /// the filesystem shares blocks, else the allocated ranges only. The copy
-/// is synced, and its directory.
+/// is written under a temporary name (`<dst>~partial`, which is no
+/// snapshot's: `~` is not allowed in names), synced, and only then linked
+/// as `dst` (refused if `dst` appeared meanwhile), and the directory
+/// synced: a crash at any point leaves no `dst` or a whole, durable one,
+/// never a partial copy that [`list`] shows and a restore would accept.
 pub fn copy_volume(src: &Path, dst: &Path) -> io::Result<CopyKind> {
+    let tmp = partial_path(dst);
+    remove_stale(&tmp)?;
+    let kind = copy_into(src, &tmp)?;
+    // ORDERING: the copy is synced (copy_into) before it gets its name,
+    // and the name is synced before this returns.
+    let published =
+        steps::before(faults::SNAPSHOT_PUBLISH, dst).and_then(|()| fs::hard_link(&tmp, dst));
+    if let Err(e) = published {
+        discard(&tmp);
+        return Err(e);
+    }
+    steps::before(faults::SNAPSHOT_REMOVE_TEMP, &tmp)?;
+    fs::remove_file(&tmp)?;
+    steps::before(faults::SNAPSHOT_SYNC_DIR, dst)?;
+    sync_dir(dst)?;
+    Ok(kind)
+}
+
+/// `<path>~partial`: where a copy is written before it is published.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("~partial");
+    PathBuf::from(p)
+}
+
+/// Removes what a crashed copy left at `tmp`, if anything.
+fn remove_stale(tmp: &Path) -> io::Result<()> {
+    steps::before(faults::SNAPSHOT_REMOVE_STALE, tmp)?;
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a copy abandoned after a failure (unless the process is
+/// meant to be dead: a crash test refuses the step).
+fn discard(tmp: &Path) {
+    if steps::before(faults::SNAPSHOT_DISCARD_COPY, tmp).is_ok() {
+        let _ = fs::remove_file(tmp);
+    }
+}
+
+/// Copies `src` to a new file `dst`, synced; its name is not (the caller
+/// publishes it). Removes `dst` on failure.
+fn copy_into(src: &Path, dst: &Path) -> io::Result<CopyKind> {
+    steps::before(faults::SNAPSHOT_COPY_DATA, dst)?;
     let from = File::open(src)?;
     let to = OpenOptions::new().write(true).create_new(true).open(dst)?;
     let result = (|| {
@@ -99,6 +152,7 @@ pub fn copy_volume(src: &Path, dst: &Path) -> io::Result<CopyKind> {
                     let mut at = data;
                     while at < hole {
                         let n = ((hole - at) as usize).min(buf.len()); // < 1 MiB
+                        steps::before(faults::SNAPSHOT_COPY_DATA, dst)?;
                         from.read_exact_at(&mut buf[..n], at)?;
                         to.write_all_at(&buf[..n], at)?;
                         at += n as u64;
@@ -108,12 +162,12 @@ pub fn copy_volume(src: &Path, dst: &Path) -> io::Result<CopyKind> {
                 CopyKind::SparseCopy
             }
         };
+        steps::before(faults::SNAPSHOT_SYNC_COPY, dst)?;
         to.sync_all()?;
-        sync_dir(dst)?;
         Ok(kind)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(dst);
+        discard(dst);
     }
     result
 }
@@ -204,7 +258,8 @@ pub fn delete(volume: &Path, name: &str) -> io::Result<()> {
 }
 
 /// The first half of a restore: copies snapshot `name` of `volume` to a
-/// temporary file beside it (synced) and returns its path. The caller
+/// temporary file beside it (`<path>.restoring`, synced) and returns its
+/// path. The caller
 /// opens it (taking its lock) and renames it over the volume
 /// (`FileVolume::rename_to`), so the volume's path is never unlocked.
 pub fn prepare_restore(volume: &Path, name: &str) -> io::Result<PathBuf> {
@@ -219,8 +274,10 @@ pub fn prepare_restore(volume: &Path, name: &str) -> io::Result<PathBuf> {
     let mut tmp = volume.as_os_str().to_owned();
     tmp.push(".restoring");
     let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    copy_volume(&snap, &tmp)?;
+    remove_stale(&tmp)?;
+    // Synced here; its name becomes durable with the rename over the
+    // volume and the directory sync after it (`FileVolume::rename_to`).
+    copy_into(&snap, &tmp)?;
     Ok(tmp)
 }
 

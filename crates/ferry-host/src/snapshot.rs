@@ -128,6 +128,9 @@ impl Lun {
             }
             SnapshotOp::Create => {
                 let snap = self.quiesced(|vol| {
+                    // ORDERING: flushed before it is copied.
+                    ferry_file::steps::before(ferry_core::faults::SNAPSHOT_FLUSH_VOLUME, path)
+                        .map_err(io("flushing", path))?;
                     vol.flush()?;
                     let (s, kind) = files::create(path, name).map_err(io("snapshotting", path))?;
                     log::info!("{}: snapshot {name} taken ({kind:?})", self.spec());
@@ -149,6 +152,10 @@ impl Lun {
                             why: format!("no snapshot {name} of {}", path.display()),
                         });
                     }
+                    // ORDERING: the volume is flushed before it is copied
+                    // as the `before-restore` snapshot.
+                    ferry_file::steps::before(ferry_core::faults::SNAPSHOT_FLUSH_VOLUME, path)
+                        .map_err(io("flushing", path))?;
                     vol.flush()?;
                     let (s, _) = files::create(path, &safety).map_err(io("snapshotting", path))?;
                     let tmp = files::prepare_restore(path, name)
@@ -161,16 +168,77 @@ impl Lun {
                     let opened = FileVolume::open(&tmp, Access::Exclusive).inspect_err(|_| {
                         let _ = std::fs::remove_file(&tmp);
                     })?;
-                    let restored: Arc<dyn Volume> = Arc::new(opened.rename_to(path)?);
+                    let restored = opened.rename_to(path)?;
+                    // ORDERING: the restore is acknowledged only once the
+                    // rename is durable. Past the rename the restored file
+                    // is the volume (the old descriptor is an unlinked
+                    // file), so if the directory sync fails the LUN serves
+                    // nothing: a write flushed on top of a rename that
+                    // power loss may undo would be lost. A restart decides
+                    // from what the disk holds.
+                    if let Err(e) = restored.sync_dir() {
+                        log::error!("{}: restore fenced: {e}", self.spec());
+                        let fenced = Arc::new(Fenced {
+                            name: restored.name().to_string(),
+                            size: restored.size(),
+                            why: e.to_string(),
+                        });
+                        return Ok((Err(e), Some(fenced as Arc<dyn Volume>)));
+                    }
+                    let restored: Arc<dyn Volume> = Arc::new(restored);
                     log::info!(
                         "{}: restored snapshot {name} (previous state kept as {safety})",
                         self.spec()
                     );
-                    Ok((s, Some(restored)))
-                })?;
+                    Ok((Ok(s), Some(restored)))
+                })??;
                 Ok(vec![info(snap)])
             }
         }
+    }
+}
+
+/// What a LUN serves after a restore whose rename may not be durable:
+/// every I/O fails until the LUN is reopened.
+struct Fenced {
+    name: String,
+    size: u64,
+    why: String,
+}
+
+impl Fenced {
+    fn refuse<T>(&self) -> Result<T> {
+        Err(Error::Fenced(format!(
+            "{}: a snapshot restore could not sync its rename: {}",
+            self.name, self.why
+        )))
+    }
+}
+
+impl Volume for Fenced {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> Result<()> {
+        self.refuse()
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> Result<()> {
+        self.refuse()
+    }
+    fn flush(&self) -> Result<()> {
+        self.refuse()
+    }
+    fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
+        self.refuse()
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<()> {
+        self.refuse()
+    }
+    fn allocated(&self, _: u64, _: u64) -> Result<Vec<ferry_core::Extent>> {
+        self.refuse()
     }
 }
 
