@@ -640,3 +640,95 @@ pub fn pieces_all_or_nothing(
     }
     Ok(())
 }
+
+/// What an initiator may expect to read back, for crash tests: `acked`
+/// is what every acknowledged write left, `durable` what the last
+/// acknowledged flush covered, `since_flush` the writes acknowledged after
+/// it.
+#[derive(Clone)]
+pub struct ReferenceDisk {
+    pub acked: Vec<u8>,
+    pub durable: Vec<u8>,
+    pub since_flush: Vec<(u64, Vec<u8>)>,
+    region: u64,
+}
+
+impl ReferenceDisk {
+    /// A disk holding `data`, durably, migrated in `region`-byte regions
+    /// (the unit a cut-short write lands in all or nothing).
+    pub fn new(data: Vec<u8>, region: u64) -> Self {
+        ReferenceDisk {
+            acked: data.clone(),
+            durable: data,
+            since_flush: Vec::new(),
+            region,
+        }
+    }
+
+    /// An acknowledged write (or zeroing) of `bytes` at `off`.
+    pub fn wrote(&mut self, off: u64, bytes: Vec<u8>) {
+        // Test images are small; offsets fit usize.
+        self.acked[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
+        self.since_flush.push((off, bytes));
+    }
+
+    /// An acknowledged flush.
+    pub fn flushed(&mut self) {
+        self.durable = self.acked.clone();
+        self.since_flush.clear();
+    }
+
+    /// After a process crash: `got` must be `acked`, but for the write the
+    /// crash cut short (`cut`), each of whose region pieces is all old or
+    /// all new. What landed of it then counts as written, unflushed.
+    pub fn check_process_crash(
+        &mut self,
+        got: &[u8],
+        cut: Option<(u64, Vec<u8>)>,
+    ) -> std::result::Result<(), String> {
+        if let Some((off, new)) = &cut {
+            pieces_all_or_nothing(got, &self.acked, *off, new, self.region)?;
+            let landed = got[*off as usize..*off as usize + new.len()].to_vec();
+            self.wrote(*off, landed);
+        }
+        match (0..got.len()).find(|&i| got[i] != self.acked[i]) {
+            Some(i) => Err(format!(
+                "byte {i} (region {}) is {} after a process crash, acknowledged {}",
+                i as u64 / self.region,
+                got[i],
+                self.acked[i]
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// After power loss: every byte is `durable`'s or one an unflushed (or
+    /// cut-short) write wrote. Then what survived is the new truth, and
+    /// durable.
+    pub fn check_power_loss(
+        &mut self,
+        got: &[u8],
+        cut: Option<(u64, Vec<u8>)>,
+    ) -> std::result::Result<(), String> {
+        let mut candidates = self.since_flush.clone();
+        candidates.extend(cut);
+        for i in 0..got.len() {
+            let ok = got[i] == self.durable[i]
+                || candidates.iter().any(|(off, data)| {
+                    let o = *off as usize;
+                    i >= o && i < o + data.len() && got[i] == data[i - o]
+                });
+            if !ok {
+                return Err(format!(
+                    "byte {i} (region {}) is {} after power loss; flushed {}",
+                    i as u64 / self.region,
+                    got[i],
+                    self.durable[i]
+                ));
+            }
+        }
+        self.acked = got.to_vec();
+        self.flushed();
+        Ok(())
+    }
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
 use ferry_core::migrate::Reopened;
-use ferry_core::sim::{pieces_all_or_nothing, SimWorld};
+use ferry_core::sim::{ReferenceDisk, SimWorld};
 use ferry_core::{faults, Error, MigratingVolume, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -226,77 +226,10 @@ impl Served {
     }
 }
 
-#[derive(Clone)]
-struct Model {
-    acked: Vec<u8>,
-    durable: Vec<u8>,
-    since_flush: Vec<(u64, Vec<u8>)>,
-}
+type Model = ReferenceDisk;
 
-impl Model {
-    fn new() -> Self {
-        let data = initial();
-        Model {
-            acked: data.clone(),
-            durable: data,
-            since_flush: Vec::new(),
-        }
-    }
-
-    fn wrote(&mut self, off: u64, bytes: Vec<u8>) {
-        self.acked[off as usize..off as usize + bytes.len()].copy_from_slice(&bytes);
-        self.since_flush.push((off, bytes));
-    }
-
-    fn flushed(&mut self) {
-        self.durable = self.acked.clone();
-        self.since_flush.clear();
-    }
-
-    /// After a process crash: `got` must be `acked`, but for the cut-short
-    /// op, each of whose region pieces is all old or all new.
-    fn check_process_crash(&mut self, got: &[u8], cut: Option<(u64, Vec<u8>)>, ctx: &str) {
-        if let Some((off, new)) = &cut {
-            let end = off + new.len() as u64;
-            if let Err(e) = pieces_all_or_nothing(got, &self.acked, *off, new, REGION) {
-                panic!("{ctx}: {e}");
-            }
-            // What landed counts as written (and unflushed).
-            let landed = got[*off as usize..end as usize].to_vec();
-            self.wrote(*off, landed);
-        }
-        if let Some(i) = (0..got.len()).find(|&i| got[i] != self.acked[i]) {
-            panic!(
-                "{ctx}: byte {i} (region {}) is {} after a process crash, acknowledged {}",
-                i as u64 / REGION,
-                got[i],
-                self.acked[i]
-            );
-        }
-    }
-
-    /// After power loss: every byte is `durable`'s or one an unflushed
-    /// write wrote. Then what survived is the new truth, and durable.
-    fn check_power_loss(&mut self, got: &[u8], cut: Option<(u64, Vec<u8>)>, ctx: &str) {
-        let mut candidates = self.since_flush.clone();
-        candidates.extend(cut);
-        for i in 0..got.len() {
-            let ok = got[i] == self.durable[i]
-                || candidates.iter().any(|(off, data)| {
-                    let o = *off as usize;
-                    i >= o && i < o + data.len() && got[i] == data[i - o]
-                });
-            assert!(
-                ok,
-                "{ctx}: byte {i} (region {}) is {} after power loss; flushed {}",
-                i as u64 / REGION,
-                got[i],
-                self.durable[i]
-            );
-        }
-        self.acked = got.to_vec();
-        self.flushed();
-    }
+fn new_model() -> Model {
+    ReferenceDisk::new(initial(), REGION)
 }
 
 /// The bytes a write-like op means to leave.
@@ -384,9 +317,13 @@ fn recover(world: &SimWorld, model: &mut Model, power: bool, cut: Option<Op>, ct
     let got = read_all(served.volume().expect("served"));
     let cut = cut.as_ref().and_then(intended);
     if power {
-        model.check_power_loss(&got, cut, ctx);
+        model
+            .check_power_loss(&got, cut)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
     } else {
-        model.check_process_crash(&got, cut, ctx);
+        model
+            .check_process_crash(&got, cut)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
     }
     served
 }
@@ -449,7 +386,7 @@ fn second_life(
 fn dry_run(ops: &[Op]) -> Vec<&'static str> {
     let world = new_world();
     world.faults.arm_named(usize::MAX);
-    let mut model = Model::new();
+    let mut model = new_model();
     let mut served = Served::None;
     assert!(run(&world, &mut served, ops, &mut model).is_none());
     assert_eq!(
@@ -463,7 +400,7 @@ fn dry_run(ops: &[Op]) -> Vec<&'static str> {
 /// Named points a power-loss recovery of `crash_at` passes.
 fn recovery_trace(ops: &[Op], crash_at: usize, seed: u64) -> Vec<&'static str> {
     let world = new_world();
-    let mut model = Model::new();
+    let mut model = new_model();
     let mut served = Served::None;
     world.faults.arm_named(crash_at);
     run(&world, &mut served, ops, &mut model);
@@ -493,7 +430,7 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
             );
             let mut rng = StdRng::seed_from_u64(at as u64 * 2 + power as u64);
             let world = new_world();
-            let mut model = Model::new();
+            let mut model = new_model();
             let mut served = Served::None;
             world.faults.arm_named(at);
             let cut = run(&world, &mut served, ops, &mut model);
@@ -524,7 +461,7 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
                 "{name}: power crash at {at} ({point}), then a crash in recovery at {again} ({again_point})"
             );
             let world = new_world();
-            let mut model = Model::new();
+            let mut model = new_model();
             let mut served = Served::None;
             world.faults.arm_named(at);
             let cut = run(&world, &mut served, ops, &mut model);
@@ -557,7 +494,8 @@ fn explore(name: &str, ops: &[Op]) -> (BTreeSet<&'static str>, usize) {
             let served = reopen(&world).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
             let got = read_all(served.volume().unwrap());
             let mut m2 = model.clone();
-            m2.check_power_loss(&got, cut.as_ref().and_then(intended), &ctx);
+            m2.check_power_loss(&got, cut.as_ref().and_then(intended))
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
             second_life(&world, served, &mut m2, &mut rng, &ctx);
             cases += 1;
         }
