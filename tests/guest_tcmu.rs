@@ -3,10 +3,12 @@
 //! `user:ferry` backstore configured with targetcli, open-iscsi logs in
 //! over loopback, and the volume is migrated live under a verifying fio
 //! load, with tcmu-runner killed and restarted mid-migration and after the
-//! commit. The checks run inside the guest (`scripts/guest/tcmu-migrate.sh`,
-//! whose header lists them); this test builds or reuses the guest image,
-//! stages the freshly built handler and `ferry` binary into the share,
-//! boots the guest and reports its log.
+//! commit; a second backstore of 4096-byte logical blocks
+//! (`control=hw_block_size=4096`) checks placement at LBA * 4096 and
+//! refusal past its end. The checks run inside the guest
+//! (`scripts/guest/tcmu-migrate.sh`, whose header lists them); this test
+//! builds or reuses the guest image, stages the freshly built handler and
+//! `ferry` binary into the share, boots the guest and reports its log.
 //!
 //! Why a guest: the host kernel here has no LIO, TCMU or iSCSI initiator
 //! and cannot load modules; the guest runs Debian 12's stock kernel under
@@ -14,7 +16,8 @@
 //! debootstrap is missing; in CI the image script installs them. Needs
 //! root (debootstrap, and the guest image's ownership). The image is
 //! cached in `$FERRY_GUEST_CACHE` (default `/var/tmp/ferry-guest`):
-//! a cold build takes about a minute or two, a run about 90 s.
+//! a cold build takes about a minute or two, a run 170-220 s (25 s of
+//! it the 4096-byte LUN).
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -26,6 +26,13 @@
 #    configured with the source, now serves the target;
 #  - fio verify-only passes over both fio ranges, and the whole LUN read
 #    over iSCSI equals the target file;
+#  - a second backstore with 4096-byte logical blocks (control=
+#    hw_block_size=4096): the handler opens it in 4096-byte blocks, the
+#    disk shows them, data lands at byte LBA * 4096 of its volume (the
+#    last block in the last 4096 bytes), WRITE SAME sends one 4096-byte
+#    block, and READ(16), VERIFY(16) and WRITE SAME past the end are
+#    refused (READ(16) and VERIFY(16) with LBA OUT OF RANGE) and change
+#    nothing;
 #  - `ferry agent --frontend lio` with a file map replaces the hand-made
 #    configuration with the map's, the LUN works over iSCSI, and unmap
 #    and removal in the map take it away again; a CHAP target from the
@@ -280,6 +287,89 @@ diff=$(dd if="$DEV" iflag=direct bs=4M 2>/dev/null | cmp - "$DST" 2>&1) ||
 log "the whole LUN, read over iSCSI, equals the target volume file ($(since "$t") s)"
 
 must iscsiadm -m node -T "$IQN" -p 127.0.0.1:3260 --logout
+
+# --- a LUN of 4096-byte logical blocks --------------------------------------
+# targetcli's control=hw_block_size=4096 sets the backstore's block size in
+# target_core_user; tcmu-runner reports it to the handler, which must place
+# data at byte LBA * 4096 of the volume and count every range in 4096-byte
+# blocks. Torn down afterwards, so the agent below finds what it did before.
+t=$(now)
+IQN4K=iqn.2026-11.org.ferry:guest-4k
+V4K=/var/lib/ferry/v4k.img
+B4K=$((64 * MiB / 4096)) # 16384 blocks
+must ferry volume create "$V4K" --size 64M
+must targetcli /backstores/user:ferry create name=lun4k size=64M cfgstring="$V4K" \
+  control=hw_block_size=4096
+core4k=$(ls -d /sys/kernel/config/target/core/user_*/lun4k | head -n1)
+[ "$(cat "$core4k/attrib/hw_block_size")" = 4096 ] ||
+  fail "the backstore's hw_block_size is $(cat "$core4k/attrib/hw_block_size"), not 4096"
+must targetcli /iscsi create "$IQN4K"
+must targetcli "/iscsi/$IQN4K/tpg1/luns" create /backstores/user:ferry/lun4k
+must targetcli "/iscsi/$IQN4K/tpg1" set attribute authentication=0 demo_mode_write_protect=0 \
+  generate_node_acls=1 cache_dynamic_acls=1
+grep -q "v4k.img: open, $((64 * MiB)) bytes in 4096-byte blocks" /var/log/tcmu-runner.log ||
+  fail "the handler did not open v4k.img with 4096-byte blocks: $(grep v4k /var/log/tcmu-runner.log | tail -n 3)"
+must iscsiadm -m discovery -t st -p 127.0.0.1:3260
+must iscsiadm -m node -T "$IQN4K" -p 127.0.0.1:3260 --login
+DEV4K=
+for i in $(seq 1 100); do
+  for d in /sys/block/sd*; do
+    [ -e "$d/size" ] || continue
+    [ "$(cat "$d/size")" = $((64 * MiB / 512)) ] && DEV4K=/dev/$(basename "$d")
+  done
+  [ -n "$DEV4K" ] && [ -b "$DEV4K" ] && break
+  sleep 0.1
+done
+[ -n "$DEV4K" ] || fail "no 64 MiB disk after logging in to $IQN4K"
+lbs=$(cat "/sys/block/${DEV4K#/dev/}/queue/logical_block_size")
+[ "$lbs" = 4096 ] || fail "$DEV4K has $lbs-byte logical blocks, not 4096"
+cap=$(sg_readcap --long "$DEV4K" 2>&1)
+grep -q "Number of logical blocks=$B4K" <<<"$cap" && grep -q "Logical block length=4096" <<<"$cap" ||
+  fail "READ CAPACITY(16) of $DEV4K: $cap"
+# Two blocks at LBA 5: in the file at 5 * 4096, nothing before them.
+head -c 8192 /dev/urandom >/tmp/two4k
+must dd if=/tmp/two4k of="$DEV4K" bs=4096 seek=5 oflag=direct conv=notrunc
+cmp <(dd if="$V4K" bs=4096 skip=5 count=2 2>/dev/null) /tmp/two4k ||
+  fail "LBA 5 of the 4096-byte LUN is not at byte 5 * 4096 of the volume"
+cmp -n $((5 * 4096)) "$V4K" /dev/zero || fail "a write at LBA 5 changed bytes before 5 * 4096"
+cmp <(dd if="$DEV4K" bs=4096 skip=5 count=2 iflag=direct 2>/dev/null) /tmp/two4k ||
+  fail "LBAs 5-6 of the 4096-byte LUN do not read back"
+# The last block, written, in the file's last 4096 bytes, read back.
+head -c 4096 /dev/urandom >/tmp/last4k
+must dd if=/tmp/last4k of="$DEV4K" bs=4096 seek=$((B4K - 1)) oflag=direct conv=notrunc
+cmp <(tail -c 4096 "$V4K") /tmp/last4k || fail "the last block is not the volume's last 4096 bytes"
+cmp <(dd if="$DEV4K" bs=4096 skip=$((B4K - 1)) count=1 iflag=direct 2>/dev/null) /tmp/last4k ||
+  fail "the last block does not read back"
+# One block past the end: READ(16) refused with LBA OUT OF RANGE; VERIFY
+# (range-checked by the handler itself) passes on the last block and
+# is refused across the end.
+past=$(printf '%016x' "$B4K" | sed 's/../& /g')
+if sg_raw -r 4096 "$DEV4K" 88 00 $past 00 00 00 01 00 00 >/tmp/past4k.out 2>&1; then
+  fail "READ(16) one block past the end succeeded"
+fi
+grep -qi "out of range" /tmp/past4k.out || fail "READ(16) past the end: $(cat /tmp/past4k.out)"
+lastlba=$(printf '%016x' $((B4K - 1)) | sed 's/../& /g')
+must sg_raw "$DEV4K" 8f 00 $lastlba 00 00 00 01 00 00
+if sg_raw "$DEV4K" 8f 00 $lastlba 00 00 00 02 00 00 >/tmp/verify4k.out 2>&1; then
+  fail "VERIFY(16) across the end succeeded"
+fi
+grep -qi "out of range" /tmp/verify4k.out || fail "VERIFY(16) across the end: $(cat /tmp/verify4k.out)"
+# WRITE SAME of one 4096-byte block over the last four, then across the end
+# (refused, nothing written).
+head -c 4096 /dev/zero | tr '\0' '\253' >/tmp/ws4k.bin
+must sg_write_same --lba=$((B4K - 4)) --num=4 --xferlen=4096 --in=/tmp/ws4k.bin "$DEV4K"
+cmp <(tail -c 16384 "$V4K") <(head -c 16384 /dev/zero | tr '\0' '\253') ||
+  fail "WRITE SAME of 4096-byte blocks is not in the volume's last 16 KiB"
+if sg_write_same --lba=$((B4K - 3)) --num=4 --xferlen=4096 --in=/tmp/two4k "$DEV4K" >/tmp/ws4k.out 2>&1; then
+  fail "WRITE SAME across the end succeeded"
+fi
+cmp <(tail -c 16384 "$V4K") <(head -c 16384 /dev/zero | tr '\0' '\253') ||
+  fail "a refused WRITE SAME changed the volume"
+[ "$(stat -c %s "$V4K")" = $((64 * MiB)) ] || fail "the 4096-byte LUN's volume changed size"
+must iscsiadm -m node -T "$IQN4K" -p 127.0.0.1:3260 --logout
+must targetcli /iscsi delete "$IQN4K"
+must targetcli /backstores/user:ferry delete lun4k
+log "4096-byte blocks: LBA * 4096 placement, last block, READ(16)/VERIFY/WRITE SAME past the end refused ($(since "$t") s)"
 
 # --- the node agent driving LIO from the LUN map --------------------------
 # `ferry agent --frontend lio` with the embedded file map: it replaces the

@@ -19,6 +19,7 @@ use handler_ferry::ffi::{
 type DevNewFn = unsafe extern "C" fn(*const c_char, u32, u64) -> *mut TcmuDevice;
 type WaitFn = unsafe extern "C" fn(*mut c_void, c_int) -> c_int;
 type CountFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type ForgetFn = unsafe extern "C" fn(*mut c_void);
 type DevBoolFn = unsafe extern "C" fn(*mut TcmuDevice) -> bool;
 type DevU32Fn = unsafe extern "C" fn(*mut TcmuDevice) -> u32;
 type DevPtrFn = unsafe extern "C" fn(*mut TcmuDevice) -> *mut c_void;
@@ -29,6 +30,7 @@ struct Fake {
     dev_new: DevNewFn,
     wait: WaitFn,
     completions: CountFn,
+    forget: ForgetFn,
     write_cache: DevBoolFn,
     unmap_gran: DevU32Fn,
     unmap_align: DevU32Fn,
@@ -97,6 +99,7 @@ fn fake() -> Option<&'static Fake> {
             dev_new: sym(lib, c"fake_dev_new"),
             wait: sym(lib, c"fake_wait"),
             completions: sym(lib, c"fake_completions"),
+            forget: sym(lib, c"fake_forget"),
             write_cache: sym(lib, c"fake_dev_write_cache"),
             unmap_gran: sym(lib, c"fake_dev_unmap_gran"),
             unmap_align: sym(lib, c"fake_dev_unmap_align"),
@@ -206,12 +209,21 @@ struct Dev {
     f: &'static Fake,
     dev: *mut TcmuDevice,
     path: PathBuf,
+    /// The device's logical block size, as tcmu-runner reports it.
+    block: u64,
     _dir: tempfile::TempDir,
 }
 
 impl Dev {
-    /// A volume of `size` bytes and a device of `lun_size` bytes on it.
+    /// A volume of `size` bytes and a device of `lun_size` bytes on it,
+    /// in 512-byte blocks.
     fn new(f: &'static Fake, size: u64, lun_size: u64) -> Dev {
+        Dev::with_blocks(f, size, lun_size, 512)
+    }
+
+    /// As [`Dev::new`], with logical blocks of `block` bytes (tcmu-runner
+    /// takes it from the backstore's `hw_block_size`).
+    fn with_blocks(f: &'static Fake, size: u64, lun_size: u64, block: u32) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.img");
         ferry_host::VolumeSpec::parse(path.to_str().unwrap())
@@ -220,11 +232,12 @@ impl Dev {
             .unwrap();
         let cfg = CString::new(format!("ferry/{}", path.display())).unwrap();
         // SAFETY: the fake copies the string.
-        let dev = unsafe { (f.dev_new)(cfg.as_ptr(), 512, lun_size / 512) };
+        let dev = unsafe { (f.dev_new)(cfg.as_ptr(), block, lun_size / u64::from(block)) };
         Dev {
             f,
             dev,
             path,
+            block: u64::from(block),
             _dir: dir,
         }
     }
@@ -260,12 +273,19 @@ impl Dev {
         std::thread::sleep(std::time::Duration::from_millis(5));
         // SAFETY: as in wait.
         assert_eq!(unsafe { (self.f.completions)(cmd.ptr().cast()) }, 1);
+        // Counted: a later command allocated at the same address (this
+        // one's is freed when the test drops it) starts from none.
+        // SAFETY: as in wait.
+        unsafe { (self.f.forget)(cmd.ptr().cast()) };
         status
     }
 
+    /// WRITE(10) of `data` at byte `off` through the write callout (the
+    /// callout gets the byte offset; the CDB carries LBA and blocks).
     fn write(&self, off: u64, data: Vec<Vec<u8>>) -> c_int {
-        let blocks = data.iter().map(Vec::len).sum::<usize>() / 512;
-        let mut cmd = Cmd::new(&cdb10(0x2a, (off / 512) as u32, blocks as u16), data);
+        let blocks = data.iter().map(Vec::len).sum::<usize>() as u64 / self.block;
+        // Narrowing: the tests' LUNs are far below 2^32 blocks.
+        let mut cmd = Cmd::new(&cdb10(0x2a, (off / self.block) as u32, blocks as u16), data);
         let (iov, cnt) = cmd.iov();
         let len = cmd.len();
         let w = self.f.handler.write.unwrap();
@@ -277,8 +297,13 @@ impl Dev {
 
     fn read(&self, off: u64, segs: &[usize]) -> (c_int, Vec<u8>) {
         let total: usize = segs.iter().sum();
+        // Narrowing: as in write.
         let mut cmd = Cmd::new(
-            &cdb10(0x28, (off / 512) as u32, (total / 512) as u16),
+            &cdb10(
+                0x28,
+                (off / self.block) as u32,
+                (total as u64 / self.block) as u16,
+            ),
             segs.iter().map(|&n| vec![0xee; n]).collect(),
         );
         let (iov, cnt) = cmd.iov();
@@ -381,6 +406,144 @@ fn write_same_and_compare_and_write_use_the_cdb() {
     assert_eq!((s[0], s[2], s[12], s[13]), (0xf0, 0x0e, 0x1d, 0x00));
     assert_eq!(&s[3..7], &1u32.to_be_bytes());
     assert!(d.file()[8 * 512..9 * 512].iter().all(|&b| b == 0x5a));
+    d.close();
+}
+
+/// A backstore with `hw_block_size=4096`: tcmu-runner reports 4096-byte
+/// blocks, and every path of the handler counts in them. The data is
+/// placed at byte LBA * 4096 of the volume (not LBA * 512), and the
+/// commands the handler range-checks itself refuse one block past the
+/// end of a LUN of 2048 blocks, where blocks of 512 bytes would still be
+/// within it.
+#[test]
+fn a_lun_of_4096_byte_blocks_places_data_by_4096_and_refuses_past_the_end() {
+    const BLOCK: usize = 4096;
+    // 8 MiB: 2048 blocks of 4096 bytes.
+    const BLOCKS: u64 = 2048;
+    let Some(f) = fake() else { return };
+    let size = BLOCKS * BLOCK as u64;
+    let d = Dev::with_blocks(f, size, size, 4096);
+    assert_eq!(d.open(), 0);
+    // SAFETY: fake getters over the fake device.
+    unsafe {
+        // The 4 KiB unmap granularity is one block now.
+        assert_eq!((f.unmap_gran)(d.dev), 1);
+        assert_eq!((f.unmap_align)(d.dev), 1);
+    }
+    let at = |lba: u64| (lba * BLOCK as u64) as usize;
+
+    // WRITE of LBAs 5 and 6 in segments that do not follow the blocks.
+    let data: Vec<u8> = (0..2 * BLOCK).map(|i| (i % 251) as u8).collect();
+    let segs = vec![data[..1000].to_vec(), data[1000..].to_vec()];
+    assert_eq!(d.write(5 * 4096, segs), sts::OK);
+    let file = d.file();
+    assert_eq!(&file[at(5)..at(7)], &data[..], "at byte LBA * 4096");
+    assert!(
+        file[..at(5)].iter().all(|&b| b == 0),
+        "nothing before LBA 5"
+    );
+    assert!(file[at(7)..].iter().all(|&b| b == 0), "nothing after LBA 6");
+    let (status, got) = d.read(5 * 4096, &[4000, 96, 4096]);
+    assert_eq!(status, sts::OK);
+    assert_eq!(got, data);
+
+    // The last block, written and read back; one block past it and a read
+    // across the end are refused, and the file does not grow.
+    let last = vec![0x6c; BLOCK];
+    assert_eq!(d.write((BLOCKS - 1) * 4096, vec![last.clone()]), sts::OK);
+    assert_eq!(&d.file()[at(BLOCKS - 1)..], &last[..]);
+    let (status, got) = d.read((BLOCKS - 1) * 4096, &[BLOCK]);
+    assert_eq!((status, got), (sts::OK, last));
+    assert_eq!(d.read(BLOCKS * 4096, &[BLOCK]).0, sts::RANGE);
+    assert_eq!(d.read((BLOCKS - 1) * 4096, &[2 * BLOCK]).0, sts::RANGE);
+    assert_eq!(d.write(BLOCKS * 4096, vec![vec![0x77; BLOCK]]), sts::RANGE);
+    assert_eq!(d.file().len() as u64, size, "the file did not grow");
+
+    // Commands the handler range-checks from the CDB, in 4096-byte blocks:
+    // the last block is in range, one more is not.
+    let hc = f.handler.handle_cmd.unwrap();
+    let call = |cdb: &[u8], segs: Vec<Vec<u8>>| {
+        let mut cmd = Cmd::new(cdb, segs);
+        // SAFETY: as tcmu-runner calls it; handle_cmd is synchronous.
+        let status = unsafe { hc(d.dev, cmd.ptr()) };
+        (status, cmd.sense().to_vec())
+    };
+    let last_lba = (BLOCKS - 1) as u32;
+    assert_eq!(call(&cdb10(0x34, last_lba, 1), vec![]).0, sts::OK); // PRE-FETCH
+    assert_eq!(call(&cdb10(0x34, last_lba, 2), vec![]).0, sts::RANGE);
+    assert_eq!(call(&cdb10(0x34, last_lba + 1, 1), vec![]).0, sts::RANGE);
+    // VERIFY with BYTCHK compares 4096-byte blocks; the MISCOMPARE offset
+    // counts bytes.
+    let mut verify = cdb10(0x2f, 5, 2);
+    verify[1] = 0x02;
+    assert_eq!(call(&verify, vec![data.clone()]).0, sts::OK);
+    let mut other = data.clone();
+    other[BLOCK + 7] ^= 0xff;
+    let (status, sense) = call(&verify, vec![other]);
+    assert_eq!(status, sts::PASSTHROUGH_ERR);
+    assert_eq!((sense[2] & 0x0f, sense[12]), (0x0e, 0x1d));
+    assert_eq!(&sense[3..7], &(BLOCK as u32 + 7).to_be_bytes());
+    let mut verify = cdb10(0x2f, last_lba, 2);
+    verify[1] = 0x02;
+    assert_eq!(call(&verify, vec![vec![0; 2 * BLOCK]]).0, sts::RANGE);
+
+    // WRITE SAME(10) with LBDATA over the last 4 blocks: one 4096-byte
+    // block of data-out, each block stamped with its LBA at LBA * 4096.
+    let ws = f.handler.writesame.unwrap();
+    let same = |lba: u32, n: u16| {
+        let mut cdb = cdb10(0x41, lba, n);
+        cdb[1] = 0x02;
+        let mut cmd = Cmd::new(&cdb, vec![vec![0xab; BLOCK]]);
+        let (iov, cnt) = cmd.iov();
+        let (off, len) = (u64::from(lba) * 4096, u64::from(n) * 4096);
+        // SAFETY: as tcmu-runner calls it.
+        d.run(&mut cmd, |dv, c| unsafe { ws(dv, c, off, len, iov, cnt) })
+    };
+    assert_eq!(same(last_lba - 3, 4), sts::OK);
+    let file = d.file();
+    for lba in BLOCKS - 4..BLOCKS {
+        let b = &file[at(lba)..at(lba + 1)];
+        // Narrowing: LBAs of this LUN fit in 32 bits.
+        assert_eq!(&b[..4], &(lba as u32).to_be_bytes(), "LBA {lba}");
+        assert!(b[4..].iter().all(|&x| x == 0xab), "LBA {lba}");
+    }
+    assert_eq!(same(last_lba - 2, 4), sts::RANGE);
+    assert_eq!(d.file(), file, "a refused WRITE SAME writes nothing");
+
+    // COMPARE AND WRITE of the last block: 8192 bytes of data-out.
+    let mut caw_cdb = vec![0u8; 16];
+    caw_cdb[0] = 0x89;
+    caw_cdb[2..10].copy_from_slice(&(BLOCKS - 1).to_be_bytes());
+    caw_cdb[13] = 1;
+    let caw = f.handler.caw.unwrap();
+    let caw_with = |compare: Vec<u8>, write: Vec<u8>| {
+        let mut cmd = Cmd::new(&caw_cdb, vec![compare, write]);
+        let (iov, cnt) = cmd.iov();
+        let off = (BLOCKS - 1) * 4096;
+        // SAFETY: as tcmu-runner calls it.
+        let status = d.run(&mut cmd, |dv, c| unsafe { caw(dv, c, off, 4096, iov, cnt) });
+        (status, cmd.sense().to_vec())
+    };
+    let current = file[at(BLOCKS - 1)..].to_vec();
+    assert_eq!(caw_with(current.clone(), vec![0x5a; BLOCK]).0, sts::OK);
+    assert!(d.file()[at(BLOCKS - 1)..].iter().all(|&b| b == 0x5a));
+    // Stale now: MISCOMPARE at byte 0 of the block, nothing written.
+    let (status, sense) = caw_with(current, vec![0x11; BLOCK]);
+    assert_eq!(status, sts::PASSTHROUGH_ERR);
+    assert_eq!((sense[2] & 0x0f, sense[12]), (0x0e, 0x1d));
+    assert_eq!(&sense[3..7], &0u32.to_be_bytes());
+    assert!(d.file()[at(BLOCKS - 1)..].iter().all(|&b| b == 0x5a));
+
+    // UNMAP of LBA 5 (tcmu-runner passes bytes: LBA * 4096, one block):
+    // LBA 5 reads back zeroes, LBA 6 keeps its data.
+    let mut cmd = Cmd::new(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], vec![]);
+    let unmap = f.handler.unmap.unwrap();
+    // SAFETY: as above.
+    let status = d.run(&mut cmd, |dv, c| unsafe { unmap(dv, c, 5 * 4096, 4096) });
+    assert_eq!(status, sts::OK);
+    let file = d.file();
+    assert!(file[at(5)..at(6)].iter().all(|&b| b == 0));
+    assert_eq!(&file[at(6)..at(7)], &data[BLOCK..]);
     d.close();
 }
 

@@ -168,3 +168,18 @@ int fake_completions(void *cmd)
 	pthread_mutex_unlock(&mu);
 	return n;
 }
+
+/*
+ * Forgets the completions recorded for cmd, once the test has counted
+ * them: a later command may be allocated at the same address.
+ */
+void fake_forget(void *cmd)
+{
+	int i;
+
+	pthread_mutex_lock(&mu);
+	for (i = 0; i < ndone; i++)
+		if (done[i].cmd == cmd)
+			done[i].cmd = NULL;
+	pthread_mutex_unlock(&mu);
+}
