@@ -55,7 +55,9 @@ run() {
   url="iscsi://127.0.0.1:$port/$iqn:$name/1"
   "$bin/ferry" migrate start "$src" "$dst" --paused --region-size 64K --json >/dev/null
   # The first GiB: 2,097,152 blocks of 512 bytes.
-  "$bin/ferry-iscsi" load "$url" --seconds "$secs" --qd 1 --read-pct 0 --random --fua \
+  # A long command timeout: an older build took seconds per FUA on the
+  # largest volume, which is what this measures.
+  "$bin/ferry-iscsi" --timeout 300 load "$url" --seconds "$secs" --qd 1 --read-pct 0 --random --fua \
     --blocks 2097152 --seed "$tid" |
     python3 -c '
 import json, sys
