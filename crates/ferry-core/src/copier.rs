@@ -282,6 +282,10 @@ pub struct CopierControl {
     last_error: Mutex<Option<String>>,
     wake_lock: Mutex<u64>,
     wake: Condvar,
+    /// Whether the thread is idle in a pause (or gone), so that
+    /// [`Copier::set_paused`] returns only once copying has stopped.
+    parked: Mutex<bool>,
+    parked_changed: Condvar,
 }
 
 impl CopierControl {
@@ -295,6 +299,16 @@ impl CopierControl {
             last_error: Mutex::new(None),
             wake_lock: Mutex::new(0),
             wake: Condvar::new(),
+            parked: Mutex::new(false),
+            parked_changed: Condvar::new(),
+        }
+    }
+
+    fn set_parked(&self, parked: bool) {
+        let mut p = self.parked.lock();
+        if *p != parked {
+            *p = parked;
+            self.parked_changed.notify_all();
         }
     }
 
@@ -355,11 +369,29 @@ impl Copier {
         Progress::of(&self.vol, Some(&self.control))
     }
 
-    /// Pauses or resumes copying; persisted in the record.
+    /// Pauses or resumes copying; persisted in the record. A pause returns
+    /// once the thread has finished the step it was in and committed its
+    /// batch (or after [`PAUSE_WAIT`], logged), so no region is copied
+    /// after `ferry migrate pause` answers.
     pub fn set_paused(&self, paused: bool) -> Result<()> {
         self.vol.update_record(|r| r.paused = paused)?;
         self.control.paused.store(paused, Ordering::Release);
         self.control.poke();
+        if paused && self.vol.state() == MigrationState::Copying {
+            let deadline = Instant::now() + PAUSE_WAIT;
+            let mut parked = self.control.parked.lock();
+            while !*parked {
+                if self
+                    .control
+                    .parked_changed
+                    .wait_until(&mut parked, deadline)
+                    .timed_out()
+                {
+                    log::warn!("copier: still finishing a step {PAUSE_WAIT:?} after the pause");
+                    break;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -434,6 +466,10 @@ impl Drop for Copier {
 /// the load stops the delay halves every step, so the copy speeds up at
 /// once.
 const ADAPTIVE_MIN_DELAY: Duration = Duration::from_millis(2);
+
+/// Longest a pause waits for the step in progress: one step is at most
+/// `parallel` regions of at most 1 GiB, seconds even on a slow pool.
+pub const PAUSE_WAIT: Duration = Duration::from_secs(30);
 const ADAPTIVE_MAX_DELAY: Duration = Duration::from_millis(800);
 
 fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierConfig) {
@@ -452,11 +488,13 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                 log::warn!("copier: committing a batch before pausing failed: {e}");
             }
             control.rate_bps.store(0, Ordering::Relaxed);
+            control.set_parked(true);
             control.nap(Duration::from_millis(500));
             paced_since = Instant::now();
             paced_bytes = 0;
             continue;
         }
+        control.set_parked(false);
         match cursor.step(&vol) {
             Ok(Step::Finished) => {
                 control.rate_bps.store(0, Ordering::Relaxed);
@@ -521,4 +559,6 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
     if let Err(e) = cursor.commit_batch(&vol) {
         log::warn!("copier: final batch not committed: {e}");
     }
+    // Gone: nothing copies any more, so a pause has nothing to wait for.
+    control.set_parked(true);
 }
