@@ -646,6 +646,17 @@ fn rbd_lun_fails_over_after_fencing_the_dead_nodes_client() {
         assert_ne!(prout(&mut stale, 4, 1, 0xb, 0xa), ScsiStatus::Good);
     }
     assert_eq!(kept_in_map(&url, "r1"), kept);
+    // Nor does a's data path get through: host A, which holds the
+    // reservation a still knows of, writes through a, and the fenced
+    // client's write is refused, not acknowledged.
+    {
+        let mut stale = connect_to(&nodes["a"].url(1), HOST_A, 1);
+        assert_ne!(
+            write_status(&mut stale),
+            ScsiStatus::Good,
+            "a write through the fenced gateway was acknowledged"
+        );
+    }
     // A lets go (CLEAR), so the unregistered test initiator may write.
     assert_eq!(prout(&mut host_a, 3, 0, 0xa, 0), ScsiStatus::Good);
     drop((host_a, host_b));

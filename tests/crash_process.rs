@@ -82,16 +82,19 @@ fn verify(
     model: &[u8],
     in_flight: Option<(u64, Write)>,
     round: usize,
-) -> (Vec<u8>, bool) {
+) -> (Vec<u8>, Option<u64>) {
     let lun = Lun::open_with(spec, false).expect("reopen after kill");
+    let status = lun.status();
     eprintln!(
         "round {round}: {:?}",
-        lun.status()
+        status
+            .as_ref()
             .map(|p| (p.state, p.regions_done, p.regions_total))
     );
-    let migrating = lun
-        .status()
-        .is_some_and(|p| p.state == ferry_core::MigrationState::Copying);
+    // Regions done while copying; None once the migration is over.
+    let done = status
+        .filter(|p| p.state == ferry_core::MigrationState::Copying)
+        .map(|p| p.regions_done);
     let got = read_all(lun.as_ref());
     let new = in_flight.map(|(seq, w)| (w, w.data(seq)));
     for i in 0..model.len() {
@@ -108,7 +111,7 @@ fn verify(
             got[i], model[i]
         );
     }
-    (got, migrating)
+    (got, done)
 }
 
 fn workload(dir: &Path, source: &str, target: &str, first_seq: u64, extra: &[&str]) -> Command {
@@ -157,6 +160,8 @@ fn sigkill_mid_migration_many_times_loses_no_acknowledged_write() {
     let mut next_seq = 1;
     let rounds = 12;
     let mut killed_while_copying = 0;
+    let mut done_before: Option<u64> = None;
+    let mut first_done: Option<u64> = None;
     for round in 0..rounds {
         let mut child = workload(
             dir.path(),
@@ -178,9 +183,20 @@ fn sigkill_mid_migration_many_times_loses_no_acknowledged_write() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let (in_flight, max_seq) = replay(&dir.path().join("log"), &mut model);
-        let (got, migrating) = verify(&source, &model, in_flight, round);
+        let (got, done) = verify(&source, &model, in_flight, round);
         model = got;
-        killed_while_copying += usize::from(migrating);
+        if let Some(done) = done {
+            killed_while_copying += 1;
+            // A kill keeps the page cache: nothing migrated is forgotten.
+            if let Some(before) = done_before {
+                assert!(
+                    done >= before,
+                    "round {round}: {done} regions done after the restart, {before} before"
+                );
+            }
+            done_before = Some(done);
+            first_done.get_or_insert(done);
+        }
         // Start each round with a fresh log: `model` holds the past. (A
         // child killed before it opened its log acknowledged nothing.)
         match std::fs::remove_file(dir.path().join("log")) {
@@ -192,6 +208,11 @@ fn sigkill_mid_migration_many_times_loses_no_acknowledged_write() {
     assert!(
         killed_while_copying >= rounds / 2,
         "only {killed_while_copying} of {rounds} kills hit a migration in progress"
+    );
+    // Each restarted process resumed the copy where the last one was.
+    assert!(
+        done_before > first_done,
+        "the migration did not advance across restarts: {first_done:?} -> {done_before:?}"
     );
     // Let the last process finish the copy, commit and exit cleanly.
     let out = workload(

@@ -125,10 +125,17 @@ fn writers_race_copier_with_pause_resume_and_commit() {
         "copier did not finish: {:?}",
         copier.progress()
     );
-    stop.store(true, Ordering::Release);
-    let want = merge(writers.into_iter().map(|h| h.join().unwrap()).collect());
+    // Commit while the writers run: the switch waits for their in-flight
+    // I/O, and they carry on against the target alone.
     s.vol.commit().unwrap();
     assert_eq!(s.vol.state(), MigrationState::Committed);
+    // 200 more commands land after the commit before the writers stop.
+    let during = s.vol.foreground_ops();
+    while s.vol.foreground_ops() < during + 200 {
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Release);
+    let want = merge(writers.into_iter().map(|h| h.join().unwrap()).collect());
     assert!(
         read_all(s.vol.as_ref()) == want,
         "volume differs from the writers' model"
@@ -304,4 +311,65 @@ fn crash_while_writers_flush_and_the_copier_runs_keeps_what_was_acknowledged() {
             }
         }
     }
+}
+
+/// Once `set_paused(true)` returns, the copier copies nothing more: no
+/// device call and no region marked while paused, and it finishes once
+/// resumed. (It used to return while a step could still run.) The pause
+/// is asked for while the copier is held inside a step, at its first
+/// checkpoint's flush.
+#[test]
+fn a_pause_stops_copying_when_it_returns() {
+    let s = setup(5);
+    let held = s.world.target.hold_next_flush();
+    let copier = Copier::spawn(
+        s.vol.clone(),
+        CopierConfig {
+            batch_bytes: REGION,
+            ..CopierConfig::default()
+        },
+    )
+    .unwrap();
+    copier.set_adaptive(false).unwrap();
+    // 16 regions a second: the once-a-second checkpoint lands mid-copy.
+    copier.set_rate_limit(Some(16 * REGION)).unwrap();
+    held.arrived.recv().unwrap(); // mid-step, in a checkpoint's flush
+    std::thread::scope(|scope| {
+        let (returned_tx, returned) = std::sync::mpsc::channel();
+        let copier = &copier;
+        let pause = scope.spawn(move || {
+            let r = copier.set_paused(true);
+            returned_tx.send(()).unwrap();
+            r
+        });
+        // The pause must not return while the step is held; the bound only
+        // decides how long to give a broken one to do so.
+        let returned_early = returned.recv_timeout(Duration::from_millis(300)).is_ok();
+        held.release.send(()).unwrap();
+        assert!(
+            !returned_early,
+            "the pause returned while the copier was mid-step"
+        );
+        pause.join().unwrap().unwrap();
+    });
+    let (regions, calls) = (s.vol.index().migrated_count(), s.world.faults.points());
+    assert!(
+        regions < SIZE / REGION,
+        "the copy finished before the pause"
+    );
+    // The bound only gives a broken pause time to show itself.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        s.vol.index().migrated_count(),
+        regions,
+        "regions copied while paused"
+    );
+    assert_eq!(s.world.faults.points(), calls, "device calls while paused");
+    copier.set_paused(false).unwrap();
+    assert!(
+        copier.wait_idle(Duration::from_secs(30)),
+        "{:?}",
+        copier.progress()
+    );
+    assert_eq!(s.vol.state(), MigrationState::Copied);
 }
