@@ -36,6 +36,18 @@ fn ok_json(run_dir: &Path, args: &[&str]) -> Value {
     })
 }
 
+/// The offline commands that would write a migration's volumes: each must
+/// be refused while another process serves them.
+fn offline_writers<'a>(src: &'a str, dst: &'a str) -> [Vec<&'a str>; 5] {
+    [
+        vec!["migrate", "abort", src],
+        vec!["migrate", "run", src],
+        vec!["migrate", "run", dst],
+        vec!["migrate", "commit", dst],
+        vec!["snapshot", "restore", src, "s1"],
+    ]
+}
+
 /// `ferry migrate start SRC DST --paused --region-size 64K` through
 /// `run`'s control socket (or offline), as JSON.
 fn start_paused(run: &Path, src: &str, dst: &str) -> Value {
@@ -305,14 +317,8 @@ fn offline_commands_on_a_served_file_volume_are_refused_until_the_server_dies() 
     let mut server = serve(&run_a, &src);
     let p = start_paused(&run_a, &src, &dst);
     assert_eq!(p["state"], "copying");
-    for args in [
-        &["migrate", "abort", &src][..],
-        &["migrate", "run", &src],
-        &["migrate", "run", &dst],
-        &["migrate", "commit", &dst],
-        &["snapshot", "restore", &src, "s1"],
-    ] {
-        fails_with(&run_b, args, "another process has this volume open");
+    for args in offline_writers(&src, &dst) {
+        fails_with(&run_b, &args, "another process has this volume open");
     }
     let p = ok_json(&run_a, &["migrate", "status", &src, "--json"]);
     assert_eq!(
@@ -380,14 +386,8 @@ mod rbd {
             &["migrate", "start", &src, &dst, "--paused", "--json"],
         );
         assert_eq!(p["state"], "copying");
-        for args in [
-            &["migrate", "abort", &src][..],
-            &["migrate", "run", &src],
-            &["migrate", "run", &dst],
-            &["migrate", "commit", &dst],
-            &["snapshot", "restore", &src, "s1"],
-        ] {
-            let out = ferry(&run_b, args);
+        for args in offline_writers(&src, &dst) {
+            let out = ferry(&run_b, &args);
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "ferry {args:?} was not refused");
             assert!(
