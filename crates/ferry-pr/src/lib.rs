@@ -6,15 +6,16 @@
 //! VMware) see their reservations vanish. ferry answers PR commands in the
 //! handler instead and keeps the state in shared storage (the ZooKeeper
 //! map for LUNs its agents serve, else with the volume: image metadata for
-//! RBD, a sidecar file for file volumes; see `ferry_host::pr_home`), so
-//! every gateway that serves the LUN sees the same registrations. This
-//! crate does not know where: it hands the saved form to a callback.
+//! RBD, a sidecar file for file volumes), so every gateway that serves the
+//! LUN sees the same registrations. This crate does not know where: it
+//! hands the saved form to a [`ReservationStore`].
 //!
 //! - [`state`]: the state, and its saved form;
 //! - [`out`]: PERSISTENT RESERVE OUT, every service action;
 //! - [`prin`]: PERSISTENT RESERVE IN: READ KEYS, READ RESERVATION, REPORT
 //!   CAPABILITIES, READ FULL STATUS;
 //! - [`access`]: which other commands a reservation lets through;
+//! - [`store`]: the traits of where the saved form is kept;
 //! - [`Reservations`]: the state of one served LUN, shared by the
 //!   front-end's threads, saved before a change is acknowledged, checked
 //!   without waiting on storage.
@@ -23,16 +24,20 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod error;
 pub mod out;
 pub mod prin;
 pub mod state;
+pub mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_scsi::sense::{key, Sense};
 use parking_lot::Mutex;
 
+pub use error::PrError;
 pub use state::{Nexus, PrState, PrType, Registration, Reservation};
+pub use store::{NoHomes, OpenMode, Pointer, ReservationHomes, ReservationStore};
 
 /// Why a command is not completed with GOOD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +49,7 @@ pub enum Refusal {
 }
 
 /// Saves the encoded state durably in the LUN's shared storage.
-pub type Persist<'a> = &'a dyn Fn(&[u8]) -> Result<(), String>;
+pub type Persist<'a> = &'a dyn Fn(&[u8]) -> Result<(), PrError>;
 
 /// The persistent reservations of one served LUN.
 ///
@@ -77,7 +82,7 @@ impl Reservations {
     }
 
     /// Loads a saved document (`None`: nothing saved yet).
-    pub fn load(saved: Option<&[u8]>) -> Result<Self, String> {
+    pub fn load(saved: Option<&[u8]>) -> Result<Self, PrError> {
         let state = match saved {
             Some(bytes) => PrState::decode(bytes)?,
             None => PrState::default(),
@@ -110,7 +115,7 @@ impl Reservations {
         &self,
         change: impl FnOnce(&PrState) -> PrState,
         persist: Persist,
-    ) -> Result<(), String> {
+    ) -> Result<(), PrError> {
         let _changes = self.changes.lock();
         let next = change(&self.state());
         persist(&next.encode())?;

@@ -164,14 +164,15 @@ impl PrState {
     }
 
     /// Parses [`PrState::encode`] output.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let doc: Document =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a PR state document: {e}"))?;
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::PrError> {
+        let unreadable = |why: String| crate::PrError::Unreadable { why };
+        let doc: Document = serde_json::from_slice(bytes)
+            .map_err(|e| unreadable(format!("not a PR state document: {e}")))?;
         if doc.format != FORMAT {
-            return Err(format!(
+            return Err(unreadable(format!(
                 "PR state format {} is not the supported {FORMAT}",
                 doc.format
-            ));
+            )));
         }
         Ok(doc.state)
     }
@@ -297,6 +298,7 @@ mod tests {
             .replace("\"format\": 1", "\"format\": 9");
         assert!(PrState::decode(text.as_bytes())
             .unwrap_err()
+            .to_string()
             .contains("format 9"));
         assert!(PrState::decode(b"{").is_err());
     }

@@ -60,10 +60,10 @@ impl Lun {
         }
     }
 
-    fn persist(&self) -> impl Fn(&[u8]) -> Result<(), String> + '_ {
+    fn persist(&self) -> impl Fn(&[u8]) -> Result<(), PrError> + '_ {
         |bytes| {
             if *self.fail_saves.borrow() {
-                return Err("disk on fire".into());
+                return Err(PrError::store("a test disk", "disk on fire"));
             }
             self.saved.borrow_mut().push(PrState::decode(bytes)?);
             Ok(())
