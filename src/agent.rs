@@ -75,6 +75,17 @@ pub fn run(a: AgentArgs) -> Result<()> {
         frontend,
         run_dir: a.run_dir.clone(),
     };
+    // The node's target plugins reach reservations kept in a ZooKeeper
+    // map through this agent (they link no ZooKeeper client).
+    let _relay = if a.map.map.starts_with("zk://") {
+        let homes = Arc::new(ferry_zk::ZkReservations);
+        Some(
+            ferry_host::relay::RelayServer::start(homes, &a.run_dir)
+                .with_context(|| format!("reservations relay in {}", a.run_dir.display()))?,
+        )
+    } else {
+        None
+    };
     eprintln!("ferry agent: node {} on {}", a.node, a.map.map);
     Agent::new(cfg, connect).run(&stop);
     Ok(())
@@ -100,8 +111,10 @@ fn reservations_in_map(map: &MapArgs) -> Result<Option<ferry_agent::PrepareLun>>
         None => None,
     };
     Ok(Some(Box::new(move |lun: &str, spec: &str| {
-        let pointer = ferry_host::pr_home::pointer(&url, lun, auth_file.as_deref());
-        ferry_host::pr_home::keep_in_map(spec, &pointer)
+        let pointer = ferry_host::ferry_pr::Pointer::new(&url, lun, auth_file.as_deref());
+        let homes: Arc<dyn ferry_host::ferry_pr::ReservationHomes> =
+            Arc::new(ferry_zk::ZkReservations);
+        ferry_agent::reservations::keep_in_map(spec, &pointer, &homes)
             .map(drop)
             .map_err(|e| format!("keeping its persistent reservations in {url}: {e}"))
     })))

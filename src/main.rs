@@ -25,6 +25,9 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = cli::Cli::parse();
+    // LUNs this command opens follow reservation pointers into ZooKeeper
+    // itself (the target plugins ask the node's agent instead).
+    ferry_host::set_default_homes(std::sync::Arc::new(ferry_zk::ZkReservations));
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(if cli.verbose { "info" } else { "warn" }),
     )

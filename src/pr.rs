@@ -88,8 +88,11 @@ pub fn run(cmd: PrCmd) -> Result<()> {
                 );
             }
             let (_, served) = ferry_host::lun::resolve(&spec)?;
-            let (next, home) =
-                ferry_host::pr_home::replace_offline(served.store()?, |old| old.cleared())?;
+            let (next, home) = ferry_agent::reservations::replace_offline(
+                &served,
+                &ferry_zk::ZkReservations,
+                |old| old.cleared(),
+            )?;
             (next, Some(home))
         }
         None => {
@@ -158,10 +161,12 @@ fn move_home(m: MoveArgs) -> Result<()> {
                 None => None,
             };
             let url = format!("zk://{}{}", cfg.servers, cfg.root);
-            let p = ferry_host::pr_home::pointer(&url, lun, auth.as_deref());
-            ferry_host::pr_home::keep_in_map(&spec.to_string(), &p)?
+            let p = ferry_host::ferry_pr::Pointer::new(&url, lun, auth.as_deref());
+            ferry_agent::reservations::keep_in_map(&spec.to_string(), &p, &zk_homes())?
         }
-        (None, None, true) => ferry_host::pr_home::keep_with_volume(&spec.to_string())?,
+        (None, None, true) => {
+            ferry_agent::reservations::keep_with_volume(&spec.to_string(), &zk_homes())?
+        }
         _ => bail!("say where: --to-map URL --lun NAME, or --to-volume"),
     };
     let lun = Lun::open_with(&spec.to_string(), false)?;
@@ -171,4 +176,9 @@ fn move_home(m: MoveArgs) -> Result<()> {
         lun.reservations_home()
     );
     Ok(())
+}
+
+/// The homes this command follows reservation pointers with.
+fn zk_homes() -> std::sync::Arc<dyn ferry_host::ferry_pr::ReservationHomes> {
+    std::sync::Arc::new(ferry_zk::ZkReservations)
 }

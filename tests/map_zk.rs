@@ -82,9 +82,7 @@ fn base_map(url: &str) {
 #[test]
 fn map_edits_are_validated_and_versioned() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(zk) = ZooKeeper::start(dir.path()) else {
-        return;
-    };
+    let zk = ZooKeeper::start(dir.path());
     let url = zk.url("edits");
     base_map(&url);
     let s = show(&url);
@@ -201,9 +199,7 @@ fn map_edits_are_validated_and_versioned() {
 #[test]
 fn concurrent_conflicting_edits_have_one_winner_and_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(zk) = ZooKeeper::start(dir.path()) else {
-        return;
-    };
+    let zk = ZooKeeper::start(dir.path());
     let url = zk.url("race");
     base_map(&url);
 
@@ -276,9 +272,7 @@ fn concurrent_conflicting_edits_have_one_winner_and_a_clear_error() {
 #[test]
 fn digest_acl_keeps_clients_without_credentials_out() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(zk) = ZooKeeper::start(dir.path()) else {
-        return;
-    };
+    let zk = ZooKeeper::start(dir.path());
     let url = zk.url("secure");
     let auth = dir.path().join("zk-auth");
     std::fs::write(&auth, "ferry-admin:s3cret-zk-pass\n").unwrap();
@@ -394,13 +388,16 @@ fn embedded_file_map_takes_the_same_edits() {
 #[test]
 fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
     use ferry_host::ferry_pr::PrState;
-    use ferry_host::pr_home::{keep_in_map, pointer, Pointer};
+    use ferry_host::ferry_pr::{Pointer, ReservationHomes};
+    ferry_host::set_default_homes(std::sync::Arc::new(ferry_zk::ZkReservations));
+    let homes: std::sync::Arc<dyn ReservationHomes> = std::sync::Arc::new(ferry_zk::ZkReservations);
+    let keep_in_map =
+        |spec: &str, p: &Pointer| ferry_agent::reservations::keep_in_map(spec, p, &homes);
+    let pointer = Pointer::new;
     use ferry_zk::{ZkConfig, ZkDocument};
 
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut zk) = ZooKeeper::start(&dir.path().join("zk")) else {
-        return;
-    };
+    let mut zk = ZooKeeper::start(&dir.path().join("zk"));
     let url = zk.url("ferry");
     let open = || ZkDocument::open(ZkConfig::parse(&url).unwrap(), "reservations/db").unwrap();
     let (old, new) = (open(), open());
@@ -574,9 +571,7 @@ fn reservation_documents_fence_stale_writers_and_follow_the_pointer() {
 fn reservation_document_writes_resume_after_a_zookeeper_outage() {
     use ferry_zk::{ZkConfig, ZkDocument};
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut zk) = ZooKeeper::start(&dir.path().join("zk")) else {
-        return;
-    };
+    let mut zk = ZooKeeper::start(&dir.path().join("zk"));
     let url = zk.url("ferry");
     let mut cfg = ZkConfig::parse(&url).unwrap();
     cfg.session_timeout = Duration::from_secs(4);

@@ -24,6 +24,7 @@
 //! [`plan`]: ferry_map::placement::plan
 pub mod frontend;
 pub mod lio;
+pub mod reservations;
 pub mod tgt;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,8 +4,10 @@
 //! - [`spec`]: parse the volume specs admins write, open and create volumes;
 //! - [`lun`]: a served LUN whose volume can start migrating, and finish,
 //!   underneath the front-end;
-//! - [`pr_home`]: where a LUN's persistent reservations are saved (with
-//!   the volume, or in the ZooKeeper map);
+//! - [`reservations`]: where a LUN's persistent reservations are saved
+//!   (with the volume, or wherever its slot points: the ZooKeeper map);
+//! - [`relay`]: how the target plugins reach reservations kept in the map,
+//!   through the node's agent, without a ZooKeeper client of their own;
 //! - [`snapshot`]: snapshots taken and restored while a LUN is served;
 //! - [`control`]: the Unix-socket control path the `ferry` CLI uses to reach
 //!   whichever process serves a LUN.
@@ -13,11 +15,12 @@
 
 pub mod control;
 pub mod lun;
-pub mod pr_home;
+pub mod relay;
+pub mod reservations;
 pub mod snapshot;
 pub mod spec;
 
 pub use control::{ControlServer, Registry, Request, Response};
 pub use ferry_pr;
-pub use lun::{Lun, StartOptions};
+pub use lun::{default_homes, set_default_homes, Lun, OpenOptions, StartOptions};
 pub use spec::VolumeSpec;

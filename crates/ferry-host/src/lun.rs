@@ -17,12 +17,47 @@ use ferry_core::{
     CacheMode, Copier, Error, Extent, MetaStore, MigratingVolume, MigrationPlan, MigrationState,
     Result, Volume,
 };
-use ferry_pr::{Nexus, PrState, Refusal, Reservations};
+use ferry_pr::{Nexus, Pointer, PrError, PrState, Refusal, ReservationHomes, Reservations};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::pr_home::{Pointer, PrStore};
+use crate::reservations::{pr_err, PrStore};
 use crate::spec::VolumeSpec;
+
+/// How a LUN is opened.
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// Whether a migration in progress advances (a copier thread); off for
+    /// control tools working offline.
+    pub run_copier: bool,
+    /// Follows a reservation slot's pointer (see [`crate::reservations`]).
+    pub homes: Arc<dyn ReservationHomes>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            run_copier: true,
+            homes: default_homes(),
+        }
+    }
+}
+
+static DEFAULT_HOMES: std::sync::OnceLock<Arc<dyn ReservationHomes>> = std::sync::OnceLock::new();
+
+/// Sets the homes every LUN this process opens follows pointers with
+/// (the `ferry` command sets ZooKeeper's; the plugins keep the default,
+/// the node's agent through [`crate::relay`]). Only the first call counts.
+pub fn set_default_homes(homes: Arc<dyn ReservationHomes>) {
+    let _ = DEFAULT_HOMES.set(homes);
+}
+
+/// The homes [`OpenOptions::default`] uses.
+pub fn default_homes() -> Arc<dyn ReservationHomes> {
+    DEFAULT_HOMES
+        .get_or_init(|| Arc::new(crate::relay::AgentRelay::new(&crate::control::run_dir())))
+        .clone()
+}
 
 /// Options of a migration start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,7 +107,7 @@ pub struct Lun {
     reservations: Reservations,
     /// Where they are saved: the served volume's slot for them (for RBD
     /// through the volume's own image handle), or the ZooKeeper document
-    /// the slot points to (`pr_home`), so they follow the LUN to
+    /// the slot points to (`reservations`), so they follow the LUN to
     /// whichever gateway opens it next. The slot moves to the target at
     /// commit.
     pr_store: PrStore,
@@ -170,12 +205,24 @@ impl Lun {
     /// Opens a LUN for serving; a migration in progress resumes, with its
     /// copier running.
     pub fn open(spec: &str) -> Result<Arc<Lun>> {
-        Self::open_with(spec, true)
+        Self::open_opts(spec, OpenOptions::default())
     }
 
     /// Opens a LUN; with `run_copier` false, a migration in progress is
     /// loaded but not advanced (control tools working offline).
     pub fn open_with(spec: &str, run_copier: bool) -> Result<Arc<Lun>> {
+        Self::open_opts(
+            spec,
+            OpenOptions {
+                run_copier,
+                ..OpenOptions::default()
+            },
+        )
+    }
+
+    /// Opens a LUN as `opts` say.
+    pub fn open_opts(spec: &str, opts: OpenOptions) -> Result<Arc<Lun>> {
+        let OpenOptions { run_copier, homes } = opts;
         let spec = VolumeSpec::parse(spec)?;
         let (reopened, served) = resolve(&spec)?;
         let (current, migration): (Arc<dyn Volume>, _) = match reopened {
@@ -193,7 +240,7 @@ impl Lun {
             Some(m) => m.vol.source_store(),
             None => served.store_of(current.as_ref())?,
         };
-        let (pr_store, saved) = PrStore::open(slot, run_copier)?;
+        let (pr_store, saved) = PrStore::open(slot, run_copier, homes)?;
         let reservations =
             Reservations::load(saved.as_deref()).map_err(|why| Error::Reservations {
                 what: pr_store.describe(),
@@ -258,10 +305,10 @@ impl Lun {
         &self.reservations
     }
 
-    fn save_reservations(&self, bytes: &[u8]) -> std::result::Result<(), String> {
+    fn save_reservations(&self, bytes: &[u8]) -> std::result::Result<(), PrError> {
         // The error names where (a volume's metadata, a ZooKeeper
         // document).
-        self.pr_store.save(bytes).map_err(|e| e.to_string())
+        self.pr_store.save(bytes)
     }
 
     /// Whether `nexus` may run `cdb` (any command but PERSISTENT RESERVE
@@ -330,10 +377,7 @@ impl Lun {
             let _gate = self.pr_gate.write();
             self.reservations
                 .replace_with(PrState::cleared, &|b| self.save_reservations(b))
-                .map_err(|why| Error::Reservations {
-                    what: self.pr_store.describe(),
-                    why: format!("clearing them failed: {why}"),
-                })?;
+                .map_err(pr_err)?;
             log::warn!(
                 "{}: persistent reservations cleared by an administrator",
                 self.spec
@@ -342,9 +386,9 @@ impl Lun {
         Ok(self.reservations.state())
     }
 
-    /// Keeps the reservations in the ZooKeeper map from now on, at
-    /// `pointer`: the state held now is written there, then the volume's
-    /// slot points to it (see [`crate::pr_home`]). PR OUT waits meanwhile.
+    /// Keeps the reservations at `pointer` (the ZooKeeper map's) from now
+    /// on: the state held now is written there, then the volume's slot
+    /// points to it (see [`crate::reservations`]). PR OUT waits meanwhile.
     pub fn keep_reservations_in(&self, pointer: &Pointer) -> Result<()> {
         self.reservations
             .serialized(|state| self.pr_store.keep_in(pointer, &state.encode()))

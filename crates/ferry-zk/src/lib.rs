@@ -38,7 +38,9 @@ use parking_lot::Mutex;
 use zookeeper_client as zk;
 
 mod document;
+pub mod reservations;
 pub use document::ZkDocument;
+pub use reservations::ZkReservations;
 
 /// How to reach the map.
 #[derive(Clone)]
