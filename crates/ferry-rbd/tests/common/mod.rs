@@ -1,73 +1,42 @@
 //! The real Ceph cluster the RBD tests run against.
 //!
-//! A test calls [`ceph`]: with `CEPH_CONF` set, that cluster is used (it
-//! must have the pools `ferry-a` and `ferry-b`, as `scripts/ceph-cluster.sh`
-//! makes them). Otherwise the test starts (or reuses) the shared cluster in
-//! `/var/tmp/ferry-ceph` with that script, under a lock file so parallel
-//! test processes start it once. When `CEPH_CONF` is unset and Ceph is not
-//! installed, the test prints "skipping: ..." and returns, except under
-//! `CI=true`, where that is a failure.
+//! A test calls [`ceph`], which returns the cluster `CEPH_CONF` names (it
+//! must have the pools `ferry-a` and `ferry-b`, as
+//! `scripts/ceph-cluster.sh` makes them). Every such test is `#[ignore]`d,
+//! so a plain test run reports it skipped; `scripts/test.sh` starts the
+//! loopback clusters, exports `CEPH_CONF` and `CEPH_CONF_B`, runs them and
+//! stops the clusters it started. Run without `CEPH_CONF`, they fail.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_rbd::{remove_image, Cluster, RbdSpec};
 
-/// Where tests start their own cluster when `CEPH_CONF` is unset.
-pub const SHARED_DIR: &str = "/var/tmp/ferry-ceph";
 pub const POOL_A: &str = "ferry-a";
 pub const POOL_B: &str = "ferry-b";
 
-/// The conf of the cluster to test against, or `None` to skip.
-pub fn ceph() -> Option<PathBuf> {
-    if let Some(conf) = std::env::var_os("CEPH_CONF").filter(|c| !c.is_empty()) {
-        return Some(PathBuf::from(conf));
-    }
-    let installed = Command::new("ceph-mon")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        let why = "CEPH_CONF is unset and Ceph is not installed \
-                   (scripts/ceph-cluster.sh start DIR installs and starts one)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but {why}");
-        }
-        println!("skipping: {why}");
-        return None;
-    }
-    static SHARED: OnceLock<PathBuf> = OnceLock::new();
-    Some(SHARED.get_or_init(start_shared).clone())
+/// The conf of the cluster to test against (`CEPH_CONF`).
+pub fn ceph() -> PathBuf {
+    conf_from("CEPH_CONF", "a Ceph cluster")
 }
 
-fn start_shared() -> PathBuf {
-    // One starter at a time across test processes: flock(1) holds the lock
-    // file while the script runs (the script also locks its directory, but
-    // only once it runs; this also orders the package install).
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ceph-cluster.sh");
-    let out = Command::new("flock")
-        .arg("--close") // the lock stays with flock, not with the daemons
-        .arg(format!("{SHARED_DIR}.lock"))
-        .arg("bash")
-        .arg(&script)
-        .arg("start")
-        .arg(SHARED_DIR)
-        .output()
-        .expect("running flock and scripts/ceph-cluster.sh");
-    assert!(
-        out.status.success(),
-        "scripts/ceph-cluster.sh start {SHARED_DIR} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Path::new(SHARED_DIR).join("ceph.conf")
+/// The conf of a second cluster (`CEPH_CONF_B`), for cross-cluster tests.
+pub fn ceph_b() -> PathBuf {
+    conf_from("CEPH_CONF_B", "a second Ceph cluster")
+}
+
+fn conf_from(var: &str, what: &str) -> PathBuf {
+    match std::env::var_os(var).filter(|c| !c.is_empty()) {
+        Some(c) if Path::new(&c).exists() => PathBuf::from(c),
+        Some(c) => panic!("{var}={} does not exist", Path::new(&c).display()),
+        None => panic!(
+            "this test needs {what} ({var}): run it through scripts/test.sh, which starts \
+             the loopback clusters, or export {var} (scripts/ceph-cluster.sh start DIR)"
+        ),
+    }
 }
 
 /// A fresh image name for this test.
