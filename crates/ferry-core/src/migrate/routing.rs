@@ -1,0 +1,195 @@
+//! Routing: where each read and write of a [`MigratingVolume`] goes while
+//! a migration is copying, copied or aborting, and the copy-up that lets a
+//! partial write land on the target. This is the foreground I/O path; the
+//! copier's side is in `steps.rs`.
+//!
+//! Routing rules while copying (state `copying` / `copied`):
+//! - a read of a migrated region goes to the target, else to the source; a
+//!   read spanning regions is split into runs with one route each;
+//! - a write to a migrated region goes to the target; a write covering a
+//!   whole unmigrated region writes the target and marks the region; a
+//!   partial write to an unmigrated region first copies the region up (read
+//!   source, merge, write target) and then marks it;
+//! - write-zeroes / discard follow the same rules, without copying for
+//!   whole regions;
+//! - the source is never written, so it stays a consistent image of the
+//!   volume at the start; every write sets the region's *written* bit first,
+//!   which is what an abort copies back.
+//!
+//! While aborting, writes to still-migrated regions go to both legs (so a
+//! region can be handed back at any instant) and writes elsewhere go to the
+//! source; the copier copies written regions back and clears their bits.
+//!
+//! Memory: a copy-up (a partial write to an unmigrated region) moves the
+//! region in chunks of at most [`COPY_CHUNK`](super::COPY_CHUNK) bytes,
+//! whatever the region size (up to 1 GiB).
+use super::steps::copy_extents;
+use super::{Legs, MigratingVolume};
+use crate::error::Result;
+use crate::faults;
+use crate::record::MigrationState;
+use crate::volume::{check_range, Volume};
+
+impl MigratingVolume {
+    /// Splits `[offset, offset+len)` into per-region pieces:
+    /// `(region, piece_offset, piece_len)`.
+    fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let end = offset + len;
+        let first = self.index.region_of(offset);
+        let last = if len == 0 {
+            first
+        } else {
+            self.index.region_of(end - 1)
+        };
+        (first..=last).filter(move |_| len > 0).map(move |r| {
+            let (s, e) = self.index.region_bounds(r);
+            let ps = s.max(offset);
+            let pe = e.min(end);
+            (r, ps, pe - ps)
+        })
+    }
+
+    /// Runs of consecutive pieces with the same route: `(to_target, offset, len)`.
+    pub(super) fn routed_runs(&self, offset: u64, len: u64) -> Vec<(bool, u64, u64)> {
+        let mut runs: Vec<(bool, u64, u64)> = Vec::new();
+        for (r, o, l) in self.pieces(offset, len) {
+            let migrated = self.index.is_migrated(r);
+            match runs.last_mut() {
+                Some(run) if run.0 == migrated => run.2 += l,
+                _ => runs.push((migrated, o, l)),
+            }
+        }
+        runs
+    }
+
+    /// Copies region `[start,end)` up from the source to the target, except
+    /// `[at, at+len)` which the caller's write is about to cover, in chunks
+    /// of at most [`COPY_CHUNK`](super::COPY_CHUNK) bytes.
+    fn copy_up(&self, legs: &Legs, start: u64, end: u64, at: u64, len: u64) -> Result<()> {
+        self.point(faults::WRITE_COPY_UP)?;
+        let mut buf = Vec::new();
+        if at > start {
+            copy_extents(legs.source(), legs.target(), start, at, &mut buf)?;
+        }
+        if at + len < end {
+            copy_extents(legs.source(), legs.target(), at + len, end, &mut buf)?;
+        }
+        Ok(())
+    }
+
+    /// Forward-mode handling of one region piece of a write or zeroing.
+    /// `data` is `None` for write-zeroes/discard.
+    fn modify_forward(
+        &self,
+        legs: &Legs,
+        r: u64,
+        at: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        discard: bool,
+    ) -> Result<()> {
+        let apply_target = |at: u64, len: u64| {
+            self.point(faults::WRITE_DATA)?;
+            apply(legs.target(), at, len, data, discard)
+        };
+        // Fast path: bits only go 0 -> 1 while copying, so a region seen
+        // migrated and written stays so for the rest of this I/O.
+        if self.index.is_migrated(r) && self.index.is_written(r) {
+            return apply_target(at, len);
+        }
+        let _g = self.locks.lock(r, r);
+        // The written bit goes first: an abort must copy this region back
+        // even if we crash right after the write lands on the target.
+        if !self.index.is_written(r) {
+            self.point(faults::WRITE_MARK_WRITTEN)?;
+            self.index.mark_written(r)?;
+        }
+        if self.index.is_migrated(r) {
+            return apply_target(at, len);
+        }
+        let (start, end) = self.index.region_bounds(r);
+        // The rest of the region first (nothing routes to the target yet),
+        // then the write itself.
+        self.copy_up(legs, start, end, at, len)?;
+        apply_target(at, len)?;
+        // ORDERING: data on the target first, then the migrated bit; it is
+        // confirmed (trusted after power loss) by the next checkpoint,
+        // which flushes the target before it writes the confirmation.
+        self.point(faults::WRITE_MARK_MIGRATED)?;
+        self.index.mark_migrated(&[r])
+    }
+
+    /// Abort-mode handling of one region piece: migrated regions are
+    /// written on both legs so the copier can hand them back at any time.
+    fn modify_aborting(
+        &self,
+        legs: &Legs,
+        r: u64,
+        at: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        discard: bool,
+    ) -> Result<()> {
+        let _g = self.locks.lock(r, r);
+        if self.index.is_migrated(r) {
+            if !self.index.is_written(r) {
+                self.point(faults::WRITE_MARK_WRITTEN)?;
+                self.index.mark_written(r)?;
+            }
+            self.point(faults::WRITE_DATA)?;
+            // A failure on either leg fences: the legs may now disagree,
+            // and a copy-back already batched could hand the region to
+            // the source in a state no read ever showed.
+            apply(legs.source(), at, len, data, discard)
+                .and_then(|()| apply(legs.target(), at, len, data, discard))
+                .inspect_err(|e| self.fence(&format!("a write to both legs failed half way: {e}")))
+        } else {
+            self.point(faults::WRITE_DATA)?;
+            apply(legs.source(), at, len, data, discard)
+        }
+    }
+
+    pub(super) fn modify(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        discard: bool,
+    ) -> Result<()> {
+        check_range(self.size, offset, len)?;
+        let legs = self.begin()?;
+        match self.state() {
+            MigrationState::Committed => return apply(legs.target(), offset, len, data, discard),
+            MigrationState::Aborted => return apply(legs.source(), offset, len, data, discard),
+            _ => {}
+        }
+        let aborting = self.state() == MigrationState::Aborting;
+        if !aborting && len > 0 {
+            let first = self.index.region_of(offset);
+            let last = self.index.region_of(offset + len - 1);
+            if self.index.all_migrated_and_written(first, last) {
+                return apply(legs.target(), offset, len, data, discard);
+            }
+        }
+        for (r, at, l) in self.pieces(offset, len) {
+            // at - offset < len, which came from a slice length.
+            let piece = data.map(|d| &d[(at - offset) as usize..(at - offset + l) as usize]);
+            if aborting {
+                self.modify_aborting(&legs, r, at, l, piece, discard)?;
+            } else {
+                self.modify_forward(&legs, r, at, l, piece, discard)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies one modification to one volume: `data` is written, or (`None`)
+/// the range is discarded or zeroed.
+fn apply(v: &dyn Volume, at: u64, len: u64, data: Option<&[u8]>, discard: bool) -> Result<()> {
+    match data {
+        Some(d) => v.write_at(d, at),
+        None if discard => v.discard(at, len),
+        None => v.write_zeroes(at, len),
+    }
+}
