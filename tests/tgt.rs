@@ -113,9 +113,7 @@ fn sha256_file(path: &Path) -> String {
 
 #[test]
 fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let src = format!("file:{}", dir.path().join("src.img").display());
     let dst_path = dir.path().join("dst.img");
@@ -232,9 +230,7 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
 
 #[test]
 fn abort_over_iscsi_gives_the_source_every_write_back() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let src_path = dir.path().join("src.img");
     let src = format!("file:{}", src_path.display());
@@ -304,9 +300,7 @@ fn expect_good(s: &mut Session, cdb: &[u8], out: Option<&[u8]>, in_len: usize, w
 
 #[test]
 fn bad_input_gets_errors_or_sense_and_tgtd_survives() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let src = format!("file:{}", dir.path().join("src.img").display());
     let mut t = Tgtd::start(&dir.path().join("run"));
@@ -420,9 +414,7 @@ fn wce(s: &mut Session) -> bool {
 
 #[test]
 fn cache_modes_show_in_wce_and_follow_changes() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let vol = format!("file:{}", dir.path().join("v.img").display());
     let t = Tgtd::start(&dir.path().join("run"));
@@ -498,9 +490,7 @@ fn cache_modes_show_in_wce_and_follow_changes() {
 
 #[test]
 fn snapshot_restore_under_load_keeps_the_initiator_connected() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let vol = format!("file:{}", dir.path().join("v.img").display());
     let t = Tgtd::start(&dir.path().join("run"));
@@ -635,9 +625,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
 /// units are mapped, unmapped ones deallocated, past the end is refused.
 #[test]
 fn get_lba_status_follows_writes_and_unmaps() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
     t.serve(&common::file_volume(dir.path(), 8 << 20));
@@ -698,9 +686,7 @@ fn cdb16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
 
 #[test]
 fn lun_of_4096_byte_blocks_places_data_by_4096_and_refuses_past_the_end() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
     // 8 MiB: 2048 blocks of 4096 bytes.

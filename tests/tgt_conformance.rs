@@ -24,9 +24,8 @@ fn load(path: &Path) -> BTreeMap<String, String> {
 
 #[test]
 fn ferry_passes_what_tgt_rdwr_passes_idle_and_while_migrating() {
-    if !common::require("tgtd") || !common::require("iscsi-test-cu") {
-        return;
-    }
+    common::require("tgtd");
+    common::require("iscsi-test-cu");
     common::install_plugin();
     let out = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

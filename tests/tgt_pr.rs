@@ -32,24 +32,20 @@ fn summary(log: &str) -> (u32, u32, u32) {
 }
 
 /// A tgtd serving a fresh file volume of `bytes` as target 1, LUN 1:
-/// tgtd, the volume's spec, and the directory holding both (dropped last);
-/// `None` where tgtd is not installed.
-fn serving(bytes: u64) -> Option<(Tgtd, String, tempfile::TempDir)> {
-    if !common::require("tgtd") {
-        return None;
-    }
+/// tgtd, the volume's spec, and the directory holding both (dropped last).
+fn serving(bytes: u64) -> (Tgtd, String, tempfile::TempDir) {
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
     let spec = common::file_volume(dir.path(), bytes);
     t.serve(&spec);
-    Some((t, spec, dir))
+    (t, spec, dir)
 }
 
 #[test]
 fn iscsi_test_cu_persistent_reserve_families_pass() {
-    if !common::require("tgtd") || !common::require("iscsi-test-cu") {
-        return;
-    }
+    common::require("tgtd");
+    common::require("iscsi-test-cu");
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
     t.serve(&common::file_volume(dir.path(), 64 << 20));
@@ -126,9 +122,7 @@ fn ferry(t: &Tgtd, args: &[&str]) -> String {
 
 #[test]
 fn reservations_hold_through_crash_gateway_move_and_migration() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let spec = common::file_volume(dir.path(), 32 << 20);
 
@@ -235,9 +229,7 @@ fn reservations_hold_through_crash_gateway_move_and_migration() {
 
 #[test]
 fn bad_persistent_reserve_input_gets_sense_and_changes_nothing() {
-    let Some((t, _, _dir)) = serving(8 << 20) else {
-        return;
-    };
+    let (t, _, _dir) = serving(8 << 20);
     let mut s = connect(&t, HOST_A, 1);
     let sense_of = |s: &mut Session, cdb: &[u8], out: Option<&[u8]>| {
         let r = s
@@ -346,9 +338,7 @@ fn transport_id_of(s: &mut Session, key: u64) -> Vec<u8> {
 /// REGISTER; B then reserves with that key.
 #[test]
 fn spec_i_pt_registers_another_hosts_port() {
-    let Some((t, _, _dir)) = serving(8 << 20) else {
-        return;
-    };
+    let (t, _, _dir) = serving(8 << 20);
     let mut a = connect(&t, HOST_A, 1);
     let mut b = connect(&t, HOST_B, 2);
     assert_eq!(prout(&mut b, 0, 0, 0, KEY_B), ScsiStatus::Good);
@@ -377,9 +367,7 @@ fn spec_i_pt_registers_another_hosts_port() {
 /// STATUS reports for it, and unregisters itself (UNREG).
 #[test]
 fn register_and_move_hands_the_reservation_to_another_host() {
-    let Some((mut t, spec, _dir)) = serving(8 << 20) else {
-        return;
-    };
+    let (mut t, spec, _dir) = serving(8 << 20);
     let mut a = connect(&t, HOST_A, 1);
     let mut b = connect(&t, HOST_B, 2);
     assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
@@ -417,9 +405,7 @@ fn register_and_move_hands_the_reservation_to_another_host() {
 /// A's writes fail from then on.
 #[test]
 fn preempt_and_abort_fences_a_writing_host_at_once() {
-    let Some((t, _, _dir)) = serving(16 << 20) else {
-        return;
-    };
+    let (t, _, _dir) = serving(16 << 20);
     {
         let mut a = connect(&t, HOST_A, 1);
         assert_eq!(prout(&mut a, 0, 0, 0, KEY_A), ScsiStatus::Good);
@@ -474,9 +460,7 @@ fn preempt_and_abort_fences_a_writing_host_at_once() {
 /// volume replaces it and the LUN opens.
 #[test]
 fn a_damaged_reservations_document_blocks_the_lun_until_cleared() {
-    if !common::require("tgtd") {
-        return;
-    }
+    common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let spec = common::file_volume(dir.path(), 8 << 20);
     std::fs::write(

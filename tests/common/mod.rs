@@ -31,37 +31,42 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Whether the machine has what a test needs; outside CI a missing piece
-/// skips the test, in CI (CI=true) it fails it.
-pub fn require(tool: &str) -> bool {
+/// Fails the test, naming the tool, when `tool` is not installed:
+/// `scripts/setup.sh` installs every tool the tests use, so a missing one
+/// is an error, never a silent pass.
+pub fn require(tool: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing in CI: scripts/setup.sh installs it"
-        );
-        eprintln!("skipping: {tool} is not installed");
-    }
-    found
+    assert!(
+        found,
+        "{tool} is not installed: run scripts/setup.sh (it installs what the tests need)"
+    );
 }
 
-/// The loopback cluster's ceph.conf from `CEPH_CONF`; outside CI a
-/// missing cluster skips the test, in CI it fails it.
-pub fn ceph_conf_or_skip() -> Option<String> {
-    match std::env::var("CEPH_CONF") {
-        Ok(c) if Path::new(&c).exists() => Some(c),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CEPH_CONF is not set in CI: .ci/run starts the clusters"
-            );
-            eprintln!("skipping: CEPH_CONF names no cluster (scripts/ceph-cluster.sh start DIR)");
-            None
-        }
+/// The loopback cluster's ceph.conf from `CEPH_CONF`. Tests calling this
+/// are `#[ignore]`d: `scripts/test.sh` starts the cluster and runs them; a
+/// run without it fails here rather than passing.
+pub fn ceph_conf() -> String {
+    conf_from("CEPH_CONF", "a Ceph cluster")
+}
+
+/// The second loopback cluster's ceph.conf from `CEPH_CONF_B` (for
+/// cross-cluster migrations), as [`ceph_conf`].
+pub fn ceph_conf_b() -> String {
+    conf_from("CEPH_CONF_B", "a second Ceph cluster")
+}
+
+fn conf_from(var: &str, what: &str) -> String {
+    match std::env::var(var) {
+        Ok(c) if Path::new(&c).exists() => c,
+        Ok(c) if !c.is_empty() => panic!("{var}={c} does not exist"),
+        _ => panic!(
+            "this test needs {what} ({var}): run it through scripts/test.sh, which starts \
+             the loopback clusters, or export {var} (scripts/ceph-cluster.sh start DIR)"
+        ),
     }
 }
 

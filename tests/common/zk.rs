@@ -16,20 +16,13 @@ pub struct ZooKeeper {
 }
 
 impl ZooKeeper {
-    /// Starts a server; None (skip) when ZooKeeper is not installed
-    /// outside CI.
-    pub fn start(dir: &Path) -> Option<ZooKeeper> {
-        if !super::require("java") {
-            return None;
-        }
-        if !Path::new(JAR).exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{JAR} is missing in CI: scripts/setup.sh installs zookeeper"
-            );
-            eprintln!("skipping: ZooKeeper is not installed");
-            return None;
-        }
+    /// Starts a server; fails the test when ZooKeeper is not installed.
+    pub fn start(dir: &Path) -> ZooKeeper {
+        super::require("java");
+        assert!(
+            Path::new(JAR).exists(),
+            "{JAR} is missing: run scripts/setup.sh (it installs zookeeper)"
+        );
         let port = super::free_port();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         // tickTime 250 ms lets tests ask for sessions down to 0.5 s;
@@ -50,7 +43,7 @@ impl ZooKeeper {
             child: None,
         };
         zk.spawn();
-        Some(zk)
+        zk
     }
 
     fn spawn(&mut self) {
