@@ -40,9 +40,7 @@ fn blocks(seed: u64, lba: u64, n: usize, bs: usize) -> Vec<u8> {
 
 #[test]
 fn session_commands_round_trip() {
-    let Some(t) = Tgtd::start(LUN_BYTES) else {
-        return;
-    };
+    let t = Tgtd::start(LUN_BYTES);
     let mut s = Session::connect(&t.url()).expect("login");
     let (bs, n) = s.read_capacity().unwrap();
     assert_eq!((bs, n), (512, LUN_BYTES / 512));
@@ -159,9 +157,7 @@ fn session_commands_round_trip() {
 
 #[test]
 fn async_api_keeps_commands_in_flight() {
-    let Some(t) = Tgtd::start(LUN_BYTES) else {
-        return;
-    };
+    let t = Tgtd::start(LUN_BYTES);
     let mut s = Session::connect(&t.url()).unwrap();
     let bs = s.block_size() as usize;
     // 32 writes of 8 blocks, all queued before any completes.
@@ -220,9 +216,7 @@ fn async_api_keeps_commands_in_flight() {
 
 #[test]
 fn binary_info_patterns_load_and_verify_log() {
-    let Some(t) = Tgtd::start(LUN_BYTES) else {
-        return;
-    };
+    let t = Tgtd::start(LUN_BYTES);
     let url = t.url();
 
     let info = run(ferry_iscsi().args(["info", &url, "--json"]));
@@ -330,9 +324,7 @@ fn binary_info_patterns_load_and_verify_log() {
 
 #[test]
 fn acknowledged_writes_survive_a_target_crash() {
-    let Some(mut t) = Tgtd::start(LUN_BYTES) else {
-        return;
-    };
+    let mut t = Tgtd::start(LUN_BYTES);
     let url = t.url();
     let log = t.dir().join("crash.log");
     let log_s = log.to_str().unwrap().to_string();
@@ -470,9 +462,7 @@ fn connection_failures_are_prompt_errors() {
     assert_eq!(out.status.code(), Some(2));
 
     // A real target that does not have this IQN.
-    let Some(t) = Tgtd::start(1 << 20) else {
-        return;
-    };
+    let t = Tgtd::start(1 << 20);
     let e = Session::connect_with(
         &format!("iscsi://127.0.0.1:{}/iqn.2026-11.org.ferry:nope/1", t.port),
         &opts,

@@ -1,9 +1,8 @@
 //! A private tgtd for one test: its own iSCSI port and control port, a
 //! target with one `rdwr` LUN on a temp file, stopped (or killed) on drop.
 //!
-//! Tests call [`Tgtd::start`], which returns `None` after printing
-//! "skipping: ..." when tgt is not installed (or we are not root) and CI
-//! is not "true"; under CI=true that is a failure instead.
+//! Tests call [`Tgtd::start`], which fails the test, saying why, when tgt
+//! is not installed (`scripts/setup.sh` installs it) or we are not root.
 
 #![allow(dead_code)]
 
@@ -22,9 +21,8 @@ pub fn ferry_iscsi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry-iscsi"))
 }
 
-/// Whether tgt-backed tests can run here; `None` means skip.
-fn tgt_available() -> Option<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+/// Fails the test, saying why, where tgt-backed tests cannot run.
+fn require_tgt() {
     let installed = ["tgtd", "tgtadm"].iter().all(|b| {
         Command::new(b)
             .arg("--help")
@@ -37,16 +35,11 @@ fn tgt_available() -> Option<()> {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let why = match (installed, root) {
-        (true, true) => return Some(()),
-        (false, _) => "tgtd/tgtadm are not installed (apt-get install tgt)",
-        (true, false) => "tgtd needs root",
-    };
-    if ci {
-        panic!("CI=true but {why}");
-    }
-    println!("skipping: {why}");
-    None
+    assert!(
+        installed,
+        "tgtd/tgtadm are not installed: run scripts/setup.sh (it installs tgt)"
+    );
+    assert!(root, "tgtd needs root");
 }
 
 fn free_port() -> u16 {
@@ -75,8 +68,8 @@ pub struct Tgtd {
 
 impl Tgtd {
     /// Starts tgtd with one LUN of `lun_bytes` (a sparse temp file).
-    pub fn start(lun_bytes: u64) -> Option<Tgtd> {
-        tgt_available()?;
+    pub fn start(lun_bytes: u64) -> Tgtd {
+        require_tgt();
         let dir = tempfile::tempdir().expect("temp dir");
         let lun_path = dir.path().join("lun.img");
         File::create(&lun_path)
@@ -95,7 +88,7 @@ impl Tgtd {
             match t.launch(free_port()) {
                 Ok(()) => {
                     t.configure();
-                    return Some(t);
+                    return t;
                 }
                 Err(e) => last = e,
             }
