@@ -15,7 +15,7 @@ use ferry_scsi::cdb::{
     is_get_lba_status, is_report_supported_opcodes, report_opcodes_refused_field,
 };
 use ferry_scsi::sense::{key_and_asc, point_at_cdb_field};
-use ferry_scsi::{execute, parse, LunContext};
+use ferry_scsi::{execute, parse};
 use libfuzzer_sys::fuzz_target;
 use parking_lot::Mutex;
 
@@ -24,13 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let setup = LunSetup::read(&mut input);
     let (vol, faults) = setup.volume();
     let caw = Mutex::new(());
-    let lun = LunContext {
-        volume: vol.as_ref(),
-        block_shift: setup.block_shift,
-        write_cache: setup.write_cache,
-        cache_mode: setup.cache_mode,
-        caw_lock: &caw,
-    };
+    let lun = setup.context(vol.as_ref(), &caw);
     for _ in 0..MAX_COMMANDS {
         if input.is_empty() {
             break;

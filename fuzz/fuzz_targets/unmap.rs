@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use ferry_core::Volume;
 use ferry_fuzz::{Input, LunSetup};
-use ferry_scsi::{execute, parse, Command, LunContext};
+use ferry_scsi::{execute, parse, Command};
 use libfuzzer_sys::fuzz_target;
 use parking_lot::Mutex;
 
@@ -33,13 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let pattern = &pattern()[..vol.size() as usize]; // ≤ 64 KiB + 700
     vol.fill(pattern);
     let caw = Mutex::new(());
-    let lun = LunContext {
-        volume: vol.as_ref(),
-        block_shift: setup.block_shift,
-        write_cache: setup.write_cache,
-        cache_mode: setup.cache_mode,
-        caw_lock: &caw,
-    };
+    let lun = setup.context(vol.as_ref(), &caw);
     let mut cdb = [0x42, byte1, 0, 0, 0, 0, 0, 0, 0, 0];
     cdb[7..9].copy_from_slice(&param_len.to_be_bytes());
     let cmd = match parse(&cdb) {

@@ -110,6 +110,23 @@ impl LunSetup {
         let vol = SimVolume::new("fuzz", self.size, 4096, faults.clone());
         (vol, faults)
     }
+
+    /// The LUN `execute` sees: this setup over `volume`, whose whole size
+    /// the LUN serves, with `caw` its COMPARE AND WRITE lock.
+    pub fn context<'a>(
+        &self,
+        volume: &'a dyn ferry_core::Volume,
+        caw: &'a parking_lot::Mutex<()>,
+    ) -> ferry_scsi::LunContext<'a> {
+        ferry_scsi::LunContext {
+            volume,
+            block_shift: self.block_shift,
+            capacity_blocks: self.size >> self.block_shift,
+            write_cache: self.write_cache,
+            cache_mode: self.cache_mode,
+            caw_lock: caw,
+        }
+    }
 }
 
 /// The two setup bytes of [`LunSetup`]: 512-byte blocks, writeback with

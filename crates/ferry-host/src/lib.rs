@@ -2,6 +2,8 @@
 //! command) and the engine.
 //!
 //! - [`spec`]: parse the volume specs admins write, open and create volumes;
+//! - [`command`]: the one command path both front-ends call,
+//!   [`Lun::execute`];
 //! - [`lun`]: a served LUN whose volume can start migrating, and finish,
 //!   underneath the front-end;
 //! - [`reservations`]: where a LUN's persistent reservations are saved
@@ -13,7 +15,9 @@
 //!   whichever process serves a LUN.
 #![forbid(unsafe_code)]
 
+pub mod command;
 pub mod control;
+mod error;
 pub mod lun;
 pub mod relay;
 pub mod reservations;
@@ -21,6 +25,9 @@ pub mod snapshot;
 pub mod spec;
 
 pub use control::{ControlServer, Registry, Request, Response};
+pub use error::HostError;
 pub use ferry_pr;
+pub use ferry_pr::{Nexus, Refusal};
+pub use ferry_scsi;
 pub use lun::{default_homes, set_default_homes, Lun, OpenOptions, StartOptions};
 pub use spec::VolumeSpec;

@@ -7,7 +7,7 @@
 //! a source marker leads to the target and its record, and a committed
 //! migration is served from the target. The LUN's identity (target, LUN
 //! number, serial) never changes; only the volume underneath does.
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +102,17 @@ pub struct Lun {
     /// [`CacheMode`] code: read by every command, set from the control
     /// path.
     cache_mode: AtomicU8,
+    /// log2 of the logical block size initiators see (set by the
+    /// front-end, [`Lun::set_geometry`]).
+    pub(crate) block_shift: AtomicU32,
+    /// The capacity initiators see, in those blocks.
+    pub(crate) capacity_blocks: AtomicU64,
+    /// WCE as initiators see it (the front-end's core keeps the page).
+    pub(crate) write_cache: AtomicBool,
+    /// Serializes COMPARE AND WRITE (and ORWRITE) commands of the LUN
+    /// among themselves, which is what makes them atomic for the lock
+    /// users (VMFS ATS, sanlock) that rely on them.
+    pub(crate) caw: Mutex<()>,
     /// Persistent reservations, enforced here for every front-end that
     /// passes PR commands through (`ferry_pr`).
     reservations: Reservations,
@@ -256,19 +267,24 @@ impl Lun {
             );
         }
         log::info!("{spec}: serving {}", current.name());
+        let size = current.size();
         Ok(Arc::new(Lun {
             reservations,
             pr_store,
             pr_gate: RwLock::new(()),
             admin: Mutex::new(()),
             last_status: Mutex::new(None),
-            size: current.size(),
+            size,
             spec,
             current: RwLock::new(current),
             served: Mutex::new(served),
             migration: Mutex::new(migration),
             run_copier,
             cache_mode: AtomicU8::new(DEFAULT_CACHE_MODE.to_u8()),
+            block_shift: AtomicU32::new(9),
+            capacity_blocks: AtomicU64::new(size >> 9),
+            write_cache: AtomicBool::new(true),
+            caw: Mutex::new(()),
         }))
     }
 
@@ -286,6 +302,12 @@ impl Lun {
             *current = v;
         }
         Ok(out)
+    }
+
+    /// The volume commands go to now, held until the guard is dropped (a
+    /// migration start or snapshot switch waits for it).
+    pub(crate) fn current_volume(&self) -> parking_lot::RwLockReadGuard<'_, Arc<dyn Volume>> {
+        self.current.read()
     }
 
     /// How writes reach stable storage (see `ferry_core::cache`).

@@ -24,6 +24,9 @@ pub struct LunContext<'a> {
     pub volume: &'a dyn Volume,
     /// log2 of the logical block size (9 for 512, 12 for 4096).
     pub block_shift: u32,
+    /// The capacity initiators see, in logical blocks: every range is
+    /// checked against it (it may be less than the volume holds).
+    pub capacity_blocks: u64,
     /// Write cache enabled (mode page 8 WCE) as the initiator sees it.
     pub write_cache: bool,
     pub cache_mode: CacheMode,
@@ -35,7 +38,9 @@ pub struct LunContext<'a> {
 
 impl LunContext<'_> {
     fn capacity_blocks(&self) -> u64 {
-        self.volume.size() >> self.block_shift
+        // Never past the volume's end, whatever the front-end said.
+        self.capacity_blocks
+            .min(self.volume.size() >> self.block_shift)
     }
 
     /// Byte range of `blocks` at `lba`, range-checked against the LUN.
@@ -492,6 +497,7 @@ mod tests {
         let lun = LunContext {
             volume: f.vol.as_ref(),
             block_shift,
+            capacity_blocks: u64::MAX,
             write_cache: true,
             cache_mode: CacheMode::Writeback,
             caw_lock: &f.caw,
@@ -589,6 +595,7 @@ mod tests {
         let lun = LunContext {
             volume: vol,
             block_shift: 9,
+            capacity_blocks: u64::MAX,
             write_cache: wce,
             cache_mode: mode,
             caw_lock: &f.caw,
