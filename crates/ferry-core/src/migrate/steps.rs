@@ -181,9 +181,12 @@ impl MigratingVolume {
                     self.point(faults::COPY_BACK_FLUSH_SOURCE)?;
                     legs.source().flush()
                 })?;
-                let _g = self
-                    .locks
-                    .lock(regions[0], *regions.last().expect("non-empty"));
+                // The locks cover the batch's span: lowest to highest
+                // (the copier hands batches over in ascending order; any
+                // order is covered the same).
+                let first = *regions.iter().min().expect("non-empty");
+                let last = *regions.iter().max().expect("non-empty");
+                let _g = self.locks.lock(first, last);
                 // The cleared bits are synced before the region locks drop:
                 // from then on writers update only the source, and if power
                 // failed with a bit still set on disk, reads would go back
