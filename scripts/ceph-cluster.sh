@@ -5,6 +5,7 @@
 #   scripts/ceph-cluster.sh start  DIR   # create (first time) or restart (recreate if it cannot); prints CEPH_CONF=DIR/ceph.conf
 #   scripts/ceph-cluster.sh stop   DIR   # stops the daemons this script started (pids in DIR/run)
 #   scripts/ceph-cluster.sh status DIR   # daemons and `ceph -s`
+#   scripts/ceph-cluster.sh running DIR  # exits 0 if every daemon in DIR runs, else 1 (quiet)
 #   scripts/ceph-cluster.sh env    DIR   # prints `export CEPH_CONF=DIR/ceph.conf` (eval it)
 #
 # One mon, one mgr and one bluestore OSD on a sparse 12 GiB file, started by
@@ -29,7 +30,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 start|stop|status|env DIR" >&2
+  echo "usage: $0 start|stop|status|running|env DIR" >&2
   exit 2
 }
 
@@ -374,6 +375,14 @@ cmd_status() {
   CEPH_CMD_TIMEOUT=15 cephc -s || return 1
 }
 
+cmd_running() {
+  [ -f "$DIR/initialized" ] && [ -f "$CONF" ] || return 1
+  local name
+  for name in $(daemons); do
+    daemon_pid "$name" >/dev/null || return 1
+  done
+}
+
 cmd_env() {
   [ -f "$CONF" ] || die "no cluster in $DIR"
   echo "export CEPH_CONF=$CONF"
@@ -383,6 +392,7 @@ case $cmd in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  running) cmd_running ;;
   env) cmd_env ;;
   *) usage ;;
 esac

@@ -8,7 +8,8 @@ packages=(
   build-essential pkg-config clang libclang-dev   # bindgen for the plugins' FFI
   tgt libiscsi-bin libiscsi-dev                   # tgtd target, libiscsi initiators
   librbd-dev librados-dev                         # the RBD backend (feature rbd)
-  ceph-mon ceph-osd ceph-mgr ceph-common          # loopback test clusters
+  ceph ceph-mon ceph-osd ceph-mgr ceph-common     # loopback test clusters
+  uuid-runtime                                    #   (scripts/ceph-cluster.sh)
   qemu-system-x86 debootstrap                     # the LIO/tcmu-runner guest tests
   zookeeper                                       # the cluster LUN map (tests start their own servers)
 )
