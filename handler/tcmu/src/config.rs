@@ -20,6 +20,8 @@
 
 use ferry_host::VolumeSpec;
 
+use crate::error::{Cause, Error};
+
 /// The handler's subtype, and the prefix of its cfgstrings.
 pub const SUBTYPE: &str = "ferry";
 
@@ -36,7 +38,7 @@ const RUNNER_OPTIONS: &[&str] = &["tcmur_cmd_time_out"];
 /// Parses a cfgstring (`ferry/<spec>[;option=value...]`, or a bare spec)
 /// into the volume spec it names. Errors say what is wrong, for targetcli
 /// to show.
-pub fn parse(cfgstring: &str) -> Result<VolumeSpec, String> {
+pub fn parse(cfgstring: &str) -> Result<VolumeSpec, Error> {
     let rest = cfgstring
         .strip_prefix(SUBTYPE)
         .and_then(|r| r.strip_prefix('/'))
@@ -46,15 +48,16 @@ pub fn parse(cfgstring: &str) -> Result<VolumeSpec, String> {
     for opt in parts.map(str::trim).filter(|o| !o.is_empty()) {
         let key = opt.split_once('=').map_or(opt, |(k, _)| k);
         if !RUNNER_OPTIONS.contains(&key) {
-            return Err(format!(
-                "unknown option {key:?} in cfgstring {cfgstring:?} (ferry takes none)"
-            ));
+            return Err(Error::UnknownOption {
+                key: key.to_string(),
+                cfgstring: cfgstring.to_string(),
+            });
         }
     }
     if spec.is_empty() {
-        return Err(format!(
-            "cfgstring {cfgstring:?} names no volume; expected an absolute path such as /srv/vol0.img"
-        ));
+        return Err(Error::NoVolume {
+            cfgstring: cfgstring.to_string(),
+        });
     }
     // rtslib-friendly spelling of `rbd:` (no colon).
     let spec = match spec.strip_prefix("rbd/") {
@@ -67,28 +70,35 @@ pub fn parse(cfgstring: &str) -> Result<VolumeSpec, String> {
         .split_once(':')
         .is_some_and(|(scheme, _)| !scheme.contains('/'));
     if (!has_scheme || spec.starts_with("file:")) && !path.starts_with('/') {
-        return Err(format!(
-            "volume path {path:?} is relative; give an absolute path (tcmu-runner's working \
-             directory is not yours)"
-        ));
+        return Err(Error::RelativePath {
+            path: path.to_string(),
+        });
     }
-    VolumeSpec::parse(spec).map_err(|e| e.to_string())
+    VolumeSpec::parse(spec).map_err(|e| Error::Spec { source: e.into() })
 }
 
 /// Full check for `check_config`: the cfgstring parses and names a volume
 /// that exists (or a migration's source, which forwards to its target).
-pub fn check(cfgstring: &str) -> Result<VolumeSpec, String> {
+pub fn check(cfgstring: &str) -> Result<VolumeSpec, Error> {
     let spec = parse(cfgstring)?;
     let marker = spec
         .store()
         .and_then(|s| s.load_source_marker())
-        .map_err(|e| e.to_string())?;
-    if !spec.exists().map_err(|e| e.to_string())? && marker.is_none() {
-        return Err(format!(
-            "{spec} does not exist; create it first with `ferry volume create {spec} --size <bytes>`"
-        ));
+        .map_err(cannot_check(&spec))?;
+    if !spec.exists().map_err(cannot_check(&spec))? && marker.is_none() {
+        return Err(Error::NoSuchVolume {
+            spec: spec.to_string(),
+        });
     }
     Ok(spec)
+}
+
+/// Wraps why checking `spec` failed.
+fn cannot_check<E: Into<Cause>>(spec: &VolumeSpec) -> impl Fn(E) -> Error + '_ {
+    move |e| Error::Check {
+        spec: spec.to_string(),
+        source: e.into(),
+    }
 }
 
 #[cfg(test)]
@@ -123,7 +133,7 @@ mod tests {
             ("ferry//v.img;conf=/x", "unknown option \"conf\""),
             ("ferry/nbd:foo", "unknown volume type"),
         ] {
-            let err = parse(cfg).unwrap_err();
+            let err = parse(cfg).unwrap_err().to_string();
             assert!(err.contains(why), "{cfg:?}: {err}");
         }
     }
@@ -134,7 +144,7 @@ mod tests {
         let ours = parse("ferry/rbd/pool/img@s").map(|s| s.to_string());
         match (plain, ours) {
             (Ok(a), Ok(b)) => assert_eq!(a, b),
-            (Err(a), Err(b)) => assert_eq!(a.to_string(), b),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
             (a, b) => panic!("{a:?} vs {b:?}"),
         }
     }
@@ -144,7 +154,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.img");
         let cfg = format!("ferry/{}", path.display());
-        assert!(check(&cfg).unwrap_err().contains("does not exist"));
+        assert!(matches!(
+            check(&cfg).unwrap_err(),
+            Error::NoSuchVolume { .. }
+        ));
         std::fs::write(&path, [0u8; 512]).unwrap();
         assert_eq!(
             check(&cfg).unwrap().to_string(),

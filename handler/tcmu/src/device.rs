@@ -10,7 +10,8 @@ use ferry_core::Volume;
 use parking_lot::Mutex;
 
 use crate::config;
-use crate::exec::{self, DevState};
+use crate::exec::DevState;
+use crate::Error;
 
 /// Specs of the open devices: a second backstore on the same volume is
 /// refused at `check_config`, with a message, rather than at `open`.
@@ -20,12 +21,10 @@ fn served() -> &'static Mutex<BTreeSet<String>> {
 }
 
 /// `check_config`: the cfgstring names an existing volume not served yet.
-pub fn check_config(cfgstring: &str) -> Result<(), String> {
+pub fn check_config(cfgstring: &str) -> Result<(), Error> {
     let spec = config::check(cfgstring)?.to_string();
     if served().lock().contains(&spec) {
-        return Err(format!(
-            "{spec} is already served by another backstore of this tcmu-runner"
-        ));
+        return Err(Error::AlreadyServed { spec });
     }
     Ok(())
 }
@@ -33,16 +32,21 @@ pub fn check_config(cfgstring: &str) -> Result<(), String> {
 /// `open`: opens the LUN the cfgstring names (resuming a migration in
 /// progress, with its copier) for a device of `num_lbas` blocks of
 /// `block_size` bytes, and registers it with the control socket.
-pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevState>, String> {
+pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevState>, Error> {
     let spec = config::parse(cfgstring)?;
-    let block_shift = exec::block_shift(block_size)
-        .ok_or_else(|| format!("unsupported block size {block_size}"))?;
+    let block_shift = block_shift(block_size).ok_or(Error::BlockSize(block_size))?;
     let lun_bytes = num_lbas
         .checked_mul(u64::from(block_size))
-        .ok_or_else(|| format!("{num_lbas} blocks of {block_size} bytes overflow"))?;
+        .ok_or(Error::SizeOverflow {
+            num_lbas,
+            block_size,
+        })?;
     let name = spec.to_string();
-    let lun = ferry_host::Lun::open(&name).map_err(|e| format!("cannot open {name}: {e}"))?;
-    if let Some(note) = exec::check_size(lun_bytes, lun.size())? {
+    let lun = ferry_host::Lun::open(&name).map_err(|e| Error::Open {
+        spec: name.clone(),
+        source: e.into(),
+    })?;
+    if let Some(note) = check_size(lun_bytes, lun.size())? {
         log::warn!("{name}: {note}");
     }
     ferry_host::control::process_registry().add(&lun);
@@ -74,30 +78,61 @@ pub fn close(state: Arc<DevState>) {
 
 /// `reconfig` of the size: a LUN may grow (or shrink) to any size the
 /// volume covers, in whole blocks.
-pub fn resize(state: &DevState, new_bytes: u64) -> Result<(), String> {
+pub fn resize(state: &DevState, new_bytes: u64) -> Result<(), Error> {
     let block = 1u64 << state.block_shift;
     if new_bytes % block != 0 {
-        return Err(format!(
-            "{}: new size {new_bytes} is not a multiple of the {block}-byte block",
-            state.spec
-        ));
+        return Err(Error::PartialBlock {
+            spec: state.spec.clone(),
+            bytes: new_bytes,
+            block,
+        });
     }
-    exec::check_size(new_bytes, state.lun.size()).map_err(|e| format!("{}: {e}", state.spec))?;
+    check_size(new_bytes, state.lun.size()).map_err(|e| Error::Resize {
+        spec: state.spec.clone(),
+        source: Box::new(e),
+    })?;
     log::info!("{}: resized to {new_bytes} bytes", state.spec);
     Ok(())
 }
 
 /// `reconfig` of the cfgstring: only to one naming the same volume. A LUN
 /// changes volumes through `ferry migrate`, which keeps it serving.
-pub fn change_cfgstring(state: &DevState, cfgstring: &str) -> Result<(), String> {
+pub fn change_cfgstring(state: &DevState, cfgstring: &str) -> Result<(), Error> {
     let spec = config::parse(cfgstring)?.to_string();
     if spec == state.spec || state.lun.answers_to(&spec) {
         return Ok(());
     }
-    Err(format!(
-        "{}: cannot switch to {spec}; move the data with `ferry migrate start {} {spec}`",
-        state.spec, state.spec
-    ))
+    Err(Error::SwitchVolume {
+        from: state.spec.clone(),
+        to: spec,
+    })
+}
+
+/// Checks that a LUN of `lun_bytes` (tcmu's `num_lbas * block_size`) can
+/// be served from a volume of `volume_bytes`: the LUN may not reach past
+/// the volume's end. A smaller LUN is allowed (the rest of the volume is
+/// out of reach) and reported as `Ok(Some(note))`.
+pub fn check_size(lun_bytes: u64, volume_bytes: u64) -> Result<Option<String>, Error> {
+    if lun_bytes > volume_bytes {
+        return Err(Error::TooLarge {
+            lun_bytes,
+            volume_bytes,
+        });
+    }
+    if lun_bytes < volume_bytes {
+        return Ok(Some(format!(
+            "the backstore ({lun_bytes} bytes) is smaller than the volume ({volume_bytes}); \
+             the rest of the volume is not served"
+        )));
+    }
+    Ok(None)
+}
+
+/// log2 of a logical block size tcmu reports, if it is a power of two
+/// between 512 bytes and 64 KiB.
+pub fn block_shift(block_size: u32) -> Option<u32> {
+    (block_size.is_power_of_two() && (512..=65536).contains(&block_size))
+        .then(|| block_size.trailing_zeros())
 }
 
 #[cfg(test)]
@@ -119,20 +154,47 @@ mod tests {
         std::env::set_var("FERRY_RUN_DIR", dir.path().join("run"));
         let cfg = volume(dir.path(), 1 << 20);
         let err = open(&cfg, 512, 4096).err().unwrap();
-        assert!(err.contains("only 1048576"), "{err}");
-        assert!(open(&cfg, 1000, 2048).err().unwrap().contains("block size"));
+        assert!(err.to_string().contains("only 1048576"), "{err}");
+        assert!(matches!(
+            open(&cfg, 1000, 2048).err().unwrap(),
+            Error::BlockSize(1000)
+        ));
         let state = open(&cfg, 512, 2048).unwrap();
-        assert!(check_config(&cfg).unwrap_err().contains("already served"));
+        assert!(matches!(
+            check_config(&cfg).unwrap_err(),
+            Error::AlreadyServed { .. }
+        ));
         assert!(resize(&state, 1 << 20).is_ok());
-        assert!(resize(&state, 2 << 20).is_err());
-        assert!(resize(&state, 1000).is_err());
+        assert!(matches!(
+            resize(&state, 2 << 20).unwrap_err(),
+            Error::Resize { .. }
+        ));
+        assert!(matches!(
+            resize(&state, 1000).unwrap_err(),
+            Error::PartialBlock { bytes: 1000, .. }
+        ));
         assert!(change_cfgstring(&state, &cfg).is_ok());
         assert!(change_cfgstring(&state, "ferry//elsewhere.img")
             .unwrap_err()
+            .to_string()
             .contains("ferry migrate"));
         close(state);
         check_config(&cfg).unwrap();
         // Closed means the volume's lock is gone: it opens again.
         close(open(&cfg, 512, 2048).unwrap());
+    }
+
+    #[test]
+    fn sizes_and_block_sizes() {
+        assert!(check_size(2048, 1024)
+            .unwrap_err()
+            .to_string()
+            .contains("size=1024"));
+        assert_eq!(check_size(1024, 1024).ok(), Some(None));
+        assert!(check_size(512, 1024).unwrap().is_some());
+        assert_eq!(block_shift(512), Some(9));
+        assert_eq!(block_shift(4096), Some(12));
+        assert_eq!(block_shift(1000), None);
+        assert_eq!(block_shift(0), None);
     }
 }

@@ -217,6 +217,7 @@ impl DevState {
         let ctx = LunContext {
             volume: self.volume(),
             block_shift: self.block_shift,
+            capacity_blocks: u64::MAX,
             write_cache,
             cache_mode: self.lun.cache_mode(),
             caw_lock: &self.caw,
@@ -237,33 +238,6 @@ fn discard(vol: &dyn Volume, off: u64, len: u64, flush: bool) -> Result<(), Sens
         vol.flush().map_err(write_err)?;
     }
     Ok(())
-}
-
-/// Checks that a LUN of `lun_bytes` (tcmu's `num_lbas * block_size`) can
-/// be served from a volume of `volume_bytes`: the LUN may not reach past
-/// the volume's end. A smaller LUN is allowed (the rest of the volume is
-/// out of reach) and reported as `Ok(Some(note))`.
-pub fn check_size(lun_bytes: u64, volume_bytes: u64) -> Result<Option<String>, String> {
-    if lun_bytes > volume_bytes {
-        return Err(format!(
-            "the backstore is {lun_bytes} bytes but the volume only {volume_bytes}: \
-             create the backstore with size={volume_bytes} (or less)"
-        ));
-    }
-    if lun_bytes < volume_bytes {
-        return Ok(Some(format!(
-            "the backstore ({lun_bytes} bytes) is smaller than the volume ({volume_bytes}); \
-             the rest of the volume is not served"
-        )));
-    }
-    Ok(None)
-}
-
-/// log2 of a logical block size tcmu reports, if it is a power of two
-/// between 512 bytes and 64 KiB.
-pub fn block_shift(block_size: u32) -> Option<u32> {
-    (block_size.is_power_of_two() && (512..=65536).contains(&block_size))
-        .then(|| block_size.trailing_zeros())
 }
 
 #[cfg(test)]
@@ -461,16 +435,5 @@ mod tests {
             true,
             &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]
         ));
-    }
-
-    #[test]
-    fn sizes_and_block_sizes() {
-        assert!(check_size(2048, 1024).unwrap_err().contains("size=1024"));
-        assert_eq!(check_size(1024, 1024), Ok(None));
-        assert!(check_size(512, 1024).unwrap().is_some());
-        assert_eq!(block_shift(512), Some(9));
-        assert_eq!(block_shift(4096), Some(12));
-        assert_eq!(block_shift(1000), None);
-        assert_eq!(block_shift(0), None);
     }
 }

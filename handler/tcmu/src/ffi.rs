@@ -10,15 +10,17 @@
 //! `tests/layout.rs` re-measures them against the headers when a source
 //! tree is present (`TCMU_SRC`).
 //!
-//! The functions are looked up with `dlsym(RTLD_DEFAULT)` when the
-//! handler first needs them, not linked: tcmu-runner `dlopen`s handlers
+//! The functions are looked up with `dlsym(RTLD_DEFAULT)`
+//! ([`ferry_plugin::Resolver`]) when the handler first needs them, not
+//! linked: tcmu-runner `dlopen`s handlers
 //! with `RTLD_LOCAL`, but the executable (which exports the `tcmur_*`
 //! functions through its dynamic list) and libtcmu.so.2 are in the global
 //! scope. A missing symbol is then a clear error instead of a failed
 //! `dlopen`, and the rlib links into ordinary test binaries.
 #![allow(non_camel_case_types)]
+#![allow(unsafe_code)]
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
 pub use libc::iovec;
@@ -212,83 +214,52 @@ pub struct Tcmu {
     log_dbg: LogFn,
 }
 
-// SAFETY: the fields are addresses of functions of tcmu-runner and
-// libtcmu, which live as long as the process; sharing addresses between
-// threads is fine (which may be called where is documented above).
-unsafe impl Send for Tcmu {}
-// SAFETY: as above; the struct is immutable after resolution.
-unsafe impl Sync for Tcmu {}
+/// What errors call the process when a symbol is missing.
+const HOST: &str = "this process (not tcmu-runner 1.5?)";
 
-fn sym(name: &CStr) -> Result<*mut c_void, String> {
-    // SAFETY: dlsym with RTLD_DEFAULT searches the global scope; `name` is
-    // a valid C string. A null result becomes an error, never a call.
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    if p.is_null() {
-        Err(format!(
-            "{} is not exported by this process (not tcmu-runner 1.5?)",
-            name.to_string_lossy()
-        ))
-    } else {
-        Ok(p)
+fn resolve() -> Result<Tcmu, ferry_plugin::Error> {
+    let r = ferry_plugin::Resolver::new(HOST);
+    // SAFETY: each field's type is the C signature of the tcmu-runner or
+    // libtcmu function named beside it (declared from tcmu-runner 1.5.4's
+    // headers above).
+    unsafe {
+        Ok(Tcmu {
+            tcmur_register_handler: r.function(c"tcmur_register_handler")?,
+            tcmur_cmd_complete: r.function(c"tcmur_cmd_complete")?,
+            tcmur_dev_set_private: r.function(c"tcmur_dev_set_private")?,
+            tcmur_dev_get_private: r.function(c"tcmur_dev_get_private")?,
+            tcmu_dev_get_cfgstring: r.function(c"tcmu_dev_get_cfgstring")?,
+            tcmu_dev_get_uio_name: r.function(c"tcmu_dev_get_uio_name")?,
+            tcmu_dev_get_block_size: r.function(c"tcmu_dev_get_block_size")?,
+            tcmu_dev_get_num_lbas: r.function(c"tcmu_dev_get_num_lbas")?,
+            tcmu_dev_set_write_cache_enabled: r.function(c"tcmu_dev_set_write_cache_enabled")?,
+            tcmu_dev_get_write_cache_enabled: r.function(c"tcmu_dev_get_write_cache_enabled")?,
+            tcmu_dev_set_opt_unmap_gran: r.function(c"tcmu_dev_set_opt_unmap_gran")?,
+            tcmu_dev_set_unmap_gran_align: r.function(c"tcmu_dev_set_unmap_gran_align")?,
+            log_err: r.function(c"tcmu_err_message")?,
+            log_warn: r.function(c"tcmu_warn_message")?,
+            log_info: r.function(c"tcmu_info_message")?,
+            log_dbg: r.function(c"tcmu_dbg_message")?,
+        })
     }
 }
 
-macro_rules! resolve_fn {
-    ($name:literal, $ty:ty) => {{
-        let p = sym($name)?;
-        // SAFETY: `p` is the non-null address of the function named
-        // `$name`, whose C signature is `$ty` (declared from tcmu-runner
-        // 1.5.4's headers above).
-        unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
-    }};
-}
-
-fn resolve() -> Result<Tcmu, String> {
-    Ok(Tcmu {
-        tcmur_register_handler: resolve_fn!(c"tcmur_register_handler", RegisterFn),
-        tcmur_cmd_complete: resolve_fn!(c"tcmur_cmd_complete", CompleteFn),
-        tcmur_dev_set_private: resolve_fn!(c"tcmur_dev_set_private", SetPtrFn),
-        tcmur_dev_get_private: resolve_fn!(c"tcmur_dev_get_private", GetPtrFn),
-        tcmu_dev_get_cfgstring: resolve_fn!(c"tcmu_dev_get_cfgstring", GetStrFn),
-        tcmu_dev_get_uio_name: resolve_fn!(c"tcmu_dev_get_uio_name", GetConstStrFn),
-        tcmu_dev_get_block_size: resolve_fn!(c"tcmu_dev_get_block_size", GetU32Fn),
-        tcmu_dev_get_num_lbas: resolve_fn!(c"tcmu_dev_get_num_lbas", GetU64Fn),
-        tcmu_dev_set_write_cache_enabled: resolve_fn!(
-            c"tcmu_dev_set_write_cache_enabled",
-            SetBoolFn
-        ),
-        tcmu_dev_get_write_cache_enabled: resolve_fn!(
-            c"tcmu_dev_get_write_cache_enabled",
-            GetBoolFn
-        ),
-        tcmu_dev_set_opt_unmap_gran: resolve_fn!(c"tcmu_dev_set_opt_unmap_gran", SetU32BoolFn),
-        tcmu_dev_set_unmap_gran_align: resolve_fn!(c"tcmu_dev_set_unmap_gran_align", SetU32Fn),
-        log_err: resolve_fn!(c"tcmu_err_message", LogFn),
-        log_warn: resolve_fn!(c"tcmu_warn_message", LogFn),
-        log_info: resolve_fn!(c"tcmu_info_message", LogFn),
-        log_dbg: resolve_fn!(c"tcmu_dbg_message", LogFn),
-    })
-}
-
-static TCMU: OnceLock<Result<Tcmu, String>> = OnceLock::new();
+static TCMU: OnceLock<Result<Tcmu, ferry_plugin::Error>> = OnceLock::new();
 
 /// tcmu-runner's functions, resolved on first use.
-pub fn tcmu() -> Result<&'static Tcmu, &'static str> {
-    TCMU.get_or_init(resolve).as_ref().map_err(|e| e.as_str())
+pub fn tcmu() -> Result<&'static Tcmu, &'static ferry_plugin::Error> {
+    TCMU.get_or_init(resolve).as_ref()
 }
 
 impl Tcmu {
     /// Writes one line to tcmu-runner's log (its log file and syslog) at
     /// `level`; safe from any thread.
-    pub fn log(&self, level: log::Level, msg: &str) {
+    pub fn log(&self, level: log::Level, line: &CStr) {
         let f = match level {
             log::Level::Error => self.log_err,
             log::Level::Warn => self.log_warn,
             log::Level::Info => self.log_info,
             log::Level::Debug | log::Level::Trace => self.log_dbg,
-        };
-        let Ok(msg) = CString::new(msg.replace('\0', " ")) else {
-            return;
         };
         // SAFETY: tcmu's printf-like logger with a constant "%s\n" format
         // and one valid C string; a null device means "no device" and the
@@ -299,22 +270,9 @@ impl Tcmu {
                 c"handler_ferry".as_ptr(),
                 0,
                 c"%s\n".as_ptr(),
-                msg.as_ptr(),
+                line.as_ptr(),
             )
         };
-    }
-}
-
-/// Blocks every signal on the calling thread, so process-directed
-/// signals (tcmu-runner's SIGTERM, SIGINT and SIGHUP handlers) are
-/// delivered to tcmu-runner's own threads, never to the handler's.
-pub fn block_signals() {
-    // SAFETY: sigfillset initialises the set; pthread_sigmask changes only
-    // this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

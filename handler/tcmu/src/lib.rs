@@ -21,20 +21,31 @@
 //! - [`ffi`]: hand-written declarations of tcmu-runner's structs (pinned
 //!   by layout tests) and its functions, resolved with `dlsym` at load;
 //! - [`shim`]: the exported functions: panic boundary, pointer checks,
-//!   one call into safe Rust. All `unsafe` code is in these two;
+//!   one call into safe Rust. All `unsafe` code is in these two; every
+//!   other module forbids it;
+//! - [`config`]: the cfgstring;
 //! - [`device`]: open (size checks), close, resize, the control socket;
 //! - [`exec`]: reads, writes, flushes, unmaps and CDBs (via `ferry_scsi`)
 //!   against the LUN, with errors mapped to TCMU status or sense;
 //! - [`pool`]: the worker threads the callouts queue commands to, so a
-//!   device's commands run in parallel and complete asynchronously.
+//!   device's commands run in parallel and complete asynchronously;
+//! - [`Error`]: why a cfgstring, an open or a reconfig is refused.
+//!
+//! What the tgt plugin needs as well (symbol lookup, the panic boundary,
+//! logging into the host, the workers' signal mask and pool) comes from
+//! `ferry_plugin`.
 //!
 //! Per-device state is a `Box<Arc<DevState>>` stored with
 //! `tcmur_dev_set_private` in `open` and reclaimed in `close`.
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod device;
+mod error;
 pub mod exec;
 pub mod ffi;
-mod logger;
 pub mod pool;
 pub mod shim;
+
+pub use error::Error;

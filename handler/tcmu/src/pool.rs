@@ -1,4 +1,5 @@
-//! The handler's worker threads, shared by all its devices.
+//! The handler's worker threads, shared by all its devices: one
+//! [`ferry_plugin::Pool`] of closures, started on first use.
 //!
 //! tcmu-runner (with `nr_threads = 0`) calls the I/O callouts on each
 //! device's single command thread; a callout only queues the command here
@@ -11,26 +12,21 @@
 
 use std::sync::OnceLock;
 
-use crossbeam_channel::Sender;
+use ferry_plugin::{Pool, Task};
 
 /// A queued command: runs once on a worker and must complete its command
 /// whatever happens (the shim's closures catch their own panics).
-pub type Job = Box<dyn FnOnce() + Send>;
-
-pub struct Pool {
-    jobs: Sender<Job>,
-    workers: usize,
-}
+pub type Job = Task;
 
 /// Default worker count: enough to keep a few files or an RBD image busy
 /// on a small machine; `FERRY_TCMU_WORKERS` (1 to 64) overrides it.
 const DEFAULT_WORKERS: usize = 8;
 
-static POOL: OnceLock<Result<Pool, String>> = OnceLock::new();
+static POOL: OnceLock<Result<Pool<Job>, ferry_plugin::Error>> = OnceLock::new();
 
 /// The pool, started on first use.
-pub fn pool() -> Result<&'static Pool, &'static str> {
-    POOL.get_or_init(start).as_ref().map_err(|e| e.as_str())
+pub fn pool() -> Result<&'static Pool<Job>, &'static ferry_plugin::Error> {
+    POOL.get_or_init(start).as_ref()
 }
 
 fn worker_count(var: Option<&str>) -> usize {
@@ -38,41 +34,17 @@ fn worker_count(var: Option<&str>) -> usize {
         .map_or(DEFAULT_WORKERS, |n| n.clamp(1, 64))
 }
 
-fn start() -> Result<Pool, String> {
+fn start() -> Result<Pool<Job>, ferry_plugin::Error> {
     let workers = worker_count(std::env::var("FERRY_TCMU_WORKERS").ok().as_deref());
-    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-    for i in 0..workers {
-        let rx = rx.clone();
-        std::thread::Builder::new()
-            .name(format!("ferry-tcmu-{i}"))
-            .spawn(move || {
-                crate::ffi::block_signals();
-                while let Ok(job) = rx.recv() {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        log::error!("a queued command panicked outside its own boundary");
-                    }
-                }
-            })
-            .map_err(|e| format!("spawning worker {i}: {e}"))?;
-    }
+    let pool = Pool::start_tasks("ferry-tcmu", workers)?;
     log::info!("{workers} I/O workers started");
-    Ok(Pool { jobs: tx, workers })
-}
-
-impl Pool {
-    /// Queues `job`; gives it back if the pool cannot take it.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.jobs.send(job).map_err(|e| e.into_inner())
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers
-    }
+    Ok(pool)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     #[test]
     fn worker_count_is_bounded() {
@@ -86,7 +58,7 @@ mod tests {
     #[test]
     fn jobs_run_on_workers() {
         let p = pool().unwrap();
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = mpsc::sync_channel(1);
         p.submit(Box::new(move || {
             tx.send(std::thread::current().name().map(str::to_string))
                 .unwrap();
@@ -101,7 +73,7 @@ mod tests {
                 .map_err(|_| "rejected")
                 .unwrap();
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = mpsc::sync_channel(1);
         p.submit(Box::new(move || tx.send(()).unwrap()))
             .map_err(|_| "rejected")
             .unwrap();

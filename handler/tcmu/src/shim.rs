@@ -16,23 +16,18 @@
 //! `handle_cmd`, which tcmu-runner calls first for every command, cannot
 //! complete asynchronously in 1.5.4 (its `done` is not set); it handles
 //! only the few block commands tcmu-runner does not know, synchronously.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use ferry_plugin::boundary;
 use ferry_scsi::cdb::op;
 
 use crate::exec::{self, Completion, DevState};
 use crate::ffi::{self, iovec, sts, TcmuDevice, TcmulibCfgInfo, TcmurCmd, TcmurHandler};
-use crate::{config, device, logger, pool};
-
-/// Runs `f`, turning a panic into `on_panic` (never unwinding into C).
-fn boundary<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        log::error!("{what} panicked");
-        on_panic
-    })
-}
+use crate::{config, device, pool, Error};
 
 /// Entry point tcmu-runner looks up after `dlopen`ing
 /// `handler_ferry.so`: registers the `ferry` subtype.
@@ -46,7 +41,7 @@ pub extern "C" fn handler_init() -> c_int {
                 return -1;
             }
         };
-        logger::install(tcmu);
+        ferry_plugin::logger::install("ferry", move |level, line| tcmu.log(level, line));
         let leak = |s: &str| -> *const c_char {
             let c = CString::new(s).unwrap_or_default();
             Box::leak(c.into_boxed_c_str()).as_ptr()
@@ -111,7 +106,7 @@ unsafe fn set_reason(reason: *mut *mut c_char, msg: &str) {
 unsafe extern "C" fn check_config(cfgstring: *const c_char, reason: *mut *mut c_char) -> bool {
     boundary("check_config", false, || {
         let result = if cfgstring.is_null() {
-            Err("no cfgstring".to_string())
+            Err(Error::NoCfgString)
         } else {
             // SAFETY: tcmu-runner passes a NUL-terminated string.
             let cfg = unsafe { CStr::from_ptr(cfgstring) }.to_string_lossy();
@@ -119,11 +114,11 @@ unsafe extern "C" fn check_config(cfgstring: *const c_char, reason: *mut *mut c_
         };
         match result {
             Ok(()) => true,
-            Err(msg) => {
-                log::warn!("check_config: {msg}");
+            Err(e) => {
+                log::warn!("check_config: {e}");
                 // SAFETY: `reason` comes from tcmu-runner: null or a
                 // pointer to its `char *reason`.
-                unsafe { set_reason(reason, &msg) };
+                unsafe { set_reason(reason, &e.to_string()) };
                 false
             }
         }
@@ -206,8 +201,8 @@ unsafe extern "C" fn open(dev: *mut TcmuDevice, reopen: bool) -> c_int {
         }
         let state = match device::open(&cfg, block_size, num_lbas) {
             Ok(s) => s,
-            Err(msg) => {
-                log::error!("{name}: {msg}");
+            Err(e) => {
+                log::error!("{name}: {e}");
                 return -libc::EINVAL;
             }
         };
@@ -297,8 +292,8 @@ unsafe extern "C" fn reconfig(dev: *mut TcmuDevice, cfg: *mut TcmulibCfgInfo) ->
         };
         match result {
             Ok(()) => 0,
-            Err(msg) => {
-                log::error!("{name}: reconfig refused: {msg}");
+            Err(e) => {
+                log::error!("{name}: reconfig refused: {e}");
                 -libc::EINVAL
             }
         }
