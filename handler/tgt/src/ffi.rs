@@ -8,10 +8,12 @@
 //! and `tests/layout.rs` re-measures them against the headers when tgt's
 //! source is present.
 //!
-//! tgtd's functions are looked up with `dlsym` when tgtd loads the plugin,
-//! not linked: the plugin then loads (and reports a clear error) even if
-//! a symbol is missing, and the rlib links into ordinary test binaries.
+//! tgtd's functions are looked up with `dlsym` ([`ferry_plugin::Resolver`])
+//! when tgtd loads the plugin, not linked: the plugin then loads (and
+//! reports a clear error) even if a symbol is missing, and the rlib links
+//! into ordinary test binaries.
 #![allow(non_camel_case_types)]
+#![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
 use std::sync::OnceLock;
@@ -216,7 +218,7 @@ pub struct Tgtd {
     pub log_error: unsafe extern "C" fn(*const c_char, ...),
     pub log_warning: unsafe extern "C" fn(*const c_char, ...),
     pub log_debug: unsafe extern "C" fn(*const c_char, ...),
-    pub nr_iothreads: *const c_int,
+    nr_iothreads: *const c_int,
     pub is_debug: *const c_int,
 }
 
@@ -227,64 +229,62 @@ unsafe impl Send for Tgtd {}
 // SAFETY: as above; the struct is immutable after resolution.
 unsafe impl Sync for Tgtd {}
 
-static TGTD: OnceLock<Result<Tgtd, String>> = OnceLock::new();
-
-fn sym(name: &CStr) -> Result<*mut c_void, String> {
-    // SAFETY: dlsym with RTLD_DEFAULT searches the global scope (tgtd is
-    // linked with -E, so its functions are there); `name` is a valid C
-    // string. A null result is turned into an error, never dereferenced.
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    if p.is_null() {
-        Err(format!("tgtd does not export {}", name.to_string_lossy()))
-    } else {
-        Ok(p)
+fn resolve() -> Result<Tgtd, ferry_plugin::Error> {
+    let r = ferry_plugin::Resolver::new("tgtd");
+    let nr_iothreads = r.global::<c_int>(c"nr_iothreads")?.as_ptr().cast_const();
+    let is_debug = r.global::<c_int>(c"is_debug")?.as_ptr().cast_const();
+    // SAFETY: each field's type is the C signature of the tgtd function
+    // named beside it (declared from tgt's headers above).
+    unsafe {
+        Ok(Tgtd {
+            register_backingstore_template: r.function(c"register_backingstore_template")?,
+            target_cmd_io_done: r.function(c"target_cmd_io_done")?,
+            sense_data_build: r.function(c"sense_data_build")?,
+            sense_data_build_with_info: r.function(c"sense_data_build_with_info")?,
+            find_mode_page: r.function(c"find_mode_page")?,
+            tgt_event_add: r.function(c"tgt_event_add")?,
+            tgt_event_del: r.function(c"tgt_event_del")?,
+            update_lbppbe: r.function(c"update_lbppbe")?,
+            iscsi_transportid: r.function(c"iscsi_transportid")?,
+            spc_illegal_op: r.function(c"spc_illegal_op")?,
+            log_error: r.function(c"log_error")?,
+            log_warning: r.function(c"log_warning")?,
+            log_debug: r.function(c"log_debug")?,
+            nr_iothreads,
+            is_debug,
+        })
     }
 }
 
-macro_rules! resolve_fn {
-    ($name:literal, $ty:ty) => {{
-        let p = sym($name)?;
-        // SAFETY: `p` is the non-null address of the tgtd function named
-        // `$name`, whose C signature is `$ty` (declared from tgt's headers
-        // above).
-        unsafe { std::mem::transmute::<*mut c_void, $ty>(p) }
-    }};
-}
-
-type RegisterFn = unsafe extern "C" fn(*mut BackingstoreTemplate) -> c_int;
-type IoDoneFn = unsafe extern "C" fn(*mut ScsiCmd, c_int);
-type SenseFn = unsafe extern "C" fn(*mut ScsiCmd, u8, u16);
-type SenseInfoFn = unsafe extern "C" fn(*mut ScsiCmd, u8, u16, u64);
-type FindModePageFn = unsafe extern "C" fn(*mut ScsiLu, u8, u8) -> *mut ModePg;
-type EventAddFn = unsafe extern "C" fn(c_int, c_int, EventHandler, *mut c_void) -> c_int;
-type EventDelFn = unsafe extern "C" fn(c_int);
-type LbppbeFn = unsafe extern "C" fn(*mut ScsiLu, c_int);
-type LogFn = unsafe extern "C" fn(*const c_char, ...);
-type TransportIdFn = unsafe extern "C" fn(c_int, u64, *mut c_char, c_int) -> c_int;
-
-fn resolve() -> Result<Tgtd, String> {
-    Ok(Tgtd {
-        register_backingstore_template: resolve_fn!(c"register_backingstore_template", RegisterFn),
-        target_cmd_io_done: resolve_fn!(c"target_cmd_io_done", IoDoneFn),
-        sense_data_build: resolve_fn!(c"sense_data_build", SenseFn),
-        sense_data_build_with_info: resolve_fn!(c"sense_data_build_with_info", SenseInfoFn),
-        find_mode_page: resolve_fn!(c"find_mode_page", FindModePageFn),
-        tgt_event_add: resolve_fn!(c"tgt_event_add", EventAddFn),
-        tgt_event_del: resolve_fn!(c"tgt_event_del", EventDelFn),
-        update_lbppbe: resolve_fn!(c"update_lbppbe", LbppbeFn),
-        iscsi_transportid: resolve_fn!(c"iscsi_transportid", TransportIdFn),
-        spc_illegal_op: resolve_fn!(c"spc_illegal_op", CmdPerform),
-        log_error: resolve_fn!(c"log_error", LogFn),
-        log_warning: resolve_fn!(c"log_warning", LogFn),
-        log_debug: resolve_fn!(c"log_debug", LogFn),
-        nr_iothreads: sym(c"nr_iothreads")?.cast(),
-        is_debug: sym(c"is_debug")?.cast(),
-    })
-}
+static TGTD: OnceLock<Result<Tgtd, ferry_plugin::Error>> = OnceLock::new();
 
 /// tgtd's functions, resolved on first use.
-pub fn tgtd() -> Result<&'static Tgtd, &'static str> {
-    TGTD.get_or_init(resolve).as_ref().map_err(|e| e.as_str())
+pub fn tgtd() -> Result<&'static Tgtd, &'static ferry_plugin::Error> {
+    TGTD.get_or_init(resolve).as_ref()
+}
+
+impl Tgtd {
+    /// tgtd's `nr_iothreads` (its `--nr_iothreads` option, 16 unless
+    /// given).
+    pub fn nr_iothreads(&self) -> c_int {
+        // SAFETY: the address of tgtd's global `int nr_iothreads`
+        // (resolved by name), set while tgtd parses its options, before
+        // it loads backing stores.
+        unsafe { *self.nr_iothreads }
+    }
+
+    /// Writes one line to tgtd's log: errors as errors, everything else
+    /// as warnings (tgtd's debug level shows only with `-d`). Safe from
+    /// any thread.
+    pub fn log(&self, level: log::Level, line: &CStr) {
+        let f = match level {
+            log::Level::Error => self.log_error,
+            _ => self.log_warning,
+        };
+        // SAFETY: tgtd's printf-like logger with a constant "%s\n" format
+        // and one valid C string argument; safe from any thread.
+        unsafe { f(c"%s\n".as_ptr(), line.as_ptr()) };
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,199 @@
+//! An LU's life in safe Rust: the options `--bsopts` gives (`bs_init`),
+//! opening the ferry LUN the backing-store path names and registering it
+//! with the control socket (`bs_open`), and flushing and unregistering
+//! it (`bs_close`). The shim ([`crate::shim`]) reads tgtd's structs,
+//! calls these, and writes what they return back into tgtd's LU.
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use ferry_core::CacheMode;
+use parking_lot::Mutex;
+
+use crate::optable::{NexusNames, SavedOps};
+use crate::Error;
+
+/// What a served LUN needs at command time.
+pub struct LunState {
+    pub lun: Arc<ferry_host::Lun>,
+    pub block_shift: u32,
+    pub caw: Mutex<()>,
+}
+
+/// The plugin's per-LU private data: created in `bs_init`, reclaimed in
+/// `bs_exit`, and used on tgtd's main thread only (workers get the
+/// [`LunState`]).
+#[derive(Default)]
+pub struct LunSlot {
+    pub state: Option<Arc<LunState>>,
+    /// The cache mode `--bsopts` asked for.
+    pub cache_mode: Option<CacheMode>,
+    /// The mode the caching mode page was last made to match.
+    pub page_mode: Cell<Option<CacheMode>>,
+    /// tgtd's handlers of the LU's opcodes (see [`crate::optable`]).
+    pub saved_ops: SavedOps,
+    /// The nexus names of the LU's sessions (see [`crate::optable`]).
+    pub nexus_names: NexusNames,
+}
+
+/// What `bs_open` tells tgtd about a LUN just opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// The LUN's size in bytes.
+    pub bytes: u64,
+    /// The cache mode it runs in (for the caching mode page's WCE).
+    pub cache_mode: CacheMode,
+}
+
+impl LunSlot {
+    /// The slot of a new LU, with the options of its `--bsopts` (if any).
+    pub fn new(bsopts: Option<&str>) -> Result<LunSlot, Error> {
+        Ok(LunSlot {
+            cache_mode: bsopts.map(parse_bsopts).transpose()?.flatten(),
+            ..LunSlot::default()
+        })
+    }
+
+    /// Opens the LUN `spec` names (following a migration in progress,
+    /// which resumes with its copier, or a committed one) for this LU of
+    /// `1 << block_shift`-byte blocks, in the cache mode `--bsopts` asked
+    /// for, and registers it with the process's control socket.
+    pub fn open(&mut self, spec: &str, block_shift: u32) -> Result<Opened, Error> {
+        let lun = ferry_host::Lun::open(spec).map_err(|e| Error::Open {
+            spec: spec.to_string(),
+            source: e.into(),
+        })?;
+        if let Some(m) = self.cache_mode {
+            lun.set_cache_mode(m);
+        }
+        let bytes = ferry_core::Volume::size(lun.as_ref());
+        if bytes >> block_shift << block_shift != bytes {
+            return Err(Error::PartialBlock {
+                spec: spec.to_string(),
+                bytes,
+                block: 1u64 << block_shift,
+            });
+        }
+        ferry_host::control::process_registry().add(&lun);
+        ferry_host::control::ensure_process_server("tgtd");
+        let cache_mode = lun.cache_mode();
+        self.state = Some(Arc::new(LunState {
+            lun,
+            block_shift,
+            caw: Mutex::new(()),
+        }));
+        Ok(Opened { bytes, cache_mode })
+    }
+
+    /// Unregisters the LUN and flushes it (`bs_close`). Commands still
+    /// running keep their reference; tgtd closes an LU without any.
+    pub fn close(&mut self) {
+        if let Some(state) = self.state.take() {
+            ferry_host::control::process_registry().remove(&state.lun);
+            if let Err(e) = ferry_core::Volume::flush(state.lun.as_ref()) {
+                log::error!("{}: flush at close failed: {e}", state.lun.spec());
+            }
+        }
+    }
+}
+
+/// Parses `--bsopts`: `cache=<mode>` (writethrough, none, writeback,
+/// unsafe, directsync; default writeback, see `ferry_core::cache`).
+/// Anything else is refused so a typo is not silently ignored.
+pub fn parse_bsopts(opts: &str) -> Result<Option<CacheMode>, Error> {
+    let mut mode = None;
+    for kv in opts.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("cache", v)) => mode = Some(v.trim().parse().map_err(Error::CacheMode)?),
+            _ => {
+                let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+                return Err(Error::UnknownOption {
+                    key: key.to_string(),
+                });
+            }
+        }
+    }
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bsopts_are_checked() {
+        assert_eq!(parse_bsopts("").ok(), Some(None));
+        assert_eq!(parse_bsopts(" ; ").ok(), Some(None));
+        assert_eq!(
+            parse_bsopts("cache=writethrough").ok(),
+            Some(Some(CacheMode::Writethrough))
+        );
+        assert!(parse_bsopts("cache=fast")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown cache mode"));
+        assert!(matches!(
+            parse_bsopts("conf=/etc/ceph"),
+            Err(Error::UnknownOption { key }) if key == "conf"
+        ));
+    }
+
+    #[test]
+    fn a_slot_takes_its_cache_mode_from_bsopts() {
+        assert_eq!(LunSlot::new(None).unwrap().cache_mode, None);
+        assert_eq!(
+            LunSlot::new(Some("cache=unsafe")).unwrap().cache_mode,
+            Some(CacheMode::Unsafe)
+        );
+        assert!(LunSlot::new(Some("cache")).is_err());
+    }
+
+    #[test]
+    fn open_registers_and_close_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("FERRY_RUN_DIR", dir.path().join("run"));
+        let path = dir.path().join("v.img");
+        let spec = format!("file:{}", path.display());
+        ferry_host::VolumeSpec::parse(&spec)
+            .unwrap()
+            .create(1 << 20, None)
+            .unwrap();
+        let mut slot = LunSlot::new(Some("cache=writethrough")).unwrap();
+        assert_eq!(
+            slot.open(&spec, 9).unwrap(),
+            Opened {
+                bytes: 1 << 20,
+                cache_mode: CacheMode::Writethrough
+            }
+        );
+        let state = slot.state.clone().unwrap();
+        assert_eq!(state.lun.cache_mode(), CacheMode::Writethrough);
+        assert_eq!(state.block_shift, 9);
+        slot.close();
+        assert!(slot.state.is_none());
+        drop(state);
+        // Closed: the volume opens again.
+        assert_eq!(slot.open(&spec, 12).unwrap().bytes, 1 << 20);
+        slot.close();
+    }
+
+    #[test]
+    fn open_refuses_a_partial_last_block_and_missing_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("FERRY_RUN_DIR", dir.path().join("run"));
+        let path = dir.path().join("v.img");
+        let spec = format!("file:{}", path.display());
+        let mut slot = LunSlot::default();
+        assert!(matches!(slot.open(&spec, 9), Err(Error::Open { .. })));
+        ferry_host::VolumeSpec::parse(&spec)
+            .unwrap()
+            .create(1 << 20, None)
+            .unwrap();
+        assert!(matches!(
+            slot.open(&spec, 21),
+            Err(Error::PartialBlock { block, .. }) if block == 2 << 20
+        ));
+        assert!(slot.state.is_none());
+    }
+}
