@@ -23,9 +23,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(prefixed, parsed, "{cfg:?} with and without the prefix");
     }
     if let Some(spec) = parsed {
-        // Without the `rbd` feature a spec is a file.
-        #[allow(irrefutable_let_patterns)]
-        if let VolumeSpec::File(path) = &spec {
+        if let Some(path) = spec.file_path() {
             assert!(path.is_absolute(), "{cfg:?}");
         }
         assert_eq!(

@@ -19,9 +19,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let canonical = spec.to_string();
-    // Without the `rbd` feature a spec is a file.
-    #[allow(irrefutable_let_patterns)]
-    if let VolumeSpec::File(path) = &spec {
+    if let Some(path) = spec.file_path() {
         assert!(path.is_absolute(), "{text:?} -> {canonical:?}");
     }
     assert!(canonical.starts_with("file:/"), "{text:?} -> {canonical:?}");

@@ -224,11 +224,9 @@ pub fn wanted_lio(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedL
     out
 }
 
-// Without the `rbd` feature, files are the only kind of volume.
-#[allow(irrefutable_let_patterns)]
 fn volume_size(spec: &str) -> Result<u64, String> {
     let parsed = VolumeSpec::parse(spec).map_err(|e| e.to_string())?;
-    if let VolumeSpec::File(path) = &parsed {
+    if let Some(path) = parsed.file_path() {
         // The file may be locked by a process serving it; its length is
         // all a new backstore needs.
         return std::fs::metadata(path)

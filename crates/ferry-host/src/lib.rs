@@ -2,6 +2,8 @@
 //! command) and the engine.
 //!
 //! - [`spec`]: parse the volume specs admins write, open and create volumes;
+//! - `backend`: what each kind of volume (files, RBD images) does behind a
+//!   spec: open, create, fence, snapshot;
 //! - [`command`]: the one command path both front-ends call,
 //!   [`Lun::execute`];
 //! - [`lun`]: a served LUN whose volume can start migrating, and finish,
@@ -15,6 +17,7 @@
 //!   whichever process serves a LUN.
 #![forbid(unsafe_code)]
 
+mod backend;
 pub mod command;
 pub mod control;
 mod error;

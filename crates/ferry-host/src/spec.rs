@@ -7,25 +7,27 @@
 //!
 //! Specs stored in migration records are always canonical (`file:` plus an
 //! absolute path), so a record can be reopened from any working directory.
+//!
+//! Each kind of volume is a backend (`crate::backend`); a [`VolumeSpec`]
+//! wraps the spec its backend parsed and hands every operation to it.
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use ferry_core::migrate::Opened;
 use ferry_core::{Error, MetaStore, Result, Volume};
-use ferry_file::{Access, FileMetaStore, FileVolume};
+use ferry_file::Access;
 
-/// A parsed volume spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VolumeSpec {
-    File(PathBuf),
-    #[cfg(feature = "rbd")]
-    Rbd(ferry_rbd::RbdSpec),
-}
+use crate::backend::{self, BackendSpec};
 
-#[cfg(feature = "rbd")]
-fn rbd_err<'a>(op: &'static str, what: &'a str) -> impl FnOnce(ferry_rbd::RbdError) -> Error + 'a {
-    move |e| e.into_core(op, what)
+/// A parsed volume spec: a volume of one of the backends this build has
+/// (see [`crate::backend`]). Specs are equal when their canonical forms
+/// are.
+#[derive(Clone)]
+pub struct VolumeSpec {
+    canonical: String,
+    backend: Arc<dyn BackendSpec>,
 }
 
 impl VolumeSpec {
@@ -44,48 +46,28 @@ impl VolumeSpec {
         if spec_trim.contains('\0') || spec_trim.contains('\n') {
             return Err(bad("the spec contains a NUL or newline"));
         }
-        if spec_trim.starts_with("rbd:") {
-            #[cfg(feature = "rbd")]
-            return ferry_rbd::RbdSpec::parse(spec_trim)
-                .map(VolumeSpec::Rbd)
-                .map_err(|e| e.into_core("parse", spec_trim));
-            #[cfg(not(feature = "rbd"))]
-            return Err(bad(
-                "this ferry build has no RBD backend (rebuild with --features rbd)",
-            ));
+        backend::parse(spec, spec_trim).map(Self::from_backend)
+    }
+
+    pub(crate) fn from_backend(backend: Arc<dyn BackendSpec>) -> Self {
+        VolumeSpec {
+            canonical: backend.to_string(),
+            backend,
         }
-        let path = match spec_trim.split_once(':') {
-            Some(("file", p)) => p,
-            Some((scheme, _)) if !scheme.contains('/') => {
-                return Err(bad(&format!(
-                    "unknown volume type {scheme:?}; expected file: or rbd:"
-                )))
-            }
-            _ => spec_trim,
-        };
-        if path.is_empty() {
-            return Err(bad("file: needs a path"));
-        }
-        let path = Path::new(path);
-        let abs = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map_err(|e| bad(&format!("cannot resolve a relative path: {e}")))?
-                .join(path)
-        };
-        let path = normalize(&abs);
-        // The canonical spec (`file:` and this path) is what migration
-        // records keep and what is parsed again on reopening; a spec is
-        // trimmed before it is read, so a path ending in white space (left
-        // last by `..` or `.`, as in `/srv/vol /.`) would come back as
-        // another file.
-        if path.to_str().is_some_and(|p| p.trim_end().len() != p.len()) {
-            return Err(bad(
-                "the path ends with white space, which a spec cannot name",
-            ));
-        }
-        Ok(VolumeSpec::File(path))
+    }
+
+    pub(crate) fn backend(&self) -> &dyn BackendSpec {
+        self.backend.as_ref()
+    }
+
+    /// The kind of volume: `file` or `rbd`.
+    pub fn scheme(&self) -> &'static str {
+        self.backend.backend().scheme()
+    }
+
+    /// The local file a file spec names (absolute); `None` for other kinds.
+    pub fn file_path(&self) -> Option<&Path> {
+        self.backend.file_path()
     }
 
     /// Opens the volume and its metadata store for serving, or for working
@@ -95,36 +77,12 @@ impl VolumeSpec {
     /// another process holds so is refused, naming that process where the
     /// backend can tell (RBD: client and address).
     pub fn open(&self) -> Result<Opened> {
-        self.open_with(Access::Exclusive)
+        self.backend.open(Access::Exclusive)
     }
 
     /// Opens read-only, without the lock (status tools).
     pub fn open_read_only(&self) -> Result<Opened> {
-        self.open_with(Access::ReadOnly)
-    }
-
-    fn open_with(&self, access: Access) -> Result<Opened> {
-        match self {
-            VolumeSpec::File(path) => {
-                let vol: Arc<dyn Volume> = Arc::new(FileVolume::open(path, access)?);
-                let store: Arc<dyn MetaStore> = Arc::new(FileMetaStore::new(path));
-                Ok((vol, store))
-            }
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => {
-                // One image handle for data and metadata: two handles in
-                // one process would fight over the exclusive lock.
-                let what = s.to_string();
-                let vol = ferry_rbd::RbdVolume::open(s).map_err(rbd_err("open", &what))?;
-                if access == Access::Exclusive && s.snap.is_none() {
-                    vol.image()
-                        .hold_exclusive()
-                        .map_err(rbd_err("lock", &what))?;
-                }
-                let store: Arc<dyn MetaStore> = Arc::new(vol.meta_store());
-                Ok((Arc::new(vol), store))
-            }
-        }
+        self.backend.open(Access::ReadOnly)
     }
 
     /// Fences every other client of the volume before this process (or
@@ -134,114 +92,38 @@ impl VolumeSpec {
     /// target. Files: nothing to do here; the serving process's exclusive
     /// `flock` is the fence (released by the kernel when it dies).
     pub fn fence_other_clients(&self) -> Result<Vec<String>> {
-        match self {
-            VolumeSpec::File(_) => Ok(Vec::new()),
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => {
-                let what = s.to_string();
-                let mut fenced =
-                    ferry_rbd::fence::fence_other_clients(s).map_err(rbd_err("fence", &what))?;
-                if let Some(m) = self.store()?.load_source_marker()? {
-                    let target = VolumeSpec::parse(&m.target)?;
-                    if matches!(target, VolumeSpec::Rbd(_)) && target != *self {
-                        fenced.extend(target.fence_other_clients()?);
-                    }
-                }
-                Ok(fenced)
-            }
-        }
+        self.backend.fence_other_clients()
     }
 
     /// Other clients with the volume open, for RBD (watchers); files say
     /// none (an exclusive `flock` keeps a second server out instead).
     pub fn other_clients(&self) -> Result<Vec<String>> {
-        match self {
-            VolumeSpec::File(_) => Ok(Vec::new()),
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => ferry_rbd::fence::other_clients(s)
-                .map_err(rbd_err("list clients of", &s.to_string())),
-        }
+        self.backend.other_clients()
     }
 
     /// Metadata store of the volume (for RBD this opens the image).
     pub fn store(&self) -> Result<Arc<dyn MetaStore>> {
-        match self {
-            VolumeSpec::File(path) => Ok(Arc::new(FileMetaStore::new(path))),
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => Ok(Arc::new(
-                ferry_rbd::RbdMetaStore::open(s).map_err(rbd_err("open", &s.to_string()))?,
-            )),
-        }
+        self.backend.store()
     }
 
     /// Metadata store of `vol`, an open volume of this spec: for RBD it
     /// shares the volume's image handle instead of opening another.
     pub fn store_of(&self, vol: &dyn Volume) -> Result<Arc<dyn MetaStore>> {
-        let _ = vol;
-        #[cfg(feature = "rbd")]
-        if let Some(rbd) = vol
-            .as_any()
-            .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>())
-        {
-            return Ok(Arc::new(rbd.meta_store()));
-        }
-        self.store()
+        self.backend.store_of(vol)
     }
 
     /// Whether the volume exists. Errors (an unreachable cluster) are not
     /// "no": callers must not conclude a volume is gone when they cannot
     /// tell.
     pub fn exists(&self) -> Result<bool> {
-        match self {
-            VolumeSpec::File(path) => Ok(path.exists()),
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => {
-                let what = s.to_string();
-                let cluster = ferry_rbd::Cluster::connect(&s.connect_options())
-                    .map_err(rbd_err("connect", &what))?;
-                let io = cluster
-                    .ioctx(&s.pool)
-                    .map_err(rbd_err("open pool", &what))?;
-                ferry_rbd::image_exists(&io, &s.image).map_err(rbd_err("look up", &what))
-            }
-        }
+        self.backend.exists()
     }
 
     /// Creates a new, empty volume of `size` bytes; refuses an existing one.
     /// `like` is the source of a migration: an RBD target copies its object
     /// size, features, striping and image metadata when the source is RBD.
     pub fn create(&self, size: u64, like: Option<&dyn Volume>) -> Result<Opened> {
-        match self {
-            VolumeSpec::File(path) => {
-                let _ = like;
-                let vol: Arc<dyn Volume> = Arc::new(FileVolume::create(path, size)?);
-                let store: Arc<dyn MetaStore> = Arc::new(FileMetaStore::new(path));
-                Ok((vol, store))
-            }
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => {
-                let what = s.to_string();
-                let like = like
-                    .and_then(|v| v.as_any())
-                    .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>());
-                let vol = ferry_rbd::RbdVolume::create(s, size, like)
-                    .map_err(rbd_err("create", &what))?;
-                // The creator is its only writer from the start.
-                if let Err(e) = vol.image().hold_exclusive() {
-                    let io = vol.image().ioctx().clone();
-                    drop(vol);
-                    let _ = ferry_rbd::remove_image(&io, &s.image);
-                    return Err(e.into_core("lock", &what));
-                }
-                if let Some(src) = like {
-                    let n = ferry_rbd::copy_metadata(src, &vol)
-                        .map_err(rbd_err("copy metadata to", &what))?;
-                    log::info!("{what}: copied {n} image metadata keys from {}", src.spec());
-                }
-                let store: Arc<dyn MetaStore> = Arc::new(vol.meta_store());
-                Ok((Arc::new(vol), store))
-            }
-        }
+        self.backend.create(size, like)
     }
 
     /// Checks that a migration from `source` (served under this spec) to
@@ -249,79 +131,39 @@ impl VolumeSpec {
     /// target pool present, writable and large enough, no image of that
     /// name), each with its own message.
     pub fn precheck(&self, source: &dyn Volume, target: &VolumeSpec) -> Result<()> {
-        let _ = (source, target);
-        #[cfg(feature = "rbd")]
-        if let (Some(src), VolumeSpec::Rbd(t)) = (
-            source
-                .as_any()
-                .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>()),
-            target,
-        ) {
-            let what = t.to_string();
-            ferry_rbd::precheck_migration(src, t)
-                .and_then(|r| r.ensure_ok())
-                .map_err(rbd_err("precheck migration to", &what))?;
-        }
-        Ok(())
+        self.backend.precheck(source, target)
     }
 
-    /// Identity facts recorded in a target as "original volume info".
-    pub fn identity(&self, vol: &dyn Volume) -> std::collections::BTreeMap<String, String> {
-        let mut m = std::collections::BTreeMap::new();
+    /// Identity facts recorded in a target as "original volume info": the
+    /// spec, size and backend, and what the backend adds (a file's device,
+    /// inode and host; an image's cluster, pool, ids and layout).
+    pub fn identity(&self, vol: &dyn Volume) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
         m.insert("spec".to_string(), self.to_string());
         m.insert("size".to_string(), vol.size().to_string());
-        match self {
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(_) => {
-                if let Some(Ok(id)) = vol
-                    .as_any()
-                    .and_then(|a| a.downcast_ref::<ferry_rbd::RbdVolume>())
-                    .map(|r| r.identity())
-                {
-                    m.extend(id);
-                }
-                m.insert("backend".to_string(), "rbd".to_string());
-            }
-            VolumeSpec::File(path) => {
-                m.insert("backend".to_string(), "file".to_string());
-                if let Ok(meta) = std::fs::metadata(path) {
-                    use std::os::unix::fs::MetadataExt;
-                    m.insert("device".to_string(), meta.dev().to_string());
-                    m.insert("inode".to_string(), meta.ino().to_string());
-                }
-                if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
-                    m.insert("host".to_string(), host.trim().to_string());
-                }
-            }
-        }
+        m.extend(self.backend.identity(vol));
+        m.insert("backend".to_string(), self.scheme().to_string());
         m
     }
 }
 
-/// Removes `.` and `..` components without touching the file system (the
-/// file may not exist yet).
-fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
+impl PartialEq for VolumeSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical == other.canonical
     }
-    out
+}
+
+impl Eq for VolumeSpec {}
+
+impl fmt::Debug for VolumeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("VolumeSpec").field(&self.canonical).finish()
+    }
 }
 
 impl fmt::Display for VolumeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VolumeSpec::File(p) => write!(f, "file:{}", p.display()),
-            #[cfg(feature = "rbd")]
-            VolumeSpec::Rbd(s) => write!(f, "{s}"),
-        }
+        f.write_str(&self.canonical)
     }
 }
 
@@ -357,6 +199,36 @@ mod tests {
             let err = VolumeSpec::parse(spec).unwrap_err().to_string();
             assert!(err.contains(why), "{spec:?}: {err}");
         }
+    }
+
+    #[test]
+    fn unknown_schemes_are_told_every_kind_of_volume_in_any_build() {
+        let err = VolumeSpec::parse("nbd:foo").unwrap_err().to_string();
+        assert!(
+            err.contains(r#"unknown volume type "nbd"; expected file: or rbd:"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_spec_names_its_backend_and_path() {
+        let spec = VolumeSpec::parse("/srv/../srv/vol0.img").unwrap();
+        assert_eq!(spec.scheme(), "file");
+        assert_eq!(spec.file_path(), Some(Path::new("/srv/vol0.img")));
+        assert_eq!(format!("{spec:?}"), r#"VolumeSpec("file:/srv/vol0.img")"#);
+    }
+
+    #[test]
+    fn identity_names_the_spec_size_and_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol");
+        let spec = VolumeSpec::parse(path.to_str().unwrap()).unwrap();
+        let (vol, _) = spec.create(1 << 20, None).unwrap();
+        let id = spec.identity(vol.as_ref());
+        assert_eq!(id["spec"], spec.to_string());
+        assert_eq!(id["size"], (1u64 << 20).to_string());
+        assert_eq!(id["backend"], "file");
+        assert!(id.contains_key("inode"), "{id:?}");
     }
 
     /// Found by the `volume_spec` fuzz target: `"\u{f}\u{b}/ "` parsed
