@@ -65,12 +65,6 @@ pub trait Volume: Send + Sync {
         self.write_zeroes(offset, len)
     }
 
-    /// The concrete volume, for a host that needs backend-specific calls
-    /// (creating an RBD target "like" its source). `None` by default.
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        None
-    }
-
     /// Extents within `[offset, offset+len)` that may hold non-zero data, in
     /// order. Bytes outside them are guaranteed to read as zeroes. The
     /// default reports the whole range.
@@ -120,11 +114,6 @@ impl<T: Volume + ?Sized> Volume for std::sync::Arc<T> {
     }
     fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         (**self).allocated(offset, len)
-    }
-    // Forwarded too: a host downcasting through an `Arc` must reach the
-    // concrete volume, not the `Arc`'s default `None`.
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        (**self).as_any()
     }
 }
 

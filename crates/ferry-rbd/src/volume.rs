@@ -256,10 +256,6 @@ impl Volume for RbdVolume {
         &self.name
     }
 
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
-    }
-
     fn size(&self) -> u64 {
         self.size
     }
