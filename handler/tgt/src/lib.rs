@@ -20,9 +20,9 @@
 //!   panic boundary, pointer checks, one call into safe Rust, results
 //!   written back. All `unsafe` code is in these two; every other module
 //!   forbids it;
-//! - `lun`: an LU's slot: `--bsopts`, opening, registering and closing
+//! - [`lun`]: an LU's slot: `--bsopts`, opening, registering and closing
 //!   its LUN;
-//! - `optable`: what the LU's opcode-table hooks do: persistent
+//! - [`optable`]: what the LU's opcode-table hooks do: persistent
 //!   reservations answered by ferry, GET LBA STATUS, COMPARE AND WRITE;
 //! - [`runtime`]: the worker pool commands run on, and the eventfd that
 //!   brings their completions back to tgtd's main thread;
@@ -35,8 +35,8 @@
 
 mod error;
 pub mod ffi;
-mod lun;
-mod optable;
+pub mod lun;
+pub mod optable;
 pub mod runtime;
 pub mod shim;
 
