@@ -54,7 +54,9 @@ fn hand_out(vol: RbdVolume) -> Arc<RbdVolume> {
     vol
 }
 
-/// The image `vol` is, if this backend handed it out.
+/// The image `vol` is, if this backend handed it out. `vol` is the volume
+/// itself (`Arc::as_ref` of what was handed out), not an `Arc` of it seen
+/// through `Volume for Arc<T>`.
 fn own(vol: &dyn Volume) -> Option<Arc<RbdVolume>> {
     let opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
     opened
