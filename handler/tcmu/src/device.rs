@@ -34,21 +34,20 @@ pub fn check_config(cfgstring: &str) -> Result<(), Error> {
 /// `block_size` bytes, and registers it with the control socket.
 pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevState>, Error> {
     let spec = config::parse(cfgstring)?;
-    let block_shift = block_shift(block_size).ok_or(Error::BlockSize(block_size))?;
-    let lun_bytes = num_lbas
-        .checked_mul(u64::from(block_size))
-        .ok_or(Error::SizeOverflow {
-            num_lbas,
-            block_size,
-        })?;
     let name = spec.to_string();
     let lun = ferry_host::Lun::open(&name).map_err(|e| Error::Open {
         spec: name.clone(),
         source: e.into(),
     })?;
-    if let Some(note) = check_size(lun_bytes, lun.size())? {
+    // The backstore's geometry, as LIO reports it to initiators: commands
+    // are checked against it (it may be smaller than the volume).
+    if let Some(note) = lun
+        .set_geometry(block_size, Some(num_lbas))
+        .map_err(Error::Geometry)?
+    {
         log::warn!("{name}: {note}");
     }
+    let lun_bytes = num_lbas * u64::from(block_size);
     ferry_host::control::process_registry().add(&lun);
     ferry_host::control::ensure_process_server("tcmu-runner");
     served().lock().insert(name.clone());
@@ -56,12 +55,7 @@ pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevSt
         "{name}: open, {lun_bytes} bytes in {block_size}-byte blocks (volume {} bytes)",
         lun.size()
     );
-    Ok(Arc::new(DevState {
-        lun,
-        block_shift,
-        caw: Mutex::new(()),
-        spec: name,
-    }))
+    Ok(Arc::new(DevState { lun, spec: name }))
 }
 
 /// `close`: flushes and unregisters. tcmu-runner calls it once no command
@@ -79,18 +73,21 @@ pub fn close(state: Arc<DevState>) {
 /// `reconfig` of the size: a LUN may grow (or shrink) to any size the
 /// volume covers, in whole blocks.
 pub fn resize(state: &DevState, new_bytes: u64) -> Result<(), Error> {
-    let block = 1u64 << state.block_shift;
-    if new_bytes % block != 0 {
+    let block = state.lun.block_size();
+    if new_bytes % u64::from(block) != 0 {
         return Err(Error::PartialBlock {
             spec: state.spec.clone(),
             bytes: new_bytes,
-            block,
+            block: u64::from(block),
         });
     }
-    check_size(new_bytes, state.lun.size()).map_err(|e| Error::Resize {
-        spec: state.spec.clone(),
-        source: Box::new(e),
-    })?;
+    state
+        .lun
+        .set_geometry(block, Some(new_bytes / u64::from(block)))
+        .map_err(|e| Error::Resize {
+            spec: state.spec.clone(),
+            source: Box::new(Error::Geometry(e)),
+        })?;
     log::info!("{}: resized to {new_bytes} bytes", state.spec);
     Ok(())
 }
@@ -106,33 +103,6 @@ pub fn change_cfgstring(state: &DevState, cfgstring: &str) -> Result<(), Error> 
         from: state.spec.clone(),
         to: spec,
     })
-}
-
-/// Checks that a LUN of `lun_bytes` (tcmu's `num_lbas * block_size`) can
-/// be served from a volume of `volume_bytes`: the LUN may not reach past
-/// the volume's end. A smaller LUN is allowed (the rest of the volume is
-/// out of reach) and reported as `Ok(Some(note))`.
-pub fn check_size(lun_bytes: u64, volume_bytes: u64) -> Result<Option<String>, Error> {
-    if lun_bytes > volume_bytes {
-        return Err(Error::TooLarge {
-            lun_bytes,
-            volume_bytes,
-        });
-    }
-    if lun_bytes < volume_bytes {
-        return Ok(Some(format!(
-            "the backstore ({lun_bytes} bytes) is smaller than the volume ({volume_bytes}); \
-             the rest of the volume is not served"
-        )));
-    }
-    Ok(None)
-}
-
-/// log2 of a logical block size tcmu reports, if it is a power of two
-/// between 512 bytes and 64 KiB.
-pub fn block_shift(block_size: u32) -> Option<u32> {
-    (block_size.is_power_of_two() && (512..=65536).contains(&block_size))
-        .then(|| block_size.trailing_zeros())
 }
 
 #[cfg(test)]
@@ -155,16 +125,17 @@ mod tests {
         let cfg = volume(dir.path(), 1 << 20);
         let err = open(&cfg, 512, 4096).err().unwrap();
         assert!(err.to_string().contains("only 1048576"), "{err}");
-        assert!(matches!(
-            open(&cfg, 1000, 2048).err().unwrap(),
-            Error::BlockSize(1000)
-        ));
+        let err = open(&cfg, 1000, 2048).err().unwrap();
+        assert!(err.to_string().contains("block size 1000"), "{err}");
         let state = open(&cfg, 512, 2048).unwrap();
         assert!(matches!(
             check_config(&cfg).unwrap_err(),
             Error::AlreadyServed { .. }
         ));
+        assert!(resize(&state, 1 << 19).is_ok());
+        assert_eq!(state.lun.capacity_blocks(), 1024);
         assert!(resize(&state, 1 << 20).is_ok());
+        assert_eq!(state.lun.capacity_blocks(), 2048);
         assert!(matches!(
             resize(&state, 2 << 20).unwrap_err(),
             Error::Resize { .. }
@@ -182,19 +153,5 @@ mod tests {
         check_config(&cfg).unwrap();
         // Closed means the volume's lock is gone: it opens again.
         close(open(&cfg, 512, 2048).unwrap());
-    }
-
-    #[test]
-    fn sizes_and_block_sizes() {
-        assert!(check_size(2048, 1024)
-            .unwrap_err()
-            .to_string()
-            .contains("size=1024"));
-        assert_eq!(check_size(1024, 1024).ok(), Some(None));
-        assert!(check_size(512, 1024).unwrap().is_some());
-        assert_eq!(block_shift(512), Some(9));
-        assert_eq!(block_shift(4096), Some(12));
-        assert_eq!(block_shift(1000), None);
-        assert_eq!(block_shift(0), None);
     }
 }

@@ -51,12 +51,9 @@ pub enum Error {
     /// Another backstore of this tcmu-runner serves the volume.
     #[error("{spec} is already served by another backstore of this tcmu-runner")]
     AlreadyServed { spec: String },
-    /// A logical block size ferry does not serve.
-    #[error("unsupported block size {0}")]
-    BlockSize(u32),
-    /// The device's size in bytes does not fit 64 bits.
-    #[error("{num_lbas} blocks of {block_size} bytes overflow")]
-    SizeOverflow { num_lbas: u64, block_size: u32 },
+    /// The backstore's block size or size does not fit the volume.
+    #[error("the backstore does not fit its volume: {0}")]
+    Geometry(ferry_host::HostError),
     /// The LUN could not be opened.
     #[error("cannot open {spec}: {source}")]
     Open {
@@ -64,12 +61,6 @@ pub enum Error {
         #[source]
         source: Cause,
     },
-    /// The backstore reaches past the end of the volume.
-    #[error(
-        "the backstore is {lun_bytes} bytes but the volume only {volume_bytes}: \
-         create the backstore with size={volume_bytes} (or less)"
-    )]
-    TooLarge { lun_bytes: u64, volume_bytes: u64 },
     /// A new size that is not a whole number of blocks.
     #[error("{spec}: new size {bytes} is not a multiple of the {block}-byte block")]
     PartialBlock {

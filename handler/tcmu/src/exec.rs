@@ -1,34 +1,35 @@
-//! Carrying out one callout against a device's ferry LUN, in safe Rust.
+//! Carrying out one callout against a device's ferry LUN, in safe Rust:
+//! every callout becomes one call of [`ferry_host::Lun::execute`].
 //!
-//! The FFI shim hands over the command's data buffers as slices (the
-//! iovec segments in tcmu's ring) and gets back a [`Completion`]: the TCMU
-//! status to complete with and, when a status cannot say it all, fixed
-//! sense bytes for `sense_buf`. Reads and writes go straight to the
-//! [`ferry_core::Volume`] (tcmu-runner has already checked their range
-//! against the LUN); WRITE SAME, COMPARE AND WRITE and the few commands
-//! tcmu-runner does not know (VERIFY, PRE-FETCH, ORWRITE) run the original
-//! CDB through `ferry_scsi`'s parser and executor, so LBDATA/PBDATA, the
-//! CAW lock, MISCOMPARE offsets and range checks are shared with the tgt
-//! front-end.
+//! tcmu-runner calls its handlers per kind of work rather than per
+//! command: `read`/`write` with an offset and a length (for READ and
+//! WRITE, and for the sub-I/Os of commands it carries out itself, such as
+//! WRITE AND VERIFY's read-back or EXTENDED COPY), `flush`, `unmap` with
+//! one range, and `writesame`/`caw` and `handle_cmd` with the command
+//! itself. The shim hands over the command's data buffers as slices (the
+//! iovec segments in tcmu's ring); this module turns the callout into the
+//! CDB it stands for ([`read_cdb`], [`write_cdb`], [`SYNCHRONIZE_CACHE`],
+//! [`unmap_request`]; the command's own CDB for the others), runs it
+//! through the LUN's one command path (range check against the LUN's
+//! geometry, cache mode and WCE, the COMPARE AND WRITE lock, the volume
+//! under any migration) and returns a [`Completion`]: the TCMU status
+//! and, when a status cannot say it all, fixed sense bytes for
+//! `sense_buf`.
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use ferry_core::Volume;
-use ferry_scsi::sense::{asc, from_error, key};
-use ferry_scsi::{LunContext, Sense};
-use parking_lot::Mutex;
+use ferry_host::{Lun, Nexus, Refusal};
+use ferry_scsi::cdb::op;
+use ferry_scsi::sense::{asc, key};
+use ferry_scsi::Sense;
 
 use crate::ffi::sts;
 
 /// A LUN as the handler serves it.
 pub struct DevState {
-    pub lun: Arc<ferry_host::Lun>,
-    /// log2 of tcmu's logical block size.
-    pub block_shift: u32,
-    /// Serializes COMPARE AND WRITE and ORWRITE of this LUN.
-    pub caw: Mutex<()>,
+    pub lun: Arc<Lun>,
     /// The configured spec, for messages.
     pub spec: String,
 }
@@ -82,27 +83,45 @@ pub fn completion(result: Result<(), Sense>) -> Completion {
     }
 }
 
-/// Whether a write carried by `cdb` must be durable before it is
-/// acknowledged: FUA on WRITE(10/12/16), and WRITE AND VERIFY (which
-/// tcmu-runner carries out as a write callout then a read-back).
-pub fn write_needs_flush(cdb: &[u8]) -> bool {
-    use ferry_scsi::cdb::op;
-    match cdb.first() {
-        Some(&(op::WRITE_10 | op::WRITE_12 | op::WRITE_16)) => {
-            cdb.get(1).is_some_and(|b| b & 0x08 != 0)
-        }
-        Some(&(op::WRITE_VERIFY_10 | op::WRITE_VERIFY_12 | op::WRITE_VERIFY_16)) => true,
-        _ => false,
-    }
+/// The nexus of every command. LIO answers PERSISTENT RESERVE IN/OUT in
+/// the kernel and tells TCMU handlers nothing about sessions, so ferry's
+/// reservations of a LIO LUN stay empty and every command passes them.
+fn lio_nexus() -> &'static Nexus {
+    static NEXUS: OnceLock<Nexus> = OnceLock::new();
+    NEXUS.get_or_init(|| Nexus::new("lio", "lio"))
 }
 
-/// Whether a callout changing the medium for `cdb` (a WRITE, and the
-/// UNMAP callouts tcmu-runner makes for UNMAP and for WRITE SAME with the
-/// UNMAP bit) must flush before it completes, in cache mode `mode` with
-/// the WCE bit initiators see: unmapping changes the medium as much as a
-/// write does, so it is flushed like one.
-pub fn flush_needed(mode: ferry_core::CacheMode, write_cache: bool, cdb: &[u8]) -> bool {
-    mode.flush_write(write_cache, write_needs_flush(cdb))
+/// Runs `cdb` on the LUN with the command's data-out and data-in
+/// segments.
+pub fn run(lun: &Lun, cdb: &[u8], data_out: &[&[u8]], data_in: &mut [&mut [u8]]) -> Completion {
+    let data = gather(data_out);
+    let result = match data_in {
+        [] => lun.execute(lio_nexus(), cdb, &data, &mut []).map(drop),
+        [one] => lun.execute(lio_nexus(), cdb, &data, one).map(drop),
+        many => {
+            let total = many.iter().map(|s| s.len()).sum();
+            let mut buf = vec![0u8; total];
+            lun.execute(lio_nexus(), cdb, &data, &mut buf).map(|n| {
+                let mut at = 0;
+                for seg in many.iter_mut() {
+                    if at >= n {
+                        break;
+                    }
+                    let k = seg.len().min(n - at);
+                    seg[..k].copy_from_slice(&buf[at..at + k]);
+                    at += k;
+                }
+            })
+        }
+    };
+    completion(result.map_err(|r| match r {
+        Refusal::Check(s) => s,
+        // Cannot happen (see lio_nexus); TCMU has no status for it.
+        Refusal::Conflict => {
+            log::error!("a reservation conflict on a LIO LUN; answering HARDWARE ERROR");
+            Sense::internal_failure()
+        }
+    }))
 }
 
 /// The data-out of a command as one buffer (borrowed when it is one
@@ -115,215 +134,197 @@ pub fn gather<'a>(segments: &[&'a [u8]]) -> Cow<'a, [u8]> {
     }
 }
 
-fn write_err(e: ferry_core::Error) -> Sense {
-    from_error(&e, true)
+/// A 16-byte READ or WRITE of `len` bytes at byte `off` of a LUN of
+/// `block_size`-byte blocks (`None` when they are not whole blocks, or
+/// too many for one command: tcmu-runner never asks for either).
+fn rw16(opcode: u8, flags: u8, off: u64, len: usize, block_size: u32) -> Option<[u8; 16]> {
+    let block = u64::from(block_size);
+    let len = u64::try_from(len).ok()?;
+    if off % block != 0 || len % block != 0 {
+        return None;
+    }
+    let blocks = u32::try_from(len / block).ok()?;
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode;
+    cdb[1] = flags;
+    cdb[2..10].copy_from_slice(&(off / block).to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    Some(cdb)
 }
 
-fn read_err(e: ferry_core::Error) -> Sense {
-    from_error(&e, false)
+/// The READ(16) a `read` callout of `len` bytes at `off` stands for.
+pub fn read_cdb(off: u64, len: usize, block_size: u32) -> Option<[u8; 16]> {
+    rw16(op::READ_16, 0, off, len, block_size)
 }
 
-impl DevState {
-    fn volume(&self) -> &dyn Volume {
-        self.lun.as_ref()
-    }
-
-    /// READ: fills `segments` (at most `len` bytes) from `off`.
-    pub fn read(&self, segments: &mut [&mut [u8]], off: u64, len: usize) -> Completion {
-        completion(self.read_inner(segments, off, len))
-    }
-
-    fn read_inner(&self, segments: &mut [&mut [u8]], off: u64, len: usize) -> Result<(), Sense> {
-        let total: usize = segments.iter().map(|s| s.len()).sum();
-        let len = len.min(total);
-        if len == 0 {
-            return Ok(());
+/// The WRITE(16) a `write` callout stands for, for a command whose CDB is
+/// `orig`: with FUA when that command must be durable before it is
+/// acknowledged (FUA on WRITE(10/12/16), and WRITE AND VERIFY, which
+/// tcmu-runner carries out as a write callout then a read-back).
+pub fn write_cdb(orig: &[u8], off: u64, len: usize, block_size: u32) -> Option<[u8; 16]> {
+    let fua = match orig.first() {
+        Some(&(op::WRITE_10 | op::WRITE_12 | op::WRITE_16)) => {
+            orig.get(1).is_some_and(|b| b & 0x08 != 0)
         }
-        if let [one] = segments {
-            return self
-                .volume()
-                .read_at(&mut one[..len], off)
-                .map_err(read_err);
-        }
-        let mut buf = vec![0u8; len];
-        self.volume().read_at(&mut buf, off).map_err(read_err)?;
-        let mut at = 0;
-        for seg in segments.iter_mut() {
-            if at == len {
-                break;
-            }
-            let n = seg.len().min(len - at);
-            seg[..n].copy_from_slice(&buf[at..at + n]);
-            at += n;
-        }
-        Ok(())
-    }
-
-    /// WRITE: writes `segments` (at most `len` bytes) at `off`; flushes
-    /// when asked (FUA) or when the write cache is off.
-    pub fn write(&self, segments: &[&[u8]], off: u64, len: usize, flush: bool) -> Completion {
-        completion(self.write_inner(segments, off, len, flush))
-    }
-
-    fn write_inner(
-        &self,
-        segments: &[&[u8]],
-        off: u64,
-        len: usize,
-        flush: bool,
-    ) -> Result<(), Sense> {
-        let data = gather(segments);
-        let len = len.min(data.len());
-        if len == 0 {
-            return Ok(());
-        }
-        self.volume()
-            .write_at(&data[..len], off)
-            .map_err(write_err)?;
-        if flush {
-            self.volume().flush().map_err(write_err)?;
-        }
-        Ok(())
-    }
-
-    /// SYNCHRONIZE CACHE: flushes the volume (a migration checkpoint).
-    pub fn flush(&self) -> Completion {
-        completion(self.volume().flush().map_err(write_err))
-    }
-
-    /// One UNMAP range (tcmu-runner splits the descriptor list, and
-    /// carries WRITE SAME with the UNMAP bit out through this callout
-    /// too); flushed when `flush` ([`flush_needed`]).
-    pub fn unmap(&self, off: u64, len: u64, flush: bool) -> Completion {
-        completion(discard(self.volume(), off, len, flush))
-    }
-
-    /// Runs the original CDB through `ferry_scsi` (WRITE SAME, COMPARE AND
-    /// WRITE, VERIFY, PRE-FETCH, ORWRITE). `None` when it is not a command
-    /// `ferry_scsi` executes (the caller lets tcmu-runner handle it).
-    pub fn execute_cdb(
-        &self,
-        cdb: &[u8],
-        data_out: &[&[u8]],
-        write_cache: bool,
-    ) -> Option<Completion> {
-        let cmd = match ferry_scsi::parse(cdb) {
-            // GET LBA STATUS answers with data-in, which this path (for
-            // commands without any) has no buffer for: tcmu-runner's.
-            Ok(Some(ferry_scsi::Command::GetLbaStatus { .. })) | Ok(None) => return None,
-            Ok(Some(cmd)) => cmd,
-            Err(s) => return Some(completion(Err(s))),
-        };
-        let ctx = LunContext {
-            volume: self.volume(),
-            block_shift: self.block_shift,
-            capacity_blocks: u64::MAX,
-            write_cache,
-            cache_mode: self.lun.cache_mode(),
-            caw_lock: &self.caw,
-        };
-        let data = gather(data_out);
-        let result = ferry_scsi::execute(&ctx, &cmd, &data, &mut []).map(|_| ());
-        Some(completion(result))
-    }
+        Some(&(op::WRITE_VERIFY_10 | op::WRITE_VERIFY_12 | op::WRITE_VERIFY_16)) => true,
+        _ => false,
+    };
+    rw16(
+        op::WRITE_16,
+        if fua { 0x08 } else { 0 },
+        off,
+        len,
+        block_size,
+    )
 }
 
-/// Unmaps `len` bytes at `off` of `vol`, then flushes if `flush`.
-fn discard(vol: &dyn Volume, off: u64, len: u64, flush: bool) -> Result<(), Sense> {
-    if len == 0 {
-        return Ok(());
+/// What a `flush` callout stands for: SYNCHRONIZE CACHE(10) of the whole
+/// LUN (whether it flushes is the cache mode's decision).
+pub const SYNCHRONIZE_CACHE: [u8; 10] = [op::SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// The UNMAP (CDB and parameter list) an `unmap` callout of `len` bytes
+/// at `off` stands for. tcmu-runner calls it for each range of an UNMAP
+/// and for WRITE SAME with the UNMAP bit; unmapping changes the medium as
+/// a write does, so it is flushed as the cache mode flushes writes.
+pub fn unmap_request(off: u64, len: u64, block_size: u32) -> Option<([u8; 10], Vec<u8>)> {
+    let block = u64::from(block_size);
+    if off % block != 0 || len % block != 0 {
+        return None;
     }
-    vol.discard(off, len).map_err(write_err)?;
-    if flush {
-        vol.flush().map_err(write_err)?;
+    let (mut lba, mut blocks) = (off / block, len / block);
+    let mut descriptors = Vec::new();
+    while blocks > 0 {
+        let n = blocks.min(u64::from(u32::MAX));
+        descriptors.extend_from_slice(&lba.to_be_bytes());
+        descriptors.extend_from_slice(&u32::try_from(n).ok()?.to_be_bytes());
+        descriptors.extend_from_slice(&[0; 4]);
+        (lba, blocks) = (lba + n, blocks - n);
     }
-    Ok(())
+    let desc_len = u16::try_from(descriptors.len()).ok()?;
+    let mut list = Vec::with_capacity(8 + descriptors.len());
+    list.extend_from_slice(&(desc_len + 6).to_be_bytes());
+    list.extend_from_slice(&desc_len.to_be_bytes());
+    list.extend_from_slice(&[0; 4]);
+    list.extend_from_slice(&descriptors);
+    let param_len = u16::try_from(list.len()).ok()?;
+    let mut cdb = [0u8; 10];
+    cdb[0] = op::UNMAP;
+    cdb[7..9].copy_from_slice(&param_len.to_be_bytes());
+    Some((cdb, list))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::Volume;
 
-    fn dev(dir: &std::path::Path, size: u64) -> DevState {
+    fn lun(dir: &std::path::Path, size: u64) -> Arc<Lun> {
         let path = dir.join("v.img");
         let spec = format!("file:{}", path.display());
         ferry_host::VolumeSpec::parse(&spec)
             .unwrap()
             .create(size, None)
             .unwrap();
-        DevState {
-            lun: ferry_host::Lun::open(&spec).unwrap(),
-            block_shift: 9,
-            caw: Mutex::new(()),
-            spec,
-        }
+        Lun::open(&spec).unwrap()
     }
 
     #[test]
     fn scattered_write_then_scattered_read() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
+        let l = lun(dir.path(), 1 << 20);
         let a = vec![1u8; 512];
         let b = vec![2u8; 1024];
-        assert_eq!(d.write(&[&a, &b], 4096, 1536, false), Completion::OK);
+        let w = write_cdb(&[op::WRITE_10], 4096, 1536, 512).unwrap();
+        assert_eq!(run(&l, &w, &[&a, &b], &mut []), Completion::OK);
         let mut x = vec![0u8; 1000];
         let mut y = vec![0u8; 536];
-        {
-            let mut segs: Vec<&mut [u8]> = vec![&mut x, &mut y];
-            assert_eq!(d.read(&mut segs, 4096, 1536), Completion::OK);
-        }
+        let r = read_cdb(4096, 1536, 512).unwrap();
+        assert_eq!(run(&l, &r, &[], &mut [&mut x, &mut y]), Completion::OK);
         assert!(x[..512].iter().all(|&v| v == 1));
         assert!(x[512..].iter().all(|&v| v == 2));
         assert!(y.iter().all(|&v| v == 2));
     }
 
     #[test]
-    fn read_past_the_end_is_out_of_range() {
+    fn reads_past_the_luns_end_are_out_of_range() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
+        let l = lun(dir.path(), 1 << 20);
         let mut buf = vec![0u8; 1024];
-        let mut segs: Vec<&mut [u8]> = vec![&mut buf];
-        assert_eq!(d.read(&mut segs, (1 << 20) - 512, 1024).status, sts::RANGE);
+        let r = read_cdb((1 << 20) - 512, 1024, 512).unwrap();
+        assert_eq!(run(&l, &r, &[], &mut [&mut buf]).status, sts::RANGE);
+        // A backstore smaller than its volume: its end is the limit.
+        l.set_geometry(512, Some(1024)).unwrap();
+        let r = read_cdb(1024 * 512, 512, 512).unwrap();
+        assert_eq!(run(&l, &r, &[], &mut [&mut buf[..512]]).status, sts::RANGE);
     }
 
     #[test]
     fn zero_length_commands_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
-        assert_eq!(d.read(&mut [], 0, 0), Completion::OK);
-        assert_eq!(d.write(&[], 0, 0, true), Completion::OK);
-        assert_eq!(d.unmap(0, 0, true), Completion::OK);
+        let l = lun(dir.path(), 1 << 20);
+        let r = read_cdb(0, 0, 512).unwrap();
+        assert_eq!(run(&l, &r, &[], &mut []), Completion::OK);
+        let w = write_cdb(&[op::WRITE_16, 0x08], 0, 0, 512).unwrap();
+        assert_eq!(run(&l, &w, &[], &mut []), Completion::OK);
+        let (cdb, list) = unmap_request(0, 0, 512).unwrap();
+        assert_eq!(run(&l, &cdb, &[&list], &mut []), Completion::OK);
     }
 
     #[test]
     fn unmap_reads_back_zeroes() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
-        d.write(&[&[9u8; 8192]], 0, 8192, false);
-        assert_eq!(d.unmap(0, 4096, false), Completion::OK);
+        let l = lun(dir.path(), 1 << 20);
+        let w = write_cdb(&[], 0, 8192, 512).unwrap();
+        run(&l, &w, &[&[9u8; 8192]], &mut []);
+        let (cdb, list) = unmap_request(0, 4096, 512).unwrap();
+        assert_eq!(run(&l, &cdb, &[&list], &mut []), Completion::OK);
         let mut buf = vec![7u8; 8192];
-        d.read(&mut [&mut buf], 0, 8192);
+        l.read_at(&mut buf, 0).unwrap();
         assert!(buf[..4096].iter().all(|&v| v == 0));
         assert!(buf[4096..].iter().all(|&v| v == 9));
     }
 
     #[test]
+    fn callouts_become_the_cdbs_they_stand_for() {
+        // FUA and WRITE AND VERIFY make the write a FUA write.
+        assert_eq!(write_cdb(&[0x2a, 0x08], 0, 512, 512).unwrap()[1], 0x08);
+        assert_eq!(write_cdb(&[0x2a, 0x00], 0, 512, 512).unwrap()[1], 0);
+        assert_eq!(
+            write_cdb(&[op::WRITE_VERIFY_16], 0, 512, 512).unwrap()[1],
+            0x08
+        );
+        assert_eq!(write_cdb(&[0x83], 0, 512, 512).unwrap()[1], 0);
+        // Blocks and LBAs in the LUN's block size.
+        let w = write_cdb(&[], 3 * 4096, 8192, 4096).unwrap();
+        assert_eq!(u64::from_be_bytes(w[2..10].try_into().unwrap()), 3);
+        assert_eq!(u32::from_be_bytes(w[10..14].try_into().unwrap()), 2);
+        assert_eq!(read_cdb(100, 512, 512), None);
+        // An unmap of more blocks than one descriptor holds.
+        let (cdb, list) = unmap_request(0, (u64::from(u32::MAX) + 1) * 512, 512).unwrap();
+        assert_eq!(u16::from_be_bytes([cdb[7], cdb[8]]) as usize, list.len());
+        assert_eq!(list.len(), 8 + 32);
+        assert_eq!(&list[8 + 16..8 + 24], &u64::from(u32::MAX).to_be_bytes());
+    }
+
+    #[test]
     fn compare_and_write_through_the_cdb() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
-        d.write(&[&[1u8; 512]], 512, 512, false);
+        let l = lun(dir.path(), 1 << 20);
+        run(
+            &l,
+            &write_cdb(&[], 512, 512, 512).unwrap(),
+            &[&[1u8; 512]],
+            &mut [],
+        );
         let mut cdb = [0u8; 16];
         cdb[0] = 0x89;
         cdb[9] = 1;
         cdb[13] = 1;
         let verify = [1u8; 512];
         let write = [2u8; 512];
-        assert_eq!(
-            d.execute_cdb(&cdb, &[&verify, &write], true),
-            Some(Completion::OK)
-        );
+        assert_eq!(run(&l, &cdb, &[&verify, &write], &mut []), Completion::OK);
         // Stale compare half: MISCOMPARE at byte 0, passed through.
-        let c = d.execute_cdb(&cdb, &[&verify, &write], true).unwrap();
+        let c = run(&l, &cdb, &[&verify, &write], &mut []);
         assert_eq!(c.status, sts::PASSTHROUGH_ERR);
         let sense = c.sense.unwrap();
         assert_eq!(
@@ -335,24 +336,14 @@ mod tests {
     #[test]
     fn write_same_with_lbdata_uses_the_cdb_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
+        let l = lun(dir.path(), 1 << 20);
         let cdb = [0x41, 0x02, 0, 0, 0, 4, 0, 0, 2, 0];
-        assert_eq!(
-            d.execute_cdb(&cdb, &[&[0xab; 512]], true),
-            Some(Completion::OK)
-        );
+        assert_eq!(run(&l, &cdb, &[&[0xab; 512]], &mut []), Completion::OK);
         let mut buf = vec![0u8; 1024];
-        d.read(&mut [&mut buf], 4 * 512, 1024);
+        l.read_at(&mut buf, 4 * 512).unwrap();
         assert_eq!(&buf[..4], &4u32.to_be_bytes());
         assert_eq!(&buf[512..516], &5u32.to_be_bytes());
         assert!(buf[4..512].iter().all(|&v| v == 0xab));
-    }
-
-    #[test]
-    fn unknown_cdbs_are_left_to_tcmu_runner() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dev(dir.path(), 1 << 20);
-        assert_eq!(d.execute_cdb(&[0x12, 0, 0, 0, 36, 0], &[], true), None);
     }
 
     #[test]
@@ -377,63 +368,5 @@ mod tests {
         )));
         assert_eq!(c.status, sts::PASSTHROUGH_ERR);
         assert_eq!(c.sense.unwrap()[6], 7);
-    }
-
-    #[test]
-    fn fua_and_write_verify_need_a_flush() {
-        assert!(write_needs_flush(&[0x2a, 0x08, 0, 0, 0, 0, 0, 0, 1, 0]));
-        assert!(!write_needs_flush(&[0x2a, 0x00, 0, 0, 0, 0, 0, 0, 1, 0]));
-        assert!(write_needs_flush(&[
-            0x8e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0
-        ]));
-        assert!(!write_needs_flush(&[0x83]));
-        assert!(!write_needs_flush(&[]));
-    }
-
-    #[test]
-    fn unmap_callouts_flush_as_writes_do() {
-        use ferry_core::CacheMode::{self, *};
-        // The CDBs tcmu-runner calls the unmap callout for: UNMAP, and
-        // WRITE SAME(10)/(16) with the UNMAP bit (byte 1 bit 3).
-        let cdbs: [&[u8]; 3] = [
-            &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
-            &[0x41, 0x08, 0, 0, 0, 8, 0, 0, 8, 0],
-            &[0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0],
-        ];
-        let flushes = |mode: CacheMode, wce: bool| -> Vec<u64> {
-            let vol = ferry_core::sim::SimVolume::new(
-                "lun",
-                1 << 20,
-                4096,
-                ferry_core::sim::Faults::new(),
-            );
-            cdbs.iter()
-                .map(|cdb| {
-                    let before = vol.flushes();
-                    discard(&vol, 4096, 4096, flush_needed(mode, wce, cdb)).unwrap();
-                    vol.flushes() - before
-                })
-                .collect()
-        };
-        for wce in [true, false] {
-            assert_eq!(flushes(Writethrough, wce), [1, 1, 1]);
-            assert_eq!(flushes(Directsync, wce), [1, 1, 1]);
-            assert_eq!(flushes(Unsafe, wce), [0, 0, 0]);
-        }
-        assert_eq!(flushes(Writeback, true), [0, 0, 0]);
-        assert_eq!(flushes(None, true), [0, 0, 0]);
-        assert_eq!(flushes(Writeback, false), [1, 1, 1]);
-        assert_eq!(flushes(None, false), [1, 1, 1]);
-        // A FUA write is flushed whatever WCE says, a plain one not.
-        assert!(flush_needed(
-            Writeback,
-            true,
-            &[0x2a, 0x08, 0, 0, 0, 0, 0, 0, 1, 0]
-        ));
-        assert!(!flush_needed(
-            Writeback,
-            true,
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]
-        ));
     }
 }

@@ -209,7 +209,7 @@ unsafe extern "C" fn open(dev: *mut TcmuDevice, reopen: bool) -> c_int {
         // Unmap whole ranges per callout (ferry splits nothing), with a
         // granularity of 4 KiB physical blocks; a non-zero alignment also
         // keeps tcmu-runner's WRITE SAME (UNMAP) path from dividing by it.
-        let gran = (4096u32 >> state.block_shift).max(1);
+        let gran = (4096 / state.lun.block_size()).max(1);
         if reopen {
             log::info!("{name}: reopened {}", state.spec);
         }
@@ -433,11 +433,12 @@ impl Queued {
         }
     }
 
-    /// The WCE bit initiators see (tcmu-runner answers MODE SENSE from
-    /// it), first forced to what the LUN's cache mode requires.
-    fn write_cache(&self) -> bool {
+    /// Tells the LUN the WCE bit initiators see (tcmu-runner answers
+    /// MODE SENSE and MODE SELECT from its device), first forced to what
+    /// the LUN's cache mode requires.
+    fn sync_write_cache(&self) {
         // SAFETY: live device; plain field getter and setter.
-        unsafe {
+        let on = unsafe {
             let on = (self.tcmu.tcmu_dev_get_write_cache_enabled)(self.dev.0);
             match self.state.lun.cache_mode().forced_wce() {
                 Some(want) if want != on => {
@@ -446,7 +447,33 @@ impl Queued {
                 }
                 _ => on,
             }
-        }
+        };
+        self.state.lun.set_write_cache(on);
+    }
+
+    /// Queues the command as `cdb` on the LUN, with the callout's data
+    /// segments (`data_in`: they are its data-in, else its data-out).
+    fn run(self, what: &'static str, cdb: Option<Vec<u8>>, segs: Segments, data_in: bool) -> c_int {
+        let Some(cdb) = cdb else {
+            log::error!(
+                "{}: a {what} callout tcmu-runner should not make",
+                self.state.spec
+            );
+            return sts::INVALID_CDB;
+        };
+        self.sync_write_cache();
+        let mut segs = segs;
+        self.submit(move |s| {
+            // SAFETY: runs before the command completes; the buffers are
+            // the command's, touched by no one else meanwhile.
+            if data_in {
+                let mut bufs = unsafe { segs.as_mut() };
+                exec::run(&s.lun, &cdb, &[], &mut bufs)
+            } else {
+                let bufs = unsafe { segs.as_ref() };
+                exec::run(&s.lun, &cdb, &bufs, &mut [])
+            }
+        })
     }
 
     /// Queues `run` on a worker, which completes the command with its
@@ -521,14 +548,10 @@ unsafe extern "C" fn read(
         let Ok(off) = u64::try_from(off) else {
             return sts::RANGE;
         };
+        let cdb = exec::read_cdb(off, len, q.state.lun.block_size());
         // SAFETY: the command's iovec, valid until completion.
-        let mut segs = unsafe { Segments::new(iov, iov_cnt) };
-        q.submit(move |s| {
-            // SAFETY: runs before the command completes; the buffers are
-            // the command's data-in, touched by no one else meanwhile.
-            let mut bufs = unsafe { segs.as_mut() };
-            s.read(&mut bufs, off, len)
-        })
+        let segs = unsafe { Segments::new(iov, iov_cnt) };
+        q.run("read", cdb.map(Vec::from), segs, true)
     })
 }
 
@@ -548,15 +571,10 @@ unsafe extern "C" fn write(
         let Ok(off) = u64::try_from(off) else {
             return sts::RANGE;
         };
-        let flush = exec::flush_needed(q.state.lun.cache_mode(), q.write_cache(), &q.cdb());
+        let cdb = exec::write_cdb(&q.cdb(), off, len, q.state.lun.block_size());
         // SAFETY: the command's iovec, valid until completion.
         let segs = unsafe { Segments::new(iov, iov_cnt) };
-        q.submit(move |s| {
-            // SAFETY: runs before the command completes; the buffers are
-            // the command's data-out, not written by anyone meanwhile.
-            let bufs = unsafe { segs.as_ref() };
-            s.write(&bufs, off, len, flush)
-        })
+        q.run("write", cdb.map(Vec::from), segs, false)
     })
 }
 
@@ -566,11 +584,8 @@ unsafe extern "C" fn flush(dev: *mut TcmuDevice, cmd: *mut TcmurCmd) -> c_int {
         let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
             return sts::HW_ERR;
         };
-        if !q.state.lun.cache_mode().honours_flush() {
-            // Cache mode unsafe: SYNCHRONIZE CACHE succeeds without one.
-            return q.submit(|_| exec::Completion::OK);
-        }
-        q.submit(|s| s.flush())
+        let cdb = exec::SYNCHRONIZE_CACHE.to_vec();
+        q.run("flush", Some(cdb), Segments(Vec::new()), false)
     })
 }
 
@@ -580,16 +595,16 @@ unsafe extern "C" fn unmap(dev: *mut TcmuDevice, cmd: *mut TcmurCmd, off: u64, l
         let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
             return sts::HW_ERR;
         };
-        // UNMAP and WRITE SAME with UNMAP: flushed as the cache mode
-        // flushes writes (writethrough, directsync, WCE off).
-        let flush = exec::flush_needed(q.state.lun.cache_mode(), q.write_cache(), &q.cdb());
-        q.submit(move |s| s.unmap(off, len, flush))
+        let Some((cdb, list)) = exec::unmap_request(off, len, q.state.lun.block_size()) else {
+            return q.run("unmap", None, Segments(Vec::new()), false);
+        };
+        q.sync_write_cache();
+        q.submit(move |s| exec::run(&s.lun, &cdb, &[&list], &mut []))
     })
 }
 
-/// WRITE SAME and COMPARE AND WRITE: tcmu-runner has checked the range and
-/// the data-out length; the CDB (its flags: UNMAP, LBDATA, PBDATA, FUA)
-/// runs through `ferry_scsi`.
+/// WRITE SAME and COMPARE AND WRITE: the command's own CDB (its flags:
+/// UNMAP, LBDATA, PBDATA) runs on the LUN with its data-out.
 ///
 /// # Safety
 /// A callout's device, command and iovec.
@@ -605,17 +620,9 @@ unsafe fn queue_cdb(
         return sts::HW_ERR;
     };
     let cdb = q.cdb();
-    let write_cache = q.write_cache();
     // SAFETY: per the contract.
     let segs = unsafe { Segments::new(iov, iov_cnt) };
-    q.submit(move |s| {
-        // SAFETY: runs before the command completes.
-        let data = unsafe { segs.as_ref() };
-        s.execute_cdb(&cdb, &data, write_cache).unwrap_or_else(|| {
-            log::error!("{}: {what} callout with CDB {:02x?}", s.spec, cdb);
-            exec::completion(Err(ferry_scsi::Sense::invalid_opcode()))
-        })
-    })
+    q.run(what, Some(cdb), segs, false)
 }
 
 unsafe extern "C" fn writesame(
@@ -689,9 +696,8 @@ unsafe extern "C" fn handle_cmd(dev: *mut TcmuDevice, cmd: *mut TcmurCmd) -> c_i
         };
         // SAFETY: as above.
         let data = unsafe { segs.as_ref() };
-        let Some(c) = q.state.execute_cdb(&cdb, &data, q.write_cache()) else {
-            return sts::NOT_HANDLED;
-        };
+        q.sync_write_cache();
+        let c = exec::run(&q.state.lun, &cdb, &data, &mut []);
         if let Some(sense) = c.sense {
             // SAFETY: the live command's 96-byte sense buffer; tcmu-runner
             // completes the command with our status after we return.

@@ -24,13 +24,9 @@ pub enum Error {
         #[source]
         source: Cause,
     },
-    /// The volume is not a whole number of the LU's blocks.
-    #[error("{spec}: size {bytes} is not a multiple of the {block}-byte block size")]
-    PartialBlock {
-        spec: String,
-        bytes: u64,
-        block: u64,
-    },
+    /// The LU's block size does not fit the volume.
+    #[error(transparent)]
+    Geometry(ferry_host::HostError),
     /// tgtd lacks a function the plugin calls, or the workers or their
     /// eventfd could not be set up.
     #[error(transparent)]

@@ -41,4 +41,3 @@ pub mod runtime;
 pub mod shim;
 
 pub use error::Error;
-pub use lun::LunState;

@@ -9,24 +9,19 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use ferry_core::CacheMode;
-use parking_lot::Mutex;
+use ferry_host::Lun;
 
 use crate::optable::{NexusNames, SavedOps};
 use crate::Error;
 
-/// What a served LUN needs at command time.
-pub struct LunState {
-    pub lun: Arc<ferry_host::Lun>,
-    pub block_shift: u32,
-    pub caw: Mutex<()>,
-}
-
 /// The plugin's per-LU private data: created in `bs_init`, reclaimed in
 /// `bs_exit`, and used on tgtd's main thread only (workers get the
-/// [`LunState`]).
+/// [`Lun`]).
 #[derive(Default)]
 pub struct LunSlot {
-    pub state: Option<Arc<LunState>>,
+    /// The open LUN: everything a command needs (geometry, cache mode,
+    /// reservations, the COMPARE AND WRITE lock) is its.
+    pub lun: Option<Arc<Lun>>,
     /// The cache mode `--bsopts` asked for.
     pub cache_mode: Option<CacheMode>,
     /// The mode the caching mode page was last made to match.
@@ -67,32 +62,25 @@ impl LunSlot {
         if let Some(m) = self.cache_mode {
             lun.set_cache_mode(m);
         }
+        // The whole volume, in the LU's blocks (tgtd reports its capacity
+        // from the size returned here).
+        let block = u32::try_from(1u64 << block_shift.min(32)).unwrap_or(u32::MAX);
+        lun.set_geometry(block, None).map_err(Error::Geometry)?;
         let bytes = ferry_core::Volume::size(lun.as_ref());
-        if bytes >> block_shift << block_shift != bytes {
-            return Err(Error::PartialBlock {
-                spec: spec.to_string(),
-                bytes,
-                block: 1u64 << block_shift,
-            });
-        }
         ferry_host::control::process_registry().add(&lun);
         ferry_host::control::ensure_process_server("tgtd");
         let cache_mode = lun.cache_mode();
-        self.state = Some(Arc::new(LunState {
-            lun,
-            block_shift,
-            caw: Mutex::new(()),
-        }));
+        self.lun = Some(lun);
         Ok(Opened { bytes, cache_mode })
     }
 
     /// Unregisters the LUN and flushes it (`bs_close`). Commands still
     /// running keep their reference; tgtd closes an LU without any.
     pub fn close(&mut self) {
-        if let Some(state) = self.state.take() {
-            ferry_host::control::process_registry().remove(&state.lun);
-            if let Err(e) = ferry_core::Volume::flush(state.lun.as_ref()) {
-                log::error!("{}: flush at close failed: {e}", state.lun.spec());
+        if let Some(lun) = self.lun.take() {
+            ferry_host::control::process_registry().remove(&lun);
+            if let Err(e) = ferry_core::Volume::flush(lun.as_ref()) {
+                log::error!("{}: flush at close failed: {e}", lun.spec());
             }
         }
     }
@@ -167,12 +155,12 @@ mod tests {
                 cache_mode: CacheMode::Writethrough
             }
         );
-        let state = slot.state.clone().unwrap();
-        assert_eq!(state.lun.cache_mode(), CacheMode::Writethrough);
-        assert_eq!(state.block_shift, 9);
+        let lun = slot.lun.clone().unwrap();
+        assert_eq!(lun.cache_mode(), CacheMode::Writethrough);
+        assert_eq!(lun.block_size(), 512);
         slot.close();
-        assert!(slot.state.is_none());
-        drop(state);
+        assert!(slot.lun.is_none());
+        drop(lun);
         // Closed: the volume opens again.
         assert_eq!(slot.open(&spec, 12).unwrap().bytes, 1 << 20);
         slot.close();
@@ -190,10 +178,9 @@ mod tests {
             .unwrap()
             .create(1 << 20, None)
             .unwrap();
-        assert!(matches!(
-            slot.open(&spec, 21),
-            Err(Error::PartialBlock { block, .. }) if block == 2 << 20
-        ));
-        assert!(slot.state.is_none());
+        let e = slot.open(&spec, 21).unwrap_err();
+        assert!(matches!(e, Error::Geometry(_)), "{e}");
+        assert!(e.to_string().contains("block size 2097152"), "{e}");
+        assert!(slot.lun.is_none());
     }
 }

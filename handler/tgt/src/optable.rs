@@ -131,10 +131,10 @@ pub fn admit(
     let Some(op) = cdb.first().map(|&b| b as usize) else {
         return Admission::Fail;
     };
-    if let Some(state) = &slot.state {
-        if !state.lun.reservations().is_quiet() {
+    if let Some(lun) = &slot.lun {
+        if !lun.reservations().is_quiet() {
             let nexus = nexus();
-            if let Err(refusal) = state.lun.pr_check(&nexus, cdb) {
+            if let Err(refusal) = lun.pr_check(&nexus, cdb) {
                 log::debug!("opcode {op:#04x} from {nexus}: {refusal:?}");
                 return Admission::Refuse(refusal);
             }

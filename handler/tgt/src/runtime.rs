@@ -17,23 +17,19 @@ use std::sync::Arc;
 
 use ferry_plugin::{EventFd, Pool};
 use ferry_pr::Refusal;
-use ferry_scsi::{LunContext, Sense};
+use ferry_scsi::Sense;
 use parking_lot::Mutex;
 
 pub use crate::shim::{CmdPtr, RawBuf};
-use crate::{Error, LunState};
+use crate::Error;
 
-/// One command to run.
+/// One command to run: [`ferry_host::Lun::execute`]'s arguments.
 pub struct Job {
     pub cmd: CmdPtr,
     /// The nexus that sent it.
     pub nexus: Arc<ferry_pr::Nexus>,
-    /// A PERSISTENT RESERVE IN/OUT.
-    pub pr: bool,
-    pub lun: Arc<LunState>,
+    pub lun: Arc<ferry_host::Lun>,
     pub cdb: Vec<u8>,
-    pub write_cache: bool,
-    pub cache_mode: ferry_core::CacheMode,
     pub data_out: RawBuf,
     pub data_in: RawBuf,
 }
@@ -121,42 +117,35 @@ fn execute(mut job: Job) -> Done {
     let outcome = ferry_plugin::boundary(
         "a command",
         Err(Refusal::Check(Sense::internal_failure())),
-        || run(&mut job),
+        || {
+            let (data_out, data_in) = (job.data_out.as_slice(), job.data_in.as_mut_slice());
+            job.lun.execute(&job.nexus, &job.cdb, data_out, data_in)
+        },
     );
-    let sized_reply = job.pr || ferry_scsi::cdb::is_get_lba_status(&job.cdb);
     Done {
+        sized_reply: sized_reply(&job.cdb),
         cmd: job.cmd,
         outcome,
-        sized_reply,
     }
 }
 
-fn run(job: &mut Job) -> Result<usize, Refusal> {
-    let (data_out, data_in) = (job.data_out.as_slice(), job.data_in.as_mut_slice());
-    let lun = &job.lun.lun;
-    if job.pr {
-        return match job.cdb.first() {
-            Some(&ferry_pr::prin::OPCODE) => lun.pr_in(&job.nexus, &job.cdb, data_in),
-            _ => lun.pr_out(&job.nexus, &job.cdb, data_out).map(|()| 0),
-        };
+/// Whether the reply to `cdb` may be shorter than its buffer, which tgtd
+/// must then be told (PERSISTENT RESERVE IN/OUT, GET LBA STATUS); for
+/// reads and writes tgtd works residuals out itself from the CDB.
+fn sized_reply(cdb: &[u8]) -> bool {
+    matches!(cdb.first(), Some(0x5e | 0x5f)) || ferry_scsi::cdb::is_get_lba_status(cdb)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replies_of_reservations_and_lba_status_are_sized() {
+        assert!(super::sized_reply(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0]));
+        assert!(super::sized_reply(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0]));
+        let mut get_lba_status = [0u8; 16];
+        get_lba_status[0] = 0x9e;
+        get_lba_status[1] = 0x12;
+        assert!(super::sized_reply(&get_lba_status));
+        assert!(!super::sized_reply(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]));
     }
-    let cmd = match ferry_scsi::parse(&job.cdb).map_err(Refusal::Check)? {
-        Some(c) => c,
-        None => return Err(Refusal::Check(Sense::invalid_opcode())),
-    };
-    let ctx = LunContext {
-        volume: job.lun.lun.as_ref(),
-        block_shift: job.lun.block_shift,
-        capacity_blocks: u64::MAX,
-        write_cache: job.write_cache,
-        cache_mode: job.cache_mode,
-        caw_lock: &job.lun.caw,
-    };
-    // Checked again here, where it runs: tgtd's main thread checked it at
-    // dispatch, but a PR OUT (PREEMPT AND ABORT fencing this host) may
-    // have completed since. Holding the gate to the end means no write of
-    // a preempted host lands after the preemption was acknowledged.
-    lun.pr_checked(&job.nexus, &job.cdb, || {
-        ferry_scsi::execute(&ctx, &cmd, data_out, data_in).map_err(Refusal::Check)
-    })?
 }

@@ -313,7 +313,7 @@ unsafe extern "C" fn bs_cmd_submit(cmd: *mut ScsiCmd) -> c_int {
             return -1;
         }
         // SAFETY: a live command on tgtd's main thread; its LU is ours.
-        unsafe { submit(cmd, false) }
+        unsafe { submit(cmd) }
     })
 }
 
@@ -349,13 +349,13 @@ unsafe fn slot_of(cmd: *mut ScsiCmd) -> Option<&'static LunSlot> {
     }
 }
 
-/// Hands `cmd` to the workers with the nexus that sent it (`pr`: a
-/// PERSISTENT RESERVE IN/OUT); 0 when accepted, -1 for HARDWARE ERROR.
+/// Hands `cmd` to the workers with the nexus that sent it; 0 when
+/// accepted, -1 for HARDWARE ERROR.
 ///
 /// # Safety
 /// `cmd` is a live, non-null command of one of our LUs, on tgtd's main
 /// thread.
-unsafe fn submit(cmd: *mut ScsiCmd, pr: bool) -> c_int {
+unsafe fn submit(cmd: *mut ScsiCmd) -> c_int {
     // SAFETY: per the contract.
     unsafe {
         let lu = (*cmd).dev;
@@ -363,7 +363,7 @@ unsafe fn submit(cmd: *mut ScsiCmd, pr: bool) -> c_int {
             return -1;
         }
         let slot = (*slot_ptr(lu)).as_ref();
-        let Some((slot, state)) = slot.and_then(|s| Some((s, s.state.clone()?))) else {
+        let Some((slot, lun)) = slot.and_then(|s| Some((s, s.lun.clone()?))) else {
             log::error!("a command for an LU that is not open; answering HARDWARE ERROR");
             return -1;
         };
@@ -371,16 +371,13 @@ unsafe fn submit(cmd: *mut ScsiCmd, pr: bool) -> c_int {
         // under the LUN's PR gate (see optable.rs), so it needs the nexus.
         let nexus = nexus_of(slot, cmd);
         let cdb = cdb_of(cmd).to_vec();
-        let cache_mode = state.lun.cache_mode();
-        let write_cache = sync_write_cache(lu, slot, cache_mode);
+        // tgtd answers MODE SELECT itself: the LUN learns WCE from the page.
+        lun.set_write_cache(sync_write_cache(lu, slot, lun.cache_mode()));
         let job = Job {
             cmd: CmdPtr(cmd),
             nexus,
-            pr,
-            lun: state,
+            lun,
             cdb,
-            write_cache,
-            cache_mode,
             // The buffers are the command's, valid until it completes and
             // left to its worker meanwhile (see CmdPtr). tgtd keeps a
             // pointer in a u64 and x86_64's usize holds it; the lengths
@@ -683,7 +680,7 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             match admission {
                 Admission::Refuse(refusal) => refuse(cmd, refusal),
                 Admission::Fail => ffi::SAM_STAT_CHECK_CONDITION,
-                Admission::HandOver => hand_over(cmd, false),
+                Admission::HandOver => hand_over(cmd),
                 Admission::Run(orig) => {
                     let status = orig(host_no, cmd);
                     if status == ffi::SAM_STAT_CHECK_CONDITION
@@ -735,20 +732,20 @@ unsafe extern "C" fn perform_pr(_host_no: c_int, cmd: *mut ScsiCmd) -> c_int {
             return ffi::SAM_STAT_CHECK_CONDITION;
         }
         // SAFETY: as in perform_checked.
-        unsafe { hand_over(cmd, true) }
+        unsafe { hand_over(cmd) }
     })
 }
 
-/// Hands `cmd` to the workers (`pr`: a PERSISTENT RESERVE IN/OUT): GOOD
-/// with the command pending, or HARDWARE ERROR now.
+/// Hands `cmd` to the workers: GOOD with the command pending, or
+/// HARDWARE ERROR now.
 ///
 /// # Safety
 /// `cmd` is a live, non-null command of one of our LUs, on tgtd's main
 /// thread.
-unsafe fn hand_over(cmd: *mut ScsiCmd, pr: bool) -> c_int {
+unsafe fn hand_over(cmd: *mut ScsiCmd) -> c_int {
     // SAFETY: per the contract.
     unsafe {
-        match submit(cmd, pr) {
+        match submit(cmd) {
             0 => ffi::SAM_STAT_GOOD,
             _ => refuse(cmd, Refusal::Check(Sense::internal_failure())),
         }
