@@ -165,7 +165,7 @@ fn cache_mode(a: &CacheModeArgs) -> Result<()> {
             anyhow::anyhow!("no process serves {spec} (the cache mode belongs to a served LUN)")
         })?;
     if let Some(m) = &a.mode {
-        let want: ferry_core::CacheMode = m.parse().map_err(anyhow::Error::msg)?;
+        let want: ferry_host::ferry_scsi::CacheMode = m.parse().map_err(anyhow::Error::msg)?;
         let r = call(
             &sock,
             &Request::CacheMode {

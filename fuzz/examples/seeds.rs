@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use ferry_core::CacheMode;
+use ferry_scsi::CacheMode;
 use ferry_fuzz::*;
 use ferry_map::{ClusterMap, Frontend, Initiator, LiveNode, Lun, Node, Target};
 use ferry_pr::{Nexus, PrState, PrType, Registration, Reservation};

@@ -46,11 +46,11 @@ fuzz_target!(|data: &[u8]| {
         let cdb_len = usize::from(input.u8() % 33);
         let mut cdb = input.take(cdb_len).to_vec();
         let params = input.field();
-        let persist = |bytes: &[u8]| -> Result<(), String> {
+        let persist = |bytes: &[u8]| -> Result<(), ferry_pr::PrError> {
             let saved = PrState::decode(bytes).expect("a saved state decodes");
             assert_eq!(saved.encode(), bytes, "the saved form is stable");
             if fail_save {
-                Err("the fuzzer's store refuses".into())
+                Err(ferry_pr::PrError::store("the fuzzer's store", "refused"))
             } else {
                 Ok(())
             }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use ferry_core::sim::{Faults, SimVolume};
-use ferry_core::CacheMode;
+use ferry_scsi::CacheMode;
 
 /// A cursor over a fuzz input.
 pub struct Input<'a> {

@@ -12,7 +12,6 @@
 //! is also how the tests inject crashes (see the `sim` module).
 #![forbid(unsafe_code)]
 
-pub mod cache;
 pub mod copier;
 pub mod error;
 pub mod faults;
@@ -26,7 +25,6 @@ pub mod sim;
 pub mod store;
 pub mod volume;
 
-pub use cache::CacheMode;
 pub use copier::{Copier, CopierConfig, CopierControl, Progress};
 pub use error::{Error, Result};
 pub use index::RegionIndex;

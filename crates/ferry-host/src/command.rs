@@ -91,7 +91,7 @@ impl Lun {
         let volume = ferry_core::Volume::size(self);
         let blocks = match blocks {
             Some(b) => b,
-            None if volume % u64::from(block_size) != 0 => {
+            None if !volume.is_multiple_of(u64::from(block_size)) => {
                 return Err(bad(format!(
                     "the volume's size {volume} is not a multiple of the {block_size}-byte block"
                 )))

@@ -87,7 +87,7 @@ pub enum Request {
     /// Sets the LUN's cache mode (takes effect with the next command).
     CacheMode {
         volume: String,
-        mode: ferry_core::CacheMode,
+        mode: ferry_scsi::CacheMode,
     },
     /// Reports the LUN's persistent reservations; with `clear`, first
     /// drops them all (an administrator freeing a LUN a dead host holds).
@@ -124,7 +124,7 @@ pub struct Served {
     pub size: u64,
     pub migration: Option<Progress>,
     #[serde(default)]
-    pub cache_mode: ferry_core::CacheMode,
+    pub cache_mode: ferry_scsi::CacheMode,
 }
 
 /// A control response.

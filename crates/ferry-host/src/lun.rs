@@ -14,10 +14,11 @@ use std::time::Duration;
 use ferry_core::copier::{CopierConfig, Progress};
 use ferry_core::migrate::{reopen_target, Reopened};
 use ferry_core::{
-    CacheMode, Copier, Error, Extent, MetaStore, MigratingVolume, MigrationPlan, MigrationState,
-    Result, Volume,
+    Copier, Error, Extent, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Result,
+    Volume,
 };
 use ferry_pr::{Nexus, Pointer, PrError, PrState, Refusal, ReservationHomes, Reservations};
+use ferry_scsi::CacheMode;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -310,7 +311,7 @@ impl Lun {
         self.current.read()
     }
 
-    /// How writes reach stable storage (see `ferry_core::cache`).
+    /// How writes reach stable storage (see `ferry_scsi::cache`).
     pub fn cache_mode(&self) -> CacheMode {
         CacheMode::from_u8(self.cache_mode.load(Ordering::Relaxed))
     }

@@ -143,11 +143,7 @@ impl AgentRelay {
 }
 
 impl ReservationHomes for AgentRelay {
-    fn open(
-        &self,
-        pointer: &Pointer,
-        mode: OpenMode,
-    ) -> Result<(Box<dyn ReservationStore>, Option<Vec<u8>>), PrError> {
+    fn open(&self, pointer: &Pointer, mode: OpenMode) -> Result<ferry_pr::OpenedHome, PrError> {
         let resp = self.call(
             &pointer.describe(),
             &RelayRequest::Open {
@@ -328,15 +324,18 @@ fn answer(
 mod tests {
     use super::*;
 
+    /// Documents by name, with their versions.
+    type Docs = Arc<Mutex<HashMap<String, (Vec<u8>, u64)>>>;
+
     /// Homes in memory that fence like ZooKeeper: a claim makes the
     /// opener the only writer.
     #[derive(Default)]
     struct MemHomes {
-        docs: Arc<Mutex<HashMap<String, (Vec<u8>, u64)>>>,
+        docs: Docs,
     }
 
     struct MemStore {
-        docs: Arc<Mutex<HashMap<String, (Vec<u8>, u64)>>>,
+        docs: Docs,
         key: String,
         version: Mutex<u64>,
     }
@@ -364,11 +363,7 @@ mod tests {
     }
 
     impl ReservationHomes for MemHomes {
-        fn open(
-            &self,
-            p: &Pointer,
-            mode: OpenMode,
-        ) -> Result<(Box<dyn ReservationStore>, Option<Vec<u8>>), PrError> {
+        fn open(&self, p: &Pointer, mode: OpenMode) -> Result<ferry_pr::OpenedHome, PrError> {
             let key = p.describe();
             let version = self.docs.lock().get(&key).map_or(0, |d| d.1);
             let store = MemStore {

@@ -22,7 +22,7 @@ use ferry_file::Access;
 use crate::backend::{self, BackendSpec};
 
 /// A parsed volume spec: a volume of one of the backends this build has
-/// (see [`crate::backend`]). Specs are equal when their canonical forms
+/// (see the `backend` module). Specs are equal when their canonical forms
 /// are.
 #[derive(Clone)]
 pub struct VolumeSpec {

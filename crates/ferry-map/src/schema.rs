@@ -85,8 +85,8 @@ pub struct Target {
 }
 
 /// How a LUN's writes reach stable storage (seed 003); see
-/// `ferry_core::cache`.
-pub use ferry_core::CacheMode;
+/// `ferry_scsi::cache`.
+pub use ferry_scsi::CacheMode;
 
 /// A logical unit: a volume exported under a target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,15 +81,14 @@ pub enum OpenMode {
     Replace(Vec<u8>),
 }
 
+/// A home opened: its store, with what it held when opened.
+pub type OpenedHome = (Box<dyn ReservationStore>, Option<Vec<u8>>);
+
 /// Follows pointers to where reservations are kept.
 pub trait ReservationHomes: Send + Sync {
     /// Opens the document `pointer` names; returns it with what it held
     /// when opened (after a `Replace`, the new bytes).
-    fn open(
-        &self,
-        pointer: &Pointer,
-        mode: OpenMode,
-    ) -> Result<(Box<dyn ReservationStore>, Option<Vec<u8>>), PrError>;
+    fn open(&self, pointer: &Pointer, mode: OpenMode) -> Result<OpenedHome, PrError>;
 }
 
 /// The homes of a process that can follow no pointer (a LUN kept with its
@@ -97,11 +96,7 @@ pub trait ReservationHomes: Send + Sync {
 pub struct NoHomes;
 
 impl ReservationHomes for NoHomes {
-    fn open(
-        &self,
-        pointer: &Pointer,
-        _: OpenMode,
-    ) -> Result<(Box<dyn ReservationStore>, Option<Vec<u8>>), PrError> {
+    fn open(&self, pointer: &Pointer, _: OpenMode) -> Result<OpenedHome, PrError> {
         Err(PrError::BadPointer {
             what: pointer.describe(),
             why: "this process cannot reach reservations kept outside the volume".into(),

@@ -9,11 +9,13 @@
 //!
 //! Zero-length transfers complete without touching the volume (a backend
 //! such as librbd may assert on them). Write caching follows the LUN's
-//! cache mode and WCE setting (`ferry_core::cache`): in writethrough and
+//! cache mode and WCE setting (`ferry_scsi::cache`): in writethrough and
 //! directsync every write is flushed before it is acknowledged; in
 //! writeback and none, writes with FUA or while WCE is off; in unsafe no
 //! write is, and SYNCHRONIZE CACHE does not flush either.
-use ferry_core::{CacheMode, Volume};
+use ferry_core::Volume;
+
+use crate::cache::CacheMode;
 use parking_lot::Mutex;
 
 use crate::cdb::Command;

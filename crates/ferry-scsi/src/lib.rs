@@ -8,10 +8,12 @@
 //! MODE SENSE, READ CAPACITY, REPORT LUNS, ...) are not handled here.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cdb;
 pub mod exec;
 pub mod sense;
 
+pub use cache::CacheMode;
 pub use cdb::{parse, Command};
 pub use exec::{execute, LunContext};
 pub use sense::Sense;

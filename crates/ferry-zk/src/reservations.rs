@@ -55,11 +55,7 @@ pub fn connect(pointer: &Pointer) -> Result<ZkDocument, PrError> {
 }
 
 impl ReservationHomes for ZkReservations {
-    fn open(
-        &self,
-        pointer: &Pointer,
-        mode: OpenMode,
-    ) -> Result<(Box<dyn ReservationStore>, Option<Vec<u8>>), PrError> {
+    fn open(&self, pointer: &Pointer, mode: OpenMode) -> Result<ferry_pr::OpenedHome, PrError> {
         let doc = connect(pointer)?;
         let bytes = match mode {
             OpenMode::Read => doc.load(),

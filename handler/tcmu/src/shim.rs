@@ -464,12 +464,14 @@ impl Queued {
         self.sync_write_cache();
         let mut segs = segs;
         self.submit(move |s| {
-            // SAFETY: runs before the command completes; the buffers are
-            // the command's, touched by no one else meanwhile.
             if data_in {
+                // SAFETY: runs before the command completes; the buffers
+                // are the command's data-in, touched by no one else
+                // meanwhile.
                 let mut bufs = unsafe { segs.as_mut() };
                 exec::run(&s.lun, &cdb, &[], &mut bufs)
             } else {
+                // SAFETY: as above, for its data-out.
                 let bufs = unsafe { segs.as_ref() };
                 exec::run(&s.lun, &cdb, &bufs, &mut [])
             }

@@ -8,8 +8,8 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use ferry_core::CacheMode;
 use ferry_host::Lun;
+use ferry_scsi::CacheMode;
 
 use crate::optable::{NexusNames, SavedOps};
 use crate::Error;
@@ -87,7 +87,7 @@ impl LunSlot {
 }
 
 /// Parses `--bsopts`: `cache=<mode>` (writethrough, none, writeback,
-/// unsafe, directsync; default writeback, see `ferry_core::cache`).
+/// unsafe, directsync; default writeback, see `ferry_scsi::cache`).
 /// Anything else is refused so a typo is not silently ignored.
 pub fn parse_bsopts(opts: &str) -> Result<Option<CacheMode>, Error> {
     let mut mode = None;

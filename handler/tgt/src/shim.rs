@@ -18,9 +18,9 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, OnceLock};
 
-use ferry_core::CacheMode;
 use ferry_plugin::boundary;
 use ferry_pr::{Nexus, Refusal};
+use ferry_scsi::CacheMode;
 use ferry_scsi::Sense;
 
 use crate::ffi::{self, BackingstoreTemplate, CmdPerform, ListHead, ScsiCmd, ScsiLu};
