@@ -10,10 +10,18 @@
 //! index) and, on a source, `<path>.ferry-source-of` (the marker). Records
 //! and markers are replaced atomically (temp file, fsync, rename, fsync of
 //! the directory).
+//!
+//! The crate's own operations (create, open, lock, rename, snapshots,
+//! sidecar files) fail with a [`FileError`] naming the operation and the
+//! path; the [`Volume`] and [`MetaStore`] impls return the engine's error,
+//! which every `FileError` converts into with the same message.
 #![forbid(unsafe_code)]
 
+mod error;
 pub mod snapshot;
 pub mod steps;
+
+pub use error::FileError;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
@@ -43,17 +51,13 @@ pub struct FileVolume {
     punch_holes: std::sync::atomic::AtomicBool,
 }
 
-fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
-    Error::volume_io(op, &path.display().to_string(), 0, e)
-}
-
 impl FileVolume {
     /// Creates a new sparse file of `size` bytes; refuses to overwrite.
-    pub fn create(path: &Path, size: u64) -> Result<Self> {
+    pub fn create(path: &Path, size: u64) -> Result<Self, FileError> {
         if size == 0 || !size.is_multiple_of(512) {
-            return Err(Error::BadSpec {
-                spec: path.display().to_string(),
-                why: format!("size {size} must be a non-zero multiple of 512 bytes"),
+            return Err(FileError::BadSize {
+                path: path.to_path_buf(),
+                size,
             });
         }
         let file = OpenOptions::new()
@@ -61,27 +65,26 @@ impl FileVolume {
             .write(true)
             .create_new(true)
             .open(path)
-            .map_err(|e| io_err("create", path, e))?;
+            .map_err(FileError::volume("create", path))?;
         file.set_len(size)
-            .map_err(|e| io_err("set size of", path, e))?;
-        file.sync_all().map_err(|e| io_err("sync", path, e))?;
+            .map_err(FileError::volume("set size of", path))?;
+        file.sync_all().map_err(FileError::volume("sync", path))?;
         sync_dir(path)?;
         drop(file);
         Self::open(path, Access::Exclusive)
     }
 
     /// Opens an existing file volume.
-    pub fn open(path: &Path, access: Access) -> Result<Self> {
+    pub fn open(path: &Path, access: Access) -> Result<Self, FileError> {
         let file = OpenOptions::new()
             .read(true)
             .write(access == Access::Exclusive)
             .open(path)
-            .map_err(|e| io_err("open", path, e))?;
-        let meta = file.metadata().map_err(|e| io_err("stat", path, e))?;
+            .map_err(FileError::volume("open", path))?;
+        let meta = file.metadata().map_err(FileError::volume("stat", path))?;
         if !meta.is_file() {
-            return Err(Error::BadSpec {
-                spec: path.display().to_string(),
-                why: "not a regular file".into(),
+            return Err(FileError::NotAFile {
+                path: path.to_path_buf(),
             });
         }
         if access == Access::Exclusive {
@@ -92,21 +95,16 @@ impl FileVolume {
             // a write flushed after this reopen must not come back, after
             // power loss, under the name of the replaced file.
             steps::before(ferry_core::faults::VOLUME_OPEN_SYNC_DIR, path)
-                .map_err(|e| io_err("sync the directory of", path, e))?;
+                .map_err(FileError::volume("sync the directory of", path))?;
             sync_dir(path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => {
-                    return Err(io_err(
-                        "lock",
-                        path,
-                        io::Error::new(
-                            ErrorKind::ResourceBusy,
-                            "another process has this volume open",
-                        ),
-                    ))
+                    return Err(FileError::Locked {
+                        path: path.to_path_buf(),
+                    })
                 }
-                Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", path, e)),
+                Err(fs::TryLockError::Error(e)) => return Err(FileError::volume("lock", path)(e)),
             }
         }
         Ok(FileVolume {
@@ -121,10 +119,10 @@ impl FileVolume {
     /// Moves the (open, locked) file to `to`, replacing what is there:
     /// the lock moves with the file, so nothing can open `to` in between.
     /// The rename is durable only after [`FileVolume::sync_dir`].
-    pub fn rename_to(mut self, to: &Path) -> Result<Self> {
+    pub fn rename_to(mut self, to: &Path) -> Result<Self, FileError> {
         steps::before(ferry_core::faults::RESTORE_RENAME, to)
-            .map_err(|e| io_err("rename", &self.path, e))?;
-        fs::rename(&self.path, to).map_err(|e| io_err("rename", &self.path, e))?;
+            .map_err(FileError::volume("rename", &self.path))?;
+        fs::rename(&self.path, to).map_err(FileError::volume("rename", &self.path))?;
         self.name = to.display().to_string();
         self.path = to.to_path_buf();
         Ok(self)
@@ -132,9 +130,9 @@ impl FileVolume {
 
     /// fsyncs the directory holding the file: a rename to it
     /// ([`FileVolume::rename_to`]) is durable once this returns.
-    pub fn sync_dir(&self) -> Result<()> {
+    pub fn sync_dir(&self) -> Result<(), FileError> {
         steps::before(ferry_core::faults::RESTORE_SYNC_DIR, &self.path)
-            .map_err(|e| io_err("sync the directory of", &self.path, e))?;
+            .map_err(FileError::volume("sync the directory of", &self.path))?;
         sync_dir(&self.path)
     }
 
@@ -246,14 +244,17 @@ impl Volume for FileVolume {
 }
 
 /// fsyncs the directory holding `path`, so a create/rename in it is durable.
-fn sync_dir(path: &Path) -> Result<()> {
+fn sync_dir(path: &Path) -> Result<(), FileError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::meta_io("fsync directory", &dir.display().to_string(), e))
+        .map_err(|source| FileError::SyncDir {
+            dir: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// The named steps of a replacement (`ferry_core::faults`), announced to
@@ -274,7 +275,7 @@ const RESERVATION_STEPS: ReplaceSteps = ReplaceSteps {
 };
 
 /// Writes `bytes` to `path` atomically and durably.
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     replace_file_in_steps(path, bytes, None)
 }
 
@@ -282,39 +283,41 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 // ORDERING: the temporary file is synced before the rename, and the
 // directory after it: a crash at any step leaves the old contents or
 // the new ones, and the new ones are durable when this returns.
-fn replace_file_in_steps(path: &Path, bytes: &[u8], named: Option<&ReplaceSteps>) -> Result<()> {
-    let what = path.display().to_string();
+fn replace_file_in_steps(
+    path: &Path,
+    bytes: &[u8],
+    named: Option<&ReplaceSteps>,
+) -> Result<(), FileError> {
     let tmp = sidecar(path, ".tmp");
     let announce = |point: Option<&'static str>, at: &Path, op: &'static str| match point {
-        Some(p) => steps::before(p, at).map_err(|e| Error::meta_io(op, &what, e)),
+        Some(p) => steps::before(p, at).map_err(FileError::sidecar(op, path)),
         None => Ok(()),
     };
     announce(named.map(|n| n.write), &tmp, "create")?;
-    let mut f = File::create(&tmp).map_err(|e| Error::meta_io("create", &what, e))?;
+    let mut f = File::create(&tmp).map_err(FileError::sidecar("create", path))?;
     f.write_all(bytes)
-        .map_err(|e| Error::meta_io("write", &what, e))?;
+        .map_err(FileError::sidecar("write", path))?;
     announce(named.map(|n| n.sync), &tmp, "fsync")?;
-    f.sync_all()
-        .map_err(|e| Error::meta_io("fsync", &what, e))?;
+    f.sync_all().map_err(FileError::sidecar("fsync", path))?;
     announce(named.map(|n| n.rename), path, "rename")?;
-    fs::rename(&tmp, path).map_err(|e| Error::meta_io("rename", &what, e))?;
+    fs::rename(&tmp, path).map_err(FileError::sidecar("rename", path))?;
     announce(named.map(|n| n.sync_dir), path, "fsync directory")?;
     sync_dir(path)
 }
 
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::meta_io("read", &path.display().to_string(), e)),
+        Err(e) => Err(FileError::sidecar("read", path)(e)),
     }
 }
 
-fn remove_optional(path: &Path) -> Result<()> {
+fn remove_optional(path: &Path) -> Result<(), FileError> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(path),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::meta_io("remove", &path.display().to_string(), e)),
+        Err(e) => Err(FileError::sidecar("remove", path)(e)),
     }
 }
 
@@ -375,7 +378,11 @@ impl FileMetaStore {
         sidecar(&self.volume, ".ferry-pr")
     }
 
-    fn with_index<T>(&self, f: impl FnOnce(&File) -> io::Result<T>, op: &'static str) -> Result<T> {
+    fn with_index<T>(
+        &self,
+        f: impl FnOnce(&File) -> io::Result<T>,
+        op: &'static str,
+    ) -> Result<T, FileError> {
         let path = self.index_path();
         let mut slot = self.index_file.lock();
         if slot.is_none() {
@@ -383,11 +390,10 @@ impl FileMetaStore {
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| Error::meta_io("open", &path.display().to_string(), e))?;
+                .map_err(FileError::sidecar("open", &path))?;
             *slot = Some(file);
         }
-        f(slot.as_ref().expect("opened above"))
-            .map_err(|e| Error::meta_io(op, &path.display().to_string(), e))
+        f(slot.as_ref().expect("opened above")).map_err(FileError::sidecar(op, &path))
     }
 }
 
@@ -397,28 +403,28 @@ impl MetaStore for FileMetaStore {
     }
 
     fn load_record(&self) -> Result<Option<Vec<u8>>> {
-        read_optional(&self.record_path())
+        Ok(read_optional(&self.record_path())?)
     }
 
     fn store_record(&self, bytes: &[u8]) -> Result<()> {
-        replace_file(&self.record_path(), bytes)
+        Ok(replace_file(&self.record_path(), bytes)?)
     }
 
     fn read_index(&self) -> Result<Option<Vec<u8>>> {
-        read_optional(&self.index_path())
+        Ok(read_optional(&self.index_path())?)
     }
 
     fn create_index(&self, bytes: &[u8]) -> Result<()> {
         *self.index_file.lock() = None;
-        replace_file(&self.index_path(), bytes)
+        Ok(replace_file(&self.index_path(), bytes)?)
     }
 
     fn write_index(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.with_index(|f| f.write_all_at(bytes, offset), "write")
+        Ok(self.with_index(|f| f.write_all_at(bytes, offset), "write")?)
     }
 
     fn sync_index(&self) -> Result<()> {
-        self.with_index(|f| f.sync_data(), "fdatasync")
+        Ok(self.with_index(|f| f.sync_data(), "fdatasync")?)
     }
 
     /// The host's boot id: index words and volume data written through
@@ -433,48 +439,54 @@ impl MetaStore for FileMetaStore {
             None => Ok(None),
             Some(b) => SourceMarker::decode(&String::from_utf8_lossy(&b))
                 .map(Some)
-                .ok_or_else(|| Error::Corrupt {
-                    what: path.display().to_string(),
-                    why: "the source marker is not `migrating <spec>` or `committed <spec>`".into(),
+                .ok_or_else(|| {
+                    FileError::Corrupt {
+                        path,
+                        why: "the source marker is not `migrating <spec>` or `committed <spec>`"
+                            .into(),
+                    }
+                    .into()
                 }),
         }
     }
 
     fn store_source_marker(&self, marker: &SourceMarker) -> Result<()> {
-        replace_file(&self.marker_path(), marker.encode().as_bytes())
+        Ok(replace_file(
+            &self.marker_path(),
+            marker.encode().as_bytes(),
+        )?)
     }
 
     fn remove_source_marker(&self) -> Result<()> {
-        remove_optional(&self.marker_path())
+        Ok(remove_optional(&self.marker_path())?)
     }
 
     fn load_reservations(&self) -> Result<Option<Vec<u8>>> {
-        read_optional(&self.reservations_path())
+        Ok(read_optional(&self.reservations_path())?)
     }
 
     fn store_reservations(&self, bytes: &[u8]) -> Result<()> {
-        replace_file_in_steps(&self.reservations_path(), bytes, Some(&RESERVATION_STEPS))
+        Ok(replace_file_in_steps(
+            &self.reservations_path(),
+            bytes,
+            Some(&RESERVATION_STEPS),
+        )?)
     }
 
     fn remove_index(&self) -> Result<()> {
         *self.index_file.lock() = None;
-        remove_optional(&self.index_path())
+        Ok(remove_optional(&self.index_path())?)
     }
 
     fn remove_record(&self) -> Result<()> {
-        remove_optional(&self.record_path())
+        Ok(remove_optional(&self.record_path())?)
     }
 
     fn destroy_volume(&self) -> Result<()> {
         // The volume first: a leftover record without its volume is
         // recognisably an aborted migration, the reverse would not be.
-        remove_optional(&self.volume).map_err(|e| {
-            Error::meta_io(
-                "remove",
-                &self.volume.display().to_string(),
-                io::Error::other(e.to_string()),
-            )
-        })?;
+        remove_optional(&self.volume)
+            .map_err(|e| FileError::sidecar("remove", &self.volume)(e.into()))?;
         self.remove_index()?;
         remove_optional(&self.reservations_path())?;
         self.remove_record()

@@ -20,7 +20,9 @@ use std::time::UNIX_EPOCH;
 use ferry_core::faults;
 use rustix::fs::SeekFrom;
 
-use crate::steps;
+use crate::{steps, FileError};
+
+type Result<T> = std::result::Result<T, FileError>;
 
 /// How a copy was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,7 @@ const INFIX: &str = ".snap-";
 
 /// Snapshot names become file names: a letter or digit, then letters,
 /// digits, '-', '_' or '.', at most 64.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -55,9 +57,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid snapshot name {name:?}: 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
-        ))
+        Err(FileError::SnapshotName {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -68,12 +70,14 @@ pub fn snapshot_path(volume: &Path, name: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn sync_dir(path: &Path) -> io::Result<()> {
+fn sync_dir(path: &Path) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(FileError::snapshot("sync the directory", dir))
 }
 
 /// Copies `src` to a new file `dst` (which must not exist): a reflink if
@@ -83,7 +87,7 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 /// as `dst` (refused if `dst` appeared meanwhile), and the directory
 /// synced: a crash at any point leaves no `dst` or a whole, durable one,
 /// never a partial copy that [`list`] shows and a restore would accept.
-pub fn copy_volume(src: &Path, dst: &Path) -> io::Result<CopyKind> {
+pub fn copy_volume(src: &Path, dst: &Path) -> Result<CopyKind> {
     let tmp = partial_path(dst);
     remove_stale(&tmp)?;
     let kind = copy_into(src, &tmp)?;
@@ -93,11 +97,13 @@ pub fn copy_volume(src: &Path, dst: &Path) -> io::Result<CopyKind> {
         steps::before(faults::SNAPSHOT_PUBLISH, dst).and_then(|()| fs::hard_link(&tmp, dst));
     if let Err(e) = published {
         discard(&tmp);
-        return Err(e);
+        return Err(FileError::snapshot("publish the copy as", dst)(e));
     }
-    steps::before(faults::SNAPSHOT_REMOVE_TEMP, &tmp)?;
-    fs::remove_file(&tmp)?;
-    steps::before(faults::SNAPSHOT_SYNC_DIR, dst)?;
+    steps::before(faults::SNAPSHOT_REMOVE_TEMP, &tmp)
+        .and_then(|()| fs::remove_file(&tmp))
+        .map_err(FileError::snapshot("remove the temporary copy", &tmp))?;
+    steps::before(faults::SNAPSHOT_SYNC_DIR, dst)
+        .map_err(FileError::snapshot("sync the directory of", dst))?;
     sync_dir(dst)?;
     Ok(kind)
 }
@@ -110,12 +116,14 @@ fn partial_path(path: &Path) -> PathBuf {
 }
 
 /// Removes what a crashed copy left at `tmp`, if anything.
-fn remove_stale(tmp: &Path) -> io::Result<()> {
-    steps::before(faults::SNAPSHOT_REMOVE_STALE, tmp)?;
-    match fs::remove_file(tmp) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+fn remove_stale(tmp: &Path) -> Result<()> {
+    let removed = steps::before(faults::SNAPSHOT_REMOVE_STALE, tmp).and_then(|()| {
+        match fs::remove_file(tmp) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    });
+    removed.map_err(FileError::snapshot("remove the stale copy", tmp))
 }
 
 /// Removes a copy abandoned after a failure (unless the process is
@@ -128,11 +136,15 @@ fn discard(tmp: &Path) {
 
 /// Copies `src` to a new file `dst`, synced; its name is not (the caller
 /// publishes it). Removes `dst` on failure.
-fn copy_into(src: &Path, dst: &Path) -> io::Result<CopyKind> {
-    steps::before(faults::SNAPSHOT_COPY_DATA, dst)?;
-    let from = File::open(src)?;
-    let to = OpenOptions::new().write(true).create_new(true).open(dst)?;
-    let result = (|| {
+fn copy_into(src: &Path, dst: &Path) -> Result<CopyKind> {
+    steps::before(faults::SNAPSHOT_COPY_DATA, dst).map_err(FileError::snapshot("copy to", dst))?;
+    let from = File::open(src).map_err(FileError::snapshot("open", src))?;
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(FileError::snapshot("create", dst))?;
+    let result = (|| -> io::Result<CopyKind> {
         let kind = match rustix::fs::ioctl_ficlone(&to, &from) {
             Ok(()) => CopyKind::Reflink,
             Err(_) => {
@@ -169,7 +181,7 @@ fn copy_into(src: &Path, dst: &Path) -> io::Result<CopyKind> {
     if result.is_err() {
         discard(dst);
     }
-    result
+    result.map_err(FileError::snapshot("copy to", dst))
 }
 
 fn allocated(f: &File, len: u64) -> u64 {
@@ -187,24 +199,24 @@ fn allocated(f: &File, len: u64) -> u64 {
 }
 
 /// Takes a snapshot of the (quiesced) volume at `volume`.
-pub fn create(volume: &Path, name: &str) -> io::Result<(FileSnapshot, CopyKind)> {
-    check_name(name).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+pub fn create(volume: &Path, name: &str) -> Result<(FileSnapshot, CopyKind)> {
+    check_name(name)?;
     let dst = snapshot_path(volume, name);
     if dst.exists() {
-        return Err(io::Error::new(
-            ErrorKind::AlreadyExists,
-            format!("snapshot {name} of {} already exists", volume.display()),
-        ));
+        return Err(FileError::SnapshotExists {
+            name: name.to_string(),
+            volume: volume.to_path_buf(),
+        });
     }
     let kind = copy_volume(volume, &dst)?;
     let snap = info(volume, name)?;
     Ok((snap, kind))
 }
 
-fn info(volume: &Path, name: &str) -> io::Result<FileSnapshot> {
+fn info(volume: &Path, name: &str) -> Result<FileSnapshot> {
     let path = snapshot_path(volume, name);
-    let f = File::open(&path)?;
-    let md = f.metadata()?;
+    let f = File::open(&path).map_err(FileError::snapshot("open", &path))?;
+    let md = f.metadata().map_err(FileError::snapshot("stat", &path))?;
     Ok(FileSnapshot {
         name: name.to_string(),
         size: md.len(),
@@ -219,7 +231,7 @@ fn info(volume: &Path, name: &str) -> io::Result<FileSnapshot> {
 }
 
 /// The volume's snapshots, oldest first.
-pub fn list(volume: &Path) -> io::Result<Vec<FileSnapshot>> {
+pub fn list(volume: &Path) -> Result<Vec<FileSnapshot>> {
     let dir = volume
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -229,7 +241,8 @@ pub fn list(volume: &Path) -> io::Result<Vec<FileSnapshot>> {
     };
     let prefix = format!("{base}{INFIX}");
     let mut out = Vec::new();
-    for e in fs::read_dir(dir)?.flatten() {
+    let entries = fs::read_dir(dir).map_err(FileError::snapshot("list", dir))?;
+    for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if let Some(name) = n.strip_prefix(&prefix) {
             if check_name(name).is_ok() {
@@ -241,17 +254,17 @@ pub fn list(volume: &Path) -> io::Result<Vec<FileSnapshot>> {
     Ok(out)
 }
 
-pub fn delete(volume: &Path, name: &str) -> io::Result<()> {
-    check_name(name).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+pub fn delete(volume: &Path, name: &str) -> Result<()> {
+    check_name(name)?;
     let p = snapshot_path(volume, name);
     fs::remove_file(&p).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
-            io::Error::new(
-                ErrorKind::NotFound,
-                format!("no snapshot {name} of {}", volume.display()),
-            )
+            FileError::NoSnapshot {
+                name: name.to_string(),
+                volume: volume.to_path_buf(),
+            }
         } else {
-            e
+            FileError::snapshot("remove", &p)(e)
         }
     })?;
     sync_dir(&p)
@@ -262,14 +275,14 @@ pub fn delete(volume: &Path, name: &str) -> io::Result<()> {
 /// path. The caller
 /// opens it (taking its lock) and renames it over the volume
 /// (`FileVolume::rename_to`), so the volume's path is never unlocked.
-pub fn prepare_restore(volume: &Path, name: &str) -> io::Result<PathBuf> {
-    check_name(name).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+pub fn prepare_restore(volume: &Path, name: &str) -> Result<PathBuf> {
+    check_name(name)?;
     let snap = snapshot_path(volume, name);
     if !snap.exists() {
-        return Err(io::Error::new(
-            ErrorKind::NotFound,
-            format!("no snapshot {name} of {}", volume.display()),
-        ));
+        return Err(FileError::NoSnapshot {
+            name: name.to_string(),
+            volume: volume.to_path_buf(),
+        });
     }
     let mut tmp = volume.as_os_str().to_owned();
     tmp.push(".restoring");

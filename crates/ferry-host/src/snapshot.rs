@@ -85,9 +85,9 @@ impl Lun {
                     spec: self.spec().to_string(),
                     why: "a snapshot name is required".into(),
                 })?;
-                files::check_name(n).map_err(|why| Error::BadSpec {
+                files::check_name(n).map_err(|e| Error::BadSpec {
                     spec: n.to_string(),
-                    why,
+                    why: e.to_string(),
                 })?;
                 n
             }

@@ -127,11 +127,16 @@ impl BackendSpec for FileSpec {
     }
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+/// The engine's error for a snapshot step `op` on the volume at `path`
+/// that failed with `source` (a `FileError` or a refused step).
+fn io<'a, E: Into<std::io::Error>>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(E) -> Error + 'a {
     move |source| Error::Snapshot {
         op,
         volume: path.display().to_string(),
-        source,
+        source: source.into(),
     }
 }
 
@@ -213,7 +218,7 @@ fn snapshot(lun: &Lun, path: &Path, op: &SnapshotOp, name: &str) -> Result<Vec<S
                         size: restored.size(),
                         why: e.to_string(),
                     });
-                    return Ok((Err(e), Some(fenced as Arc<dyn Volume>)));
+                    return Ok((Err(Error::from(e)), Some(fenced as Arc<dyn Volume>)));
                 }
                 let restored: Arc<dyn Volume> = Arc::new(restored);
                 log::info!(
