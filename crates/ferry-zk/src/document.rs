@@ -13,7 +13,7 @@ use ferry_map::MapError;
 use parking_lot::Mutex;
 use zookeeper_client as zk;
 
-use crate::{connect_client, connect_on, zk_err, ZkConfig};
+use crate::{connect_client, connect_on, zk_err, ZkConfig, ZkError};
 
 /// A client shared by every document of one process on the same
 /// servers, root and credentials: a gateway serving many LUNs holds one
@@ -35,7 +35,7 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 static CONNECTIONS: Mutex<BTreeMap<String, Weak<Connection>>> = Mutex::new(BTreeMap::new());
 
 impl Connection {
-    fn shared(cfg: ZkConfig) -> Result<Arc<Connection>, MapError> {
+    fn shared(cfg: ZkConfig) -> Result<Arc<Connection>, ZkError> {
         let key = format!(
             "{}{}|{}",
             cfg.servers,
@@ -93,7 +93,7 @@ impl Connection {
             .unwrap_or(Err(zk::Error::ConnectionLoss))
     }
 
-    fn reconnect(&self) -> Result<zk::Client, MapError> {
+    fn reconnect(&self) -> Result<zk::Client, ZkError> {
         let fresh = connect_on(&self.rt, &self.cfg)?;
         log::info!(
             "zk://{}{}: new ZooKeeper session",
@@ -134,17 +134,17 @@ impl ZkDocument {
     /// Connects for the document at `rel` under the root of `cfg`
     /// (`reservations/db`), sharing the process's connection to those
     /// servers if there is one. Nothing is read yet.
-    pub fn open(cfg: ZkConfig, rel: &str) -> Result<ZkDocument, MapError> {
+    pub fn open(cfg: ZkConfig, rel: &str) -> Result<ZkDocument, ZkError> {
         if rel.is_empty()
             || rel.starts_with('/')
             || rel
                 .split('/')
                 .any(|c| c.is_empty() || c == "." || c == "..")
         {
-            return Err(MapError::invalid(format!(
-                "invalid document path {rel:?} under {}",
-                cfg.root
-            )));
+            return Err(ZkError::BadDocumentPath {
+                path: rel.to_string(),
+                root: cfg.root.clone(),
+            });
         }
         let path = format!("{}/{rel}", cfg.root);
         Ok(ZkDocument {

@@ -25,6 +25,11 @@
 //! The client runs on a private single-worker tokio runtime, so the
 //! session's heartbeats continue while the agent blocks in `tgtadm`; the
 //! API here is blocking.
+//!
+//! Errors: reading a URL, connecting and authenticating fail with a
+//! [`ZkError`]; requests on the map, and on a [`ZkDocument`], with the
+//! map's own [`MapError`] (see [`error`] for why), into which a `ZkError`
+//! converts.
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -33,13 +38,16 @@ use std::time::{Duration, Instant};
 
 use ferry_map::state::{LiveNode, MigrationRequest, MigrationStatus, NodeStatus, Snapshot};
 use ferry_map::store::{Event, MapStore, Op, Session};
-use ferry_map::{Kind, MapError};
+use ferry_map::Kind;
 use parking_lot::Mutex;
 use zookeeper_client as zk;
 
 mod document;
+pub mod error;
 pub mod reservations;
 pub use document::ZkDocument;
+pub use error::ZkError;
+pub use ferry_map::MapError;
 pub use reservations::ZkReservations;
 
 /// How to reach the map.
@@ -70,9 +78,10 @@ impl std::fmt::Debug for ZkConfig {
 impl ZkConfig {
     /// Parses `zk://host:port[,host:port]/root` (root defaults to
     /// `/ferry`).
-    pub fn parse(url: &str) -> Result<ZkConfig, MapError> {
-        let bad = |why: &str| {
-            MapError::invalid(format!("invalid ZooKeeper URL {url:?}: {why} (expected zk://host:port[,host:port...][/root])"))
+    pub fn parse(url: &str) -> Result<ZkConfig, ZkError> {
+        let bad = |why: &'static str| ZkError::BadUrl {
+            url: url.to_string(),
+            why,
         };
         let rest = url
             .strip_prefix("zk://")
@@ -165,30 +174,23 @@ fn zk_err(op: &'static str, path: &str, e: zk::Error) -> MapError {
 }
 
 /// A private single-worker runtime and a client connected (and
-/// authenticated) to `cfg`'s servers, or [`MapError::Unreachable`] after
+/// authenticated) to `cfg`'s servers, or [`ZkError::ConnectTimeout`] after
 /// its connect timeout.
-fn connect_client(cfg: &ZkConfig) -> Result<(tokio::runtime::Runtime, zk::Client), MapError> {
+fn connect_client(cfg: &ZkConfig) -> Result<(tokio::runtime::Runtime, zk::Client), ZkError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("ferry-zk")
         .enable_all()
         .build()
-        .map_err(|e| MapError::Io {
-            op: "starting",
-            path: "ZooKeeper client runtime".into(),
-            source: e,
-        })?;
+        .map_err(ZkError::Runtime)?;
     let client = connect_on(&rt, cfg)?;
     Ok((rt, client))
 }
 
 /// A client connected (and authenticated) to `cfg`'s servers on `rt`, or
-/// [`MapError::Unreachable`] after its connect timeout.
-fn connect_on(rt: &tokio::runtime::Runtime, cfg: &ZkConfig) -> Result<zk::Client, MapError> {
-    let unreachable = |why: String| MapError::Unreachable {
-        store: format!("zk://{}{}", cfg.servers, cfg.root),
-        why,
-    };
+/// [`ZkError::ConnectTimeout`] after its connect timeout.
+fn connect_on(rt: &tokio::runtime::Runtime, cfg: &ZkConfig) -> Result<zk::Client, ZkError> {
+    let store = || format!("zk://{}{}", cfg.servers, cfg.root);
     let mut connector = zk::Client::connector()
         .with_session_timeout(cfg.session_timeout)
         .with_connection_timeout(cfg.connect_timeout);
@@ -198,25 +200,25 @@ fn connect_on(rt: &tokio::runtime::Runtime, cfg: &ZkConfig) -> Result<zk::Client
     rt.block_on(async {
         tokio::time::timeout(cfg.connect_timeout, connector.connect(&cfg.servers)).await
     })
-    .map_err(|_| {
-        unreachable(format!(
-            "no server answered within {:?}",
-            cfg.connect_timeout
-        ))
+    .map_err(|_| ZkError::ConnectTimeout {
+        store: store(),
+        timeout: cfg.connect_timeout,
     })?
     .map_err(|e| match e {
-        zk::Error::AuthFailed => MapError::NotAuthorized {
-            op: "authenticate to",
-            path: cfg.root.clone(),
+        zk::Error::AuthFailed => ZkError::AuthFailed {
+            root: cfg.root.clone(),
         },
-        e => unreachable(e.to_string()),
+        source => ZkError::Connect {
+            store: store(),
+            source,
+        },
     })
 }
 
 impl ZkStore {
     /// Connects, authenticates, and makes sure the layout exists. Fails
-    /// with [`MapError::Unreachable`] after `connect_timeout`.
-    pub fn connect(cfg: ZkConfig) -> Result<ZkStore, MapError> {
+    /// with [`ZkError::ConnectTimeout`] after `connect_timeout`.
+    pub fn connect(cfg: ZkConfig) -> Result<ZkStore, ZkError> {
         let (rt, client) = connect_client(&cfg)?;
         let session = Arc::new(Mutex::new(Session::Connected));
         let reconnects = Arc::new(AtomicU64::new(0));
