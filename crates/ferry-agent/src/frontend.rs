@@ -9,6 +9,7 @@ use ferry_map::{ChapCredential, Snapshot};
 
 use crate::lio::{Lio, WantedLio};
 use crate::tgt::{diff, scsi_identity, TgtOp, Tgtadm, WantedTarget};
+use crate::AgentError;
 
 /// A node's target.
 pub trait Frontend: Send {
@@ -20,9 +21,9 @@ pub trait Frontend: Send {
         &mut self,
         snap: &Snapshot,
         serve: &[String],
-    ) -> Result<BTreeMap<String, String>, String>;
+    ) -> Result<BTreeMap<String, String>, AgentError>;
     /// Stops serving every ferry LUN (fencing).
-    fn clear(&mut self) -> Result<(), String>;
+    fn clear(&mut self) -> Result<(), AgentError>;
 }
 
 /// The targets this node presents when it serves `serve` (tgt's view:
@@ -85,9 +86,9 @@ impl Frontend for TgtFrontend {
         &mut self,
         snap: &Snapshot,
         serve: &[String],
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<BTreeMap<String, String>, AgentError> {
         let wanted = wanted_targets(snap, serve);
-        let shown = self.tgt.show().map_err(|e| e.to_string())?;
+        let shown = self.tgt.show()?;
         let ops = diff(&shown, &wanted, &self.chap);
         if !ops.is_empty() {
             log::info!(
@@ -175,14 +176,14 @@ impl Frontend for TgtFrontend {
         Ok(errors)
     }
 
-    fn clear(&mut self) -> Result<(), String> {
-        let shown = self.tgt.show().map_err(|e| e.to_string())?;
+    fn clear(&mut self) -> Result<(), AgentError> {
+        let shown = self.tgt.show()?;
         let mut first = Ok(());
         for op in diff(&shown, &BTreeMap::new(), &BTreeMap::new()) {
             if let Err(e) = self.tgt.apply(&op, None) {
                 log::error!("fencing: {e}");
                 if first.is_ok() {
-                    first = Err(e.to_string());
+                    first = Err(e.into());
                 }
             }
         }
@@ -261,12 +262,11 @@ impl Frontend for LioFrontend {
         &mut self,
         snap: &Snapshot,
         serve: &[String],
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<BTreeMap<String, String>, AgentError> {
         if !self.root.join("core").is_dir() {
-            return Err(format!(
-                "{} has no LIO (load target_core_mod and mount configfs)",
-                self.root.display()
-            ));
+            return Err(AgentError::NoLio {
+                root: self.root.clone(),
+            });
         }
         let wanted = wanted_lio(snap, serve);
         Ok(self
@@ -274,12 +274,11 @@ impl Frontend for LioFrontend {
             .reconcile(&wanted, &volume_size, &|name| scsi_identity(name).1))
     }
 
-    fn clear(&mut self) -> Result<(), String> {
-        Lio {
+    fn clear(&mut self) -> Result<(), AgentError> {
+        Ok(Lio {
             root: self.root.clone(),
             portal: String::new(),
         }
-        .clear()
-        .map_err(|e| e.to_string())
+        .clear()?)
     }
 }

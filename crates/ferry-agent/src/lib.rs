@@ -21,7 +21,12 @@
 //!
 //! A LUN given up is removed from tgtd before its claim is released.
 //!
+//! Errors: a pass, and a migration request it carries out, fail with an
+//! [`AgentError`]; the local target's failures (tgtadm, configfs) are its
+//! sources.
+//!
 //! [`plan`]: ferry_map::placement::plan
+mod error;
 pub mod frontend;
 pub mod lio;
 pub mod reservations;
@@ -40,6 +45,7 @@ use ferry_map::state::{now_ms, LiveNode, MigrationAction, MigrationStatus, NodeS
 use ferry_map::store::{Event, MapStore, Session};
 use ferry_map::MapError;
 
+pub use crate::error::AgentError;
 pub use crate::frontend::{Frontend, LioFrontend, PrepareLun, TgtFrontend};
 
 /// How often a pass runs anyway while something waits: a claim turn, a
@@ -114,7 +120,7 @@ impl Agent {
                     Ok(r) => r.next.unwrap_or(RESYNC),
                     Err(e) => {
                         log::warn!("node {}: {e}", self.cfg.node);
-                        if matches!(e, MapError::SessionExpired) {
+                        if e.is_session_expired() {
                             self.lost_session();
                             RETRY / 4
                         } else if e.is_transient() {
@@ -205,11 +211,11 @@ impl Agent {
     }
 
     /// One reconcile pass.
-    pub fn pass(&mut self) -> Result<PassReport, MapError> {
+    pub fn pass(&mut self) -> Result<PassReport, AgentError> {
         let node = self.cfg.node.clone();
         let store = self.store()?;
         match store.session() {
-            Session::Expired => return Err(MapError::SessionExpired),
+            Session::Expired => return Err(MapError::SessionExpired.into()),
             Session::Disconnected(_) => {
                 self.fence_if_silent();
                 return Ok(PassReport {
@@ -223,12 +229,7 @@ impl Agent {
         let mut snap = store.snapshot()?;
         self.last_contact = Instant::now();
         if !snap.map.nodes.contains_key(&node) {
-            return Err(MapError::NotFound {
-                kind: ferry_map::Kind::Node,
-                name: format!(
-                    "{node} (add it with `ferry map node add {node} --portal ADDR:PORT`)"
-                ),
-            });
+            return Err(AgentError::UnknownNode { node });
         }
         if !self.registered || !snap.live.contains_key(&node) {
             let live = LiveNode::this_process(&snap.map.nodes[&node].portal);
@@ -246,21 +247,14 @@ impl Agent {
                 ferry_map::Frontend::Lio => "lio",
             };
             if want != self.cfg.frontend.name() {
-                return Err(MapError::invalid(format!(
-                    "node {node} is a {want} node in the map, but this agent drives {} (--frontend)",
-                    self.cfg.frontend.name()
-                )));
+                return Err(AgentError::WrongFrontend {
+                    node,
+                    in_map: want,
+                    drives: self.cfg.frontend.name(),
+                });
             }
         }
-        let failed = self
-            .cfg
-            .frontend
-            .reconcile(&snap, &serve)
-            .map_err(|why| MapError::Store {
-                op: "reconciling",
-                path: self.cfg.frontend.name().into(),
-                why,
-            })?;
+        let failed = self.cfg.frontend.reconcile(&snap, &serve)?;
         report.errors.extend(failed);
         let failed_luns: BTreeSet<String> = report.errors.keys().cloned().collect();
         // Give up a claim only once the target no longer serves the LUN:
@@ -341,13 +335,12 @@ impl Agent {
 
     /// Fences whoever served a LUN before this node claimed it (see
     /// `VolumeSpec::fence_other_clients`).
-    fn fence_previous(&self, lun: &str, snap: &Snapshot) -> Result<(), String> {
+    fn fence_previous(&self, lun: &str, snap: &Snapshot) -> Result<(), AgentError> {
         let Some(l) = snap.map.luns.get(lun) else {
             return Ok(());
         };
-        let fenced = ferry_host::VolumeSpec::parse(&l.spec)
-            .and_then(|s| s.fence_other_clients())
-            .map_err(|e| e.to_string())?;
+        let fenced =
+            ferry_host::VolumeSpec::parse(&l.spec).and_then(|s| s.fence_other_clients())?;
         if !fenced.is_empty() {
             log::warn!(
                 "node {}: LUN {lun}: fenced {}",
@@ -436,7 +429,7 @@ impl Agent {
                     req.seq,
                     req.action
                 );
-                status.error = self.execute(spec, &req.action).err();
+                status.error = self.execute(spec, &req.action).err().map(|e| e.to_string());
                 status.done_seq = req.seq;
             }
             let progress = self
@@ -476,19 +469,26 @@ impl Agent {
         Ok(active)
     }
 
-    fn control(&self, spec: &str, req: Request) -> Result<control::Response, String> {
-        let sock = control::find_host_in(&self.cfg.run_dir, spec)
-            .ok_or_else(|| format!("no process on this node serves {spec}"))?;
-        let r = control::call(&sock, &req)
-            .map_err(|e| format!("control socket {}: {e}", sock.display()))?;
+    fn control(&self, spec: &str, req: Request) -> Result<control::Response, AgentError> {
+        let socket = control::find_host_in(&self.cfg.run_dir, spec).ok_or_else(|| {
+            AgentError::NotServed {
+                spec: spec.to_string(),
+            }
+        })?;
+        let r = control::call(&socket, &req).map_err(|source| AgentError::Control {
+            socket: socket.clone(),
+            source,
+        })?;
         if r.ok {
             Ok(r)
         } else {
-            Err(r.error.unwrap_or_else(|| "failed".into()))
+            Err(AgentError::Refused(
+                r.error.unwrap_or_else(|| "failed".into()),
+            ))
         }
     }
 
-    fn execute(&self, spec: &str, action: &MigrationAction) -> Result<(), String> {
+    fn execute(&self, spec: &str, action: &MigrationAction) -> Result<(), AgentError> {
         let volume = spec.to_string();
         let req = match action {
             MigrationAction::Start { target, rate } => {
