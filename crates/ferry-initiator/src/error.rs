@@ -6,7 +6,9 @@ use crate::scsi::{sense_key, ScsiStatus, Sense};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What the initiator's calls can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The URL did not parse (`iscsi_parse_full_url`).
     #[error("invalid iSCSI URL {url:?}: {message}")]
