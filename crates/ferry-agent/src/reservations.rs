@@ -19,6 +19,7 @@ fn offline(spec: &str, homes: &Arc<dyn ReservationHomes>) -> Result<Arc<Lun>> {
         OpenOptions {
             run_copier: false,
             homes: homes.clone(),
+            kernel_reservations: false,
         },
     )
 }

@@ -224,3 +224,24 @@ fn a_fenced_volume_marks_no_batch_and_finishes_no_abort() {
         "the target was discarded while fenced"
     );
 }
+
+/// A write acknowledged to the plain source (no flush: writeback, WCE
+/// on), then the switch to a migration, then SYNCHRONIZE CACHE: power
+/// loss after that keeps the write, because the switch flushes the
+/// source (`MigratingVolume::activate`); a flush of the migrating volume
+/// alone would only checkpoint the target.
+#[test]
+fn a_flush_after_the_switch_keeps_writes_the_plain_source_took_before_it() {
+    let w = world();
+    let before = vec![0x5a; 4096];
+    w.source.write_at(&before, 2 * REGION).unwrap();
+    let vol = start(&w);
+    vol.activate().unwrap();
+    vol.flush().unwrap();
+    let after = power_lost_now(&w);
+    assert_eq!(
+        read(after.as_ref(), 2 * REGION, 4096),
+        before,
+        "a write acknowledged before the switch was lost to power loss after a flush"
+    );
+}

@@ -22,7 +22,7 @@
 use std::sync::atomic::Ordering;
 
 use ferry_pr::{Nexus, Refusal};
-use ferry_scsi::{LunContext, Sense};
+use ferry_scsi::{Command, LunContext, Sense};
 
 use crate::lun::Lun;
 use crate::HostError;
@@ -34,6 +34,72 @@ const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
 pub fn block_shift(block_size: u32) -> Option<u32> {
     (block_size.is_power_of_two() && (512..=65536).contains(&block_size))
         .then(|| block_size.trailing_zeros())
+}
+
+/// The most bytes one piece of a long block-by-block command covers.
+pub const HOLD_LIMIT: u64 = 64 << 20;
+
+/// `command` as pieces of at most [`HOLD_LIMIT`] bytes, when it walks its
+/// range block by block and is longer than that: a WRITE SAME that writes
+/// its block (not unmapping, not zeroing) and a VERIFY without BYTCHK.
+/// `None` for anything else, or when its range is not valid (the command
+/// then runs whole and is refused with the right sense).
+fn pieces(command: &Command, shift: u32, capacity: u64) -> Option<Vec<Command>> {
+    let per_piece = (HOLD_LIMIT >> shift).max(1);
+    let (lba, blocks) = match *command {
+        Command::WriteSame {
+            lba,
+            blocks,
+            unmap: false,
+            ..
+        } => {
+            // Zero blocks: to the end of the LUN (SBC-3 5.48).
+            let blocks = if blocks == 0 {
+                capacity.checked_sub(lba)?
+            } else {
+                blocks
+            };
+            (lba, blocks)
+        }
+        Command::Verify {
+            lba,
+            blocks,
+            bytchk: false,
+        } => (lba, blocks),
+        _ => return None,
+    };
+    if blocks <= per_piece || lba.checked_add(blocks)? > capacity {
+        return None;
+    }
+    let piece = |at: u64, n: u64| match *command {
+        Command::WriteSame {
+            unmap,
+            lbdata,
+            pbdata,
+            ndob,
+            ..
+        } => Command::WriteSame {
+            lba: at,
+            blocks: n,
+            unmap,
+            lbdata,
+            pbdata,
+            ndob,
+        },
+        _ => Command::Verify {
+            lba: at,
+            blocks: n,
+            bytchk: false,
+        },
+    };
+    let mut out = Vec::new();
+    let mut at = lba;
+    while at < lba + blocks {
+        let n = per_piece.min(lba + blocks - at);
+        out.push(piece(at, n));
+        at += n;
+    }
+    Some(out)
 }
 
 impl Lun {
@@ -49,6 +115,11 @@ impl Lun {
         data_in: &mut [u8],
     ) -> Result<usize, Refusal> {
         match cdb.first() {
+            Some(&(PERSISTENT_RESERVE_IN | PERSISTENT_RESERVE_OUT))
+                if self.reservations_passive =>
+            {
+                return Err(Refusal::Check(Sense::invalid_opcode()))
+            }
             Some(&PERSISTENT_RESERVE_IN) => return self.pr_in(nexus, cdb, data_in),
             Some(&PERSISTENT_RESERVE_OUT) => return self.pr_out(nexus, cdb, data_out).map(|()| 0),
             _ => {}
@@ -56,18 +127,52 @@ impl Lun {
         let command = ferry_scsi::parse(cdb)
             .map_err(Refusal::Check)?
             .ok_or(Refusal::Check(Sense::invalid_opcode()))?;
-        self.pr_checked(nexus, cdb, || {
-            let volume = self.current_volume();
-            let lun = LunContext {
-                volume: volume.as_ref(),
-                block_shift: self.block_shift.load(Ordering::Relaxed),
-                capacity_blocks: self.capacity_blocks.load(Ordering::Relaxed),
-                write_cache: self.write_cache.load(Ordering::Relaxed),
-                cache_mode: self.cache_mode(),
-                caw_lock: &self.caw,
-            };
-            ferry_scsi::execute(&lun, &command, data_out, data_in).map_err(Refusal::Check)
-        })?
+        if self.reservations_passive {
+            // The front-end's core answers reservations (see
+            // OpenOptions::kernel_reservations): nothing to check here.
+            return self.run(&command, data_out, data_in);
+        }
+        self.pr_checked(nexus, cdb, || self.run(&command, data_out, data_in))?
+    }
+
+    /// Runs a parsed command on the volume under the LUN, which it holds
+    /// (shared) while it runs. A command that walks a long stretch block
+    /// by block runs as pieces of at most [`HOLD_LIMIT`] bytes, each
+    /// holding the volume anew, so a migration start or a snapshot switch
+    /// waiting for the volume never waits for a whole-LUN WRITE SAME.
+    fn run(
+        &self,
+        command: &Command,
+        data_out: &[u8],
+        data_in: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        let shift = self.block_shift.load(Ordering::Relaxed);
+        let capacity = self.capacity_blocks.load(Ordering::Relaxed);
+        let Some(pieces) = pieces(command, shift, capacity) else {
+            return self.run_held(command, data_out, data_in);
+        };
+        for piece in pieces {
+            self.run_held(&piece, data_out, &mut [])?;
+        }
+        Ok(0)
+    }
+
+    fn run_held(
+        &self,
+        command: &Command,
+        data_out: &[u8],
+        data_in: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        let volume = self.current_volume();
+        let lun = LunContext {
+            volume: volume.as_ref(),
+            block_shift: self.block_shift.load(Ordering::Relaxed),
+            capacity_blocks: self.capacity_blocks.load(Ordering::Relaxed),
+            write_cache: self.write_cache.load(Ordering::Relaxed),
+            cache_mode: self.cache_mode(),
+            caw_lock: &self.caw,
+        };
+        ferry_scsi::execute(&lun, command, data_out, data_in).map_err(Refusal::Check)
     }
 
     /// Sets the geometry the front-end reports to initiators: blocks of
@@ -263,5 +368,126 @@ mod tests {
             .unwrap();
         assert_eq!(n, 16);
         assert_eq!(&keys[8..16], &1u64.to_be_bytes());
+    }
+
+    #[test]
+    fn long_block_by_block_commands_run_in_pieces_that_cover_them_exactly() {
+        let shift = 12;
+        let per = HOLD_LIMIT >> shift;
+        let ws = |lba, blocks, unmap| Command::WriteSame {
+            lba,
+            blocks,
+            unmap,
+            lbdata: true,
+            pbdata: false,
+            ndob: false,
+        };
+        let cover = |p: Vec<Command>| -> Vec<(u64, u64)> {
+            p.iter()
+                .map(|c| match *c {
+                    Command::WriteSame { lba, blocks, .. }
+                    | Command::Verify { lba, blocks, .. } => (lba, blocks),
+                    _ => panic!("{c:?}"),
+                })
+                .collect()
+        };
+        // Zero blocks: from 5 to the end of a LUN of 2.5 pieces and 5.
+        let capacity = 2 * per + per / 2 + 5;
+        let p = cover(pieces(&ws(5, 0, false), shift, capacity).unwrap());
+        assert_eq!(p, [(5, per), (5 + per, per), (5 + 2 * per, per / 2)]);
+        let v = Command::Verify {
+            lba: 0,
+            blocks: per + 1,
+            bytchk: false,
+        };
+        assert_eq!(
+            cover(pieces(&v, shift, capacity).unwrap()),
+            [(0, per), (per, 1)]
+        );
+        // Short ones, unmapping, comparing and bad ranges run whole.
+        assert!(pieces(&ws(0, per, false), shift, capacity).is_none());
+        assert!(pieces(&ws(0, 0, true), shift, capacity).is_none());
+        assert!(pieces(&ws(capacity + 1, 0, false), shift, capacity).is_none());
+        assert!(pieces(&ws(capacity - 1, per + 1, false), shift, capacity).is_none());
+        let bytchk = Command::Verify {
+            lba: 0,
+            blocks: capacity,
+            bytchk: true,
+        };
+        assert!(pieces(&bytchk, shift, capacity).is_none());
+    }
+
+    #[test]
+    fn a_whole_lun_write_same_in_pieces_stamps_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = 2 * (HOLD_LIMIT >> 12) + 7;
+        let lun = lun(dir.path(), blocks << 12);
+        lun.set_geometry(4096, None).unwrap();
+        let n = Nexus::new("i,i,0x1", "t");
+        // WRITE SAME(16), LBDATA, from LBA 1 to the end.
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x93;
+        cdb[1] = 0x02;
+        cdb[9] = 1;
+        lun.execute(&n, &cdb, &[0xee; 4096], &mut []).unwrap();
+        let per = HOLD_LIMIT >> 12;
+        for lba in [0, 1, per - 1, per, per + 1, 2 * per, blocks - 1] {
+            let mut b = [0u8; 8];
+            ferry_core::Volume::read_at(lun.as_ref(), &mut b, lba << 12).unwrap();
+            let want = if lba == 0 {
+                [0; 8]
+            } else {
+                let mut w = [0xee; 8];
+                w[..4].copy_from_slice(&(lba as u32).to_be_bytes());
+                w
+            };
+            assert_eq!(b, want, "LBA {lba}");
+        }
+    }
+
+    #[test]
+    fn a_lun_whose_target_answers_reservations_ignores_and_carries_ferrys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.img");
+        ferry_file::FileVolume::create(&path, 1 << 20).unwrap();
+        let spec = format!("file:{}", path.display());
+        // Served by tgtd first: host a holds Write Exclusive.
+        let a = Nexus::new("a,i,0x1", "t");
+        {
+            let lun = Lun::open(&spec).unwrap();
+            let mut p = [0u8; 24];
+            p[8..16].copy_from_slice(&1u64.to_be_bytes());
+            lun.execute(&a, &[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p, &mut [])
+                .unwrap();
+            p[..8].copy_from_slice(&1u64.to_be_bytes());
+            p[8..16].fill(0);
+            lun.execute(&a, &[0x5f, 1, 1, 0, 0, 0, 0, 0, 24, 0], &p, &mut [])
+                .unwrap();
+        }
+        let slot = std::fs::read(dir.path().join("v.img.ferry-pr")).unwrap();
+        // Then by LIO, which answers reservations in the kernel.
+        let opts = crate::OpenOptions {
+            kernel_reservations: true,
+            ..Default::default()
+        };
+        let lun = Lun::open_opts(&spec, opts).unwrap();
+        let lio = Nexus::new("lio", "lio");
+        assert_eq!(
+            lun.execute(&lio, &rw10(0x2a, 0, 1), &[3; 512], &mut []),
+            Ok(0)
+        );
+        assert_eq!(
+            lun.execute(&lio, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[], &mut [0; 8]),
+            Err(Refusal::Check(Sense::invalid_opcode()))
+        );
+        // A migration carries the slot to the new volume as it was.
+        let target = format!("file:{}", dir.path().join("w.img").display());
+        lun.start_migration(&target, &Default::default()).unwrap();
+        assert!(lun.wait_idle(std::time::Duration::from_secs(30)));
+        lun.commit().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("w.img.ferry-pr")).unwrap(),
+            slot
+        );
     }
 }

@@ -33,6 +33,12 @@ pub struct OpenOptions {
     pub run_copier: bool,
     /// Follows a reservation slot's pointer (see [`crate::reservations`]).
     pub homes: Arc<dyn ReservationHomes>,
+    /// The front-end's core answers persistent reservations itself (LIO
+    /// does, in the kernel, and tells TCMU handlers nothing about
+    /// sessions): ferry then neither loads nor enforces the ones saved
+    /// with the volume (a LUN tgtd served before may have some), only
+    /// carries the volume's slot along through migrations and restores.
+    pub kernel_reservations: bool,
 }
 
 impl Default for OpenOptions {
@@ -40,6 +46,7 @@ impl Default for OpenOptions {
         OpenOptions {
             run_copier: true,
             homes: default_homes(),
+            kernel_reservations: false,
         }
     }
 }
@@ -110,6 +117,9 @@ pub struct Lun {
     pub(crate) capacity_blocks: AtomicU64,
     /// WCE as initiators see it (the front-end's core keeps the page).
     pub(crate) write_cache: AtomicBool,
+    /// The front-end's core answers reservations (see
+    /// [`OpenOptions::kernel_reservations`]).
+    pub(crate) reservations_passive: bool,
     /// Serializes COMPARE AND WRITE (and ORWRITE) commands of the LUN
     /// among themselves, which is what makes them atomic for the lock
     /// users (VMFS ATS, sanlock) that rely on them.
@@ -234,7 +244,11 @@ impl Lun {
 
     /// Opens a LUN as `opts` say.
     pub fn open_opts(spec: &str, opts: OpenOptions) -> Result<Arc<Lun>> {
-        let OpenOptions { run_copier, homes } = opts;
+        let OpenOptions {
+            run_copier,
+            homes,
+            kernel_reservations,
+        } = opts;
         let spec = VolumeSpec::parse(spec)?;
         let (reopened, served) = resolve(&spec)?;
         let (current, migration): (Arc<dyn Volume>, _) = match reopened {
@@ -252,7 +266,11 @@ impl Lun {
             Some(m) => m.vol.source_store(),
             None => served.store_of(current.as_ref())?,
         };
-        let (pr_store, saved) = PrStore::open(slot, run_copier, homes)?;
+        let (pr_store, saved) = if kernel_reservations {
+            (PrStore::passive(slot, homes), None)
+        } else {
+            PrStore::open(slot, run_copier, homes)?
+        };
         let reservations =
             Reservations::load(saved.as_deref()).map_err(|why| Error::Reservations {
                 what: pr_store.describe(),
@@ -286,6 +304,7 @@ impl Lun {
             capacity_blocks: AtomicU64::new(size >> 9),
             write_cache: AtomicBool::new(true),
             caw: Mutex::new(()),
+            reservations_passive: kernel_reservations,
         }))
     }
 
@@ -532,6 +551,12 @@ impl Lun {
                 return Err(e);
             }
         };
+        // Most of what the source holds unflushed is flushed here, with I/O
+        // still running, so the flush at the switch has little left to do.
+        if let Err(e) = source.flush() {
+            undo_start(vol, source_store.as_ref(), tstore.as_ref());
+            return Err(e);
+        }
         // The switch: I/O waits from here until the swap (in-flight I/O on
         // the old volume finishes first, so the copier misses no write).
         let mut slot = self.migration.lock();
@@ -549,6 +574,14 @@ impl Lun {
                  prepared; nothing was started",
                 self.spec
             )));
+        }
+        // ORDERING: the writes the source took are durable before the
+        // migrating volume serves, whose flushes checkpoint only the target
+        // (see MigratingVolume::activate).
+        if let Err(e) = vol.activate() {
+            drop((current, slot));
+            undo_start(vol, source_store.as_ref(), tstore.as_ref());
+            return Err(e);
         }
         let copier = if self.run_copier {
             match Copier::spawn(vol.clone(), CopierConfig::default()) {

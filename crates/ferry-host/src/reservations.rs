@@ -51,6 +51,10 @@ pub(crate) fn pr_err(e: PrError) -> Error {
 }
 
 enum Home {
+    /// The front-end's core answers reservations (LIO, in the kernel):
+    /// ferry neither reads nor enforces the slot, only carries its bytes
+    /// along when the LUN changes volumes.
+    Passive,
     /// The state is in the volume's slot.
     Slot,
     /// The state is kept elsewhere; the slot holds `pointer`.
@@ -106,9 +110,23 @@ impl PrStore {
         ))
     }
 
+    /// The slot of a LUN whose front-end answers reservations itself:
+    /// nothing is read or followed; see [`Home::Passive`].
+    pub(crate) fn passive(slot: Arc<dyn MetaStore>, homes: Arc<dyn ReservationHomes>) -> PrStore {
+        PrStore {
+            slot: Mutex::new(slot),
+            home: Mutex::new(Home::Passive),
+            homes,
+        }
+    }
+
     /// Where the state is saved, for messages.
     pub(crate) fn describe(&self) -> String {
         match &*self.home.lock() {
+            Home::Passive => format!(
+                "the target's own core (ferry carries {} along)",
+                self.slot.lock().describe()
+            ),
             Home::Slot => self.slot.lock().describe(),
             Home::Away { store, .. } => store.describe(),
         }
@@ -117,6 +135,10 @@ impl PrStore {
     /// Saves the state durably.
     pub(crate) fn save(&self, bytes: &[u8]) -> std::result::Result<(), PrError> {
         match &*self.home.lock() {
+            Home::Passive => Err(PrError::store(
+                self.describe(),
+                "this LUN's target answers persistent reservations itself",
+            )),
             Home::Slot => VolumeSlot(self.slot.lock().clone()).save(bytes),
             Home::Away { store, .. } => store.save(bytes),
         }
@@ -134,6 +156,12 @@ impl PrStore {
         switch: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         match &*self.home.lock() {
+            // Whatever the slot holds (a state, a pointer), as it is.
+            Home::Passive => {
+                if let Some(raw) = self.slot.lock().load_reservations()? {
+                    to.store_reservations(&raw)?;
+                }
+            }
             Home::Slot => to.store_reservations(state)?,
             Home::Away { pointer, .. } => to.store_reservations(pointer)?,
         }
@@ -170,7 +198,7 @@ impl PrStore {
     /// The pointer the slot holds, if the state is kept elsewhere.
     pub(crate) fn pointer(&self) -> Option<Pointer> {
         match &*self.home.lock() {
-            Home::Slot => None,
+            Home::Passive | Home::Slot => None,
             Home::Away { pointer, .. } => Pointer::decode(pointer),
         }
     }

@@ -35,7 +35,13 @@ pub fn check_config(cfgstring: &str) -> Result<(), Error> {
 pub fn open(cfgstring: &str, block_size: u32, num_lbas: u64) -> Result<Arc<DevState>, Error> {
     let spec = config::parse(cfgstring)?;
     let name = spec.to_string();
-    let lun = ferry_host::Lun::open(&name).map_err(|e| Error::Open {
+    // LIO answers persistent reservations in the kernel: ferry's saved
+    // ones (a LUN tgtd served before may have some) are not enforced here.
+    let opts = ferry_host::OpenOptions {
+        kernel_reservations: true,
+        ..Default::default()
+    };
+    let lun = ferry_host::Lun::open_opts(&name, opts).map_err(|e| Error::Open {
         spec: name.clone(),
         source: e.into(),
     })?;

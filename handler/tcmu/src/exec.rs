@@ -84,8 +84,9 @@ pub fn completion(result: Result<(), Sense>) -> Completion {
 }
 
 /// The nexus of every command. LIO answers PERSISTENT RESERVE IN/OUT in
-/// the kernel and tells TCMU handlers nothing about sessions, so ferry's
-/// reservations of a LIO LUN stay empty and every command passes them.
+/// the kernel and tells TCMU handlers nothing about sessions, so a LIO
+/// LUN is opened with `kernel_reservations` (`crate::device::open`) and
+/// never checks this nexus against anything.
 fn lio_nexus() -> &'static Nexus {
     static NEXUS: OnceLock<Nexus> = OnceLock::new();
     NEXUS.get_or_init(|| Nexus::new("lio", "lio"))

@@ -160,6 +160,22 @@ impl MigratingVolume {
         )))
     }
 
+    /// Makes the writes the source took before this volume serves durable:
+    /// the host calls it at the switch, with I/O to the source stopped,
+    /// just before I/O starts coming here. An error means the migration
+    /// must not serve (the host takes the start back).
+    ///
+    /// ORDERING: from the switch on, a flush of this volume checkpoints
+    /// the target only (while copying, nothing writes the source), so a
+    /// write acknowledged to the plain source before the switch and never
+    /// flushed there would survive a SYNCHRONIZE CACHE that came after the
+    /// switch only as far as the source's cache: flushed here first, it is
+    /// durable before any flush of this volume can return.
+    pub fn activate(&self) -> Result<()> {
+        let legs = self.legs.read();
+        legs.source().flush()
+    }
+
     /// Reopens a migration from the record kept with `target`. `source` must
     /// be the volume the record names.
     pub fn resume(
