@@ -4,7 +4,6 @@
 //!
 //! Failures of one LUN during a pass do not stop it: they are reported in
 //! the node's status, by LUN, as text (see [`crate::PassReport`]).
-use std::io;
 use std::path::PathBuf;
 
 use ferry_map::MapError;
@@ -48,13 +47,10 @@ pub enum AgentError {
     /// the run directory lists it).
     #[error("no process on this node serves {spec}")]
     NotServed { spec: String },
-    /// The serving process's control socket could not be reached.
-    #[error("control socket {}: {source}", socket.display())]
-    Control {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The serving process's control socket could not be reached, or a
+    /// socket of the agent's own (the reservations relay) set up.
+    #[error(transparent)]
+    Host(#[from] ferry_host::HostError),
     /// The serving process refused a request, saying why.
     #[error("{0}")]
     Refused(String),

@@ -475,10 +475,7 @@ impl Agent {
                 spec: spec.to_string(),
             }
         })?;
-        let r = control::call(&socket, &req).map_err(|source| AgentError::Control {
-            socket: socket.clone(),
-            source,
-        })?;
+        let r = control::call(&socket, &req)?;
         if r.ok {
             Ok(r)
         } else {

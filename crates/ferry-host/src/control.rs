@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::lun::{Lun, StartOptions};
+use crate::HostError;
 
 /// The directory holding control sockets.
 pub fn run_dir() -> PathBuf {
@@ -307,25 +308,31 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Listens at `$FERRY_RUN_DIR/ferry-<pid>.sock`.
-    pub fn start(registry: Arc<Registry>) -> std::io::Result<Self> {
+    pub fn start(registry: Arc<Registry>) -> Result<Self, HostError> {
         let dir = run_dir();
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(HostError::socket("creating the run directory", &dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            HostError::socket("restricting to root the run directory", &dir),
+        )?;
         let path = dir.join(format!("ferry-{}.sock", std::process::id()));
         Self::start_at(registry, &path)
     }
 
     /// Listens at `path`.
-    pub fn start_at(registry: Arc<Registry>, path: &Path) -> std::io::Result<Self> {
+    pub fn start_at(registry: Arc<Registry>, path: &Path) -> Result<Self, HostError> {
         Self::start_with(Arc::new(move |req: &Request| registry.handle(req)), path)
     }
 
     /// Listens at `path`, answering each request with `handler` on a
     /// thread of the connection's own.
-    pub fn start_with(handler: Handler, path: &Path) -> std::io::Result<Self> {
+    pub fn start_with(handler: Handler, path: &Path) -> Result<Self, HostError> {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = UnixListener::bind(path)
+            .map_err(HostError::socket("binding the control socket", path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            HostError::socket("restricting to root the control socket", path),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicUsize::new(0));
         let thread = {
@@ -342,7 +349,11 @@ impl ControlServer {
                             Err(e) => log::warn!("control socket accept failed: {e}"),
                         }
                     }
-                })?
+                })
+                .map_err(HostError::socket(
+                    "starting the thread of the control socket",
+                    path,
+                ))?
         };
         log::info!("control socket at {}", path.display());
         Ok(ControlServer {
@@ -420,16 +431,19 @@ fn serve_one(handler: &(dyn Fn(&Request) -> Response + Send + Sync), stream: Uni
 }
 
 /// Sends one request to the socket at `path`.
-pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
-    let stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    (&stream).write_all(&line)?;
-    let mut reader = BufReader::new(&stream);
-    let mut resp = String::new();
-    reader.read_line(&mut resp)?;
-    serde_json::from_str(&resp).map_err(std::io::Error::other)
+pub fn call(path: &Path, req: &Request) -> Result<Response, HostError> {
+    let ask = || -> std::io::Result<Response> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        (&stream).write_all(&line)?;
+        let mut reader = BufReader::new(&stream);
+        let mut resp = String::new();
+        reader.read_line(&mut resp)?;
+        serde_json::from_str(&resp).map_err(std::io::Error::other)
+    };
+    ask().map_err(HostError::call(path))
 }
 
 /// Finds the control socket of the process serving `volume`, if any.
@@ -468,11 +482,13 @@ pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
         }
         match call(&path, &Request::List) {
             Ok(resp) => out.push((path, resp.served.unwrap_or_default())),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(HostError::Call { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 log::info!("removing stale control socket {}", path.display());
                 let _ = std::fs::remove_file(&path);
             }
-            Err(e) => log::warn!("control socket {}: {e}", path.display()),
+            Err(e) => log::warn!("{e}"),
         }
     }
     out

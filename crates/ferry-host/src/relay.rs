@@ -27,6 +27,8 @@ use ferry_pr::{OpenMode, Pointer, PrError, ReservationHomes, ReservationStore};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::HostError;
+
 /// The relay socket's name in a run directory.
 pub const RELAY_SOCKET: &str = "ferry-agent.relay";
 
@@ -210,13 +212,19 @@ struct Open {
 
 impl RelayServer {
     /// Listens at `run_dir`'s relay socket.
-    pub fn start(homes: Arc<dyn ReservationHomes>, run_dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(run_dir)?;
-        std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700))?;
+    pub fn start(homes: Arc<dyn ReservationHomes>, run_dir: &Path) -> Result<Self, HostError> {
+        std::fs::create_dir_all(run_dir)
+            .map_err(HostError::socket("creating the run directory", run_dir))?;
+        std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            HostError::socket("restricting to root the run directory", run_dir),
+        )?;
         let path = run_dir.join(RELAY_SOCKET);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = UnixListener::bind(&path)
+            .map_err(HostError::socket("binding the relay socket", &path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            HostError::socket("restricting to root the relay socket", &path),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Open::default());
         let thread = {
@@ -236,7 +244,11 @@ impl RelayServer {
                             .name("ferry-relay-req".into())
                             .spawn(move || serve(homes.as_ref(), &open, &stream));
                     }
-                })?
+                })
+                .map_err(HostError::socket(
+                    "starting the thread of the relay socket",
+                    &path,
+                ))?
         };
         log::info!("reservations relay at {}", path.display());
         Ok(RelayServer {

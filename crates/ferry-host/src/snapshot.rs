@@ -24,12 +24,12 @@
 //! A LUN being migrated refuses snapshots with an error that says so:
 //! the copy would have to span two volumes; take it before starting, or
 //! after the commit (or abort).
-use ferry_core::{Error, Result};
 use ferry_file::snapshot as files;
 use serde::{Deserialize, Serialize};
 
 use crate::lun::Lun;
 use crate::spec::VolumeSpec;
+use crate::HostError;
 
 /// A snapshot as the control socket and the CLI report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,25 +53,29 @@ pub enum SnapshotOp {
 }
 
 impl Lun {
-    fn snapshot_target(&self, what: &str) -> Result<VolumeSpec> {
+    fn snapshot_target(&self, what: &'static str) -> Result<VolumeSpec, HostError> {
         if let Some(p) = self.status() {
             if !matches!(
                 p.state,
                 ferry_core::MigrationState::Committed | ferry_core::MigrationState::Aborted
             ) {
-                return Err(Error::Busy(format!(
-                    "cannot {what} of {} while it is being migrated ({} to {}); commit or abort the migration first",
-                    self.spec(),
-                    p.state,
-                    p.target
-                )));
+                return Err(HostError::Migrating {
+                    what,
+                    lun: self.spec().to_string(),
+                    state: p.state.to_string(),
+                    target: p.target,
+                });
             }
         }
         Ok(self.served())
     }
 
     /// Runs a snapshot operation on the served volume.
-    pub fn snapshot(&self, op: &SnapshotOp, name: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+    pub fn snapshot(
+        &self,
+        op: &SnapshotOp,
+        name: Option<&str>,
+    ) -> Result<Vec<SnapshotInfo>, HostError> {
         let target = self.snapshot_target(match op {
             SnapshotOp::Restore => "restore a snapshot",
             _ => "take or change snapshots",
@@ -81,17 +85,13 @@ impl Lun {
         let name = match op {
             SnapshotOp::List => "",
             _ => {
-                let n = name.ok_or_else(|| Error::BadSpec {
-                    spec: self.spec().to_string(),
-                    why: "a snapshot name is required".into(),
+                let n = name.ok_or_else(|| HostError::NoSnapshotName {
+                    lun: self.spec().to_string(),
                 })?;
-                files::check_name(n).map_err(|e| Error::BadSpec {
-                    spec: n.to_string(),
-                    why: e.to_string(),
-                })?;
+                files::check_name(n)?;
                 n
             }
         };
-        target.backend().snapshot(self, op, name)
+        Ok(target.backend().snapshot(self, op, name)?)
     }
 }
