@@ -43,6 +43,14 @@ pub enum AgentError {
     /// A LUN's volume could not be parsed, opened or fenced.
     #[error(transparent)]
     Volume(#[from] ferry_core::Error),
+    /// The persistent reservations kept at `what` (a volume's slot, or
+    /// where its pointer leads) could not be read or saved.
+    #[error("persistent reservations in {what}: {source}")]
+    Reservations {
+        what: String,
+        #[source]
+        source: ferry_host::ferry_pr::PrError,
+    },
     /// No process on this node serves the volume (no control socket in
     /// the run directory lists it).
     #[error("no process on this node serves {spec}")]

@@ -7,21 +7,24 @@
 //! the data path, links no ZooKeeper client.
 use std::sync::Arc;
 
-use ferry_core::{Error, Result};
 use ferry_host::ferry_pr::ReservationStore;
 use ferry_host::ferry_pr::{OpenMode, Pointer, PrState, ReservationHomes};
 use ferry_host::reservations::VolumeSlot;
 use ferry_host::{Lun, OpenOptions, VolumeSpec};
 
+use crate::AgentError;
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
+
 fn offline(spec: &str, homes: &Arc<dyn ReservationHomes>) -> Result<Arc<Lun>> {
-    Lun::open_opts(
+    Ok(Lun::open_opts(
         spec,
         OpenOptions {
             run_copier: false,
             homes: homes.clone(),
             kernel_reservations: false,
         },
-    )
+    )?)
 }
 
 /// Makes the LUN served from `spec` keep its reservations at `pointer`
@@ -80,10 +83,7 @@ pub fn replace_offline(
             .and_then(|b| PrState::decode(&b).ok())
             .unwrap_or_default()
     };
-    let bad = |what: String, e: ferry_host::ferry_pr::PrError| Error::Reservations {
-        what,
-        why: e.to_string(),
-    };
+    let bad = |what: String, source| AgentError::Reservations { what, source };
     let store: Box<dyn ReservationStore> = match saved.as_deref().and_then(Pointer::decode) {
         Some(p) => {
             homes
