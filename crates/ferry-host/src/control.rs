@@ -19,11 +19,9 @@
 //! [`LIST_WAIT`] for a LUN busy with a control operation and then
 //! reports the progress it saw last.
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -301,20 +299,14 @@ pub fn ensure_process_server(host: &str) {
 
 /// A listening control socket; removed when dropped.
 pub struct ControlServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    listening: crate::socket::Listening,
 }
 
 impl ControlServer {
     /// Listens at `$FERRY_RUN_DIR/ferry-<pid>.sock`.
     pub fn start(registry: Arc<Registry>) -> Result<Self, HostError> {
         let dir = run_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(HostError::socket("creating the run directory", &dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            HostError::socket("restricting to root the run directory", &dir),
-        )?;
+        crate::socket::root_only_dir(&dir)?;
         let path = dir.join(format!("ferry-{}.sock", std::process::id()));
         Self::start_at(registry, &path)
     }
@@ -327,56 +319,15 @@ impl ControlServer {
     /// Listens at `path`, answering each request with `handler` on a
     /// thread of the connection's own.
     pub fn start_with(handler: Handler, path: &Path) -> Result<Self, HostError> {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)
-            .map_err(HostError::socket("binding the control socket", path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-            HostError::socket("restricting to root the control socket", path),
-        )?;
-        let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicUsize::new(0));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("ferry-control".into())
-                .spawn(move || {
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::Acquire) {
-                            break;
-                        }
-                        match conn {
-                            Ok(stream) => dispatch(&handler, &running, stream),
-                            Err(e) => log::warn!("control socket accept failed: {e}"),
-                        }
-                    }
-                })
-                .map_err(HostError::socket(
-                    "starting the thread of the control socket",
-                    path,
-                ))?
-        };
-        log::info!("control socket at {}", path.display());
-        Ok(ControlServer {
-            path: path.to_path_buf(),
-            stop,
-            thread: Some(thread),
-        })
+        let listening = crate::socket::Listening::start(path, "control socket", move |stream| {
+            dispatch(&handler, &running, stream)
+        })?;
+        Ok(ControlServer { listening })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
+        self.listening.path()
     }
 }
 
@@ -407,19 +358,13 @@ fn dispatch(handler: &Handler, running: &Arc<AtomicUsize>, stream: UnixStream) {
 }
 
 fn reply(stream: &UnixStream, resp: &Response) {
-    let mut out = serde_json::to_vec(resp).unwrap_or_default();
-    out.push(b'\n');
-    let mut w = stream;
-    let _ = w.write_all(&out);
+    crate::socket::reply(stream, resp);
 }
 
 fn serve_one(handler: &(dyn Fn(&Request) -> Response + Send + Sync), stream: UnixStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+    let Some(line) = crate::socket::read_request(&stream) else {
         return;
-    }
+    };
     let resp = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             log::info!("control request: {}", line.trim());
@@ -432,18 +377,7 @@ fn serve_one(handler: &(dyn Fn(&Request) -> Response + Send + Sync), stream: Uni
 
 /// Sends one request to the socket at `path`.
 pub fn call(path: &Path, req: &Request) -> Result<Response, HostError> {
-    let ask = || -> std::io::Result<Response> {
-        let stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        (&stream).write_all(&line)?;
-        let mut reader = BufReader::new(&stream);
-        let mut resp = String::new();
-        reader.read_line(&mut resp)?;
-        serde_json::from_str(&resp).map_err(std::io::Error::other)
-    };
-    ask().map_err(HostError::call(path))
+    crate::socket::call(path, req, Duration::from_secs(30)).map_err(HostError::call(path))
 }
 
 /// Finds the control socket of the process serving `volume`, if any.

@@ -25,6 +25,7 @@ pub mod lun;
 pub mod relay;
 pub mod reservations;
 pub mod snapshot;
+mod socket;
 pub mod spec;
 
 pub use control::{ControlServer, Registry, Request, Response};

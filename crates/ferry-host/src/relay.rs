@@ -15,11 +15,9 @@
 //! fails (CHECK CONDITION) instead of saving with a stale claim; the LUN
 //! claims afresh when it is next opened.
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,19 +122,8 @@ impl AgentRelay {
                 ),
             )
         };
-        let stream = UnixStream::connect(&self.path).map_err(unreachable)?;
-        stream
-            .set_read_timeout(Some(CALL_TIMEOUT))
-            .map_err(unreachable)?;
-        let mut line = serde_json::to_vec(req).map_err(|e| PrError::store(what, e))?;
-        line.push(b'\n');
-        (&stream).write_all(&line).map_err(unreachable)?;
-        let mut resp = String::new();
-        BufReader::new(&stream)
-            .read_line(&mut resp)
-            .map_err(unreachable)?;
         let resp: RelayResponse =
-            serde_json::from_str(&resp).map_err(|e| PrError::store(what, e))?;
+            crate::socket::call(&self.path, req, CALL_TIMEOUT).map_err(unreachable)?;
         match resp.error {
             Some(e) => Err(e.into()),
             None => Ok(resp),
@@ -199,9 +186,7 @@ impl Drop for RelayedStore {
 
 /// The agent's side: serves `homes` to the node's plugins.
 pub struct RelayServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _listening: crate::socket::Listening,
 }
 
 #[derive(Default)]
@@ -213,69 +198,28 @@ struct Open {
 impl RelayServer {
     /// Listens at `run_dir`'s relay socket.
     pub fn start(homes: Arc<dyn ReservationHomes>, run_dir: &Path) -> Result<Self, HostError> {
-        std::fs::create_dir_all(run_dir)
-            .map_err(HostError::socket("creating the run directory", run_dir))?;
-        std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            HostError::socket("restricting to root the run directory", run_dir),
-        )?;
+        crate::socket::root_only_dir(run_dir)?;
         let path = run_dir.join(RELAY_SOCKET);
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(HostError::socket("binding the relay socket", &path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-            HostError::socket("restricting to root the relay socket", &path),
-        )?;
-        let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Open::default());
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("ferry-relay".into())
-                .spawn(move || {
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::Acquire) {
-                            break;
-                        }
-                        let Ok(stream) = conn else { continue };
-                        let (homes, open) = (homes.clone(), open.clone());
-                        // A ZooKeeper write can take a while: one slow
-                        // LUN does not hold up the others.
-                        let _ = std::thread::Builder::new()
-                            .name("ferry-relay-req".into())
-                            .spawn(move || serve(homes.as_ref(), &open, &stream));
-                    }
-                })
-                .map_err(HostError::socket(
-                    "starting the thread of the relay socket",
-                    &path,
-                ))?
-        };
-        log::info!("reservations relay at {}", path.display());
+        let listening =
+            crate::socket::Listening::start(&path, "reservations relay", move |stream| {
+                let (homes, open) = (homes.clone(), open.clone());
+                // A ZooKeeper write can take a while: one slow LUN does not
+                // hold up the others.
+                let _ = std::thread::Builder::new()
+                    .name("ferry-relay-req".into())
+                    .spawn(move || serve(homes.as_ref(), &open, &stream));
+            })?;
         Ok(RelayServer {
-            path,
-            stop,
-            thread: Some(thread),
+            _listening: listening,
         })
     }
 }
 
-impl Drop for RelayServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 fn serve(homes: &dyn ReservationHomes, open: &Open, stream: &UnixStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut line = String::new();
-    if BufReader::new(stream).read_line(&mut line).unwrap_or(0) == 0 {
+    let Some(line) = crate::socket::read_request(stream) else {
         return;
-    }
+    };
     let result = match serde_json::from_str::<RelayRequest>(&line) {
         Ok(req) => answer(homes, open, req),
         Err(e) => Err(PrError::store("the relay", format!("bad request: {e}"))),
@@ -284,9 +228,7 @@ fn serve(homes: &dyn ReservationHomes, open: &Open, stream: &UnixStream) {
         error: Some((&e).into()),
         ..Default::default()
     });
-    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-    out.push(b'\n');
-    let _ = (&mut &*stream).write_all(&out);
+    crate::socket::reply(stream, &resp);
 }
 
 fn answer(

@@ -534,6 +534,46 @@ unsafe fn complete(tcmu: &ffi::Tcmu, dev: *mut TcmuDevice, cmd: *mut TcmurCmd, c
     }
 }
 
+/// Which way a `read` or `write` callout moves data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    Read,
+    Write,
+}
+
+/// A `read` or `write` callout: `len` bytes at byte `off` of the LUN, to
+/// or from the command's iovec, run as the READ(16) or WRITE(16) it
+/// stands for.
+///
+/// # Safety
+/// A callout's device, command and iovec.
+unsafe fn transfer(
+    way: Transfer,
+    dev: *mut TcmuDevice,
+    cmd: *mut TcmurCmd,
+    iov: *mut iovec,
+    iov_cnt: usize,
+    len: usize,
+    off: libc::off_t,
+) -> c_int {
+    // SAFETY: per the contract.
+    let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
+        return sts::HW_ERR;
+    };
+    let Ok(off) = u64::try_from(off) else {
+        return sts::RANGE;
+    };
+    let block = q.state.lun.block_size();
+    let (what, cdb) = match way {
+        Transfer::Read => ("read", exec::read_cdb(off, len, block)),
+        Transfer::Write => ("write", exec::write_cdb(&q.cdb(), off, len, block)),
+    };
+    // SAFETY: per the contract: the command's iovec, valid until
+    // completion.
+    let segs = unsafe { Segments::new(iov, iov_cnt) };
+    q.run(what, cdb.map(Vec::from), segs, way == Transfer::Read)
+}
+
 unsafe extern "C" fn read(
     dev: *mut TcmuDevice,
     cmd: *mut TcmurCmd,
@@ -542,18 +582,9 @@ unsafe extern "C" fn read(
     len: usize,
     off: libc::off_t,
 ) -> c_int {
-    boundary("read", sts::HW_ERR, || {
-        // SAFETY: a callout's device and command.
-        let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
-            return sts::HW_ERR;
-        };
-        let Ok(off) = u64::try_from(off) else {
-            return sts::RANGE;
-        };
-        let cdb = exec::read_cdb(off, len, q.state.lun.block_size());
-        // SAFETY: the command's iovec, valid until completion.
-        let segs = unsafe { Segments::new(iov, iov_cnt) };
-        q.run("read", cdb.map(Vec::from), segs, true)
+    // SAFETY: the callout's own arguments.
+    boundary("read", sts::HW_ERR, || unsafe {
+        transfer(Transfer::Read, dev, cmd, iov, iov_cnt, len, off)
     })
 }
 
@@ -565,18 +596,9 @@ unsafe extern "C" fn write(
     len: usize,
     off: libc::off_t,
 ) -> c_int {
-    boundary("write", sts::HW_ERR, || {
-        // SAFETY: a callout's device and command.
-        let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
-            return sts::HW_ERR;
-        };
-        let Ok(off) = u64::try_from(off) else {
-            return sts::RANGE;
-        };
-        let cdb = exec::write_cdb(&q.cdb(), off, len, q.state.lun.block_size());
-        // SAFETY: the command's iovec, valid until completion.
-        let segs = unsafe { Segments::new(iov, iov_cnt) };
-        q.run("write", cdb.map(Vec::from), segs, false)
+    // SAFETY: the callout's own arguments.
+    boundary("write", sts::HW_ERR, || unsafe {
+        transfer(Transfer::Write, dev, cmd, iov, iov_cnt, len, off)
     })
 }
 
