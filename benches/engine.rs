@@ -45,6 +45,8 @@ fn migrating(dir: &Path, src: &Path, size: u64, region: u64) -> Arc<MigratingVol
             region_size: region,
             rate_limit: None,
             adaptive: false,
+            impact_percent: None,
+            floor_rate: None,
             paused: false,
         },
     )

@@ -146,8 +146,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &StartOptions {
             region_size: None,
             rate_limit: rate,
-            adaptive: true,
-            paused: false,
+            ..StartOptions::default()
         },
     )?;
     let bar = ProgressBar::new(size);

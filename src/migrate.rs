@@ -28,8 +28,12 @@ pub enum MigrateCmd {
     Resume(VolArgs),
     /// Set the copier's rate limit, e.g. 100M (per second) or unlimited.
     Rate(RateArgs),
-    /// Turn adaptive back-off (copier yields to busy foreground I/O) on/off.
+    /// Turn pacing by the foreground's impact budget on or off (off: flat
+    /// out, or at the rate limit).
     Adaptive(AdaptiveArgs),
+    /// Set the impact budget (percent more foreground latency the copy may
+    /// cause) and the floor rate the copy never goes below.
+    Impact(ImpactArgs),
     /// Abort: the source gets every write back and the target is discarded.
     Abort(WaitArgs),
     /// Commit a copied migration: the target stands alone.
@@ -50,9 +54,18 @@ pub struct StartArgs {
     /// Copier rate limit per second, e.g. 200M; default unlimited.
     #[arg(long)]
     pub rate: Option<String>,
-    /// Do not back off while foreground I/O is busy.
+    /// Copy flat out (or at --rate), without pacing by the foreground's
+    /// impact budget.
     #[arg(long)]
     pub no_adaptive: bool,
+    /// The impact budget: how much more latency (percent) the foreground
+    /// may see while the copy runs; default 20.
+    #[arg(long, value_name = "PERCENT")]
+    pub impact: Option<u32>,
+    /// The floor: the copy advances at least this fast however busy the
+    /// LUN, e.g. 16M (per second); default 16M.
+    #[arg(long, value_name = "RATE")]
+    pub floor: Option<String>,
     /// Create the migration paused.
     #[arg(long)]
     pub paused: bool,
@@ -118,6 +131,20 @@ pub struct RateArgs {
 }
 
 #[derive(Args)]
+pub struct ImpactArgs {
+    pub volume: String,
+    /// Percent more foreground latency the copy may cause (e.g. 20); 0
+    /// restores the default.
+    pub percent: Option<u32>,
+    /// The floor: the copy advances at least this fast (e.g. 16M, per
+    /// second); 0 restores the default.
+    #[arg(long, value_name = "RATE")]
+    pub floor: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct AdaptiveArgs {
     pub volume: String,
     #[arg(value_parser = ["on", "off"])]
@@ -177,6 +204,30 @@ pub fn run(cmd: MigrateCmd) -> Result<()> {
                 |l| l.set_rate_limit(rate),
             )
         }
+        MigrateCmd::Impact(a) => {
+            let percent = a.percent;
+            let floor = match a.floor.as_deref() {
+                Some("0") => Some(0),
+                Some(f) => Some(parse_rate(f)?.context("a floor cannot be unlimited")?),
+                None => None,
+            };
+            if percent.is_none() && floor.is_none() {
+                bail!("say the budget (percent), --floor RATE, or both");
+            }
+            let v = VolArgs {
+                volume: a.volume.clone(),
+                json: a.json,
+            };
+            simple(
+                &v,
+                Request::Impact {
+                    volume: a.volume,
+                    percent,
+                    floor,
+                },
+                |l| l.set_impact(percent, floor),
+            )
+        }
         MigrateCmd::Adaptive(a) => {
             let on = a.mode == "on";
             let v = VolArgs {
@@ -233,6 +284,8 @@ fn start(a: StartArgs) -> Result<()> {
         region_size: a.region_size.as_deref().map(parse_size).transpose()?,
         rate_limit: a.rate.as_deref().map(parse_rate).transpose()?.flatten(),
         adaptive: !a.no_adaptive,
+        impact_percent: a.impact,
+        floor_rate: a.floor.as_deref().map(parse_rate).transpose()?.flatten(),
         paused: a.paused,
     };
     let req = Request::Start {
@@ -363,17 +416,28 @@ fn report(p: &Progress, json: bool) -> Result<()> {
         human(p.region_size)
     );
     println!(
-        "copier    rate {}/s, limit {}, adaptive {}{}",
+        "copier    rate {}/s, limit {}{}",
         human(p.rate_bps),
         p.rate_limit
             .map(|r| format!("{}/s", human(r)))
             .unwrap_or_else(|| "unlimited".into()),
-        if p.adaptive { "on" } else { "off" },
         p.eta_secs
             .filter(|_| p.state == MigrationState::Copying)
             .map(|s| format!(", eta {s}s"))
             .unwrap_or_default()
     );
+    if p.adaptive {
+        println!(
+            "impact    budget {}%, measured {}, floor {}/s",
+            p.impact_budget,
+            p.impact
+                .map(|i| format!("{i:+.1}%"))
+                .unwrap_or_else(|| "- (no foreground load seen)".into()),
+            human(p.floor_rate)
+        );
+    } else {
+        println!("impact    not paced (adaptive off): the copy runs flat out or at its limit");
+    }
     println!("written   {} regions since start", p.regions_written);
     if let Some(e) = &p.last_error {
         println!("error     {e}");

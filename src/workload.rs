@@ -60,7 +60,7 @@ pub fn run(a: WorkloadArgs) -> Result<()> {
                     region_size: Some(parse_size(&a.region_size)?),
                     rate_limit: parse_rate(&a.rate)?,
                     adaptive: false,
-                    paused: false,
+                    ..StartOptions::default()
                 },
             )?;
         }

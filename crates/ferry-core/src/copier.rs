@@ -3,10 +3,12 @@
 //!
 //! [`CopyCursor::step`] is one unit of work and is what tests drive
 //! directly; [`Copier`] runs it on a thread with pause / resume, a rate
-//! limit and an adaptive mode that backs off while foreground I/O is busy.
-//! Regions are marked in batches: one target flush covers a whole batch
-//! (see the ordering rule in `migrate.rs`), and a batch is closed at least
-//! every second so the index is committed at least that often.
+//! limit, and pacing by the foreground's impact budget (`crate::pace`):
+//! as fast as the foreground's measured slowdown allows, never slower than
+//! the floor rate. Regions are marked in batches: one target flush covers
+//! a whole batch (see the ordering rule in `migrate/`), and a batch is
+//! closed at least every second so the index is committed at least that
+//! often.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::migrate::{MigratingVolume, RegionCopy, INDEX_SYNC_INTERVAL};
+use crate::pace::{Budget, Next, Pacer, Reading};
 use crate::record::MigrationState;
 
 /// Tuning of the copier.
@@ -228,6 +231,17 @@ pub struct Progress {
     pub rate_bps: u64,
     pub eta_secs: Option<u64>,
     pub last_error: Option<String>,
+    /// The impact budget the copier keeps under load, percent of the
+    /// foreground's latency (see `crate::pace`).
+    #[serde(default)]
+    pub impact_budget: u32,
+    /// The foreground's slowdown the copier measured last, percent
+    /// (`None`: no foreground load, or not measured yet).
+    #[serde(default)]
+    pub impact: Option<f64>,
+    /// The floor copy rate, bytes per second.
+    #[serde(default)]
+    pub floor_rate: u64,
 }
 
 impl Progress {
@@ -236,14 +250,16 @@ impl Progress {
         let rec = vol.record();
         let index = vol.index();
         let bytes_done = index.migrated_bytes();
-        let (rate, last_error) = control
+        let (rate, last_error, reading) = control
             .map(|c| {
                 (
                     c.rate_bps.load(Ordering::Relaxed),
                     c.last_error.lock().clone(),
+                    *c.reading.lock(),
                 )
             })
-            .unwrap_or((0, None));
+            .unwrap_or((0, None, Reading::default()));
+        let budget = budget_of(&rec);
         let remaining = rec.size.saturating_sub(bytes_done);
         let eta_secs = match rec.state {
             MigrationState::Copying if rate > 0 => Some(remaining / rate),
@@ -267,7 +283,31 @@ impl Progress {
             rate_bps: rate,
             eta_secs,
             last_error,
+            impact_budget: (budget.impact * 100.0).round() as u32,
+            impact: reading.impact.map(|i| (i * 1000.0).round() / 10.0),
+            floor_rate: budget.floor,
         }
+    }
+}
+
+/// Sets a record's impact budget and floor (see [`Copier::set_impact`]).
+pub fn set_impact(rec: &mut crate::MigrationRecord, percent: Option<u32>, floor: Option<u64>) {
+    if let Some(p) = percent {
+        rec.impact_percent = (p > 0).then_some(p);
+    }
+    if let Some(f) = floor {
+        rec.floor_rate = (f > 0).then_some(f);
+    }
+}
+
+/// The pacing budget a record asks for.
+fn budget_of(rec: &crate::MigrationRecord) -> Budget {
+    let d = Budget::default();
+    Budget {
+        impact: rec
+            .impact_percent
+            .map_or(d.impact, |p| f64::from(p) / 100.0),
+        floor: rec.floor_rate.filter(|&f| f > 0).unwrap_or(d.floor),
     }
 }
 
@@ -280,6 +320,9 @@ pub struct CopierControl {
     stop: AtomicBool,
     rate_bps: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// What the copier is paced by, and what its pacer measured.
+    budget: Mutex<Budget>,
+    reading: Mutex<Reading>,
     wake_lock: Mutex<u64>,
     wake: Condvar,
     /// Whether the thread is idle in a pause (or gone), so that
@@ -289,7 +332,7 @@ pub struct CopierControl {
 }
 
 impl CopierControl {
-    fn new(paused: bool, rate_limit: Option<u64>, adaptive: bool) -> Self {
+    fn new(paused: bool, rate_limit: Option<u64>, adaptive: bool, budget: Budget) -> Self {
         CopierControl {
             paused: AtomicBool::new(paused),
             rate_limit: AtomicU64::new(rate_limit.unwrap_or(0)),
@@ -297,6 +340,8 @@ impl CopierControl {
             stop: AtomicBool::new(false),
             rate_bps: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            budget: Mutex::new(budget),
+            reading: Mutex::new(Reading::default()),
             wake_lock: Mutex::new(0),
             wake: Condvar::new(),
             parked: Mutex::new(false),
@@ -345,7 +390,12 @@ impl Copier {
     /// Starts the copier with the controls stored in the record.
     pub fn spawn(vol: Arc<MigratingVolume>, config: CopierConfig) -> Result<Self> {
         let rec = vol.record();
-        let control = Arc::new(CopierControl::new(rec.paused, rec.rate_limit, rec.adaptive));
+        let control = Arc::new(CopierControl::new(
+            rec.paused,
+            rec.rate_limit,
+            rec.adaptive,
+            budget_of(&rec),
+        ));
         let thread = {
             let vol = vol.clone();
             let control = control.clone();
@@ -406,7 +456,17 @@ impl Copier {
         Ok(())
     }
 
-    /// Turns adaptive back-off on or off.
+    /// Sets the impact budget (percent) and the floor rate (bytes per
+    /// second); `None` leaves one as it is, `Some(0)` puts it back to
+    /// its default.
+    pub fn set_impact(&self, percent: Option<u32>, floor: Option<u64>) -> Result<()> {
+        self.vol.update_record(|r| set_impact(r, percent, floor))?;
+        *self.control.budget.lock() = budget_of(&self.vol.record());
+        self.control.poke();
+        Ok(())
+    }
+
+    /// Turns pacing by the impact budget on or off.
     pub fn set_adaptive(&self, adaptive: bool) -> Result<()> {
         self.vol.update_record(|r| r.adaptive = adaptive)?;
         self.control.adaptive.store(adaptive, Ordering::Release);
@@ -459,18 +519,9 @@ impl Drop for Copier {
     }
 }
 
-/// Back-off bounds of the adaptive mode. Under steady foreground load the
-/// copier settles at one step (up to 4 regions, 16 MiB) per 800 ms, about
-/// 20 MiB/s: measured over iSCSI on 2 cores, 4K random reads at QD 32 kept
-/// 0.89x of their idle rate with it, against 0.79x at a 200 ms cap. When
-/// the load stops the delay halves every step, so the copy speeds up at
-/// once.
-const ADAPTIVE_MIN_DELAY: Duration = Duration::from_millis(2);
-
 /// Longest a pause waits for the step in progress: one step is at most
 /// `parallel` regions of at most 1 GiB, seconds even on a slow pool.
 pub const PAUSE_WAIT: Duration = Duration::from_secs(30);
-const ADAPTIVE_MAX_DELAY: Duration = Duration::from_millis(800);
 
 fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierConfig) {
     let mut cursor = CopyCursor::new(config);
@@ -479,8 +530,7 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
     let mut paced_since = Instant::now();
     let mut paced_bytes = 0u64;
     let mut last_rate = 0u64;
-    let mut backoff = Duration::ZERO;
-    let mut last_ops = vol.foreground_ops();
+    let mut pacer = Pacer::new(*control.budget.lock(), Instant::now(), vol.foreground());
     let mut error_delay = Duration::from_millis(100);
     while !control.stop.load(Ordering::Acquire) {
         if control.is_paused() && vol.state() == MigrationState::Copying {
@@ -495,6 +545,7 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
             continue;
         }
         control.set_parked(false);
+        let step_started = Instant::now();
         match cursor.step(&vol) {
             Ok(Step::Finished) => {
                 control.rate_bps.store(0, Ordering::Relaxed);
@@ -532,15 +583,14 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                     }
                 }
                 if control.adaptive.load(Ordering::Acquire) {
-                    let ops = vol.foreground_ops();
-                    if ops != last_ops {
-                        backoff = (backoff * 2).clamp(ADAPTIVE_MIN_DELAY, ADAPTIVE_MAX_DELAY);
-                    } else {
-                        backoff /= 2;
-                    }
-                    last_ops = ops;
-                    if backoff >= ADAPTIVE_MIN_DELAY {
-                        control.nap(backoff);
+                    // Paced by what the foreground feels (crate::pace).
+                    pacer.set_budget(*control.budget.lock());
+                    let took = step_started.elapsed();
+                    let next = pacer.stepped(Instant::now(), vol.foreground(), bytes, took);
+                    *control.reading.lock() = pacer.reading();
+                    if let Next::Pause(d) | Next::Probe(d) = next {
+                        control.nap(d);
+                        pacer.waited(Instant::now(), vol.foreground());
                     }
                 }
             }

@@ -18,6 +18,7 @@ pub mod faults;
 pub mod index;
 pub mod locks;
 pub mod migrate;
+pub mod pace;
 pub mod pattern;
 pub mod record;
 #[cfg(any(test, feature = "sim"))]

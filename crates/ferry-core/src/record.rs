@@ -67,8 +67,17 @@ pub struct MigrationRecord {
     pub paused: bool,
     /// Copier rate limit in bytes per second; `None` is unlimited.
     pub rate_limit: Option<u64>,
-    /// Whether the copier backs off while foreground I/O is busy.
+    /// Whether the copier is paced by the foreground's impact budget
+    /// (`crate::pace`); off, it copies flat out (or at `rate_limit`).
     pub adaptive: bool,
+    /// The impact budget in percent of foreground latency; `None`: the
+    /// default (`crate::pace::DEFAULT_BUDGET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact_percent: Option<u32>,
+    /// The floor copy rate in bytes per second; `None`: the default
+    /// (`crate::pace::DEFAULT_FLOOR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_rate: Option<u64>,
     pub created_unix: u64,
     pub updated_unix: u64,
 }
@@ -144,6 +153,8 @@ mod tests {
             paused: false,
             rate_limit: Some(10),
             adaptive: true,
+            impact_percent: None,
+            floor_rate: None,
             created_unix: 1,
             updated_unix: 2,
         }

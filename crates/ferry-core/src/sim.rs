@@ -576,6 +576,8 @@ impl SimWorld {
             region_size: self.region_size,
             rate_limit: None,
             adaptive: false,
+            impact_percent: None,
+            floor_rate: None,
             paused: false,
         }
     }

@@ -506,6 +506,8 @@ fn bad_region_size_is_refused_and_nothing_written() {
             region_size: 3 * 4096,
             rate_limit: None,
             adaptive: false,
+            impact_percent: None,
+            floor_rate: None,
             paused: false,
         },
     )
@@ -534,6 +536,8 @@ fn target_smaller_than_source_is_refused() {
             region_size: REGION,
             rate_limit: None,
             adaptive: false,
+            impact_percent: None,
+            floor_rate: None,
             paused: false,
         },
     )
@@ -561,6 +565,8 @@ fn source_already_migrating_is_refused() {
             region_size: REGION,
             rate_limit: None,
             adaptive: false,
+            impact_percent: None,
+            floor_rate: None,
             paused: false,
         },
     )

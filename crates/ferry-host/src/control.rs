@@ -67,6 +67,15 @@ pub enum Request {
         volume: String,
         on: bool,
     },
+    /// Sets the copier's impact budget (percent) and floor rate (bytes
+    /// per second); an absent one stays as it is, 0 restores its default.
+    Impact {
+        volume: String,
+        #[serde(default)]
+        percent: Option<u32>,
+        #[serde(default)]
+        floor: Option<u64>,
+    },
     Abort {
         volume: String,
     },
@@ -107,6 +116,7 @@ impl Request {
             | Request::Resume { volume }
             | Request::Rate { volume, .. }
             | Request::Adaptive { volume, .. }
+            | Request::Impact { volume, .. }
             | Request::Abort { volume }
             | Request::Commit { volume, .. }
             | Request::CacheMode { volume, .. }
@@ -243,6 +253,9 @@ impl Registry {
                 Response::progress(lun.set_rate_limit(*bytes_per_sec))
             }
             Request::Adaptive { on, .. } => Response::progress(lun.set_adaptive(*on)),
+            Request::Impact { percent, floor, .. } => {
+                Response::progress(lun.set_impact(*percent, *floor))
+            }
             Request::Abort { .. } => Response::progress(lun.abort()),
             Request::Commit { remove_source, .. } => {
                 Response::progress(lun.commit_with(*remove_source))

@@ -75,6 +75,13 @@ pub struct StartOptions {
     /// Copier rate limit in bytes per second.
     pub rate_limit: Option<u64>,
     pub adaptive: bool,
+    /// The copier's impact budget in percent of foreground latency
+    /// (`None`: `ferry_core::pace::DEFAULT_BUDGET`).
+    #[serde(default)]
+    pub impact_percent: Option<u32>,
+    /// The copier's floor rate, bytes per second (`None`: the default).
+    #[serde(default)]
+    pub floor_rate: Option<u64>,
     pub paused: bool,
 }
 
@@ -84,6 +91,8 @@ impl Default for StartOptions {
             region_size: None,
             rate_limit: None,
             adaptive: true,
+            impact_percent: None,
+            floor_rate: None,
             paused: false,
         }
     }
@@ -529,6 +538,8 @@ impl Lun {
             region_size: opts.region_size.unwrap_or(source.object_size()),
             rate_limit: opts.rate_limit,
             adaptive: opts.adaptive,
+            impact_percent: opts.impact_percent,
+            floor_rate: opts.floor_rate,
             paused: opts.paused,
         };
         // Validate what can be checked before creating anything.
@@ -669,7 +680,24 @@ impl Lun {
         })
     }
 
-    /// Turns adaptive back-off on or off.
+    /// Sets the copier's impact budget (percent) and floor rate (bytes per
+    /// second); `None` leaves one as it is, `Some(0)` restores its default.
+    pub fn set_impact(&self, percent: Option<u32>, floor: Option<u64>) -> Result<Progress> {
+        self.with_migration(|m| {
+            match &m.copier {
+                Some(c) => c.set_impact(percent, floor)?,
+                None => m
+                    .vol
+                    .update_record(|r| ferry_core::copier::set_impact(r, percent, floor))?,
+            }
+            Ok(match &m.copier {
+                Some(c) => c.progress(),
+                None => Progress::of(&m.vol, None),
+            })
+        })
+    }
+
+    /// Turns pacing by the impact budget on or off.
     pub fn set_adaptive(&self, on: bool) -> Result<Progress> {
         self.with_migration(|m| {
             match &m.copier {
@@ -886,5 +914,39 @@ mod tests {
         ));
         assert_eq!(lun.pr_checked(&a, &write, || ()), Err(Refusal::Conflict));
         assert_eq!(lun.pr_checked(&b, &write, || ()), Ok(()));
+    }
+
+    /// The impact budget and floor a migration is started with, or given
+    /// later, reach the copier's status and survive a reopen.
+    #[test]
+    fn the_impact_budget_and_floor_are_kept_with_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.img");
+        ferry_file::FileVolume::create(&path, 4 << 20).unwrap();
+        let spec = format!("file:{}", path.display());
+        let target = format!("file:{}", dir.path().join("w.img").display());
+        let lun = Lun::open(&spec).unwrap();
+        let opts = StartOptions {
+            paused: true,
+            impact_percent: Some(35),
+            ..StartOptions::default()
+        };
+        let p = lun.start_migration(&target, &opts).unwrap();
+        assert_eq!(
+            (p.impact_budget, p.floor_rate),
+            (35, ferry_core::pace::DEFAULT_FLOOR)
+        );
+        let p = lun.set_impact(None, Some(64 << 20)).unwrap();
+        assert_eq!((p.impact_budget, p.floor_rate), (35, 64 << 20));
+        drop(lun);
+        let lun = Lun::open(&spec).unwrap();
+        let p = lun.status().unwrap();
+        assert_eq!((p.impact_budget, p.floor_rate), (35, 64 << 20));
+        // 0 puts each back to its default.
+        let p = lun.set_impact(Some(0), Some(0)).unwrap();
+        assert_eq!(
+            (p.impact_budget, p.floor_rate),
+            (20, ferry_core::pace::DEFAULT_FLOOR)
+        );
     }
 }

@@ -85,6 +85,8 @@ fn plan(src: &RbdVolume, target: &RbdSpec) -> MigrationPlan {
         region_size: src.object_size(),
         rate_limit: None,
         adaptive: false,
+        impact_percent: None,
+        floor_rate: None,
         paused: false,
     }
 }

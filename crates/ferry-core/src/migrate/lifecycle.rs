@@ -30,6 +30,10 @@ pub struct MigrationPlan {
     pub region_size: u64,
     pub rate_limit: Option<u64>,
     pub adaptive: bool,
+    /// The copier's impact budget in percent; `None`: the default.
+    pub impact_percent: Option<u32>,
+    /// The copier's floor rate in bytes per second; `None`: the default.
+    pub floor_rate: Option<u64>,
     pub paused: bool,
 }
 
@@ -128,6 +132,8 @@ impl MigratingVolume {
             paused: plan.paused,
             rate_limit: plan.rate_limit,
             adaptive: plan.adaptive,
+            impact_percent: plan.impact_percent,
+            floor_rate: plan.floor_rate,
             created_unix: now,
             updated_unix: now,
         };
@@ -259,7 +265,7 @@ impl MigratingVolume {
             record: Mutex::new(record),
             fenced: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
-            foreground_ops: AtomicU64::new(0),
+            foreground: crate::pace::Meter::default(),
             last_checkpoint: Mutex::new(Instant::now()),
             checkpoints_begun: AtomicU64::new(0),
             checkpoint_done: Mutex::new(0),

@@ -108,8 +108,9 @@ pub struct MigratingVolume {
     state: AtomicU8,
     fenced: AtomicBool,
     fence_reason: Mutex<Option<String>>,
-    /// Foreground operations started; the adaptive copier watches it.
-    foreground_ops: AtomicU64,
+    /// Foreground commands and how long they took: the copier's pacer
+    /// steers by it (`crate::pace`).
+    foreground: crate::pace::Meter,
     last_checkpoint: Mutex<Instant>,
     /// Checkpoints begun so far (numbered from 1).
     checkpoints_begun: AtomicU64,
@@ -164,9 +165,14 @@ impl MigratingVolume {
         &self.index
     }
 
-    /// Foreground operations started so far.
+    /// Foreground operations done so far.
     pub fn foreground_ops(&self) -> u64 {
-        self.foreground_ops.load(Ordering::Relaxed)
+        self.foreground.sample().ops
+    }
+
+    /// The foreground's commands and their total time so far.
+    pub fn foreground(&self) -> crate::pace::Sample {
+        self.foreground.sample()
     }
 
     /// Records `state` durably, then switches to it. Callers hold the legs
@@ -235,7 +241,6 @@ impl MigratingVolume {
 
     fn begin(&self) -> Result<RwLockReadGuard<'_, Legs>> {
         self.check_fence()?;
-        self.foreground_ops.fetch_add(1, Ordering::Relaxed);
         Ok(self.legs.read())
     }
 }
@@ -254,6 +259,7 @@ impl Volume for MigratingVolume {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let _timing = self.foreground.time();
         check_range(self.size, offset, buf.len() as u64)?;
         let legs = self.begin()?;
         match self.state() {
@@ -273,18 +279,22 @@ impl Volume for MigratingVolume {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let _timing = self.foreground.time();
         self.modify(offset, buf.len() as u64, Some(buf), false)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        let _timing = self.foreground.time();
         self.modify(offset, len, None, false)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let _timing = self.foreground.time();
         self.modify(offset, len, None, true)
     }
 
     fn flush(&self) -> Result<()> {
+        let _timing = self.foreground.time();
         let legs = self.begin()?;
         match self.state() {
             MigrationState::Committed => self.fenced_flush(|| {
