@@ -3,6 +3,9 @@
 # run on one tgtd, idle and while the ferry LUN is being migrated.
 #
 #   benches/iscsi.sh [SECONDS-PER-RUN]      (default 5; after scripts/setup.sh)
+#   BENCH_SIZE_MIB=4096 benches/iscsi.sh    (LUN size, default 1024: a copy
+#                                            must outlast a run for its rate
+#                                            during the run to be measured)
 #
 # Workloads (ferry-iscsi, libiscsi async): 4 KiB random read and write at
 # queue depth 1 and 32, 1 MiB sequential read and write at QD 8. Prints
@@ -21,7 +24,7 @@ port=${BENCH_PORT:-3291}
 work=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
 export FERRY_RUN_DIR=$work/run
 iqn=iqn.2026-11.org.ferry:bench
-size=1G
+size_mib=${BENCH_SIZE_MIB:-1024}
 
 cleanup() {
   stop_tgtd 1 2
@@ -32,7 +35,7 @@ trap cleanup EXIT
 start_tgtd "$work/tgtd.log"
 
 # Equal files, fully written, for both stores.
-dd if=/dev/urandom of="$work/rdwr.img" bs=1M count=1024 status=none
+dd if=/dev/urandom of="$work/rdwr.img" bs=1M count="$size_mib" status=none
 cp "$work/rdwr.img" "$work/ferry.img"
 serve_lun 1 "$iqn:rdwr" rdwr "$work/rdwr.img" MaxRecvDataSegmentLength=262144
 serve_lun 2 "$iqn:ferry" ferry "file:$work/ferry.img" MaxRecvDataSegmentLength=262144
@@ -79,8 +82,9 @@ measure() { # url qd bs readpct random -> iops
 # The copy's own rate with no foreground load: what "x idle" compares to.
 ensure_idle
 ensure_migrating
-d0=$(done_now); sleep 1; d1=$(done_now)
-copy_idle=$(mib_per_s "$d0" "$d1" 1)
+sleep 1 # past the start
+d0=$(done_now); sleep 2; d1=$(done_now)
+copy_idle=$(mib_per_s "$d0" "$d1" 2)
 echo "copy rate with no foreground load: $copy_idle MiB/s"
 printf '%-22s %10s %10s %10s %12s %14s %18s\n' workload rdwr ferry ferry-mig ferry/rdwr mig/idle "copy MiB/s (x idle)"
 for spec in "4K-randread-qd1 1 4096 100 random" "4K-randread-qd32 32 4096 100 random" \

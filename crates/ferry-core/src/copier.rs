@@ -588,9 +588,18 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                     let took = step_started.elapsed();
                     let next = pacer.stepped(Instant::now(), vol.foreground(), bytes, took);
                     *control.reading.lock() = pacer.reading();
-                    if let Next::Pause(d) | Next::Probe(d) = next {
-                        control.nap(d);
-                        pacer.waited(Instant::now(), vol.foreground());
+                    match next {
+                        Next::Copy => {}
+                        Next::Pause(d) => {
+                            control.nap(d);
+                            pacer.waited(Instant::now(), vol.foreground());
+                        }
+                        Next::Probe(d) => {
+                            control.nap(d / 2);
+                            pacer.settled(Instant::now(), vol.foreground());
+                            control.nap(d - d / 2);
+                            pacer.waited(Instant::now(), vol.foreground());
+                        }
                     }
                 }
             }

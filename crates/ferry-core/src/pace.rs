@@ -35,8 +35,10 @@ pub const DEFAULT_BUDGET: f64 = 0.2;
 /// (a busy 1 TiB LUN still moves in under a day).
 pub const DEFAULT_FLOOR: u64 = 16 << 20;
 
-/// How long a probe holds the copy off to measure the baseline.
-pub const PROBE: Duration = Duration::from_millis(250);
+/// How long a probe holds the copy off to measure the baseline. Only its
+/// second half is measured ([`Pacer::settled`]): the copy's own writes
+/// still reach the disk for a while after it stops.
+pub const PROBE: Duration = Duration::from_millis(500);
 
 /// How much copying under load passes between probes.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
@@ -270,6 +272,14 @@ impl Pacer {
         self.pause(bytes, took)
     }
 
+    /// Half of a probe has passed: what the foreground did so far still
+    /// felt the copy, and does not count.
+    pub fn settled(&mut self, now: Instant, meter: Sample) {
+        if self.was == Was::Probing {
+            self.close(now, meter);
+        }
+    }
+
     /// A pause or probe ended.
     pub fn waited(&mut self, now: Instant, meter: Sample) {
         let (got, span) = self.close(now, meter);
@@ -360,17 +370,29 @@ mod tests {
                 (ops, ns) = (ops + o, ns + n);
                 now += self.step_time;
                 copied += self.step;
-                let wait = match pacer.stepped(now, meter, self.step, self.step_time) {
+                let (wait, probe) = match pacer.stepped(now, meter, self.step, self.step_time) {
                     Next::Copy => continue,
-                    Next::Pause(d) => d,
+                    Next::Pause(d) => (d, false),
                     Next::Probe(d) => {
                         probes += 1;
-                        d
+                        (d, true)
                     }
                 };
-                let (o, n) = self.commands(&mut meter, wait, self.base);
-                (ops, ns) = (ops + o, ns + n);
-                now += wait;
+                if probe {
+                    // The copy's writes linger through the first half.
+                    let half = wait / 2;
+                    let (o, n) = self.commands(&mut meter, half, copying);
+                    (ops, ns) = (ops + o, ns + n);
+                    now += half;
+                    pacer.settled(now, meter);
+                    let (o, n) = self.commands(&mut meter, wait - half, self.base);
+                    (ops, ns) = (ops + o, ns + n);
+                    now += wait - half;
+                } else {
+                    let (o, n) = self.commands(&mut meter, wait, self.base);
+                    (ops, ns) = (ops + o, ns + n);
+                    now += wait;
+                }
                 pacer.waited(now, meter);
             }
             let secs = now.duration_since(start).as_secs_f64();
