@@ -39,69 +39,6 @@ pub fn block_shift(block_size: u32) -> Option<u32> {
 /// The most bytes one piece of a long block-by-block command covers.
 pub const HOLD_LIMIT: u64 = 64 << 20;
 
-/// `command` as pieces of at most [`HOLD_LIMIT`] bytes, when it walks its
-/// range block by block and is longer than that: a WRITE SAME that writes
-/// its block (not unmapping, not zeroing) and a VERIFY without BYTCHK.
-/// `None` for anything else, or when its range is not valid (the command
-/// then runs whole and is refused with the right sense).
-fn pieces(command: &Command, shift: u32, capacity: u64) -> Option<Vec<Command>> {
-    let per_piece = (HOLD_LIMIT >> shift).max(1);
-    let (lba, blocks) = match *command {
-        Command::WriteSame {
-            lba,
-            blocks,
-            unmap: false,
-            ..
-        } => {
-            // Zero blocks: to the end of the LUN (SBC-3 5.48).
-            let blocks = if blocks == 0 {
-                capacity.checked_sub(lba)?
-            } else {
-                blocks
-            };
-            (lba, blocks)
-        }
-        Command::Verify {
-            lba,
-            blocks,
-            bytchk: false,
-        } => (lba, blocks),
-        _ => return None,
-    };
-    if blocks <= per_piece || lba.checked_add(blocks)? > capacity {
-        return None;
-    }
-    let piece = |at: u64, n: u64| match *command {
-        Command::WriteSame {
-            unmap,
-            lbdata,
-            pbdata,
-            ndob,
-            ..
-        } => Command::WriteSame {
-            lba: at,
-            blocks: n,
-            unmap,
-            lbdata,
-            pbdata,
-            ndob,
-        },
-        _ => Command::Verify {
-            lba: at,
-            blocks: n,
-            bytchk: false,
-        },
-    };
-    let mut out = Vec::new();
-    let mut at = lba;
-    while at < lba + blocks {
-        let n = per_piece.min(lba + blocks - at);
-        out.push(piece(at, n));
-        at += n;
-    }
-    Some(out)
-}
-
 impl Lun {
     /// Carries out one command from `nexus`: `data_out` is what the
     /// initiator sent, `data_in` the buffer returned to it (its length is
@@ -148,7 +85,7 @@ impl Lun {
     ) -> Result<usize, Refusal> {
         let shift = self.block_shift.load(Ordering::Relaxed);
         let capacity = self.capacity_blocks.load(Ordering::Relaxed);
-        let Some(pieces) = pieces(command, shift, capacity) else {
+        let Some(pieces) = ferry_scsi::exec::pieces(command, shift, capacity, HOLD_LIMIT) else {
             return self.run_held(command, data_out, data_in);
         };
         for piece in pieces {
@@ -368,53 +305,6 @@ mod tests {
             .unwrap();
         assert_eq!(n, 16);
         assert_eq!(&keys[8..16], &1u64.to_be_bytes());
-    }
-
-    #[test]
-    fn long_block_by_block_commands_run_in_pieces_that_cover_them_exactly() {
-        let shift = 12;
-        let per = HOLD_LIMIT >> shift;
-        let ws = |lba, blocks, unmap| Command::WriteSame {
-            lba,
-            blocks,
-            unmap,
-            lbdata: true,
-            pbdata: false,
-            ndob: false,
-        };
-        let cover = |p: Vec<Command>| -> Vec<(u64, u64)> {
-            p.iter()
-                .map(|c| match *c {
-                    Command::WriteSame { lba, blocks, .. }
-                    | Command::Verify { lba, blocks, .. } => (lba, blocks),
-                    _ => panic!("{c:?}"),
-                })
-                .collect()
-        };
-        // Zero blocks: from 5 to the end of a LUN of 2.5 pieces and 5.
-        let capacity = 2 * per + per / 2 + 5;
-        let p = cover(pieces(&ws(5, 0, false), shift, capacity).unwrap());
-        assert_eq!(p, [(5, per), (5 + per, per), (5 + 2 * per, per / 2)]);
-        let v = Command::Verify {
-            lba: 0,
-            blocks: per + 1,
-            bytchk: false,
-        };
-        assert_eq!(
-            cover(pieces(&v, shift, capacity).unwrap()),
-            [(0, per), (per, 1)]
-        );
-        // Short ones, unmapping, comparing and bad ranges run whole.
-        assert!(pieces(&ws(0, per, false), shift, capacity).is_none());
-        assert!(pieces(&ws(0, 0, true), shift, capacity).is_none());
-        assert!(pieces(&ws(capacity + 1, 0, false), shift, capacity).is_none());
-        assert!(pieces(&ws(capacity - 1, per + 1, false), shift, capacity).is_none());
-        let bytchk = Command::Verify {
-            lba: 0,
-            blocks: capacity,
-            bytchk: true,
-        };
-        assert!(pieces(&bytchk, shift, capacity).is_none());
     }
 
     #[test]

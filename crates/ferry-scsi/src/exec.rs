@@ -72,6 +72,79 @@ fn read_err(e: ferry_core::Error) -> Sense {
     from_error(&e, false)
 }
 
+/// The blocks a WRITE SAME of `blocks` at `lba` covers on a medium of
+/// `capacity` blocks: zero means from `lba` to the end (SBC-3 5.48, with
+/// WSNZ = 0 in the block limits VPD page); `None` when `lba` is past it.
+fn write_same_span(lba: u64, blocks: u64, capacity: u64) -> Option<u64> {
+    if blocks == 0 {
+        capacity.checked_sub(lba)
+    } else {
+        Some(blocks)
+    }
+}
+
+/// `command` as pieces of at most `max_bytes`, when it walks its range
+/// block by block and is longer than that: a WRITE SAME that writes its
+/// block (not one that unmaps) and a VERIFY without BYTCHK. The host runs
+/// the pieces one after the other, so nothing it holds for a command is
+/// held for a whole-LUN one. `None` for anything else, or when the range
+/// is not valid on a medium of `capacity` blocks (the command then runs
+/// whole and is refused with the right sense).
+pub fn pieces(
+    command: &Command,
+    block_shift: u32,
+    capacity: u64,
+    max_bytes: u64,
+) -> Option<Vec<Command>> {
+    let per_piece = (max_bytes >> block_shift).max(1);
+    let (lba, blocks) = match *command {
+        Command::WriteSame {
+            lba,
+            blocks,
+            unmap: false,
+            ..
+        } => (lba, write_same_span(lba, blocks, capacity)?),
+        Command::Verify {
+            lba,
+            blocks,
+            bytchk: false,
+        } => (lba, blocks),
+        _ => return None,
+    };
+    if blocks <= per_piece || lba.checked_add(blocks)? > capacity {
+        return None;
+    }
+    let piece = |at: u64, n: u64| match *command {
+        Command::WriteSame {
+            unmap,
+            lbdata,
+            pbdata,
+            ndob,
+            ..
+        } => Command::WriteSame {
+            lba: at,
+            blocks: n,
+            unmap,
+            lbdata,
+            pbdata,
+            ndob,
+        },
+        _ => Command::Verify {
+            lba: at,
+            blocks: n,
+            bytchk: false,
+        },
+    };
+    let mut out = Vec::new();
+    let mut at = lba;
+    while at < lba + blocks {
+        let n = per_piece.min(lba + blocks - at);
+        out.push(piece(at, n));
+        at += n;
+    }
+    Some(out)
+}
+
 /// Executes `cmd`. Returns the number of `data_in` bytes filled.
 pub fn execute(
     lun: &LunContext<'_>,
@@ -143,15 +216,8 @@ pub fn execute(
             pbdata,
             ndob,
         } => {
-            // Zero blocks: from `lba` to the end of the medium (SBC-3 5.48,
-            // with WSNZ = 0 in the block limits VPD page).
-            let blocks = if blocks == 0 {
-                lun.capacity_blocks()
-                    .checked_sub(lba)
-                    .ok_or_else(Sense::out_of_range)?
-            } else {
-                blocks
-            };
+            let blocks = write_same_span(lba, blocks, lun.capacity_blocks())
+                .ok_or_else(Sense::out_of_range)?;
             let (off, len) = lun.range(lba, blocks)?;
             write_same(lun, off, len, data_out, unmap, lbdata, pbdata, ndob)?;
             Ok(0)
@@ -984,5 +1050,53 @@ mod tests {
             run(&f, &[0x35, 0, 0, 0, 0, 70, 0, 0, 1, 0], &[], 0),
             Err(Sense::out_of_range())
         );
+    }
+
+    #[test]
+    fn long_block_by_block_commands_run_in_pieces_that_cover_them_exactly() {
+        let shift = 12;
+        let limit = 64 << 20;
+        let per = limit >> shift;
+        let ws = |lba, blocks, unmap| Command::WriteSame {
+            lba,
+            blocks,
+            unmap,
+            lbdata: true,
+            pbdata: false,
+            ndob: false,
+        };
+        let cover = |p: Vec<Command>| -> Vec<(u64, u64)> {
+            p.iter()
+                .map(|c| match *c {
+                    Command::WriteSame { lba, blocks, .. }
+                    | Command::Verify { lba, blocks, .. } => (lba, blocks),
+                    _ => panic!("{c:?}"),
+                })
+                .collect()
+        };
+        // Zero blocks: from 5 to the end of a LUN of 2.5 pieces and 5.
+        let capacity = 2 * per + per / 2 + 5;
+        let p = cover(pieces(&ws(5, 0, false), shift, capacity, limit).unwrap());
+        assert_eq!(p, [(5, per), (5 + per, per), (5 + 2 * per, per / 2)]);
+        let v = Command::Verify {
+            lba: 0,
+            blocks: per + 1,
+            bytchk: false,
+        };
+        assert_eq!(
+            cover(pieces(&v, shift, capacity, limit).unwrap()),
+            [(0, per), (per, 1)]
+        );
+        // Short ones, unmapping, comparing and bad ranges run whole.
+        assert!(pieces(&ws(0, per, false), shift, capacity, limit).is_none());
+        assert!(pieces(&ws(0, 0, true), shift, capacity, limit).is_none());
+        assert!(pieces(&ws(capacity + 1, 0, false), shift, capacity, limit).is_none());
+        assert!(pieces(&ws(capacity - 1, per + 1, false), shift, capacity, limit).is_none());
+        let bytchk = Command::Verify {
+            lba: 0,
+            blocks: capacity,
+            bytchk: true,
+        };
+        assert!(pieces(&bytchk, shift, capacity, limit).is_none());
     }
 }
