@@ -235,8 +235,8 @@ impl Pacer {
             return self.pause(bytes, took);
         }
         let window = std::mem::take(&mut self.window);
+        let window_time = std::mem::take(&mut self.window_time);
         let loaded = window.ops >= MIN_OPS;
-        self.window_time = Duration::ZERO;
         if !loaded {
             // Nothing to protect: copy flat out, and forget a baseline
             // that may no longer hold when the load comes back.
@@ -246,7 +246,7 @@ impl Pacer {
             self.baseline = None;
             return Next::Copy;
         }
-        self.since_probe += span.max(WINDOW);
+        self.since_probe += window_time;
         let Some(baseline) = self.baseline else {
             return self.probe();
         };

@@ -130,8 +130,8 @@ fn writers_race_copier_with_pause_resume_and_commit() {
     s.vol.commit().unwrap();
     assert_eq!(s.vol.state(), MigrationState::Committed);
     // 200 more commands land after the commit before the writers stop.
-    let during = s.vol.foreground_ops();
-    while s.vol.foreground_ops() < during + 200 {
+    let during = s.vol.foreground().ops;
+    while s.vol.foreground().ops < during + 200 {
         std::thread::yield_now();
     }
     stop.store(true, Ordering::Release);

@@ -165,11 +165,6 @@ impl MigratingVolume {
         &self.index
     }
 
-    /// Foreground operations done so far.
-    pub fn foreground_ops(&self) -> u64 {
-        self.foreground.sample().ops
-    }
-
     /// The foreground's commands and their total time so far.
     pub fn foreground(&self) -> crate::pace::Sample {
         self.foreground.sample()
