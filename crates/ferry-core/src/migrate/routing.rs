@@ -77,6 +77,16 @@ impl MigratingVolume {
         Ok(())
     }
 
+    /// Sets region `r`'s written bit, if it is not set yet, before the
+    /// write to it lands (callers hold the region's lock).
+    fn note_written(&self, r: u64) -> Result<()> {
+        if !self.index.is_written(r) {
+            self.point(faults::WRITE_MARK_WRITTEN)?;
+            self.index.mark_written(r)?;
+        }
+        Ok(())
+    }
+
     /// Forward-mode handling of one region piece of a write or zeroing.
     /// `data` is `None` for write-zeroes/discard.
     fn modify_forward(
@@ -100,10 +110,7 @@ impl MigratingVolume {
         let _g = self.locks.lock(r, r);
         // The written bit goes first: an abort must copy this region back
         // even if we crash right after the write lands on the target.
-        if !self.index.is_written(r) {
-            self.point(faults::WRITE_MARK_WRITTEN)?;
-            self.index.mark_written(r)?;
-        }
+        self.note_written(r)?;
         if self.index.is_migrated(r) {
             return apply_target(at, len);
         }
@@ -132,10 +139,7 @@ impl MigratingVolume {
     ) -> Result<()> {
         let _g = self.locks.lock(r, r);
         if self.index.is_migrated(r) {
-            if !self.index.is_written(r) {
-                self.point(faults::WRITE_MARK_WRITTEN)?;
-                self.index.mark_written(r)?;
-            }
+            self.note_written(r)?;
             self.point(faults::WRITE_DATA)?;
             // A failure on either leg fences: the legs may now disagree,
             // and a copy-back already batched could hand the region to
