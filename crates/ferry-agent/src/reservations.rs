@@ -84,16 +84,15 @@ pub fn replace_offline(
             .unwrap_or_default()
     };
     let bad = |what: String, source| AgentError::Reservations { what, source };
-    let store: Box<dyn ReservationStore> = match saved.as_deref().and_then(Pointer::decode) {
-        Some(p) => {
-            homes
+    // What each home held is read once, when it is opened (for a ZooKeeper
+    // document, that read is also the version the save is checked against).
+    let (store, before): (Box<dyn ReservationStore>, _) =
+        match saved.as_deref().and_then(Pointer::decode) {
+            Some(p) => homes
                 .open(&p, OpenMode::Read)
-                .map_err(|e| bad(p.describe(), e))?
-                .0
-        }
-        None => Box::new(VolumeSlot(slot)),
-    };
-    let before = store.load().map_err(|e| bad(store.describe(), e))?;
+                .map_err(|e| bad(p.describe(), e))?,
+            None => (Box::new(VolumeSlot(slot)), saved),
+        };
     let next = change(old(before));
     store
         .save(&next.encode())
