@@ -103,6 +103,30 @@ struct Migration {
     copier: Option<Copier>,
 }
 
+impl Migration {
+    /// Progress, with the copier's running figures if one runs.
+    fn progress(&self) -> Progress {
+        match &self.copier {
+            Some(c) => c.progress(),
+            None => Progress::of(&self.vol, None),
+        }
+    }
+
+    /// Applies a copier control: through the running copier (`running`,
+    /// which persists it and wakes the thread), or with none running
+    /// (offline tools) to the migration itself (`stored`).
+    fn steer(
+        &self,
+        running: impl FnOnce(&Copier) -> Result<()>,
+        stored: impl FnOnce(&MigratingVolume) -> Result<()>,
+    ) -> Result<()> {
+        match &self.copier {
+            Some(c) => running(c),
+            None => stored(&self.vol),
+        }
+    }
+}
+
 /// A LUN being served.
 pub struct Lun {
     spec: VolumeSpec,
@@ -638,10 +662,7 @@ impl Lun {
     }
 
     fn progress_of(&self, slot: &Option<Migration>) -> Option<Progress> {
-        let p = slot.as_ref().map(|m| match &m.copier {
-            Some(c) => c.progress(),
-            None => Progress::of(&m.vol, None),
-        });
+        let p = slot.as_ref().map(Migration::progress);
         self.last_status.lock().clone_from(&p);
         p
     }
@@ -659,10 +680,10 @@ impl Lun {
     /// Pauses or resumes the copier.
     pub fn set_paused(&self, paused: bool) -> Result<Progress> {
         self.with_migration(|m| {
-            match &m.copier {
-                Some(c) => c.set_paused(paused)?,
-                None => m.vol.update_record(|r| r.paused = paused)?,
-            }
+            m.steer(
+                |c| c.set_paused(paused),
+                |v| v.update_record(|r| r.paused = paused),
+            )?;
             Ok(Progress::of(&m.vol, None))
         })
     }
@@ -670,12 +691,10 @@ impl Lun {
     /// Sets the copier rate limit (`None`: unlimited).
     pub fn set_rate_limit(&self, rate: Option<u64>) -> Result<Progress> {
         self.with_migration(|m| {
-            match &m.copier {
-                Some(c) => c.set_rate_limit(rate)?,
-                None => m
-                    .vol
-                    .update_record(|r| r.rate_limit = rate.filter(|&x| x > 0))?,
-            }
+            m.steer(
+                |c| c.set_rate_limit(rate),
+                |v| v.update_record(|r| r.rate_limit = rate.filter(|&x| x > 0)),
+            )?;
             Ok(Progress::of(&m.vol, None))
         })
     }
@@ -684,26 +703,21 @@ impl Lun {
     /// second); `None` leaves one as it is, `Some(0)` restores its default.
     pub fn set_impact(&self, percent: Option<u32>, floor: Option<u64>) -> Result<Progress> {
         self.with_migration(|m| {
-            match &m.copier {
-                Some(c) => c.set_impact(percent, floor)?,
-                None => m
-                    .vol
-                    .update_record(|r| ferry_core::copier::set_impact(r, percent, floor))?,
-            }
-            Ok(match &m.copier {
-                Some(c) => c.progress(),
-                None => Progress::of(&m.vol, None),
-            })
+            m.steer(
+                |c| c.set_impact(percent, floor),
+                |v| v.update_record(|r| ferry_core::copier::set_impact(r, percent, floor)),
+            )?;
+            Ok(m.progress())
         })
     }
 
     /// Turns pacing by the impact budget on or off.
     pub fn set_adaptive(&self, on: bool) -> Result<Progress> {
         self.with_migration(|m| {
-            match &m.copier {
-                Some(c) => c.set_adaptive(on)?,
-                None => m.vol.update_record(|r| r.adaptive = on)?,
-            }
+            m.steer(
+                |c| c.set_adaptive(on),
+                |v| v.update_record(|r| r.adaptive = on),
+            )?;
             Ok(Progress::of(&m.vol, None))
         })
     }
@@ -711,10 +725,7 @@ impl Lun {
     /// Starts an abort; the copier copies written regions back.
     pub fn abort(&self) -> Result<Progress> {
         self.with_migration(|m| {
-            match &m.copier {
-                Some(c) => c.abort()?,
-                None => m.vol.abort()?,
-            }
+            m.steer(|c| c.abort(), |v| v.abort())?;
             Ok(Progress::of(&m.vol, None))
         })
     }
