@@ -176,10 +176,6 @@ impl Lun {
     pub fn set_write_cache(&self, on: bool) {
         self.write_cache.store(on, Ordering::Relaxed);
     }
-
-    pub fn write_cache(&self) -> bool {
-        self.write_cache.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]

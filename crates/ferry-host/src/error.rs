@@ -19,8 +19,6 @@ pub enum HostError {
     /// The geometry a front-end asked for does not fit the volume.
     #[error("{lun}: {why}")]
     Geometry { lun: String, why: String },
-    #[error(transparent)]
-    Reservations(#[from] ferry_pr::PrError),
     /// A file volume's own failure (a snapshot name that cannot be a
     /// file name, a snapshot that is missing or already there).
     #[error(transparent)]

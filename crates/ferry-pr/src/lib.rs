@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 
 pub use error::PrError;
 pub use state::{Nexus, PrState, PrType, Registration, Reservation};
-pub use store::{NoHomes, OpenMode, OpenedHome, Pointer, ReservationHomes, ReservationStore};
+pub use store::{OpenMode, OpenedHome, Pointer, ReservationHomes, ReservationStore};
 
 /// Why a command is not completed with GOOD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,19 +91,6 @@ pub trait ReservationHomes: Send + Sync {
     fn open(&self, pointer: &Pointer, mode: OpenMode) -> Result<OpenedHome, PrError>;
 }
 
-/// The homes of a process that can follow no pointer (a LUN kept with its
-/// volume needs none): opening a pointer is refused, naming it.
-pub struct NoHomes;
-
-impl ReservationHomes for NoHomes {
-    fn open(&self, pointer: &Pointer, _: OpenMode) -> Result<OpenedHome, PrError> {
-        Err(PrError::BadPointer {
-            what: pointer.describe(),
-            why: "this process cannot reach reservations kept outside the volume".into(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,12 +113,5 @@ mod tests {
         assert_eq!(Pointer::decode(&state), None);
         assert_eq!(Pointer::decode(b"{\"kept_in\": 1}"), None);
         assert_eq!(Pointer::decode(b"\x00\x01"), None);
-    }
-
-    #[test]
-    fn no_homes_refuses_naming_the_pointer() {
-        let p = Pointer::new("zk://h:1/r", "db", None);
-        let e = NoHomes.open(&p, OpenMode::Read).err().unwrap();
-        assert!(e.to_string().contains("zk://h:1/r/reservations/db"), "{e}");
     }
 }
