@@ -47,6 +47,7 @@ fn migrating(dir: &Path, src: &Path, size: u64, region: u64) -> Arc<MigratingVol
             adaptive: false,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             paused: false,
         },
     )

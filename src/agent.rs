@@ -30,12 +30,22 @@ pub struct AgentArgs {
     /// `FERRY_RUN_DIR`), for migration requests.
     #[arg(long, env = "FERRY_RUN_DIR", default_value = "/run/ferry")]
     pub run_dir: PathBuf,
+    /// The node-wide copy bandwidth every migration on this node shares
+    /// by priority (e.g. 200M, per second; `unlimited` clears it). Kept in
+    /// the run dir, where `ferry migrate bandwidth` changes it later.
+    #[arg(long, value_name = "RATE")]
+    pub copy_bandwidth: Option<String>,
     #[command(flatten)]
     pub map: MapArgs,
 }
 
 pub fn run(a: AgentArgs) -> Result<()> {
     ferry_map::schema::check_name(ferry_map::Kind::Node, &a.node)?;
+    if let Some(rate) = &a.copy_bandwidth {
+        let rate = crate::units::parse_rate(rate)?;
+        ferry_core::share::set_node_bandwidth(&a.run_dir, rate)
+            .with_context(|| format!("setting the copy bandwidth in {}", a.run_dir.display()))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;

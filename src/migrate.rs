@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ferry_core::copier::Progress;
+use ferry_core::copier::{PaceChange, Progress};
 use ferry_core::MigrationState;
 use ferry_host::control::{call, find_host, Request};
 use ferry_host::{Lun, StartOptions};
@@ -32,8 +32,12 @@ pub enum MigrateCmd {
     /// out, or at the rate limit).
     Adaptive(AdaptiveArgs),
     /// Set the impact budget (percent more foreground latency the copy may
-    /// cause) and the floor rate the copy never goes below.
+    /// cause), the floor rate the copy never goes below, and the
+    /// migration's priority in the node's copy bandwidth.
     Impact(ImpactArgs),
+    /// Show or set the node-wide copy bandwidth every migration on this
+    /// node shares (by priority), e.g. 200M (per second) or unlimited.
+    Bandwidth(BandwidthArgs),
     /// Abort: the source gets every write back and the target is discarded.
     Abort(WaitArgs),
     /// Commit a copied migration: the target stands alone.
@@ -66,6 +70,11 @@ pub struct StartArgs {
     /// LUN, e.g. 16M (per second); default 16M.
     #[arg(long, value_name = "RATE")]
     pub floor: Option<String>,
+    /// The migration's weight in the node's copy bandwidth (a migration
+    /// of priority 300 gets three times the share of one of 100); default
+    /// 100.
+    #[arg(long, value_name = "WEIGHT")]
+    pub priority: Option<u32>,
     /// Create the migration paused.
     #[arg(long)]
     pub paused: bool,
@@ -140,8 +149,21 @@ pub struct ImpactArgs {
     /// second); 0 restores the default.
     #[arg(long, value_name = "RATE")]
     pub floor: Option<String>,
+    /// The weight in the node's copy bandwidth; 0 restores the default
+    /// (100).
+    #[arg(long, value_name = "WEIGHT")]
+    pub priority: Option<u32>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BandwidthArgs {
+    /// Bytes per second (e.g. 200M) or `unlimited`; absent: show it.
+    pub rate: Option<String>,
+    /// The run dir the node's serving processes share.
+    #[arg(long, env = "FERRY_RUN_DIR", default_value = "/run/ferry")]
+    pub run_dir: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -211,9 +233,14 @@ pub fn run(cmd: MigrateCmd) -> Result<()> {
                 Some(f) => Some(parse_rate(f)?.context("a floor cannot be unlimited")?),
                 None => None,
             };
-            if percent.is_none() && floor.is_none() {
-                bail!("say the budget (percent), --floor RATE, or both");
+            if percent.is_none() && floor.is_none() && a.priority.is_none() {
+                bail!("say the budget (percent), --floor RATE, --priority WEIGHT, or several");
             }
+            let change = PaceChange {
+                impact_percent: percent,
+                floor_rate: floor,
+                priority: a.priority,
+            };
             let v = VolArgs {
                 volume: a.volume.clone(),
                 json: a.json,
@@ -222,12 +249,12 @@ pub fn run(cmd: MigrateCmd) -> Result<()> {
                 &v,
                 Request::Impact {
                     volume: a.volume,
-                    percent,
-                    floor,
+                    change,
                 },
-                |l| l.set_impact(percent, floor),
+                |l| l.set_pace(change),
             )
         }
+        MigrateCmd::Bandwidth(a) => bandwidth(a),
         MigrateCmd::Adaptive(a) => {
             let on = a.mode == "on";
             let v = VolArgs {
@@ -267,6 +294,24 @@ pub fn run(cmd: MigrateCmd) -> Result<()> {
     }
 }
 
+fn bandwidth(a: BandwidthArgs) -> Result<()> {
+    use ferry_core::share;
+    if let Some(r) = &a.rate {
+        let rate = parse_rate(r)?;
+        share::set_node_bandwidth(&a.run_dir, rate)
+            .with_context(|| format!("setting the copy bandwidth in {}", a.run_dir.display()))?;
+    }
+    match share::node_bandwidth(&a.run_dir) {
+        Some(b) => println!(
+            "node copy bandwidth {}/s, shared by priority (applies within {}s)",
+            human(b),
+            share::POLL.as_secs()
+        ),
+        None => println!("node copy bandwidth unlimited"),
+    }
+    Ok(())
+}
+
 fn simple(
     a: &VolArgs,
     req: Request,
@@ -286,6 +331,7 @@ fn start(a: StartArgs) -> Result<()> {
         adaptive: !a.no_adaptive,
         impact_percent: a.impact,
         floor_rate: a.floor.as_deref().map(parse_rate).transpose()?.flatten(),
+        priority: a.priority,
         paused: a.paused,
     };
     let req = Request::Start {
@@ -435,7 +481,17 @@ fn report(p: &Progress, json: bool) -> Result<()> {
                 .unwrap_or_else(|| "- (no foreground load seen)".into()),
             human(p.floor_rate)
         );
-    } else {
+    }
+    match (p.node_bandwidth, p.share_rate) {
+        (Some(node), Some(share)) => println!(
+            "share     priority {}: {}/s of the node's {}/s",
+            p.priority,
+            human(share),
+            human(node)
+        ),
+        _ => println!("share     priority {} (no node bandwidth set)", p.priority),
+    }
+    if !p.adaptive {
         println!("impact    not paced (adaptive off): the copy runs flat out or at its limit");
     }
     println!("written   {} regions since start", p.regions_written);

@@ -146,6 +146,11 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     fails_with(&run, &["migrate", "status", &src], "not being migrated");
     fails_with(&run, &["migrate", "commit", &src], "no migration");
     fails_with(&run, &["migrate", "start", &src, &src], "own volume");
+    fails_with(&run, &["migrate", "bandwidth", "fast"], "not a size");
+    assert!(
+        !run.join("copy-bandwidth").exists(),
+        "a refused bandwidth was set"
+    );
     assert!(
         !dir.path().join("dst.img").exists(),
         "a refused start left a target"
@@ -506,4 +511,30 @@ mod rbd {
             assert!(lun.status().is_none(), "a failed start left a migration");
         }
     }
+}
+
+#[test]
+fn the_node_copy_bandwidth_is_set_shown_and_cleared_in_the_run_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let shown = |args: &[&str]| {
+        let out = ferry(&run, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(shown(&["migrate", "bandwidth"]).contains("unlimited"));
+    assert!(shown(&["migrate", "bandwidth", "200M"]).contains("200"));
+    assert_eq!(
+        std::fs::read_to_string(run.join("copy-bandwidth"))
+            .unwrap()
+            .trim(),
+        (200u64 << 20).to_string()
+    );
+    assert!(shown(&["migrate", "bandwidth"]).contains("200"));
+    assert!(shown(&["migrate", "bandwidth", "unlimited"]).contains("unlimited"));
+    assert!(!run.join("copy-bandwidth").exists());
 }

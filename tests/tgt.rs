@@ -790,3 +790,78 @@ fn lun_of_4096_byte_blocks_places_data_by_4096_and_refuses_past_the_end() {
     assert_eq!(file.len(), 8 << 20, "the file did not grow");
     assert_eq!(&file[(blocks as usize - 2) * 4096..], &data[..]);
 }
+
+/// Polls `vol`'s status until `want` holds (bounded); returns it.
+fn status_until(t: &Tgtd, vol: &str, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(t, vol);
+        if want(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn migrations_in_one_tgtd_share_the_node_copy_bandwidth_by_priority() {
+    common::require("tgtd");
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    let spec = |name: &str| format!("file:{}", dir.path().join(name).display());
+    let (a, b) = (spec("a.img"), spec("b.img"));
+    // Written through (the copy skips holes, which cost no bandwidth).
+    for name in ["a.img", "b.img"] {
+        std::fs::write(dir.path().join(name), vec![0x5a; 64 << 20]).unwrap();
+    }
+    t.add_target(1);
+    check(&t.add_ferry_lun(1, 1, &a), "LUN a");
+    check(&t.add_ferry_lun(1, 2, &b), "LUN b");
+    check(&ferry(&t, &["migrate", "bandwidth", "4M"]), "bandwidth");
+    for (src, dst, prio) in [(&a, spec("a2.img"), "100"), (&b, spec("b2.img"), "300")] {
+        let p = ferry_json(
+            &t,
+            &[
+                "migrate",
+                "start",
+                src,
+                &dst,
+                "--priority",
+                prio,
+                "--region-size",
+                "1M",
+                "--json",
+            ],
+        );
+        assert_eq!(p["priority"], prio.parse::<u64>().unwrap(), "{p}");
+    }
+    // Both copying: 1 : 3 of the node's 4 MiB/s.
+    let mib = 1u64 << 20;
+    status_until(&t, &a, "a's share of a quarter", |s| {
+        s["share_rate"] == mib && s["node_bandwidth"] == 4 * mib
+    });
+    status_until(&t, &b, "b's share of three quarters", |s| {
+        s["share_rate"] == 3 * mib
+    });
+    // A paused migration takes no share: a gets it all.
+    ferry_json(&t, &["migrate", "pause", &b, "--json"]);
+    status_until(&t, &a, "a's share of all of it", |s| {
+        s["share_rate"] == 4 * mib
+    });
+    // Held to 4 MiB/s, a 64 MiB copy is nowhere near done (flat out, it
+    // takes well under a second here).
+    let s = status(&t, &a);
+    assert_eq!(s["state"], "copying", "{s}");
+    assert!(s["bytes_done"].as_u64().unwrap() < 48 * mib, "{s}");
+    // Lifting the bandwidth lets both finish.
+    check(
+        &ferry(&t, &["migrate", "bandwidth", "unlimited"]),
+        "bandwidth",
+    );
+    ferry_json(&t, &["migrate", "resume", &b, "--json"]);
+    wait_state(&t, &a, "copied");
+    wait_state(&t, &b, "copied");
+    let s = status(&t, &a);
+    assert_eq!(s["node_bandwidth"], Value::Null, "{s}");
+}

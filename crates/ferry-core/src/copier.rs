@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::migrate::{MigratingVolume, RegionCopy, INDEX_SYNC_INTERVAL};
 use crate::pace::{Budget, Next, Pacer, Reading};
 use crate::record::MigrationState;
+use crate::share::{CopyShare, ShareMember, DEFAULT_PRIORITY};
 
 /// Tuning of the copier.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct CopierConfig {
     /// the bound on objects in flight, which hides per-object latency on
     /// network backends such as RBD.
     pub parallel: usize,
+    /// The copy budget this copier shares with the other copiers of the
+    /// process and the node (`crate::share`).
+    pub share: Arc<CopyShare>,
 }
 
 impl Default for CopierConfig {
@@ -43,6 +47,7 @@ impl Default for CopierConfig {
             batch_bytes: 64 << 20,
             batch_age: INDEX_SYNC_INTERVAL,
             parallel: 4,
+            share: CopyShare::local(),
         }
     }
 }
@@ -242,6 +247,19 @@ pub struct Progress {
     /// The floor copy rate, bytes per second.
     #[serde(default)]
     pub floor_rate: u64,
+    /// The copier's weight in the node's copy budget (`crate::share`).
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// The node-wide copy bandwidth, bytes per second, if one is set.
+    #[serde(default)]
+    pub node_bandwidth: Option<u64>,
+    /// This copier's share of it now, bytes per second.
+    #[serde(default)]
+    pub share_rate: Option<u64>,
+}
+
+fn default_priority() -> u32 {
+    DEFAULT_PRIORITY
 }
 
 impl Progress {
@@ -250,15 +268,16 @@ impl Progress {
         let rec = vol.record();
         let index = vol.index();
         let bytes_done = index.migrated_bytes();
-        let (rate, last_error, reading) = control
+        let (rate, last_error, reading, allowance) = control
             .map(|c| {
                 (
                     c.rate_bps.load(Ordering::Relaxed),
                     c.last_error.lock().clone(),
                     *c.reading.lock(),
+                    c.member.allowance(),
                 )
             })
-            .unwrap_or((0, None, Reading::default()));
+            .unwrap_or((0, None, Reading::default(), None));
         let budget = budget_of(&rec);
         let remaining = rec.size.saturating_sub(bytes_done);
         let eta_secs = match rec.state {
@@ -286,17 +305,38 @@ impl Progress {
             impact_budget: (budget.impact * 100.0).round() as u32,
             impact: reading.impact.map(|i| (i * 1000.0).round() / 10.0),
             floor_rate: budget.floor,
+            priority: rec.priority.unwrap_or(DEFAULT_PRIORITY),
+            node_bandwidth: allowance.map(|(limit, _)| limit),
+            share_rate: allowance.map(|(_, share)| share),
         }
     }
 }
 
-/// Sets a record's impact budget and floor (see [`Copier::set_impact`]).
-pub fn set_impact(rec: &mut crate::MigrationRecord, percent: Option<u32>, floor: Option<u64>) {
-    if let Some(p) = percent {
+/// Changes to a copier's pace settings: `None` leaves one as it is,
+/// `Some(0)` puts it back to its default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaceChange {
+    /// The impact budget, percent of the foreground's latency.
+    #[serde(default, alias = "percent")]
+    pub impact_percent: Option<u32>,
+    /// The floor rate, bytes per second.
+    #[serde(default, alias = "floor")]
+    pub floor_rate: Option<u64>,
+    /// The weight in the node's copy budget (`crate::share`).
+    #[serde(default)]
+    pub priority: Option<u32>,
+}
+
+/// Applies a [`PaceChange`] to a record (see [`Copier::set_pace`]).
+pub fn set_pace(rec: &mut crate::MigrationRecord, change: PaceChange) {
+    if let Some(p) = change.impact_percent {
         rec.impact_percent = (p > 0).then_some(p);
     }
-    if let Some(f) = floor {
+    if let Some(f) = change.floor_rate {
         rec.floor_rate = (f > 0).then_some(f);
+    }
+    if let Some(p) = change.priority {
+        rec.priority = (p > 0).then_some(p);
     }
 }
 
@@ -323,6 +363,8 @@ pub struct CopierControl {
     /// What the copier is paced by, and what its pacer measured.
     budget: Mutex<Budget>,
     reading: Mutex<Reading>,
+    /// This copier's place in the process's and node's copy budget.
+    member: ShareMember,
     wake_lock: Mutex<u64>,
     wake: Condvar,
     /// Whether the thread is idle in a pause (or gone), so that
@@ -332,7 +374,9 @@ pub struct CopierControl {
 }
 
 impl CopierControl {
-    fn new(paused: bool, rate_limit: Option<u64>, adaptive: bool, budget: Budget) -> Self {
+    fn new(rec: &crate::MigrationRecord, member: ShareMember) -> Self {
+        let (paused, rate_limit, adaptive, budget) =
+            (rec.paused, rec.rate_limit, rec.adaptive, budget_of(rec));
         CopierControl {
             paused: AtomicBool::new(paused),
             rate_limit: AtomicU64::new(rate_limit.unwrap_or(0)),
@@ -342,6 +386,7 @@ impl CopierControl {
             last_error: Mutex::new(None),
             budget: Mutex::new(budget),
             reading: Mutex::new(Reading::default()),
+            member,
             wake_lock: Mutex::new(0),
             wake: Condvar::new(),
             parked: Mutex::new(false),
@@ -390,12 +435,8 @@ impl Copier {
     /// Starts the copier with the controls stored in the record.
     pub fn spawn(vol: Arc<MigratingVolume>, config: CopierConfig) -> Result<Self> {
         let rec = vol.record();
-        let control = Arc::new(CopierControl::new(
-            rec.paused,
-            rec.rate_limit,
-            rec.adaptive,
-            budget_of(&rec),
-        ));
+        let member = config.share.join(rec.priority.unwrap_or(DEFAULT_PRIORITY));
+        let control = Arc::new(CopierControl::new(&rec, member));
         let thread = {
             let vol = vol.clone();
             let control = control.clone();
@@ -456,12 +497,14 @@ impl Copier {
         Ok(())
     }
 
-    /// Sets the impact budget (percent) and the floor rate (bytes per
-    /// second); `None` leaves one as it is, `Some(0)` puts it back to
-    /// its default.
-    pub fn set_impact(&self, percent: Option<u32>, floor: Option<u64>) -> Result<()> {
-        self.vol.update_record(|r| set_impact(r, percent, floor))?;
-        *self.control.budget.lock() = budget_of(&self.vol.record());
+    /// Changes the impact budget, the floor rate or the priority.
+    pub fn set_pace(&self, change: PaceChange) -> Result<()> {
+        self.vol.update_record(|r| set_pace(r, change))?;
+        let rec = self.vol.record();
+        *self.control.budget.lock() = budget_of(&rec);
+        self.control
+            .member
+            .set_priority(rec.priority.unwrap_or(DEFAULT_PRIORITY));
         self.control.poke();
         Ok(())
     }
@@ -538,6 +581,7 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                 log::warn!("copier: committing a batch before pausing failed: {e}");
             }
             control.rate_bps.store(0, Ordering::Relaxed);
+            control.member.set_copying(false);
             control.set_parked(true);
             control.nap(Duration::from_millis(500));
             paced_since = Instant::now();
@@ -545,10 +589,19 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
             continue;
         }
         control.set_parked(false);
+        if let Some(d) = control.member.hold(Instant::now()) {
+            // Another copier of this process is measuring its
+            // foreground's baseline (`crate::share`).
+            control.nap(d);
+            pacer.waited(Instant::now(), vol.foreground());
+            continue;
+        }
+        control.member.set_copying(true);
         let step_started = Instant::now();
         match cursor.step(&vol) {
             Ok(Step::Finished) => {
                 control.rate_bps.store(0, Ordering::Relaxed);
+                control.member.set_copying(false);
                 control.nap(Duration::from_millis(200));
             }
             Ok(Step::Worked { bytes }) => {
@@ -568,7 +621,14 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                     window_start = Instant::now();
                     window_bytes = 0;
                 }
-                let limit = control.rate_limit.load(Ordering::Acquire);
+                // The copier's own limit or its share of the node's
+                // copy bandwidth, whichever is lower.
+                let own = Some(control.rate_limit.load(Ordering::Acquire)).filter(|&l| l > 0);
+                let shared = control.member.allowance().map(|(_, share)| share);
+                let limit = match (own, shared) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or(0),
+                };
                 if limit > 0 {
                     let due = Duration::from_secs_f64(paced_bytes as f64 / limit as f64);
                     let elapsed = paced_since.elapsed();
@@ -595,6 +655,7 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                             pacer.waited(Instant::now(), vol.foreground());
                         }
                         Next::Probe(d) => {
+                            control.member.probing_until(Instant::now() + d);
                             control.nap(d / 2);
                             pacer.settled(Instant::now(), vol.foreground());
                             control.nap(d - d / 2);
@@ -610,6 +671,7 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
                 if fatal {
                     break;
                 }
+                control.member.set_copying(false);
                 control.nap(error_delay);
                 error_delay = (error_delay * 2).min(Duration::from_secs(5));
             }
@@ -619,5 +681,6 @@ fn run(vol: Arc<MigratingVolume>, control: Arc<CopierControl>, config: CopierCon
         log::warn!("copier: final batch not committed: {e}");
     }
     // Gone: nothing copies any more, so a pause has nothing to wait for.
+    control.member.set_copying(false);
     control.set_parked(true);
 }

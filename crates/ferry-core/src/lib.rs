@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod pace;
 pub mod pattern;
 pub mod record;
+pub mod share;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod store;

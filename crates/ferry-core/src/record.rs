@@ -78,6 +78,10 @@ pub struct MigrationRecord {
     /// (`crate::pace::DEFAULT_FLOOR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor_rate: Option<u64>,
+    /// The copier's weight in the node's copy budget; `None`: the default
+    /// (`crate::share::DEFAULT_PRIORITY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
     pub created_unix: u64,
     pub updated_unix: u64,
 }
@@ -155,6 +159,7 @@ mod tests {
             adaptive: true,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             created_unix: 1,
             updated_unix: 2,
         }

@@ -578,6 +578,7 @@ impl SimWorld {
             adaptive: false,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             paused: false,
         }
     }

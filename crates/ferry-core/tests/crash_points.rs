@@ -184,6 +184,7 @@ fn config() -> CopierConfig {
         batch_bytes: 2 * REGION,
         batch_age: std::time::Duration::from_secs(3600),
         parallel: 1,
+        ..CopierConfig::default()
     }
 }
 

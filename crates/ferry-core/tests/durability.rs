@@ -187,6 +187,7 @@ fn a_fenced_volume_marks_no_batch_and_finishes_no_abort() {
         batch_bytes: u64::MAX,
         batch_age: Duration::from_secs(3600),
         parallel: 1,
+        ..CopierConfig::default()
     });
     cursor.step(&vol).unwrap(); // region 0 copied, batched, not marked
     w.faults.fail_once(0); // the next device call: the flush below
@@ -209,6 +210,7 @@ fn a_fenced_volume_marks_no_batch_and_finishes_no_abort() {
         batch_bytes: u64::MAX,
         batch_age: Duration::from_secs(3600),
         parallel: 1,
+        ..CopierConfig::default()
     });
     cursor.step(&vol).unwrap(); // region 0 copied back, batched
     w.faults.fail_once(0);

@@ -174,6 +174,7 @@ fn small_config() -> CopierConfig {
         // One region per step keeps the fault points in a fixed order, so
         // proptest can replay and shrink failures.
         parallel: 1,
+        ..CopierConfig::default()
     }
 }
 
@@ -508,6 +509,7 @@ fn bad_region_size_is_refused_and_nothing_written() {
             adaptive: false,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             paused: false,
         },
     )
@@ -538,6 +540,7 @@ fn target_smaller_than_source_is_refused() {
             adaptive: false,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             paused: false,
         },
     )
@@ -567,6 +570,7 @@ fn source_already_migrating_is_refused() {
             adaptive: false,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             paused: false,
         },
     )

@@ -25,6 +25,7 @@ fn config() -> CopierConfig {
         batch_bytes: 3 * REGION,
         batch_age: std::time::Duration::from_secs(3600),
         parallel: 1,
+        ..CopierConfig::default()
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ferry_core::copier::Progress;
+use ferry_core::copier::{PaceChange, Progress};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -67,14 +67,13 @@ pub enum Request {
         volume: String,
         on: bool,
     },
-    /// Sets the copier's impact budget (percent) and floor rate (bytes
-    /// per second); an absent one stays as it is, 0 restores its default.
+    /// Changes the copier's impact budget (percent), floor rate (bytes
+    /// per second) or priority; an absent one stays as it is, 0 restores
+    /// its default.
     Impact {
         volume: String,
-        #[serde(default)]
-        percent: Option<u32>,
-        #[serde(default)]
-        floor: Option<u64>,
+        #[serde(flatten)]
+        change: PaceChange,
     },
     Abort {
         volume: String,
@@ -253,9 +252,7 @@ impl Registry {
                 Response::progress(lun.set_rate_limit(*bytes_per_sec))
             }
             Request::Adaptive { on, .. } => Response::progress(lun.set_adaptive(*on)),
-            Request::Impact { percent, floor, .. } => {
-                Response::progress(lun.set_impact(*percent, *floor))
-            }
+            Request::Impact { change, .. } => Response::progress(lun.set_pace(*change)),
             Request::Abort { .. } => Response::progress(lun.abort()),
             Request::Commit { remove_source, .. } => {
                 Response::progress(lun.commit_with(*remove_source))
@@ -293,6 +290,14 @@ impl Registry {
 pub fn process_registry() -> &'static Arc<Registry> {
     static REGISTRY: std::sync::OnceLock<Arc<Registry>> = std::sync::OnceLock::new();
     REGISTRY.get_or_init(|| Arc::new(Registry::default()))
+}
+
+/// The copy budget every copier of this process shares, coordinated with
+/// the node's other processes through the run dir (`ferry_core::share`).
+pub fn process_share() -> &'static Arc<ferry_core::share::CopyShare> {
+    static SHARE: std::sync::OnceLock<Arc<ferry_core::share::CopyShare>> =
+        std::sync::OnceLock::new();
+    SHARE.get_or_init(|| ferry_core::share::CopyShare::on_node(run_dir()))
 }
 
 /// Starts this process's control socket for [`process_registry`] once.

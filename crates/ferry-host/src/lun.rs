@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::copier::{CopierConfig, Progress};
+use ferry_core::copier::{CopierConfig, PaceChange, Progress};
 use ferry_core::migrate::{reopen_target, Reopened};
 use ferry_core::{
     Copier, Error, Extent, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Result,
@@ -67,6 +67,15 @@ pub fn default_homes() -> Arc<dyn ReservationHomes> {
         .clone()
 }
 
+/// The configuration of a LUN's copier: the defaults, sharing the
+/// process's copy budget.
+fn copier_config() -> CopierConfig {
+    CopierConfig {
+        share: crate::control::process_share().clone(),
+        ..CopierConfig::default()
+    }
+}
+
 /// Options of a migration start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StartOptions {
@@ -82,6 +91,10 @@ pub struct StartOptions {
     /// The copier's floor rate, bytes per second (`None`: the default).
     #[serde(default)]
     pub floor_rate: Option<u64>,
+    /// The copier's weight in the node's copy budget (`None`:
+    /// `ferry_core::share::DEFAULT_PRIORITY`).
+    #[serde(default)]
+    pub priority: Option<u32>,
     pub paused: bool,
 }
 
@@ -93,6 +106,7 @@ impl Default for StartOptions {
             adaptive: true,
             impact_percent: None,
             floor_rate: None,
+            priority: None,
             paused: false,
         }
     }
@@ -288,7 +302,7 @@ impl Lun {
             Reopened::Plain(v) => (v, None),
             Reopened::Migrating(m) => {
                 let copier = if run_copier {
-                    Some(Copier::spawn(m.clone(), CopierConfig::default())?)
+                    Some(Copier::spawn(m.clone(), copier_config())?)
                 } else {
                     None
                 };
@@ -564,6 +578,7 @@ impl Lun {
             adaptive: opts.adaptive,
             impact_percent: opts.impact_percent,
             floor_rate: opts.floor_rate,
+            priority: opts.priority,
             paused: opts.paused,
         };
         // Validate what can be checked before creating anything.
@@ -619,7 +634,7 @@ impl Lun {
             return Err(e);
         }
         let copier = if self.run_copier {
-            match Copier::spawn(vol.clone(), CopierConfig::default()) {
+            match Copier::spawn(vol.clone(), copier_config()) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     drop((current, slot));
@@ -699,13 +714,14 @@ impl Lun {
         })
     }
 
-    /// Sets the copier's impact budget (percent) and floor rate (bytes per
-    /// second); `None` leaves one as it is, `Some(0)` restores its default.
-    pub fn set_impact(&self, percent: Option<u32>, floor: Option<u64>) -> Result<Progress> {
+    /// Changes the copier's impact budget (percent), floor rate (bytes per
+    /// second) or priority; `None` leaves one as it is, `Some(0)` restores
+    /// its default.
+    pub fn set_pace(&self, change: PaceChange) -> Result<Progress> {
         self.with_migration(|m| {
             m.steer(
-                |c| c.set_impact(percent, floor),
-                |v| v.update_record(|r| ferry_core::copier::set_impact(r, percent, floor)),
+                |c| c.set_pace(change),
+                |v| v.update_record(|r| ferry_core::copier::set_pace(r, change)),
             )?;
             Ok(m.progress())
         })
@@ -947,14 +963,25 @@ mod tests {
             (p.impact_budget, p.floor_rate),
             (35, ferry_core::pace::DEFAULT_FLOOR)
         );
-        let p = lun.set_impact(None, Some(64 << 20)).unwrap();
+        let p = lun
+            .set_pace(PaceChange {
+                floor_rate: Some(64 << 20),
+                ..PaceChange::default()
+            })
+            .unwrap();
         assert_eq!((p.impact_budget, p.floor_rate), (35, 64 << 20));
         drop(lun);
         let lun = Lun::open(&spec).unwrap();
         let p = lun.status().unwrap();
         assert_eq!((p.impact_budget, p.floor_rate), (35, 64 << 20));
         // 0 puts each back to its default.
-        let p = lun.set_impact(Some(0), Some(0)).unwrap();
+        let p = lun
+            .set_pace(PaceChange {
+                impact_percent: Some(0),
+                floor_rate: Some(0),
+                priority: None,
+            })
+            .unwrap();
         assert_eq!(
             (p.impact_budget, p.floor_rate),
             (20, ferry_core::pace::DEFAULT_FLOOR)

@@ -87,6 +87,7 @@ fn plan(src: &RbdVolume, target: &RbdSpec) -> MigrationPlan {
         adaptive: false,
         impact_percent: None,
         floor_rate: None,
+        priority: None,
         paused: false,
     }
 }
@@ -98,6 +99,7 @@ fn cursor() -> CopyCursor {
         // Two objects in flight: the copier's parallel path, yet slow enough
         // that the tests see the migration half done.
         parallel: 2,
+        ..CopierConfig::default()
     })
 }
 

@@ -34,6 +34,8 @@ pub struct MigrationPlan {
     pub impact_percent: Option<u32>,
     /// The copier's floor rate in bytes per second; `None`: the default.
     pub floor_rate: Option<u64>,
+    /// The copier's weight in the node's copy budget; `None`: the default.
+    pub priority: Option<u32>,
     pub paused: bool,
 }
 
@@ -134,6 +136,7 @@ impl MigratingVolume {
             adaptive: plan.adaptive,
             impact_percent: plan.impact_percent,
             floor_rate: plan.floor_rate,
+            priority: plan.priority,
             created_unix: now,
             updated_unix: now,
         };
