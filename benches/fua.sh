@@ -11,10 +11,10 @@
 # through bs_ferry (and, with CEPH_CONF, RBD images of 1 GiB and 1 TiB in
 # pools ferry-a -> ferry-b). Each is migrated with a paused copier (so
 # only the initiator's writes move regions) and 64 KiB regions, and
-# ferry-iscsi writes 4 KiB at random offsets of the LUN's first GiB with
-# FUA at queue depth 1. The data work is the same at every size: most
-# writes copy up a new, empty region (16,384 of them in that GiB), mark
-# it and confirm it with their FUA. What differs is only the size of the
+# ferry-iscsi writes 64 KiB (one whole region) at random region-aligned
+# offsets of the LUN's first GiB with FUA at queue depth 1. The data work
+# is the same at every size: most writes land on a new region (16,384 of
+# them in that GiB), mark it and confirm it with their FUA. What differs is only the size of the
 # index the confirmation works on, so the ratios show what a flush costs
 # per byte of volume. Prints IOPS and p50/p99 latency per size and the
 # ratio of each size's mean latency to the smallest one's. Goal: 16 TiB
@@ -58,7 +58,7 @@ run() {
   # A long command timeout: an older build took seconds per FUA on the
   # largest volume, which is what this measures.
   "$bin/ferry-iscsi" --timeout 300 load "$url" --seconds "$secs" --qd 1 --read-pct 0 --random --fua \
-    --blocks 2097152 --seed "$tid" |
+    --block-size 65536 --blocks 2097152 --seed "$tid" |
     python3 -c '
 import json, sys
 s = json.load(sys.stdin)
@@ -104,5 +104,5 @@ for name, iops, mean, p50, p99 in rows:
     kind = name.split("-")[0]
     base.setdefault(kind, float(mean))
     print(f"{name:10} {iops:>7} {mean:>8} {p50:>7} {p99:>7} {float(mean) / base[kind]:>15.2f}x")
-print("(4 KiB random FUA writes at QD1 over iSCSI in the first GiB, paused migration, 64 KiB regions; goal: 16T within 1.2x of 1G)")
+print("(64 KiB random FUA writes, one region each, at QD1 over iSCSI in the first GiB, paused migration, 64 KiB regions; goal: 16T within 1.2x of 1G)")
 EOF

@@ -39,8 +39,9 @@ pub const OPEN_REPAIR_CONFIRMED: &str = "open.repair_confirmed";
 pub const RESUME_STORE_MARKER: &str = "resume.store_marker";
 /// A write's written bit, before the data it covers.
 pub const WRITE_MARK_WRITTEN: &str = "write.mark_written";
-/// A copy-up: source bytes around the write copied to the target.
-pub const WRITE_COPY_UP: &str = "write.copy_up";
+/// A partial write to a region not yet copied reaching the source, after
+/// the target.
+pub const WRITE_SOURCE: &str = "write.source";
 /// A write's data reaching the target (or, aborting, the source).
 pub const WRITE_DATA: &str = "write.data";
 /// A write's region marked migrated after its data is on the target.
@@ -174,7 +175,7 @@ pub const ENGINE: &[&str] = &[
     OPEN_REPAIR_CONFIRMED,
     RESUME_STORE_MARKER,
     WRITE_MARK_WRITTEN,
-    WRITE_COPY_UP,
+    WRITE_SOURCE,
     WRITE_DATA,
     WRITE_MARK_MIGRATED,
     COPY_WRITE_TARGET,

@@ -202,18 +202,42 @@ pub struct SimVolume {
     /// Completed flushes, for tests of which commands flush.
     flushes: AtomicU64,
     /// A gate the next flush waits at (see [`SimVolume::hold_next_flush`]).
-    flush_gate: Mutex<Option<FlushGate>>,
+    flush_gate: Mutex<Option<Gate>>,
+    /// A gate the next write waits at (see [`SimVolume::hold_next_write`]).
+    write_gate: Mutex<Option<Gate>>,
 }
 
-/// The volume's side of a held flush: it says it arrived, then waits.
-struct FlushGate {
+/// The volume's side of a held call: it says it arrived, then waits.
+struct Gate {
     arrived: mpsc::Sender<()>,
     release: mpsc::Receiver<()>,
 }
 
-/// The test's side of a held flush (see [`SimVolume::hold_next_flush`]).
-pub struct HeldFlush {
-    /// Receives once the flush has arrived and waits.
+impl Gate {
+    /// Says it arrived, then waits for the release (or for the test to
+    /// have gone: then there is nothing to wait for).
+    fn pass(slot: &Mutex<Option<Gate>>) {
+        let gate = slot.lock().take();
+        if let Some(gate) = gate {
+            let _ = gate.arrived.send(());
+            let _ = gate.release.recv();
+        }
+    }
+
+    fn set(slot: &Mutex<Option<Gate>>) -> Held {
+        let (arrived_tx, arrived) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        *slot.lock() = Some(Gate {
+            arrived: arrived_tx,
+            release: release_rx,
+        });
+        Held { arrived, release }
+    }
+}
+
+/// The test's side of a held call (see [`SimVolume::hold_next_flush`]).
+pub struct Held {
+    /// Receives once the call has arrived and waits.
     pub arrived: mpsc::Receiver<()>,
     /// Send (or drop) to let it go on.
     pub release: mpsc::Sender<()>,
@@ -230,6 +254,7 @@ impl SimVolume {
             faults,
             flushes: AtomicU64::new(0),
             flush_gate: Mutex::new(None),
+            write_gate: Mutex::new(None),
         })
     }
 
@@ -241,14 +266,15 @@ impl SimVolume {
     /// Makes the next flush stop before it takes effect until the test
     /// releases it: a deterministic way to hold a checkpoint inside its
     /// data flush while other threads run.
-    pub fn hold_next_flush(&self) -> HeldFlush {
-        let (arrived_tx, arrived) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        *self.flush_gate.lock() = Some(FlushGate {
-            arrived: arrived_tx,
-            release: release_rx,
-        });
-        HeldFlush { arrived, release }
+    pub fn hold_next_flush(&self) -> Held {
+        Gate::set(&self.flush_gate)
+    }
+
+    /// Makes the next write stop before it takes effect until the test
+    /// releases it: a deterministic way to hold a write half way through
+    /// its legs.
+    pub fn hold_next_write(&self) -> Held {
+        Gate::set(&self.write_gate)
     }
 
     /// The page-cache image (what a reader would see now).
@@ -279,6 +305,7 @@ impl SimVolume {
             faults: Faults::new(),
             flushes: AtomicU64::new(0),
             flush_gate: Mutex::new(None),
+            write_gate: Mutex::new(None),
         })
     }
 
@@ -309,17 +336,13 @@ impl Volume for SimVolume {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
+        Gate::pass(&self.write_gate);
         self.faults.hit(&format!("write {}@{offset}", self.name))?;
         self.image.lock().write(offset as usize, buf);
         Ok(())
     }
     fn flush(&self) -> Result<()> {
-        let gate = self.flush_gate.lock().take();
-        if let Some(gate) = gate {
-            // The test may have gone; then there is nothing to wait for.
-            let _ = gate.arrived.send(());
-            let _ = gate.release.recv();
-        }
+        Gate::pass(&self.flush_gate);
         self.faults.hit(&format!("flush {}", self.name))?;
         self.image.lock().flush();
         self.flushes.fetch_add(1, Ordering::SeqCst);

@@ -61,7 +61,7 @@ fn forward() -> Vec<Op> {
             off: 100,
             len: 600,
             seed: 1,
-        }, // copy-up of region 0
+        }, // to both legs: region 0 is not copied yet
         Write {
             off: 3 * REGION,
             len: REGION,

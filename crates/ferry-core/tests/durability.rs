@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::copier::{CopierConfig, CopyCursor};
 use ferry_core::migrate::{reopen_target, Reopened};
 use ferry_core::sim::{SimStore, SimVolume, SimWorld};
 use ferry_core::{Error, MetaStore, MigratingVolume, MigrationPlan, Volume};
 
-/// 16 KiB regions of 512-byte blocks, so an 8-block write is a copy-up.
+/// 16 KiB regions of 512-byte blocks, so an 8-block write is a partial
+/// write (to both legs while its region is not copied yet).
 const REGION: u64 = 16384;
 const SIZE: u64 = 8 * REGION;
 
@@ -57,14 +59,15 @@ fn read(vol: &dyn Volume, off: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Defect 1 of issue 13, in the engine: a copy-up left unconfirmed by a
-/// killed process, a restart in the same boot, then a write flushed
-/// twice. Power loss after that must keep both writes.
+/// Defect 1 of issue 13, in the engine: a region a killed process
+/// migrated and left unconfirmed (then by a copy-up; now by a write of the
+/// whole region), a restart in the same boot, then a write flushed twice.
+/// Power loss after that must keep both writes.
 #[test]
 fn flush_after_a_same_boot_restart_confirms_what_the_dead_process_migrated() {
     let w = world();
     let vol = start(&w);
-    let first = vec![0x11; 4096]; // 8 blocks at LBA 0: a copy-up of region 0
+    let first = vec![0x11; REGION as usize]; // all of region 0: marked at once
     vol.write_at(&first, 0).unwrap();
     // kill -9: the page cache (and so the migrated bit) survives.
     drop(vol);
@@ -75,7 +78,11 @@ fn flush_after_a_same_boot_restart_confirms_what_the_dead_process_migrated() {
     vol.flush().unwrap();
     vol.flush().unwrap();
     let after = power_lost_now(&w);
-    assert_eq!(read(after.as_ref(), 0, 4096), first, "first write lost");
+    assert_eq!(
+        read(after.as_ref(), 0, 4096),
+        first[..4096],
+        "first write lost"
+    );
     assert_eq!(
         read(after.as_ref(), 4096, 512),
         second,
@@ -83,9 +90,62 @@ fn flush_after_a_same_boot_restart_confirms_what_the_dead_process_migrated() {
     );
     assert_eq!(
         read(after.as_ref(), 4608, (REGION - 4608) as usize),
-        source_bytes()[4608..REGION as usize],
-        "the rest of the region must still be the source's"
+        first[4608..],
+        "the rest of the first write lost"
     );
+}
+
+/// A partial write to a region not yet copied goes to both legs, and
+/// reads of the region stay on the source until the copier has copied
+/// it: so a flush must make the source durable too, or power loss would
+/// lose a flushed write. Then the copier copies the region with the write
+/// in it.
+#[test]
+fn a_flushed_write_to_a_region_not_yet_copied_survives_power_loss() {
+    let w = world();
+    let vol = start(&w);
+    let data = vec![0x66; 512];
+    vol.write_at(&data, REGION + 1024).unwrap();
+    assert!(!vol.index().is_migrated(1), "no copy-up: the region stays");
+    vol.flush().unwrap();
+    let after = power_lost_now(&w);
+    assert_eq!(read(after.as_ref(), REGION + 1024, 512), data);
+    assert_eq!(
+        read(after.as_ref(), REGION, 1024),
+        source_bytes()[REGION as usize..REGION as usize + 1024]
+    );
+    // The copier carries the write across with the rest of the region.
+    let mut cursor = CopyCursor::new(CopierConfig {
+        parallel: 1,
+        ..CopierConfig::default()
+    });
+    cursor.run_to_end(after.as_ref()).unwrap();
+    assert!(after.index().is_migrated(1));
+    assert_eq!(read(after.as_ref(), REGION + 1024, 512), data);
+}
+
+/// The source-written flag is set after the source write, not before:
+/// a checkpoint that takes the flag while a write to a region not yet
+/// copied is half way (on the target, not yet on the source) flushes the
+/// source before that write lands there, and the flush asked after the
+/// write must still flush the source. Power loss the instant that flush
+/// returns keeps the write.
+#[test]
+fn a_checkpoint_during_a_write_to_both_legs_does_not_take_its_source_flush() {
+    let w = world();
+    let vol = start(&w);
+    let data = vec![0x72; 512];
+    let held = w.source.hold_next_write();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| vol.write_at(&data, 2 * REGION + 512));
+        held.arrived.recv().unwrap(); // on the target, about to hit the source
+        vol.flush().unwrap(); // a checkpoint while the write is half way
+        held.release.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+    });
+    vol.flush().unwrap();
+    let image = power_lost_now(&w);
+    assert_eq!(read(image.as_ref(), 2 * REGION + 512, 512), data);
 }
 
 /// Defect 2 of issue 13: while one flush's checkpoint is inside its data
@@ -134,18 +194,19 @@ fn a_flush_does_not_return_while_an_earlier_checkpoint_is_still_running() {
 /// data the store does not know about.
 #[test]
 fn a_failed_index_write_fences_the_volume_instead_of_acknowledging_later_writes() {
-    // Dry run: how many device calls a copy-up write makes.
+    // Dry run: how many device calls a write of a whole region makes.
+    let whole = vec![0x44; REGION as usize];
     let dry = world();
     let vol = start(&dry);
     dry.faults.arm(u64::MAX);
-    vol.write_at(&[0x44; 512], 2 * REGION).unwrap();
+    vol.write_at(&whole, 2 * REGION).unwrap();
     let calls = dry.faults.points();
     assert!(calls >= 3, "written bit, data, migrated bit: {calls} calls");
 
     let w = world();
     let vol = start(&w);
     w.faults.fail_once(calls - 1); // the last one: the migrated bit
-    let err = vol.write_at(&[0x44; 512], 2 * REGION).unwrap_err();
+    let err = vol.write_at(&whole, 2 * REGION).unwrap_err();
     assert!(matches!(err, Error::Injected(_)), "{err}");
     assert!(!w.faults.crashed(), "one failure, not a crash");
     // The next write to the same region must not be acknowledged.
@@ -180,7 +241,6 @@ fn a_failed_index_write_fences_the_volume_instead_of_acknowledging_later_writes(
 /// dropped. Now nothing changes the index or the state once fenced.
 #[test]
 fn a_fenced_volume_marks_no_batch_and_finishes_no_abort() {
-    use ferry_core::copier::{CopierConfig, CopyCursor};
     let w = world();
     let vol = start(&w);
     let mut cursor = CopyCursor::new(CopierConfig {

@@ -5,7 +5,7 @@
 //! I/O (tgtd's single main thread; tcmu-runner's per-device command
 //! thread), so a plugin queues each command here and returns; a worker
 //! carries it out and completes it. Commands of one LUN therefore run in
-//! parallel on all workers, and a slow one (a copy-up, a flush that
+//! parallel on all workers, and a slow one (a write to both legs, a flush that
 //! checkpoints a migration) holds up nothing else.
 //!
 //! Workers block all signals ([`crate::block_signals`]) before taking

@@ -5,7 +5,7 @@
 //! device's single command thread; a callout only queues the command here
 //! and returns, and a worker carries it out against the volume and
 //! completes it through tcmu-runner. Commands of one device therefore run
-//! in parallel on all workers, and a slow one (a copy-up, a flush that
+//! in parallel on all workers, and a slow one (a write to both legs, a flush that
 //! checkpoints a migration) holds up nothing else. The workers block all
 //! signals, so tcmu-runner's signal handling stays on its threads.
 #![forbid(unsafe_code)]

@@ -1,7 +1,7 @@
 //! The checkpoint: how written data becomes durable and migrated regions
 //! become *confirmed*, trusted after power loss. A checkpoint takes the
 //! index's pending words, flushes the data (the source too while
-//! aborting), then writes the confirmed words and syncs the index, in that
+//! aborting, or when a write reached it while copying), then writes the confirmed words and syncs the index, in that
 //! order: the durability rule of the module docs of `migrate`. Checkpoints
 //! run on every flush an initiator asks for, before the `copied`,
 //! `aborting` and `committed` states are recorded, and, while the copier
@@ -43,7 +43,13 @@ impl MigratingVolume {
         // ORDERING: pending words first, then the data flush, then the
         // confirmation and the index sync.
         let pending = self.index.pending();
-        if self.state() == MigrationState::Aborting {
+        // The source too while aborting (writers update it), and while
+        // copying when a write to a region not yet copied reached it
+        // (`routing.rs`). The flag is taken before the flush: a write that
+        // sets it later is covered by the next checkpoint, one that set it
+        // before this checkpoint began by this one.
+        let source_written = self.source_written.swap(false, Ordering::SeqCst);
+        if source_written || self.state() == MigrationState::Aborting {
             self.fenced_flush(|| {
                 self.point(faults::CHECKPOINT_FLUSH_SOURCE)?;
                 legs.source().flush()

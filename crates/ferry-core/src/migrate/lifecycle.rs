@@ -267,6 +267,7 @@ impl MigratingVolume {
             state: AtomicU8::new(state_code(record.state)),
             record: Mutex::new(record),
             fenced: AtomicBool::new(false),
+            source_written: AtomicBool::new(false),
             fence_reason: Mutex::new(None),
             foreground: crate::pace::Meter::default(),
             last_checkpoint: Mutex::new(Instant::now()),

@@ -6,7 +6,8 @@
 //! committed volume is its target, an aborted one its source, and in
 //! between each call is routed per region. The rest is cut by job:
 //! - `routing.rs`: where a read or a write goes while copying or
-//!   aborting, and the copy-up of a partially written region;
+//!   aborting (a partial write to a region not yet copied goes to both
+//!   legs);
 //! - `checkpoint.rs`: making written data durable and confirming migrated
 //!   regions, one checkpoint shared by concurrent flushes;
 //! - `steps.rs`: the copier's steps (copy a region, commit a batch,
@@ -15,8 +16,8 @@
 //!   an abort leaves, and reopening a target after a restart.
 //!
 //! Locking: reads take no region lock. Writers of unmigrated regions and the
-//! copier take the striped region lock, so a copy never races a copy-up of
-//! the same region. Migrated bits only go from 0 to 1 while copying, which
+//! copier take the striped region lock, so a write to a region not yet
+//! copied lands wholly before the region's copy or wholly after it. Migrated bits only go from 0 to 1 while copying, which
 //! makes the lock-free fast path (region migrated and written) safe. State
 //! transitions (commit, abort) take the `legs` lock exclusively, which waits
 //! for every in-flight I/O: each I/O holds it shared from start to end.
@@ -108,6 +109,9 @@ pub struct MigratingVolume {
     state: AtomicU8,
     fenced: AtomicBool,
     fence_reason: Mutex<Option<String>>,
+    /// Set before a write to a region not yet copied reaches the source;
+    /// the next checkpoint flushes the source and clears it.
+    source_written: AtomicBool,
     /// Foreground commands and how long they took: the copier's pacer
     /// steers by it (`crate::pace`).
     foreground: crate::pace::Meter,

@@ -18,9 +18,9 @@ use crate::faults;
 use crate::record::MigrationState;
 use crate::volume::{Extent, Volume};
 
-/// Largest buffer a copy (copier or copy-up) moves at once: 1 MiB keeps a
-/// QD32 burst of copy-ups of 1 GiB regions at 32 MiB, and is large enough
-/// that the per-call cost of a network backend is amortized.
+/// Largest buffer a copy moves at once: 1 MiB keeps the copier's memory
+/// small whatever the region size (up to 1 GiB), and is large enough that
+/// the per-call cost of a network backend is amortized.
 pub const COPY_CHUNK: u64 = 1 << 20;
 
 /// Result of one copier step on a region.
@@ -248,8 +248,8 @@ impl MigratingVolume {
 }
 
 /// Copies the data of `[start,end)` from `from` to `to`, keeping holes as
-/// holes. Stale bytes on `to` (from an interrupted copy-up) are zeroed
-/// first. Returns the bytes of data copied.
+/// holes. Stale bytes on `to` (writes that reached both legs, an
+/// interrupted earlier copy) are zeroed first. Returns the bytes of data copied.
 pub(super) fn copy_extents(
     from: &dyn Volume,
     to: &dyn Volume,
