@@ -135,6 +135,7 @@ fn tcmu_runner_serves_a_live_migration_in_a_guest() {
     };
     stage(&handler_so(), "libhandler_ferry.so");
     stage(Path::new(env!("CARGO_BIN_EXE_ferry")), "ferry");
+    stage(&scripts.join("lib.sh"), "lib.sh");
     stage(&scripts.join("tcmu-migrate.sh"), "tcmu-migrate.sh");
 
     let t = Instant::now();

@@ -17,7 +17,7 @@
 # in SHARE_DIR/console.log and its tail shown on failure.
 #
 # The guest runs under TCG (-accel tcg): KVM here cannot boot a stock
-# kernel, and TCG needs nothing from the host. Two vCPUs, 2 GiB.
+# kernel, and TCG needs nothing from the host. Two vCPUs, 2 GiB (FERRY_GUEST_MEM, in MiB, changes it).
 set -euo pipefail
 
 cache=${1:?usage: run-guest.sh CACHE_DIR SHARE_DIR SCRIPT [TIMEOUT]}
@@ -42,7 +42,7 @@ rm -f "$share/result" "$share/console.log"
 # run is small.
 status=0
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
-  -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+  -accel tcg,thread=multi -cpu max -m "${FERRY_GUEST_MEM:-2048}" -smp 2 \
   -nographic -no-reboot -nic none \
   -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
   -drive "file=$cache/root.img,if=virtio,format=raw,cache=unsafe" -snapshot \

@@ -44,86 +44,20 @@
 #                verified during it (reads routed to source or target),
 #                and after the commit
 #   [96M, 224M)  random writes of 4-64 KiB with crc32c headers during the
-#                migration (copy-ups of unmigrated regions), verified when
+#                migration (to both legs in regions not yet copied), verified when
 #                written and again after the commit
 #   [224M, 256M) WRITE SAME, COMPARE AND WRITE and UNMAP with sg3-utils
 set -uo pipefail
 
 S=/share
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+. "$S/lib.sh"
+
 VOL=/var/lib/ferry/src.img
 DST=/var/lib/ferry/dst.img
 IQN=iqn.2026-11.org.ferry:guest
-MiB=$((1024 * 1024))
-
-# Seconds since boot, and since an earlier reading of it.
-now() { cut -d' ' -f1 /proc/uptime; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-log() { printf '[%7s] %s\n' "$(now)" "$*" | tee -a "$S/guest.log"; }
-collect() {
-  cp /var/log/tcmu-runner.log "$S/tcmu-runner.log" 2>/dev/null || true
-  dmesg >"$S/dmesg.log" 2>/dev/null || true
-}
-fail() {
-  log "FAIL: $*"
-  echo "FAIL: $*" >"$S/result"
-  collect
-  exit 1
-}
-# Runs a step and fails the test when it fails, with its output logged.
-must() {
-  local out
-  if ! out=$("$@" 2>&1); then
-    echo "$out" >>"$S/guest.log"
-    fail "$*"
-  fi
-  [ -n "$out" ] && echo "$out" >>"$S/guest.log"
-  return 0
-}
-
-: >"$S/guest.log"
-log "guest up (kernel $(uname -r))"
-
-# --- kernel and services -------------------------------------------------
-for m in configfs target_core_mod target_core_user uio iscsi_target_mod \
-  scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod; do
-  modprobe "$m" || fail "modprobe $m"
-done
-mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config ||
-  fail "mounting configfs"
-ip link set lo up
-mkdir -p /run/dbus /run/lock/iscsi /var/lib/ferry /var/log /etc/iscsi
-dbus-daemon --system --fork || fail "dbus-daemon"
-
-handler_dir=$(dpkg -L tcmu-runner | sed -n 's|/handler_[^/]*\.so$||p' | head -n1)
-[ -d "$handler_dir" ] || fail "no tcmu-runner handler directory"
-install -m 0755 "$S/libhandler_ferry.so" "$handler_dir/handler_ferry.so"
-install -m 0755 "$S/ferry" /usr/local/bin/ferry
-log "handler installed in $handler_dir"
 
 must ferry volume create "$VOL" --size 256M
 
-runner_pid=
-start_runner() {
-  tcmu-runner >>"$S/tcmu-runner.out" 2>&1 &
-  runner_pid=$!
-  local i
-  for i in $(seq 1 120); do
-    if dbus-send --system --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
-      org.freedesktop.DBus.ListNames 2>/dev/null | grep -q org.kernel.TCMUService1; then
-      return 0
-    fi
-    kill -0 "$runner_pid" 2>/dev/null || fail "tcmu-runner exited: $(tail -n 5 "$S/tcmu-runner.out")"
-    sleep 0.25
-  done
-  fail "tcmu-runner did not register on D-Bus"
-}
-start_runner
-desc=$(dbus-send --system --print-reply --dest=org.kernel.TCMUService1 /org/kernel/TCMUService1/ferry \
-  org.freedesktop.DBus.Properties.Get string:org.kernel.TCMUService1 string:ConfigDesc 2>&1)
-echo "$desc" | grep -q "A ferry volume" ||
-  fail "handler_ferry did not register: $desc $(grep -i ferry /var/log/tcmu-runner.log | tail -n 3)"
-log "tcmu-runner $runner_pid up, handler registered"
 
 # --- LIO configuration through targetcli ----------------------------------
 # A bad cfgstring is refused with the handler's reason (D-Bus CheckConfig).
@@ -402,6 +336,14 @@ wait_for '[ -L "$TPG/lun/lun_1/ferry_1" ] && [ -d "$TPG/acls/$ME/lun_1" ]' "the 
 [ -d "/sys/kernel/config/target/iscsi/$IQN" ] && fail "the agent left the unmapped target $IQN"
 wait_for 'grep -q "serving \[m1\]" <<<"$(ferry map show)"' "the agent did not report serving m1"
 log "agent exported the map's LUN through LIO ($(since "$t") s)"
+# The agent's LUNs get ferry's defaults, not the kernel's 64 KiB commands
+# and 64-command window.
+AGENT_CORE=$(readlink -f "$TPG/lun/lun_1/ferry_1")
+[ "$(cat "$AGENT_CORE/attrib/hw_max_sectors")" = 2048 ] ||
+  fail "the agent's backstore has hw_max_sectors=$(cat "$AGENT_CORE/attrib/hw_max_sectors"), not 2048"
+[ "$(cat "$TPG/attrib/default_cmdsn_depth")" = 128 ] ||
+  fail "the agent's target has default_cmdsn_depth=$(cat "$TPG/attrib/default_cmdsn_depth"), not 128"
+grep -q "Max Data Area" "$AGENT_CORE/info" && log "agent backstore info: $(tr '\n' ' ' <"$AGENT_CORE/info")"
 must iscsiadm -m discovery -t st -p 127.0.0.1:3260
 must iscsiadm -m node -T "$IQN2" -p 127.0.0.1:3260 --login
 DEV2=

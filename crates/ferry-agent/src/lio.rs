@@ -51,6 +51,21 @@ pub struct WantedLio {
 
 /// The TCMU cfgstring for a spec (rtslib forbids ':' in it, so `rbd:`
 /// is spelled `rbd/`, and file volumes are plain absolute paths).
+/// Control options every backstore the agent creates gets, before it is
+/// enabled:
+/// - `hw_max_sectors=2048`: commands of up to 1 MiB (at 512-byte blocks).
+///   The TCMU default, 128 sectors (64 KiB), splits every 1 MiB request
+///   an initiator sends into 16 commands, each a round trip through the
+///   ring and the handler.
+/// - `max_data_area_mb=256`: the ring's data area, room for a full queue
+///   ([`TCMU_QUEUE_DEPTH`] commands) of 1 MiB with room to spare; pages
+///   are allocated as commands use them, so an idle LUN pins little.
+pub const BACKSTORE_DEFAULTS: [&str; 2] = ["hw_max_sectors=2048", "max_data_area_mb=256"];
+
+/// The queue depth of a TCMU device (fixed by the kernel), which the
+/// agent also gives each target portal group as its command window.
+pub const TCMU_QUEUE_DEPTH: u32 = 128;
+
 pub fn cfgstring(spec: &str) -> String {
     if let Some(p) = spec.strip_prefix("file:") {
         format!("{SUBTYPE}/{p}")
@@ -270,6 +285,15 @@ impl Lio {
                 &format!("dev_config={}", cfgstring(spec)),
             )?;
             self.write(&dir.join("control"), &format!("dev_size={size}"))?;
+            // Before enable, or the kernel's defaults stick. Tuning only:
+            // a kernel that refuses one still serves the LUN.
+            for option in BACKSTORE_DEFAULTS {
+                if let Err(e) = self.write(&dir.join("control"), option) {
+                    log::warn!(
+                        "LIO backstore {name}: {option} refused, keeping the kernel's default: {e}"
+                    );
+                }
+            }
             self.write(&dir.join("enable"), "1")?;
             // The same unit serial on every node (and as tgt reports), so
             // a LUN that moves stays one device to initiators.
@@ -293,6 +317,12 @@ impl Lio {
         let attrib = tpg.join("attrib");
         // Access is by explicit ACLs only.
         self.write(&attrib.join("generate_node_acls"), "0")?;
+        // As many commands per session as a TCMU device queues (LIO's
+        // default, 64, leaves half of its queue unused).
+        let depth = attrib.join("default_cmdsn_depth");
+        if let Err(e) = self.write(&depth, &TCMU_QUEUE_DEPTH.to_string()) {
+            log::warn!("LIO target {iqn}: keeping the default command window: {e}");
+        }
         self.write(&attrib.join("demo_mode_write_protect"), "0")?;
         self.write(
             &attrib.join("authentication"),
