@@ -101,9 +101,11 @@ pub struct VolArgs {
 pub struct CommitArgs {
     /// The volume (source or target spec).
     pub volume: String,
-    /// Delete the source volume after the commit (default: keep it
-    /// untouched). An RBD source's forwarding marker goes with it, so
-    /// configure the LUN with the target's spec afterwards.
+    /// Delete the source volume after the commit (default: keep it, with
+    /// a forwarding marker; it is not a point-in-time image, since writes
+    /// to regions not yet copied reached it too). An RBD source's
+    /// forwarding marker goes with it, so configure the LUN with the
+    /// target's spec afterwards.
     #[arg(long)]
     pub remove_source: bool,
     #[arg(long)]

@@ -42,6 +42,9 @@ pub const WRITE_MARK_WRITTEN: &str = "write.mark_written";
 /// A partial write to a region not yet copied reaching the source, after
 /// the target.
 pub const WRITE_SOURCE: &str = "write.source";
+/// A write the source refused: the rest of its region copied from the
+/// source to the target, which has the write.
+pub const WRITE_COPY_UP: &str = "write.copy_up";
 /// A write's data reaching the target (or, aborting, the source).
 pub const WRITE_DATA: &str = "write.data";
 /// A write's region marked migrated after its data is on the target.
@@ -176,6 +179,7 @@ pub const ENGINE: &[&str] = &[
     RESUME_STORE_MARKER,
     WRITE_MARK_WRITTEN,
     WRITE_SOURCE,
+    WRITE_COPY_UP,
     WRITE_DATA,
     WRITE_MARK_MIGRATED,
     COPY_WRITE_TARGET,

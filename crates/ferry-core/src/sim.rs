@@ -205,6 +205,8 @@ pub struct SimVolume {
     flush_gate: Mutex<Option<Gate>>,
     /// A gate the next write waits at (see [`SimVolume::hold_next_write`]).
     write_gate: Mutex<Option<Gate>>,
+    /// Whether the next write is refused as if the pool were full.
+    refuse_next_write: AtomicBool,
 }
 
 /// The volume's side of a held call: it says it arrived, then waits.
@@ -255,6 +257,7 @@ impl SimVolume {
             flushes: AtomicU64::new(0),
             flush_gate: Mutex::new(None),
             write_gate: Mutex::new(None),
+            refuse_next_write: AtomicBool::new(false),
         })
     }
 
@@ -275,6 +278,12 @@ impl SimVolume {
     /// its legs.
     pub fn hold_next_write(&self) -> Held {
         Gate::set(&self.write_gate)
+    }
+
+    /// Makes the next write fail with ENOSPC, changing nothing: a thin
+    /// volume on a full pool.
+    pub fn refuse_next_write(&self) {
+        self.refuse_next_write.store(true, Ordering::SeqCst);
     }
 
     /// The page-cache image (what a reader would see now).
@@ -306,6 +315,7 @@ impl SimVolume {
             flushes: AtomicU64::new(0),
             flush_gate: Mutex::new(None),
             write_gate: Mutex::new(None),
+            refuse_next_write: AtomicBool::new(false),
         })
     }
 
@@ -338,6 +348,10 @@ impl Volume for SimVolume {
         check_range(self.size, offset, buf.len() as u64)?;
         Gate::pass(&self.write_gate);
         self.faults.hit(&format!("write {}@{offset}", self.name))?;
+        if self.refuse_next_write.swap(false, Ordering::SeqCst) {
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "pool full");
+            return Err(Error::volume_io("write", &self.name, offset, full));
+        }
         self.image.lock().write(offset as usize, buf);
         Ok(())
     }

@@ -49,6 +49,8 @@ enum Op {
     Commit,
     /// kill -9 and reopen, in the same boot.
     Restart,
+    /// The source refuses its next write (a thin source on a full pool).
+    SourceFull,
 }
 
 use Op::*;
@@ -89,11 +91,12 @@ fn forward() -> Vec<Op> {
             len: 33,
             seed: 4,
         },
+        SourceFull,
         Write {
             off: 10 * REGION,
             len: 100,
             seed: 5,
-        },
+        }, // the source refuses it: region 10 moves to the target now
         Flush,
         Restart,
         Write {
@@ -287,6 +290,7 @@ fn run(world: &SimWorld, served: &mut Served, ops: &[Op], model: &mut Model) -> 
                     *served = reopen(world)?;
                     cursor = CopyCursor::new(config());
                 }
+                SourceFull => world.source.refuse_next_write(),
             }
             Ok(())
         })();

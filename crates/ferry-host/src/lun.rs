@@ -626,8 +626,9 @@ impl Lun {
             )));
         }
         // ORDERING: the writes the source took are durable before the
-        // migrating volume serves, whose flushes checkpoint only the target
-        // (see MigratingVolume::activate).
+        // migrating volume serves, whose flushes flush the source only
+        // for writes that reach it afterwards (see
+        // MigratingVolume::activate).
         if let Err(e) = vol.activate() {
             drop((current, slot));
             undo_start(vol, source_store.as_ref(), tstore.as_ref());

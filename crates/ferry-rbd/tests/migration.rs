@@ -220,16 +220,16 @@ fn migrate_and_commit(conf: &std::path::Path, conf_dst: &std::path::Path) {
     drop(mv);
     drop((src_store, dst_store));
 
-    // A fresh connection sees the target alone holding every write, the
-    // source as it was at the start, and the copied metadata.
+    // A fresh connection sees the target alone holding every write and
+    // the copied metadata. (The source is not compared: writes to
+    // regions not yet copied reached it too, so it is neither the start
+    // image nor the final one.)
     let target = RbdVolume::open(&tspec).unwrap();
     assert_same("target after commit", &read_all(&target), &model);
     assert_eq!(
         target.image().metadata_get("app.tier").unwrap().as_deref(),
         Some("gold")
     );
-    let source = RbdVolume::open(&spec(conf, POOL_A, &src_name)).unwrap();
-    assert_same("source after commit", &read_all(&source), &original);
     assert_eq!(
         cluster_dst
             .ioctx(POOL_B)

@@ -159,6 +159,9 @@ impl MigratingVolume {
             index.regions(),
             plan.region_size
         );
+        // The source's writes so far are made durable at the switch
+        // (`activate`).
+        let source_written = false;
         Ok(Arc::new(Self::assemble(
             source,
             source_store,
@@ -166,6 +169,7 @@ impl MigratingVolume {
             target_store,
             record,
             index,
+            source_written,
         )))
     }
 
@@ -174,12 +178,13 @@ impl MigratingVolume {
     /// just before I/O starts coming here. An error means the migration
     /// must not serve (the host takes the start back).
     ///
-    /// ORDERING: from the switch on, a flush of this volume checkpoints
-    /// the target only (while copying, nothing writes the source), so a
-    /// write acknowledged to the plain source before the switch and never
-    /// flushed there would survive a SYNCHRONIZE CACHE that came after the
-    /// switch only as far as the source's cache: flushed here first, it is
-    /// durable before any flush of this volume can return.
+    /// ORDERING: from the switch on, a flush of this volume flushes the
+    /// source only when a write to a region not yet copied reached it
+    /// since the last checkpoint (`routing.rs`), so a write acknowledged
+    /// to the plain source before the switch and never flushed there would
+    /// survive a SYNCHRONIZE CACHE that came after the switch only as far
+    /// as the source's cache: flushed here first, it is durable before any
+    /// flush of this volume can return.
     pub fn activate(&self) -> Result<()> {
         let legs = self.legs.read();
         legs.source().flush()
@@ -235,6 +240,11 @@ impl MigratingVolume {
             index.migrated_count(),
             index.regions()
         );
+        // The process before this one may have written the source (a write
+        // to a region not yet copied, or an abort's) and died before a
+        // flush: the first checkpoint flushes the source, whatever this
+        // process writes.
+        let source_written = true;
         Ok(Arc::new(Self::assemble(
             source,
             source_store,
@@ -242,6 +252,7 @@ impl MigratingVolume {
             target_store,
             record,
             index,
+            source_written,
         )))
     }
 
@@ -252,6 +263,7 @@ impl MigratingVolume {
         target_store: Arc<dyn MetaStore>,
         record: MigrationRecord,
         index: RegionIndex,
+        source_written: bool,
     ) -> Self {
         MigratingVolume {
             name: format!("{} (migrating from {})", record.target, record.source),
@@ -267,7 +279,7 @@ impl MigratingVolume {
             state: AtomicU8::new(state_code(record.state)),
             record: Mutex::new(record),
             fenced: AtomicBool::new(false),
-            source_written: AtomicBool::new(false),
+            source_written: AtomicBool::new(source_written),
             fence_reason: Mutex::new(None),
             foreground: crate::pace::Meter::default(),
             last_checkpoint: Mutex::new(Instant::now()),

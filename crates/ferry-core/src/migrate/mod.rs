@@ -109,8 +109,9 @@ pub struct MigratingVolume {
     state: AtomicU8,
     fenced: AtomicBool,
     fence_reason: Mutex<Option<String>>,
-    /// Set before a write to a region not yet copied reaches the source;
-    /// the next checkpoint flushes the source and clears it.
+    /// Set once a write to a region not yet copied has reached the source
+    /// (and on a resume: the process before may have left such writes
+    /// unflushed); the next checkpoint takes it and flushes the source.
     source_written: AtomicBool,
     /// Foreground commands and how long they took: the copier's pacer
     /// steers by it (`crate::pace`).

@@ -31,6 +31,7 @@
 //! source; the copier copies written regions back and clears their bits.
 use std::sync::atomic::Ordering;
 
+use super::steps::copy_extents;
 use super::{Legs, MigratingVolume};
 use crate::error::Result;
 use crate::faults;
@@ -67,6 +68,24 @@ impl MigratingVolume {
             }
         }
         runs
+    }
+
+    /// Moves region `r` to the target around `[at, at+len)`, which the
+    /// target already has, and marks it migrated.
+    fn copy_up(&self, legs: &Legs, r: u64, at: u64, len: u64) -> Result<()> {
+        let (start, end) = self.index.region_bounds(r);
+        let mut buf = Vec::new();
+        self.point(faults::WRITE_COPY_UP)?;
+        if at > start {
+            copy_extents(legs.source(), legs.target(), start, at, &mut buf)?;
+        }
+        if at + len < end {
+            copy_extents(legs.source(), legs.target(), at + len, end, &mut buf)?;
+        }
+        // ORDERING: data on the target first, then the migrated bit,
+        // confirmed by the next checkpoint (which flushes the target).
+        self.point(faults::WRITE_MARK_MIGRATED)?;
+        self.index.mark_migrated(&[r])
     }
 
     /// Sets region `r`'s written bit, if it is not set yet, before the
@@ -121,11 +140,23 @@ impl MigratingVolume {
         // and its batch is marked while this write runs (marking takes no
         // region lock), reads move to the target, which already has it.
         apply_target(at, len)?;
-        self.point(faults::WRITE_SOURCE)?;
-        // A failure here leaves the legs disagreeing on bytes a marked
-        // batch may route to the target: fence, as for an abort's writes.
-        apply(legs.source(), at, len, data, discard)
-            .inspect_err(|e| self.fence(&format!("a write to both legs failed half way: {e}")))?;
+        if let Err(e) = self
+            .point(faults::WRITE_SOURCE)
+            .and_then(|()| apply(legs.source(), at, len, data, discard))
+        {
+            // The source refused (a thin source on a full pool, which is
+            // what many migrations move away from): the target has the
+            // write, so move the region over now, the rest of it from the
+            // source, and route it to the target. Only if that fails too
+            // do the legs disagree: fence.
+            log::warn!(
+                "{}: the source refused a write to region {r} ({e}); copying the region to the target now",
+                self.name
+            );
+            return self.copy_up(legs, r, at, len).inspect_err(|e| {
+                self.fence(&format!("a write to both legs failed half way: {e}"))
+            });
+        }
         // ORDERING: the source-written flag is set once the source write
         // is done, before the write is acknowledged: a checkpoint that
         // takes the flag (`checkpoint.rs`) flushes the source after this
