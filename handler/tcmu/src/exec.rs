@@ -99,10 +99,15 @@ pub fn run(lun: &Lun, cdb: &[u8], data_out: &[&[u8]], data_in: &mut [&mut [u8]])
     let result = match data_in {
         [] => lun.execute(lio_nexus(), cdb, &data, &mut []).map(drop),
         [one] => lun.execute(lio_nexus(), cdb, &data, one).map(drop),
-        many => {
-            let total = many.iter().map(|s| s.len()).sum();
-            let mut buf = vec![0u8; total];
-            lun.execute(lio_nexus(), cdb, &data, &mut buf).map(|n| {
+        many => BOUNCE.with_borrow_mut(|buf| {
+            // A worker's buffer, kept between commands: allocating and
+            // freeing a MiB per read (mmap and munmap, with a TLB
+            // shootdown across the workers each time) cost more than the
+            // read itself at QD8.
+            let total: usize = many.iter().map(|s| s.len()).sum();
+            buf.clear();
+            buf.resize(total, 0);
+            let r = lun.execute(lio_nexus(), cdb, &data, buf).map(|n| {
                 let mut at = 0;
                 for seg in many.iter_mut() {
                     if at >= n {
@@ -112,8 +117,12 @@ pub fn run(lun: &Lun, cdb: &[u8], data_out: &[&[u8]], data_in: &mut [&mut [u8]])
                     seg[..k].copy_from_slice(&buf[at..at + k]);
                     at += k;
                 }
-            })
-        }
+            });
+            if buf.capacity() > BOUNCE_KEEP {
+                *buf = Vec::new();
+            }
+            r
+        }),
     };
     completion(result.map_err(|r| match r {
         Refusal::Check(s) => s,
@@ -123,6 +132,31 @@ pub fn run(lun: &Lun, cdb: &[u8], data_out: &[&[u8]], data_in: &mut [&mut [u8]])
             Sense::internal_failure()
         }
     }))
+}
+
+/// Largest bounce buffer a worker keeps between commands: the largest
+/// command LIO sends with ferry's defaults (`hw_max_sectors=2048` of up
+/// to 4 KiB blocks).
+const BOUNCE_KEEP: usize = 8 << 20;
+
+thread_local! {
+    /// A worker's buffer for reads whose data-in is scattered.
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Merges iovec segments `(address, length)` that follow each other in
+/// memory: tcmu's data area is one mapping and a command's blocks are
+/// often adjacent, so a 1 MiB command of 256 blocks is usually a handful
+/// of buffers, or one, which then needs no bounce buffer at all.
+pub fn coalesce(segments: impl IntoIterator<Item = (usize, usize)>) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (addr, len) in segments {
+        match out.last_mut() {
+            Some((a, l)) if a.checked_add(*l) == Some(addr) => *l += len,
+            _ => out.push((addr, len)),
+        }
+    }
+    out
 }
 
 /// The data-out of a command as one buffer (borrowed when it is one
@@ -257,6 +291,28 @@ mod tests {
         l.set_geometry(512, Some(1024)).unwrap();
         let r = read_cdb(1024 * 512, 512, 512).unwrap();
         assert_eq!(run(&l, &r, &[], &mut [&mut buf[..512]]).status, sts::RANGE);
+    }
+
+    #[test]
+    fn adjacent_segments_merge_and_others_stay_apart() {
+        assert_eq!(
+            coalesce([(0x1000, 0x1000), (0x2000, 0x1000), (0x3000, 0x800)]),
+            vec![(0x1000, 0x2800)]
+        );
+        assert_eq!(
+            coalesce([
+                (0x1000, 0x1000),
+                (0x5000, 0x1000),
+                (0x6000, 0x1000),
+                (0x1000, 0x10)
+            ]),
+            vec![(0x1000, 0x1000), (0x5000, 0x2000), (0x1000, 0x10)]
+        );
+        assert_eq!(coalesce([]), vec![]);
+        assert_eq!(
+            coalesce([(usize::MAX - 1, 1), (0, 4)]),
+            vec![(usize::MAX - 1, 1), (0, 4)]
+        );
     }
 
     #[test]

@@ -333,13 +333,18 @@ impl Segments {
         if iov.is_null() || cnt == 0 {
             return Segments(Vec::new());
         }
+        let raw = (0..cnt)
+            // SAFETY: per the contract; read unaligned, as nothing in
+            // tcmu-runner promises iovec arrays are aligned.
+            .map(|i| unsafe { std::ptr::read_unaligned(iov.add(i)) })
+            .filter(|v| !v.iov_base.is_null() && v.iov_len > 0)
+            .map(|v| (v.iov_base as usize, v.iov_len));
+        // Merged segments are adjacent ranges of the same mapping (tcmu's
+        // data area is one mapping), so each is one valid buffer.
         Segments(
-            (0..cnt)
-                // SAFETY: per the contract; read unaligned, as nothing in
-                // tcmu-runner promises iovec arrays are aligned.
-                .map(|i| unsafe { std::ptr::read_unaligned(iov.add(i)) })
-                .filter(|v| !v.iov_base.is_null() && v.iov_len > 0)
-                .map(|v| (v.iov_base.cast::<u8>(), v.iov_len))
+            exec::coalesce(raw)
+                .into_iter()
+                .map(|(addr, len)| (addr as *mut u8, len))
                 .collect(),
         )
     }
