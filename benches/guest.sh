@@ -28,7 +28,7 @@ command -v qemu-img >/dev/null || {
   echo "installing qemu-utils (qemu-img makes the qcow2 image)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-utils >/dev/null
 }
-(cd "$here" && cargo build --release -q -p ferry-tcmu --bin ferry -p ferry)
+(cd "$here" && cargo build --release -q --workspace --all-features)
 bash "$here/scripts/guest/build-image.sh" "$cache" >/dev/null
 
 share=$(mktemp -d /var/tmp/ferry-guest-bench.XXXXXX)
