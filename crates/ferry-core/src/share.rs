@@ -20,7 +20,7 @@
 //!   holds every copier of the process off until it ends.
 //!
 //! The arithmetic ([`fair_share`]) is plain and tested alone; the files
-//! are read and written only by [`CopyShare::refresh`].
+//! are read and written only by `CopyShare::refresh`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
