@@ -62,10 +62,15 @@ pub fn set_node_bandwidth(dir: &Path, bytes_per_sec: Option<u64>) -> std::io::Re
             std::fs::write(&tmp, format!("{b}\n"))?;
             std::fs::rename(&tmp, &path)
         }
-        None => match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
+        None => remove_if_present(&path),
+    }
+}
+
+/// Removes `path`; one already gone is not an error.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -190,13 +195,7 @@ impl CopyShare {
         if node.published != Some(ours) {
             let path = dir.join(format!("{SHARE_PREFIX}{me}"));
             let done = if ours == 0 {
-                std::fs::remove_file(&path).or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
+                remove_if_present(&path)
             } else {
                 std::fs::write(&path, format!("{ours}\n"))
             };
