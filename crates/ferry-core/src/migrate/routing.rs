@@ -82,8 +82,14 @@ impl MigratingVolume {
         if at + len < end {
             copy_extents(legs.source(), legs.target(), at + len, end, &mut buf)?;
         }
-        // ORDERING: data on the target first, then the migrated bit,
-        // confirmed by the next checkpoint (which flushes the target).
+        self.mark_on_target(r)
+    }
+
+    /// Marks region `r` migrated once all of its data is on the target.
+    fn mark_on_target(&self, r: u64) -> Result<()> {
+        // ORDERING: data on the target first, then the migrated bit; it is
+        // confirmed (trusted after power loss) by the next checkpoint,
+        // which flushes the target before it writes the confirmation.
         self.point(faults::WRITE_MARK_MIGRATED)?;
         self.index.mark_migrated(&[r])
     }
@@ -129,12 +135,7 @@ impl MigratingVolume {
         if (at, at + len) == (start, end) {
             // The whole region: nothing of the source's is left in it.
             apply_target(at, len)?;
-            // ORDERING: data on the target first, then the migrated bit;
-            // it is confirmed (trusted after power loss) by the next
-            // checkpoint, which flushes the target before it writes the
-            // confirmation.
-            self.point(faults::WRITE_MARK_MIGRATED)?;
-            return self.index.mark_migrated(&[r]);
+            return self.mark_on_target(r);
         }
         // ORDERING: the target first. If the copier copied this region
         // and its batch is marked while this write runs (marking takes no
