@@ -283,6 +283,7 @@ impl Progress {
             })
             .unwrap_or((0, None, Reading::default(), None));
         let budget = budget_of(&rec);
+        let priority = priority_of(&rec);
         let remaining = rec.size.saturating_sub(bytes_done);
         let eta_secs = match rec.state {
             MigrationState::Copying if rate > 0 => Some(remaining / rate),
@@ -309,7 +310,7 @@ impl Progress {
             impact_budget: (budget.impact * 100.0).round() as u32,
             impact: reading.impact.map(|i| (i * 1000.0).round() / 10.0),
             floor_rate: budget.floor,
-            priority: rec.priority.unwrap_or(DEFAULT_PRIORITY),
+            priority,
             node_bandwidth: allowance.map(|(limit, _)| limit),
             share_rate: allowance.map(|(_, share)| share),
         }
@@ -342,6 +343,11 @@ pub fn set_pace(rec: &mut crate::MigrationRecord, change: PaceChange) {
     if let Some(p) = change.priority {
         rec.priority = (p > 0).then_some(p);
     }
+}
+
+/// The priority a record asks for.
+fn priority_of(rec: &crate::MigrationRecord) -> u32 {
+    rec.priority.unwrap_or(DEFAULT_PRIORITY)
 }
 
 /// The pacing budget a record asks for.
@@ -439,7 +445,7 @@ impl Copier {
     /// Starts the copier with the controls stored in the record.
     pub fn spawn(vol: Arc<MigratingVolume>, config: CopierConfig) -> Result<Self> {
         let rec = vol.record();
-        let member = config.share.join(rec.priority.unwrap_or(DEFAULT_PRIORITY));
+        let member = config.share.join(priority_of(&rec));
         let control = Arc::new(CopierControl::new(&rec, member));
         let thread = {
             let vol = vol.clone();
@@ -506,9 +512,7 @@ impl Copier {
         self.vol.update_record(|r| set_pace(r, change))?;
         let rec = self.vol.record();
         *self.control.budget.lock() = budget_of(&rec);
-        self.control
-            .member
-            .set_priority(rec.priority.unwrap_or(DEFAULT_PRIORITY));
+        self.control.member.set_priority(priority_of(&rec));
         self.control.poke();
         Ok(())
     }
