@@ -8,6 +8,7 @@
 //! MODE SENSE, READ CAPACITY, REPORT LUNS, ...) are not handled here.
 #![forbid(unsafe_code)]
 
+pub mod alua;
 pub mod cache;
 pub mod cdb;
 pub mod exec;

@@ -14,6 +14,7 @@ pub const STATUS_RESERVATION_CONFLICT: u8 = 0x18;
 /// Sense keys used by ferry (SPC-4 table 28).
 pub mod key {
     pub const NO_SENSE: u8 = 0x00;
+    pub const NOT_READY: u8 = 0x02;
     pub const MEDIUM_ERROR: u8 = 0x03;
     pub const HARDWARE_ERROR: u8 = 0x04;
     pub const ILLEGAL_REQUEST: u8 = 0x05;
