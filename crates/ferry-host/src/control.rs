@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::lun::{Lun, StartOptions};
+use crate::port::{LunPort, PortInfo, PortRef};
 use crate::HostError;
 
 /// The directory holding control sockets.
@@ -103,6 +104,14 @@ pub enum Request {
         #[serde(default)]
         clear: bool,
     },
+    /// Gives the LUN's target port (served or standby) every ALUA port
+    /// group's state; this gateway is group `own_group`. Opens or closes
+    /// the volume when this gateway's own state changes.
+    Alua {
+        volume: String,
+        own_group: u16,
+        groups: Vec<ferry_scsi::alua::PortGroup>,
+    },
 }
 
 impl Request {
@@ -120,6 +129,7 @@ impl Request {
             | Request::Commit { volume, .. }
             | Request::CacheMode { volume, .. }
             | Request::Reservations { volume, .. }
+            | Request::Alua { volume, .. }
             | Request::Snapshot { volume, .. } => Some(volume),
         }
     }
@@ -152,6 +162,10 @@ pub struct Response {
     /// Where the reservations are saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservations_home: Option<String>,
+    /// The process's ALUA target ports (`list`), and a port's state after
+    /// an `alua` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortInfo>>,
 }
 
 impl Response {
@@ -191,6 +205,8 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 #[derive(Default)]
 pub struct Registry {
     luns: Mutex<BTreeMap<String, Weak<Lun>>>,
+    /// ALUA target ports, standby ones included, by configured spec.
+    ports: Mutex<BTreeMap<String, PortRef>>,
 }
 
 impl Registry {
@@ -202,6 +218,22 @@ impl Registry {
 
     pub fn remove(&self, lun: &Lun) {
         self.luns.lock().remove(&lun.spec().to_string());
+    }
+
+    pub fn add_port(&self, port: &Arc<LunPort>) {
+        self.ports
+            .lock()
+            .insert(port.spec().to_string(), Arc::downgrade(port));
+    }
+
+    pub fn remove_port(&self, port: &LunPort) {
+        self.ports.lock().remove(port.spec());
+    }
+
+    fn all_ports(&self) -> Vec<Arc<LunPort>> {
+        let mut map = self.ports.lock();
+        map.retain(|_, w| w.strong_count() > 0);
+        map.values().filter_map(Weak::upgrade).collect()
     }
 
     fn all(&self) -> Vec<Arc<Lun>> {
@@ -227,18 +259,41 @@ impl Registry {
                     cache_mode: l.cache_mode(),
                 })
                 .collect();
+            let ports = self.all_ports().iter().map(|p| PortInfo::of(p)).collect();
             return Response {
                 ok: true,
                 served: Some(served),
+                ports: Some(ports),
                 ..Default::default()
             };
         }
         let name = req.volume().unwrap_or_default();
+        if let Request::Alua {
+            own_group, groups, ..
+        } = req
+        {
+            let Some(port) = self.all_ports().into_iter().find(|p| p.answers_to(name)) else {
+                return Response::error(format!("this process has no ALUA port for {name}"));
+            };
+            let result = port.set(*own_group, groups.clone());
+            let info = Some(vec![PortInfo::of(&port)]);
+            return match result {
+                Ok(_) => Response {
+                    ok: true,
+                    ports: info,
+                    ..Default::default()
+                },
+                Err(e) => Response {
+                    ports: info,
+                    ..Response::error(e.to_string())
+                },
+            };
+        }
         let Some(lun) = self.find(name) else {
             return Response::error(format!("this process does not serve {name}"));
         };
         match req {
-            Request::List => unreachable!("handled above"),
+            Request::List | Request::Alua { .. } => unreachable!("handled above"),
             Request::Status { .. } => match lun.status() {
                 Some(p) => Response::progress(Ok(p)),
                 None => Response::error(format!("{name} is not being migrated")),
@@ -444,6 +499,23 @@ pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
         }
     }
     out
+}
+
+/// Every live control socket in `dir` with the ALUA ports its process
+/// has (standby ones included).
+pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Vec<PortInfo>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sock"))
+        .filter_map(|path| {
+            let resp = call(&path, &Request::List).ok()?;
+            Some((path, resp.ports.unwrap_or_default()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

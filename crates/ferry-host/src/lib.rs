@@ -8,6 +8,8 @@
 //!   [`Lun::execute`];
 //! - [`lun`]: a served LUN whose volume can start migrating, and finish,
 //!   underneath the front-end;
+//! - [`port`]: a LUN at one gateway's ALUA target port: active with its
+//!   volume open, or standby without opening it;
 //! - [`reservations`]: where a LUN's persistent reservations are saved
 //!   (with the volume, or wherever its slot points: the ZooKeeper map);
 //! - [`relay`]: how the target plugins reach reservations kept in the map,
@@ -22,6 +24,7 @@ pub mod command;
 pub mod control;
 mod error;
 pub mod lun;
+pub mod port;
 pub mod relay;
 pub mod reservations;
 pub mod snapshot;
@@ -34,4 +37,5 @@ pub use ferry_pr;
 pub use ferry_pr::{Nexus, Refusal};
 pub use ferry_scsi;
 pub use lun::{default_homes, set_default_homes, Lun, OpenOptions, StartOptions};
+pub use port::LunPort;
 pub use spec::VolumeSpec;
