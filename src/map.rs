@@ -225,6 +225,10 @@ pub struct NodeAdd {
     pub portal: String,
     #[arg(long, default_value = "tgt")]
     pub frontend: String,
+    /// The node's ALUA target port group id (1-65535); by default a hash
+    /// of its name. Set it only when two nodes' names collide.
+    #[arg(long)]
+    pub port_group: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -504,6 +508,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 name: a.name.clone(),
                 portal: a.portal.clone(),
                 frontend,
+                port_group: a.port_group,
             };
             n.validate()?;
             commit(store, &format!("added node {}", a.name), |_, m| {

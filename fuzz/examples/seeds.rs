@@ -401,6 +401,7 @@ fn map() -> ClusterMap {
                 } else {
                     Frontend::Lio
                 },
+                port_group: None,
             },
         );
     }

@@ -2,7 +2,7 @@
 //! (through configfs). Both take the same input, the snapshot and the
 //! LUNs this node serves, and change only what differs.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ferry_host::VolumeSpec;
 use ferry_map::{ChapCredential, Snapshot};
@@ -11,26 +11,46 @@ use crate::lio::{Lio, WantedLio};
 use crate::tgt::{diff, scsi_identity, TgtOp, Tgtadm, WantedTarget};
 use crate::AgentError;
 
+/// What a node's target should export.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exports {
+    /// LUNs this node owns (or is taking over): exported with the
+    /// volume open once the node's port group turns active.
+    pub serve: Vec<String>,
+    /// LUNs another node owns that this one may take over: exported in
+    /// standby, the volume not opened (front-ends with ALUA ports).
+    pub standby: Vec<String>,
+    /// This node's ALUA target port group.
+    pub group: Option<u16>,
+}
+
 /// A node's target.
 pub trait Frontend: Send {
     fn name(&self) -> &'static str;
-    /// Makes the target present exactly the LUNs in `serve` (with their
-    /// targets, ACLs and CHAP). Returns what failed, by LUN name where it
-    /// concerns one LUN; an error aborts the pass.
+    /// Makes the target present exactly the LUNs `exports` names (with
+    /// their targets, ACLs and CHAP). Returns what failed, by LUN name
+    /// where it concerns one LUN; an error aborts the pass.
     fn reconcile(
         &mut self,
         snap: &Snapshot,
-        serve: &[String],
+        exports: &Exports,
     ) -> Result<BTreeMap<String, String>, AgentError>;
     /// Stops serving every ferry LUN (fencing).
     fn clear(&mut self) -> Result<(), AgentError>;
+    /// Stops media access to every ferry LUN because this node lost the
+    /// map: by default by removing them ([`Frontend::clear`]).
+    fn fence(&mut self, run_dir: &Path) -> Result<(), AgentError> {
+        let _ = run_dir;
+        self.clear()
+    }
 }
 
-/// The targets this node presents when it serves `serve` (tgt's view:
-/// initiators per target).
-pub fn wanted_targets(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedTarget> {
+/// The targets this node presents for `exports` (tgt's view: initiators
+/// per target).
+pub fn wanted_targets(snap: &Snapshot, exports: &Exports) -> BTreeMap<String, WantedTarget> {
     let mut out: BTreeMap<String, WantedTarget> = BTreeMap::new();
-    for name in serve {
+    let standby = exports.standby.iter().map(|n| (n, true));
+    for (name, is_standby) in exports.serve.iter().map(|n| (n, false)).chain(standby) {
         let Some(l) = snap.map.luns.get(name) else {
             continue;
         };
@@ -41,8 +61,13 @@ pub fn wanted_targets(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, Wan
             luns: BTreeMap::new(),
             initiators: snap.map.initiators_of_target(&l.target),
             chap: t.chap.clone(),
+            standby: BTreeSet::new(),
+            group: exports.group,
         });
         w.luns.insert(l.lun, (l.name.clone(), l.spec.clone()));
+        if is_standby {
+            w.standby.insert(l.lun);
+        }
     }
     out
 }
@@ -85,9 +110,9 @@ impl Frontend for TgtFrontend {
     fn reconcile(
         &mut self,
         snap: &Snapshot,
-        serve: &[String],
+        exports: &Exports,
     ) -> Result<BTreeMap<String, String>, AgentError> {
-        let wanted = wanted_targets(snap, serve);
+        let wanted = wanted_targets(snap, exports);
         let shown = self.tgt.show()?;
         let ops = diff(&shown, &wanted, &self.chap);
         if !ops.is_empty() {
@@ -176,6 +201,23 @@ impl Frontend for TgtFrontend {
         Ok(errors)
     }
 
+    /// Turns every ferry port of this node's tgtd unavailable (each
+    /// closes its volume; the LUNs stay exported, so initiators see the
+    /// state rather than a LUN gone); removes the LUNs if any port cannot
+    /// be reached.
+    fn fence(&mut self, run_dir: &Path) -> Result<(), AgentError> {
+        match crate::ports::make_all_unavailable(run_dir) {
+            Ok(n) => {
+                log::warn!("fenced: {n} target port(s) unavailable");
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("fencing by port state failed ({e}); removing the LUNs");
+                self.clear()
+            }
+        }
+    }
+
     fn clear(&mut self) -> Result<(), AgentError> {
         let shown = self.tgt.show()?;
         let mut first = Ok(());
@@ -226,16 +268,9 @@ pub fn wanted_lio(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedL
 }
 
 fn volume_size(spec: &str) -> Result<u64, String> {
-    let parsed = VolumeSpec::parse(spec).map_err(|e| e.to_string())?;
-    if let Some(path) = parsed.file_path() {
-        // The file may be locked by a process serving it; its length is
-        // all a new backstore needs.
-        return std::fs::metadata(path)
-            .map(|m| m.len())
-            .map_err(|e| format!("{}: {e}", path.display()));
-    }
-    let (vol, _) = parsed.open_read_only().map_err(|e| e.to_string())?;
-    Ok(vol.size())
+    VolumeSpec::parse(spec)
+        .and_then(|s| s.size_unlocked())
+        .map_err(|e| e.to_string())
 }
 
 impl LioFrontend {
@@ -258,17 +293,19 @@ impl Frontend for LioFrontend {
         "lio"
     }
 
+    /// LIO exports only the LUNs this node serves: handler_ferry has no
+    /// ALUA ports yet, so a standby export would open the volume.
     fn reconcile(
         &mut self,
         snap: &Snapshot,
-        serve: &[String],
+        exports: &Exports,
     ) -> Result<BTreeMap<String, String>, AgentError> {
         if !self.root.join("core").is_dir() {
             return Err(AgentError::NoLio {
                 root: self.root.clone(),
             });
         }
-        let wanted = wanted_lio(snap, serve);
+        let wanted = wanted_lio(snap, &exports.serve);
         Ok(self
             .lio(snap)
             .reconcile(&wanted, &volume_size, &|name| scsi_identity(name).1))

@@ -29,6 +29,7 @@
 mod error;
 pub mod frontend;
 pub mod lio;
+pub mod ports;
 pub mod reservations;
 pub mod tgt;
 
@@ -39,14 +40,15 @@ use std::time::{Duration, Instant};
 
 use ferry_core::MigrationState;
 use ferry_host::control::{self, Request};
+use ferry_host::ferry_scsi::alua::AccessState;
 use ferry_host::StartOptions;
-use ferry_map::placement::{plan, NodePlan};
+use ferry_map::placement::{hand_over_to, plan, NodePlan};
 use ferry_map::state::{now_ms, LiveNode, MigrationAction, MigrationStatus, NodeStatus, Snapshot};
 use ferry_map::store::{Event, MapStore, Session};
 use ferry_map::MapError;
 
 pub use crate::error::AgentError;
-pub use crate::frontend::{Frontend, LioFrontend, PrepareLun, TgtFrontend};
+pub use crate::frontend::{Exports, Frontend, LioFrontend, PrepareLun, TgtFrontend};
 
 /// How often a pass runs anyway while something waits: a claim turn, a
 /// retry after an error, a migration in progress.
@@ -80,6 +82,9 @@ pub struct Agent {
     fenced: bool,
     /// LUNs claimed whose previous server is not fenced yet.
     unfenced: BTreeSet<String>,
+    /// The node list of each LUN this node serves, as it was when it
+    /// started serving it: a later change of the order is a planned move.
+    served_with: BTreeMap<String, Vec<String>>,
     /// When a snapshot of the store last succeeded.
     last_contact: Instant,
 }
@@ -103,6 +108,7 @@ impl Agent {
             unowned_since: BTreeMap::new(),
             fenced: false,
             unfenced: BTreeSet::new(),
+            served_with: BTreeMap::new(),
             last_contact: Instant::now(),
         }
     }
@@ -175,10 +181,11 @@ impl Agent {
         self.registered = false;
     }
 
-    /// Removes every ferry LUN from the local target; retried by later
-    /// passes until it succeeds.
+    /// Stops media access to every ferry LUN of the local target (tgt:
+    /// its ports turn unavailable; otherwise the LUNs are removed);
+    /// retried by later passes until it succeeds.
     fn fence(&mut self) {
-        match self.cfg.frontend.clear() {
+        match self.cfg.frontend.fence(&self.cfg.run_dir) {
             Ok(()) => self.fenced = true,
             Err(e) => log::error!("fencing failed (retrying): {e}"),
         }
@@ -240,7 +247,7 @@ impl Agent {
         }
         let mut report = PassReport::default();
         let p = plan(&snap, &node);
-        let serve = self.claim_turns(&snap, &p, &mut report)?;
+        let (serve, taking_over) = self.claim_turns(&snap, &p, &mut report)?;
         if let Some(n) = snap.map.nodes.get(&node) {
             let want = match n.frontend {
                 ferry_map::Frontend::Tgt => "tgt",
@@ -254,8 +261,85 @@ impl Agent {
                 });
             }
         }
-        let failed = self.cfg.frontend.reconcile(&snap, &serve)?;
+        // A LUN whose node order changed since this node started serving
+        // it goes to the new first live node: demoted here (its volume
+        // closed and flushed), then its claim released.
+        self.served_with.retain(|l, _| serve.contains(l));
+        let mut handing = Vec::new();
+        for lun in &serve {
+            let Some(l) = snap.map.luns.get(lun) else {
+                continue;
+            };
+            let with = self
+                .served_with
+                .entry(lun.clone())
+                .or_insert_with(|| l.nodes.clone());
+            if let Some(to) = hand_over_to(&snap, l, &node, with) {
+                log::info!("node {node}: handing LUN {lun} to {to} (node order changed)");
+                handing.push(lun.clone());
+            }
+        }
+        let serve: Vec<String> = serve.into_iter().filter(|l| !handing.contains(l)).collect();
+        let exports = Exports {
+            serve: serve.clone(),
+            standby: p
+                .standby
+                .iter()
+                .chain(&taking_over)
+                .chain(&handing)
+                .filter(|l| !serve.contains(l))
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            group: snap.map.nodes.get(&node).map(|n| n.port_group()),
+        };
+        let failed = self.cfg.frontend.reconcile(&snap, &exports)?;
         report.errors.extend(failed);
+        // Port states, where the front-end has ports (tgt): own group
+        // active where this node serves, transitioning while it takes
+        // over or hands over, standby elsewhere.
+        let mut active = BTreeSet::new();
+        if self.cfg.frontend.name() == "tgt" {
+            let own_state = |lun: &String| {
+                if serve.contains(lun) {
+                    AccessState::ActiveOptimized
+                } else if taking_over.contains(lun) || handing.contains(lun) {
+                    AccessState::Transitioning
+                } else {
+                    AccessState::Standby
+                }
+            };
+            let wanted: BTreeMap<String, ports::WantedPort> = serve
+                .iter()
+                .chain(&exports.standby)
+                .filter(|l| !report.errors.contains_key(*l))
+                .filter_map(|l| {
+                    ports::wanted_port(&snap, l, &node, own_state(l)).map(|w| (l.clone(), w))
+                })
+                .collect();
+            for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted) {
+                match r {
+                    Ok(s) if s.is_active() => {
+                        active.insert(lun);
+                    }
+                    Ok(_) => {}
+                    Err(why) => {
+                        report.errors.insert(lun, format!("target port: {why}"));
+                    }
+                }
+            }
+        } else {
+            active.extend(serve.iter().cloned());
+        }
+        // Ordering: a handed-over LUN's claim goes only once its port
+        // here is no longer active (its volume closed and flushed).
+        for lun in &handing {
+            if !active.contains(lun) && !report.errors.contains_key(lun) {
+                self.store()?.release(lun, &node)?;
+                self.served_with.remove(lun);
+            }
+        }
         let failed_luns: BTreeSet<String> = report.errors.keys().cloned().collect();
         // Give up a claim only once the target no longer serves the LUN:
         // its removal did not fail (failures of LUNs the map no longer
@@ -269,8 +353,11 @@ impl Agent {
         self.fenced = false;
         report.serving = serve
             .into_iter()
-            .filter(|l| !failed_luns.contains(l))
+            .filter(|l| !failed_luns.contains(l) && active.contains(l))
             .collect();
+        if !handing.is_empty() || !taking_over.is_empty() {
+            report.next = Some(report.next.map_or(RETRY / 4, |n| n.min(RETRY / 4)));
+        }
         self.sync_cache_modes(&snap, &report.serving, &mut report.errors);
         let migrating = self.migrations(&snap, &report.serving)?;
         if !report.errors.is_empty() || migrating {
@@ -286,13 +373,14 @@ impl Agent {
         Ok(report)
     }
 
-    /// Takes the claims whose turn came; returns the LUNs to serve.
+    /// Takes the claims whose turn came; returns the LUNs to serve and
+    /// those this node holds but whose previous server is not fenced yet.
     fn claim_turns(
         &mut self,
         snap: &Snapshot,
         p: &NodePlan,
         report: &mut PassReport,
-    ) -> Result<Vec<String>, MapError> {
+    ) -> Result<(Vec<String>, Vec<String>), MapError> {
         let node = self.cfg.node.clone();
         let mut serve = p.serve.clone();
         self.unowned_since.retain(|l, _| p.claim.contains_key(l));
@@ -317,6 +405,7 @@ impl Agent {
         // retried.
         self.unfenced.retain(|l| serve.contains(l));
         let pending: Vec<String> = self.unfenced.iter().cloned().collect();
+        let mut taking_over = Vec::new();
         for lun in pending {
             match self.fence_previous(&lun, snap) {
                 Ok(()) => {
@@ -326,11 +415,12 @@ impl Agent {
                     log::error!("node {node}: LUN {lun}: fencing its previous server failed: {e}");
                     report.errors.insert(lun.clone(), format!("fencing: {e}"));
                     serve.retain(|l| *l != lun);
+                    taking_over.push(lun);
                 }
             }
         }
         serve.sort();
-        Ok(serve)
+        Ok((serve, taking_over))
     }
 
     /// Fences whoever served a LUN before this node claimed it (see

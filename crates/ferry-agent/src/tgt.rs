@@ -90,8 +90,32 @@ pub fn parse_show(text: &str) -> Vec<ShownTarget> {
 pub struct WantedTarget {
     /// LUN number -> (LUN name, volume spec).
     pub luns: BTreeMap<u32, (String, String)>,
+    /// The LUNs (by number) this node exports in standby: another node
+    /// owns them.
+    pub standby: BTreeSet<u32>,
+    /// This node's ALUA target port group.
+    pub group: Option<u16>,
     pub initiators: BTreeSet<String>,
     pub chap: Option<ChapCredential>,
+}
+
+/// How a new LU's ALUA target port starts (bs_ferry's `--bsopts alua=`
+/// and `tpg=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStart {
+    /// Standby: the volume is not opened until the agent turns the
+    /// node's group active.
+    pub standby: bool,
+    pub group: Option<u16>,
+}
+
+impl PortStart {
+    fn of(w: &WantedTarget, lun: u32) -> PortStart {
+        PortStart {
+            standby: w.standby.contains(&lun),
+            group: w.group,
+        }
+    }
 }
 
 /// One tgtadm step.
@@ -122,6 +146,7 @@ pub enum TgtOp {
         lun: u32,
         name: String,
         spec: String,
+        port: PortStart,
     },
     Bind {
         tid: u32,
@@ -181,6 +206,7 @@ pub fn diff(
                     lun: *n,
                     name: name.clone(),
                     spec: spec.clone(),
+                    port: PortStart::of(w, *n),
                 });
             }
         }
@@ -229,6 +255,7 @@ pub fn diff(
                 lun: *n,
                 name: name.clone(),
                 spec: spec.clone(),
+                port: PortStart::of(w, *n),
             });
         }
         for a in &w.initiators {
@@ -394,7 +421,16 @@ impl Tgtadm {
                 lun,
                 name,
                 spec,
+                port,
             } => {
+                let mut bsopts: Vec<String> =
+                    cache.map(|c| format!("cache={c}")).into_iter().collect();
+                if port.standby {
+                    bsopts.push("alua=standby".into());
+                }
+                if let Some(g) = port.group {
+                    bsopts.push(format!("tpg={g}"));
+                }
                 self.run(
                     &[
                         "--mode",
@@ -410,7 +446,7 @@ impl Tgtadm {
                         "--backing-store",
                         spec,
                         "--bsopts",
-                        &cache.map(|c| format!("cache={c}")).unwrap_or_default(),
+                        &bsopts.join(";"),
                     ],
                     false,
                 )?;
@@ -566,6 +602,7 @@ Target 4: iqn.2026-11.org.other:plain
                 luns: BTreeMap::from([(1, ("l1".into(), "/tmp/probe.img".into()))]),
                 initiators: ["iqn.1994-05.com.redhat:host1".to_string()].into(),
                 chap: Some(chap.clone()),
+                ..WantedTarget::default()
             },
         )]);
         (wanted, chap)
@@ -596,6 +633,7 @@ Target 4: iqn.2026-11.org.other:plain
                     luns: BTreeMap::from([(2, ("l2".into(), "/v/l2".into()))]),
                     initiators: BTreeSet::new(),
                     chap: None,
+                    ..WantedTarget::default()
                 },
             ),
             (
@@ -604,6 +642,8 @@ Target 4: iqn.2026-11.org.other:plain
                     luns: BTreeMap::from([(1, ("n1".into(), "/v/n1".into()))]),
                     initiators: ["iqn.2026-11.org.ferry:h".to_string()].into(),
                     chap: None,
+                    standby: [1].into(),
+                    group: Some(9),
                 },
             ),
         ]);
@@ -628,7 +668,8 @@ Target 4: iqn.2026-11.org.other:plain
                     tid: 3,
                     lun: 2,
                     name: "l2".into(),
-                    spec: "/v/l2".into()
+                    spec: "/v/l2".into(),
+                    port: PortStart::default(),
                 },
                 TgtOp::NewTarget {
                     tid: 1,
@@ -638,7 +679,11 @@ Target 4: iqn.2026-11.org.other:plain
                     tid: 1,
                     lun: 1,
                     name: "n1".into(),
-                    spec: "/v/n1".into()
+                    spec: "/v/n1".into(),
+                    port: PortStart {
+                        standby: true,
+                        group: Some(9),
+                    },
                 },
                 TgtOp::Bind {
                     tid: 1,

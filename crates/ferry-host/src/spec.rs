@@ -85,6 +85,20 @@ impl VolumeSpec {
         self.backend.open(Access::ReadOnly)
     }
 
+    /// The volume's size, learned without taking the volume: a file's
+    /// length (the file may be locked by the process serving it), an
+    /// image opened read-only (no exclusive lock, no data read). What a
+    /// standby port reports as the LUN's capacity.
+    pub fn size_unlocked(&self) -> Result<u64> {
+        if let Some(path) = self.file_path() {
+            return std::fs::metadata(path).map(|m| m.len()).map_err(|e| {
+                ferry_core::Error::volume_io("stat", &path.display().to_string(), 0, e)
+            });
+        }
+        let (vol, _) = self.open_read_only()?;
+        Ok(vol.size())
+    }
+
     /// Fences every other client of the volume before this process (or
     /// the target it configures) starts serving it after a failover;
     /// returns what was fenced. RBD: blocklist the image's other clients

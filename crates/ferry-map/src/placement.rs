@@ -36,11 +36,88 @@ pub fn candidates<'a>(snap: &'a Snapshot, lun: &'a Lun) -> Vec<&'a str> {
         .collect()
 }
 
+/// The nodes permitted to serve `lun`, live or not, most preferred
+/// first: its node list, or every node of the map in name order.
+pub fn permitted<'a>(snap: &'a Snapshot, lun: &'a Lun) -> Vec<&'a str> {
+    if lun.nodes.is_empty() {
+        snap.map.nodes.keys().map(String::as_str).collect()
+    } else {
+        lun.nodes
+            .iter()
+            .map(String::as_str)
+            .filter(|n| snap.map.nodes.contains_key(*n))
+            .collect()
+    }
+}
+
+/// What a node's target port group is for a LUN, as the map says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It holds the LUN's claim.
+    Owner,
+    /// Live, and may take the LUN over.
+    Standby,
+    /// Not live (or gone from the map).
+    Down,
+}
+
+/// One node's target port group for a LUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub node: String,
+    pub group: u16,
+    pub role: Role,
+    /// The LUN's most preferred node.
+    pub preferred: bool,
+}
+
+/// Every permitted node's port group for `lun`, as every node derives it
+/// from the same snapshot (so RTPG agrees on every path).
+pub fn port_groups(snap: &Snapshot, lun: &Lun) -> Vec<GroupView> {
+    let owner = snap.owners.get(&lun.name).map(String::as_str);
+    permitted(snap, lun)
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| GroupView {
+            node: n.to_string(),
+            group: snap.map.nodes[n].port_group(),
+            role: if owner == Some(n) {
+                Role::Owner
+            } else if snap.live.contains_key(n) {
+                Role::Standby
+            } else {
+                Role::Down
+            },
+            preferred: i == 0,
+        })
+        .collect()
+}
+
+/// Whether the owner `me` of `lun` should hand it to a more preferred
+/// live node because the map's node order changed since `me` started
+/// serving it (`served_with`: the LUN's node list then). A node coming
+/// back does not take its LUNs back by itself: only an edit of the
+/// order moves a LUN (no failback ping-pong).
+pub fn hand_over_to<'a>(
+    snap: &'a Snapshot,
+    lun: &'a Lun,
+    me: &str,
+    served_with: &[String],
+) -> Option<&'a str> {
+    if lun.nodes == served_with {
+        return None;
+    }
+    candidates(snap, lun).first().copied().filter(|n| *n != me)
+}
+
 /// What one node should do about the LUNs of a snapshot.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct NodePlan {
     /// LUNs this node holds the claim of and should serve.
     pub serve: Vec<String>,
+    /// LUNs this node may serve but another node holds (or nobody yet):
+    /// exported in standby, the volume not opened.
+    pub standby: Vec<String>,
     /// Unclaimed LUNs this node may claim, with how long to wait first.
     pub claim: BTreeMap<String, Duration>,
     /// Claims this node holds but should give up (LUN removed from the
@@ -61,11 +138,16 @@ pub fn plan(snap: &Snapshot, me: &str) -> NodePlan {
                     p.release.push(name.clone());
                 }
             }
-            Some(_) => {}
+            Some(_) => {
+                if permitted && snap.map.nodes.contains_key(me) {
+                    p.standby.push(name.clone());
+                }
+            }
             None => {
                 if let Some(rank) = candidates(snap, lun).iter().position(|n| *n == me) {
                     // rank < number of nodes, far below u32::MAX.
                     p.claim.insert(name.clone(), CLAIM_STEP * rank as u32);
+                    p.standby.push(name.clone());
                 }
             }
         }
@@ -93,6 +175,7 @@ mod tests {
                     name: n.to_string(),
                     portal: "127.0.0.1:3260".into(),
                     frontend: Frontend::Tgt,
+                    port_group: None,
                 },
             );
         }
@@ -139,8 +222,53 @@ mod tests {
         let mut s = snap(&["a", "b"], &["a", "b"]);
         lun(&mut s, "l", &["a", "b"]);
         s.owners.insert("l".into(), "b".into());
-        assert_eq!(plan(&s, "a"), NodePlan::default());
+        assert_eq!(
+            plan(&s, "a"),
+            NodePlan {
+                standby: vec!["l".into()],
+                ..NodePlan::default()
+            }
+        );
         assert_eq!(plan(&s, "b").serve, vec!["l".to_string()]);
+        // The node list is what b served with: no hand-over.
+        let l = &s.map.luns["l"];
+        assert_eq!(hand_over_to(&s, l, "b", &l.nodes), None);
+    }
+
+    #[test]
+    fn a_changed_node_order_hands_the_lun_to_the_new_first_live_node() {
+        let mut s = snap(&["a", "b", "c"], &["a", "b"]);
+        lun(&mut s, "l", &["b", "a"]);
+        s.owners.insert("l".into(), "a".into());
+        let before = vec!["a".to_string(), "b".to_string()];
+        let l = &s.map.luns["l"];
+        assert_eq!(hand_over_to(&s, l, "a", &before), Some("b"));
+        // Not to a node that is down.
+        lun(&mut s, "l", &["c", "a"]);
+        let l = &s.map.luns["l"];
+        assert_eq!(hand_over_to(&s, l, "a", &before), None);
+    }
+
+    #[test]
+    fn every_node_sees_the_same_port_groups() {
+        let mut s = snap(&["a", "b", "c"], &["a", "b"]);
+        lun(&mut s, "l", &["b", "a", "c"]);
+        s.owners.insert("l".into(), "a".into());
+        let g = port_groups(&s, &s.map.luns["l"]);
+        let roles: Vec<_> = g
+            .iter()
+            .map(|v| (v.node.as_str(), v.role, v.preferred))
+            .collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("b", Role::Standby, true),
+                ("a", Role::Owner, false),
+                ("c", Role::Down, false)
+            ]
+        );
+        assert_eq!(g[0].group, s.map.nodes["b"].port_group());
+        assert_ne!(g[0].group, g[1].group);
     }
 
     #[test]
@@ -152,6 +280,7 @@ mod tests {
         let p = plan(&s, "a");
         assert_eq!(p.release, vec!["l".to_string(), "gone".to_string()]);
         assert!(p.serve.is_empty());
+        assert!(p.standby.is_empty(), "a may not serve l at all");
     }
 
     #[test]

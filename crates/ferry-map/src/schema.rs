@@ -131,6 +131,11 @@ pub struct Node {
     pub portal: String,
     #[serde(default)]
     pub frontend: Frontend,
+    /// The node's ALUA target port group (and relative target port) id,
+    /// the same for every LUN it exports; by default a hash of its name
+    /// ([`Node::port_group`]). Set it only to break a collision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_group: Option<u16>,
 }
 
 /// The whole desired state.
@@ -271,7 +276,28 @@ impl Target {
 impl Node {
     pub fn validate(&self) -> Result<(), MapError> {
         check_name(Kind::Node, &self.name)?;
+        if self.port_group == Some(0) {
+            return Err(MapError::invalid(format!(
+                "node {}: port group 0 is reserved (1 to 65535)",
+                self.name
+            )));
+        }
         check_portal(&self.portal)
+    }
+
+    /// The node's target port group id: `port_group`, or a stable hash
+    /// of its name into 1..=65535, so every node names every other
+    /// node's group alike without agreeing on anything else.
+    pub fn port_group(&self) -> u16 {
+        self.port_group.unwrap_or_else(|| {
+            let mut h: u32 = 0x811c9dc5;
+            for b in self.name.bytes() {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x01000193);
+            }
+            // 1..=65535: fits u16.
+            (h % 0xffff + 1) as u16
+        })
     }
 }
 
@@ -324,9 +350,17 @@ impl ClusterMap {
                 }
             }
         }
+        let mut groups = BTreeMap::new();
         for (k, n) in &self.nodes {
             check_key(Kind::Node, k, &n.name)?;
             n.validate()?;
+            if let Some(other) = groups.insert(n.port_group(), &n.name) {
+                return Err(MapError::invalid(format!(
+                    "nodes {other} and {} both have port group {}; give one its own port_group",
+                    n.name,
+                    n.port_group()
+                )));
+            }
         }
         let mut numbers = BTreeMap::new();
         let mut specs = BTreeMap::new();
@@ -490,6 +524,7 @@ mod tests {
                 name: "a".into(),
                 portal: "127.0.0.1:3260".into(),
                 frontend: Frontend::Tgt,
+                port_group: None,
             },
         );
         m.luns.insert(

@@ -161,7 +161,7 @@ pub fn report_target_port_groups(
         out.push(0x80 | 0x08 | 0x04 | 0x01);
         out.extend_from_slice(&g.id.to_be_bytes());
         out.push(0); // reserved
-        // Status: 02h when the map changed the state, 00h otherwise.
+                     // Status: 02h when the map changed the state, 00h otherwise.
         out.push(0x02);
         out.push(0); // vendor specific
         out.push(1); // one target port
@@ -189,19 +189,6 @@ pub fn port_designators(group: u16) -> [u8; 16] {
         d[at + 6..at + 8].copy_from_slice(&group.to_be_bytes());
     }
     d
-}
-
-/// The target port group id of a gateway node: a stable hash of its
-/// name into 1..=65535 (0 is reserved), the same wherever it is
-/// computed, so every node names every other node's group alike.
-pub fn group_id_of(node: &str) -> u16 {
-    let mut h: u32 = 0x811c9dc5;
-    for b in node.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x01000193);
-    }
-    // 1..=65535: fits u16.
-    (h % 0xffff + 1) as u16
 }
 
 #[cfg(test)]
@@ -258,7 +245,10 @@ mod tests {
         assert_eq!(r.len(), 8 + 24);
         let short = report_target_port_groups(&rtpg(false, 6), &groups(), 10).unwrap();
         assert_eq!(short.len(), 6);
-        assert_eq!(u32::from_be_bytes([short[0], short[1], short[2], short[3]]), 24);
+        assert_eq!(
+            u32::from_be_bytes([short[0], short[1], short[2], short[3]]),
+            24
+        );
         assert!(report_target_port_groups(&[0xa3, 0x0a], &groups(), 0).is_err());
         assert!(report_target_port_groups(&rtpg(false, 0)[..11], &groups(), 0).is_err());
     }
@@ -286,14 +276,5 @@ mod tests {
         assert_eq!(AccessState::Transitioning.refusal().unwrap().asc, 0x040a);
         assert_eq!(AccessState::Unavailable.refusal().unwrap().asc, 0x040c);
         assert!(AccessState::ActiveOptimized.refusal().is_none());
-    }
-
-    #[test]
-    fn group_ids_are_stable_and_never_zero() {
-        assert_eq!(group_id_of("gw-a"), group_id_of("gw-a"));
-        assert_ne!(group_id_of("gw-a"), group_id_of("gw-b"));
-        for n in ["", "a", "node-1", "node-2"] {
-            assert_ne!(group_id_of(n), 0);
-        }
     }
 }

@@ -12,8 +12,11 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 #[non_exhaustive]
 pub enum Error {
     /// `--bsopts` carries an option bs_ferry does not take.
-    #[error("unknown --bsopts option {key:?} (bs_ferry takes cache=<mode>)")]
+    #[error("unknown --bsopts option {key:?} (bs_ferry takes cache=<mode>, alua=active|standby, tpg=<id>)")]
     UnknownOption { key: String },
+    /// A `--bsopts` option with a value it cannot take.
+    #[error("--bsopts {key}: {why}")]
+    BadOption { key: &'static str, why: String },
     /// `--bsopts cache=` names no cache mode.
     #[error("{0}")]
     CacheMode(String),

@@ -94,6 +94,8 @@ pub const ATTR_LU_VPD: usize = 152;
 /// provisioning (0xb2) VPD pages: the index is `page & 0x7f`.
 pub const VPD_BLOCK_LIMITS: usize = 0xb0 & 0x7f;
 pub const VPD_LB_PROVISIONING: usize = 0xb2 & 0x7f;
+/// The device identification page's slot.
+pub const VPD_DEVICE_ID: usize = 0x83 & 0x7f;
 
 /// `struct vpd` (tgtd.h): the update hook, and the page's bytes after
 /// its 4-byte header in `data[]` at [`VPD_DATA`].

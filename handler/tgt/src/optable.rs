@@ -37,6 +37,7 @@ use std::ffi::c_long;
 use std::sync::Arc;
 
 use ferry_pr::{Nexus, Refusal};
+use ferry_scsi::alua;
 use parking_lot::Mutex;
 
 use crate::ffi::{self, CmdPerform};
@@ -109,6 +110,8 @@ pub fn handler_of(op: usize) -> usize {
 pub enum Admission {
     /// Answer now with this refusal.
     Refuse(Refusal),
+    /// Answer now with this data-in (REPORT TARGET PORT GROUPS).
+    Reply(Vec<u8>),
     /// Answer CHECK CONDITION without sense (no CDB, or no handler).
     Fail,
     /// Hand it to the workers (GET LBA STATUS).
@@ -117,9 +120,15 @@ pub enum Admission {
     Run(CmdPerform),
 }
 
-/// Decides on a command with CDB `cdb` for the LU of `slot`, checking
-/// it against the reservations: `nexus` names the command's nexus (asked
-/// only while a reservation exists or a unit attention is owed), and
+/// How long initiators are told an implicit transition may take: the
+/// map store's session timeout plus a takeover's fencing, in seconds.
+pub const TRANSITION_SECS: u8 = 30;
+
+/// Decides on a command with CDB `cdb` for the LU of `slot`: a port that
+/// is not active refuses media access with its state's sense; REPORT
+/// TARGET PORT GROUPS is answered here; the rest is checked against the
+/// reservations: `nexus` names the command's nexus (asked only while a
+/// reservation exists or a unit attention is owed), and
 /// `max_compare_and_write` reads the LU's block limits (asked only for
 /// COMPARE AND WRITE).
 pub fn admit(
@@ -131,7 +140,19 @@ pub fn admit(
     let Some(op) = cdb.first().map(|&b| b as usize) else {
         return Admission::Fail;
     };
-    if let Some(lun) = &slot.lun {
+    if let Some(refusal) = slot.state().refusal() {
+        if !alua::answered_when_inactive(cdb) {
+            return Admission::Refuse(Refusal::Check(refusal));
+        }
+    }
+    if alua::is_report_target_port_groups(cdb) {
+        let groups = slot.port.as_ref().map(|p| p.groups()).unwrap_or_default();
+        return match alua::report_target_port_groups(cdb, &groups, TRANSITION_SECS) {
+            Ok(data) => Admission::Reply(data),
+            Err(sense) => Admission::Refuse(Refusal::Check(sense)),
+        };
+    }
+    if let Some(lun) = slot.lun() {
         if !lun.reservations().is_quiet() {
             let nexus = nexus();
             if let Err(refusal) = lun.pr_check(&nexus, cdb) {

@@ -104,6 +104,12 @@ impl Runtime {
         }
     }
 
+    /// Completes `done` without running it (a command answered with a
+    /// refusal found after tgtd had handed it over).
+    pub fn answer(&self, done: Done) {
+        self.completions.push(done);
+    }
+
     /// The commands done since the last call, for tgtd's main thread to
     /// complete; resets the eventfd.
     pub fn finished(&self) -> Vec<Done> {

@@ -259,10 +259,48 @@ unsafe extern "C" fn bs_open(
                     }
                 }
             }
+            name_the_port(vpds.add(ffi::VPD_DEVICE_ID), slot.group());
         }
         log::info!("{spec}: open, {} bytes", opened.bytes);
         0
     })
+}
+
+/// Appends the relative target port and target port group designators
+/// ([`ferry_scsi::alua::port_designators`]) to the LU's device
+/// identification page, which tgtd builds without them: the page is
+/// reallocated one designator pair longer (tgtd frees it with `free`,
+/// and its `vpd_update` rewrites only the designators before them, at
+/// fixed offsets).
+///
+/// # Safety
+/// `slot` is the LU's VPD table entry for page 83h, on tgtd's main thread
+/// with no command of the LU running.
+unsafe fn name_the_port(slot: *mut *mut ffi::Vpd, group: u16) {
+    let extra = ferry_scsi::alua::port_designators(group);
+    // SAFETY: per the contract; the old page is tgtd's allocation of
+    // VPD_DATA + size bytes, the new one calloc'd for the longer page.
+    unsafe {
+        let old = *slot;
+        if old.is_null() {
+            return;
+        }
+        let size = usize::from((*old).size);
+        let Ok(new_size) = u16::try_from(size + extra.len()) else {
+            return;
+        };
+        let new = libc::calloc(1, ffi::VPD_DATA + usize::from(new_size)).cast::<ffi::Vpd>();
+        if new.is_null() {
+            log::warn!("no memory to name the target port in VPD page 83h");
+            return;
+        }
+        std::ptr::copy_nonoverlapping(old.cast::<u8>(), new.cast::<u8>(), ffi::VPD_DATA + size);
+        (*new).size = new_size;
+        let data = new.cast::<u8>().add(ffi::VPD_DATA + size);
+        std::ptr::copy_nonoverlapping(extra.as_ptr(), data, extra.len());
+        *slot = new;
+        libc::free(old.cast());
+    }
 }
 
 unsafe extern "C" fn bs_close(lu: *mut ScsiLu) {
@@ -362,10 +400,30 @@ unsafe fn submit(cmd: *mut ScsiCmd) -> c_int {
         if lu.is_null() {
             return -1;
         }
-        let slot = (*slot_ptr(lu)).as_ref();
-        let Some((slot, lun)) = slot.and_then(|s| Some((s, s.lun.clone()?))) else {
-            log::error!("a command for an LU that is not open; answering HARDWARE ERROR");
+        let Some(slot) = (*slot_ptr(lu)).as_ref() else {
+            log::error!("a command for an LU that is not set up; answering HARDWARE ERROR");
             return -1;
+        };
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                log::error!("worker runtime unavailable ({e}); answering HARDWARE ERROR");
+                return -1;
+            }
+        };
+        let Some(lun) = slot.lun() else {
+            // The port was demoted after the command was admitted: it is
+            // answered with the port's state, through the completions, so
+            // tgtd does not turn it into a HARDWARE ERROR (which a
+            // multipath initiator would not retry on another path).
+            let sense = slot.state().refusal().unwrap_or(Sense::internal_failure());
+            (*cmd).state |= ffi::TGT_CMD_ASYNC;
+            rt.answer(Done {
+                cmd: CmdPtr(cmd),
+                outcome: Err(Refusal::Check(sense)),
+                sized_reply: false,
+            });
+            return 0;
         };
         // The worker checks the command against the reservations again,
         // under the LUN's PR gate (see optable.rs), so it needs the nexus.
@@ -390,13 +448,6 @@ unsafe fn submit(cmd: *mut ScsiCmd) -> c_int {
                 (*cmd).in_sdb.buffer as usize as *mut u8,
                 (*cmd).in_sdb.length as usize,
             ),
-        };
-        let rt = match runtime() {
-            Ok(rt) => rt,
-            Err(e) => {
-                log::error!("worker runtime unavailable ({e}); answering HARDWARE ERROR");
-                return -1;
-            }
         };
         (*cmd).state |= ffi::TGT_CMD_ASYNC;
         rt.submit(job);
@@ -679,6 +730,7 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             );
             match admission {
                 Admission::Refuse(refusal) => refuse(cmd, refusal),
+                Admission::Reply(data) => reply(cmd, &data),
                 Admission::Fail => ffi::SAM_STAT_CHECK_CONDITION,
                 Admission::HandOver => hand_over(cmd),
                 Admission::Run(orig) => {
@@ -688,11 +740,63 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
                     {
                         point_at_refused_field(slot, cmd);
                     }
+                    if status == ffi::SAM_STAT_GOOD && is_standard_inquiry(cdb) {
+                        announce_tpgs(cmd);
+                    }
                     status
                 }
             }
         }
     })
+}
+
+/// Whether `cdb` asks for standard INQUIRY data (not a VPD page).
+fn is_standard_inquiry(cdb: &[u8]) -> bool {
+    cdb.first() == Some(&0x12) && cdb.get(1).is_some_and(|b| b & 0x01 == 0)
+}
+
+/// Sets TPGS to implicit ALUA in the standard INQUIRY data tgtd just
+/// returned (tgt itself knows no ALUA).
+///
+/// # Safety
+/// `cmd` is a live command on tgtd's main thread whose data-in tgtd has
+/// just filled.
+unsafe fn announce_tpgs(cmd: *mut ScsiCmd) {
+    // SAFETY: per the contract; byte 5 is written only when tgtd
+    // transferred it, within the buffer's length.
+    unsafe {
+        let sdb = &(*cmd).in_sdb;
+        let buf = sdb.buffer as usize as *mut u8;
+        if !buf.is_null() && sdb.transfer_len > 5 && sdb.length > 5 {
+            *buf.add(5) |= ferry_scsi::alua::TPGS_IMPLICIT;
+        }
+    }
+}
+
+/// Answers `cmd` GOOD with `data`, cut to the initiator's buffer.
+///
+/// # Safety
+/// `cmd` is a live command on tgtd's main thread.
+unsafe fn reply(cmd: *mut ScsiCmd, data: &[u8]) -> c_int {
+    // SAFETY: per the contract; the copy stays within the buffer's
+    // length.
+    unsafe {
+        let sdb = &mut (*cmd).in_sdb;
+        let buf = sdb.buffer as usize as *mut u8;
+        let len = sdb.length as usize;
+        let n = if buf.is_null() {
+            0
+        } else {
+            data.len().min(len)
+        };
+        if n > 0 {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), buf, n);
+        }
+        // n <= length, a u32.
+        sdb.transfer_len = n as u32;
+        sdb.resid = (len - n) as i32;
+    }
+    ffi::SAM_STAT_GOOD
 }
 
 /// Adds the field pointer tgtd leaves out of a refused REPORT SUPPORTED

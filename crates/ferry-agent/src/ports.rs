@@ -1,0 +1,229 @@
+//! The ALUA target ports of this node's serving processes, driven through
+//! their control sockets: every exported LUN's port learns every port
+//! group's state from the map, and this node's own group's state from
+//! what the agent decided (active once the previous owner is fenced,
+//! transitioning until then, standby otherwise).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ferry_host::control::{self, Request};
+use ferry_host::ferry_scsi::alua::{AccessState, PortGroup};
+use ferry_host::port::PortInfo;
+use ferry_host::VolumeSpec;
+use ferry_map::placement::{port_groups, Role};
+use ferry_map::Snapshot;
+
+use crate::AgentError;
+
+/// What one LUN's port on this node should say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedPort {
+    pub spec: String,
+    pub own_group: u16,
+    /// Every permitted node's group, this node's in `own`'s state.
+    pub groups: Vec<PortGroup>,
+}
+
+/// The port of LUN `lun` on node `me`, whose own state is `own`; `None`
+/// when the map does not know the LUN or the node.
+pub fn wanted_port(snap: &Snapshot, lun: &str, me: &str, own: AccessState) -> Option<WantedPort> {
+    let l = snap.map.luns.get(lun)?;
+    let own_group = snap.map.nodes.get(me)?.port_group();
+    let mut groups: Vec<PortGroup> = port_groups(snap, l)
+        .into_iter()
+        .map(|g| PortGroup {
+            id: g.group,
+            state: match g.role {
+                Role::Owner => AccessState::ActiveOptimized,
+                Role::Standby => AccessState::Standby,
+                Role::Down => AccessState::Unavailable,
+            },
+            preferred: g.preferred,
+        })
+        .collect();
+    match groups.iter_mut().find(|g| g.id == own_group) {
+        Some(g) => g.state = own,
+        None => groups.push(PortGroup {
+            id: own_group,
+            state: own,
+            preferred: false,
+        }),
+    }
+    Some(WantedPort {
+        spec: l.spec.clone(),
+        own_group,
+        groups,
+    })
+}
+
+fn canonical(spec: &str) -> String {
+    VolumeSpec::parse(spec)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| spec.to_string())
+}
+
+/// The ports of the serving processes in `run_dir`, by canonical spec.
+fn ports(run_dir: &Path) -> BTreeMap<String, (PathBuf, PortInfo)> {
+    control::ports_in(run_dir)
+        .into_iter()
+        .flat_map(|(sock, ports)| {
+            ports
+                .into_iter()
+                .map(move |p| (canonical(&p.spec), (sock.clone(), p)))
+        })
+        .collect()
+}
+
+/// Gives each LUN's port what `wanted` says (only where it differs), by
+/// LUN name; returns each LUN's own state after, or why it failed (no
+/// port: the LU is not set up; a refused activation: the volume could
+/// not be opened yet).
+pub fn apply(
+    run_dir: &Path,
+    wanted: &BTreeMap<String, WantedPort>,
+) -> BTreeMap<String, Result<AccessState, String>> {
+    let found = ports(run_dir);
+    let mut out = BTreeMap::new();
+    for (lun, w) in wanted {
+        let Some((sock, info)) = found.get(&canonical(&w.spec)) else {
+            out.insert(
+                lun.clone(),
+                Err("no target port for it in this node's target".into()),
+            );
+            continue;
+        };
+        if info.own_group == w.own_group && info.groups == w.groups {
+            out.insert(lun.clone(), Ok(info.state));
+            continue;
+        }
+        let req = Request::Alua {
+            volume: w.spec.clone(),
+            own_group: w.own_group,
+            groups: w.groups.clone(),
+        };
+        let result = match control::call(sock, &req) {
+            Ok(r) if r.ok => {
+                let state = r
+                    .ports
+                    .and_then(|p| p.first().map(|i| i.state))
+                    .unwrap_or(AccessState::Unavailable);
+                log::info!("LUN {lun}: port group {} {state}", w.own_group);
+                Ok(state)
+            }
+            Ok(r) => Err(r.error.unwrap_or_else(|| "refused".into())),
+            Err(e) => Err(e.to_string()),
+        };
+        out.insert(lun.clone(), result);
+    }
+    out
+}
+
+/// Turns every port of the serving processes in `run_dir` unavailable
+/// (this node lost the map); returns how many there were.
+pub fn make_all_unavailable(run_dir: &Path) -> Result<usize, AgentError> {
+    let found = ports(run_dir);
+    for (sock, info) in found.values() {
+        let groups = info
+            .groups
+            .iter()
+            .map(|g| PortGroup {
+                state: if g.id == info.own_group {
+                    AccessState::Unavailable
+                } else {
+                    g.state
+                },
+                ..*g
+            })
+            .collect();
+        let req = Request::Alua {
+            volume: info.spec.clone(),
+            own_group: info.own_group,
+            groups,
+        };
+        let r = control::call(sock, &req)?;
+        if !r.ok {
+            return Err(AgentError::Refused(r.error.unwrap_or_default()));
+        }
+    }
+    Ok(found.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_map::schema::{CacheMode, Frontend, Lun, Node};
+    use ferry_map::state::LiveNode;
+
+    fn snap() -> Snapshot {
+        let mut s = Snapshot::default();
+        for n in ["a", "b", "c"] {
+            s.map.nodes.insert(
+                n.into(),
+                Node {
+                    name: n.into(),
+                    portal: "127.0.0.1:3260".into(),
+                    frontend: Frontend::Tgt,
+                    port_group: None,
+                },
+            );
+        }
+        for n in ["a", "b"] {
+            s.live.insert(
+                n.into(),
+                LiveNode {
+                    portal: String::new(),
+                    pid: 1,
+                    since: 0,
+                    host: String::new(),
+                    pid_start: 0,
+                },
+            );
+        }
+        s.map.luns.insert(
+            "l".into(),
+            Lun {
+                name: "l".into(),
+                target: "iqn.2026-11.org.ferry:t".into(),
+                lun: 1,
+                spec: "file:/v".into(),
+                cache_mode: CacheMode::default(),
+                nodes: vec!["a".into(), "b".into(), "c".into()],
+            },
+        );
+        s.owners.insert("l".into(), "a".into());
+        s
+    }
+
+    #[test]
+    fn each_node_says_the_same_of_the_others_and_its_own_state_for_itself() {
+        let s = snap();
+        let g = |n: &str| s.map.nodes[n].port_group();
+        let on_b = wanted_port(&s, "l", "b", AccessState::Standby).unwrap();
+        assert_eq!(on_b.own_group, g("b"));
+        assert_eq!(
+            on_b.groups,
+            vec![
+                PortGroup {
+                    id: g("a"),
+                    state: AccessState::ActiveOptimized,
+                    preferred: true
+                },
+                PortGroup {
+                    id: g("b"),
+                    state: AccessState::Standby,
+                    preferred: false
+                },
+                PortGroup {
+                    id: g("c"),
+                    state: AccessState::Unavailable,
+                    preferred: false
+                },
+            ]
+        );
+        // The owner still fencing its predecessor says transitioning.
+        let on_a = wanted_port(&s, "l", "a", AccessState::Transitioning).unwrap();
+        assert_eq!(on_a.groups[0].state, AccessState::Transitioning);
+        assert_eq!(on_a.groups[1..], on_b.groups[1..]);
+        assert!(wanted_port(&s, "nope", "a", AccessState::Standby).is_none());
+    }
+}
