@@ -6,159 +6,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::check;
+use common::cluster::*;
 use common::zk::ZooKeeper;
-use common::{bin, check, Tgtd};
-use serde_json::Value;
-
-const TARGET: &str = "iqn.2026-11.org.ferry:cluster";
-/// ferry-iscsi's default initiator name.
-const INITIATOR: &str = "iqn.2026-11.org.ferry:initiator";
-/// The agents' ZooKeeper session timeout: a dead node's LUNs move after it.
-const SESSION: Duration = Duration::from_secs(5);
-
-struct Node {
-    name: String,
-    tgtd: Tgtd,
-    agent: Option<Child>,
-    log: PathBuf,
-}
-
-impl Node {
-    /// Starts the node's tgtd and names the node in the map; its agent is
-    /// started apart (`start_agent`), once the map is ready for it.
-    fn add(name: &str, dir: &std::path::Path, url: &str) -> Node {
-        let tgtd = Tgtd::start(&dir.join(format!("run-{name}")));
-        let portal = format!("127.0.0.1:{}", tgtd.port);
-        ferry(url, &["map", "node", "add", name, "--portal", &portal]);
-        Node {
-            name: name.to_string(),
-            tgtd,
-            agent: None,
-            log: dir.join(format!("agent-{name}.log")),
-        }
-    }
-
-    fn start_agent(&mut self, url: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["agent", "--node", &self.name])
-            .args(["--tgtd-control", &self.tgtd.ctl.to_string()])
-            .arg("--run-dir")
-            .arg(&self.tgtd.run_dir)
-            .args(["--session-timeout", &format!("{}s", SESSION.as_secs())])
-            .env("FERRY_MAP", url)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-    }
-
-    fn portal(&self) -> String {
-        format!("127.0.0.1:{}", self.tgtd.port)
-    }
-
-    fn url(&self, lun: u32) -> String {
-        format!("iscsi://{}/{TARGET}/{lun}", self.portal())
-    }
-
-    /// The node dies: agent and tgtd both get SIGKILL.
-    fn kill9(&mut self) {
-        self.kill_agent();
-        self.tgtd.kill9();
-    }
-
-    /// Only the agent dies: tgtd keeps serving what it served (a node cut
-    /// off from the map but not from storage or ZooKeeper).
-    fn kill_agent(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-    }
-}
-
-fn ferry(url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_MAP", url)
-        .output()
-        .unwrap();
-    check(&out, &format!("ferry {args:?}"))
-}
-
-/// Like `check`, showing the node's tgtd log when the command failed.
-fn check_on(n: &Node, out: &std::process::Output, what: &str) {
-    if !out.status.success() {
-        eprintln!("--- tgtd log of node {} ---\n{}", n.name, n.tgtd.log_text());
-    }
-    check(out, what);
-}
-
-fn show(url: &str) -> Value {
-    serde_json::from_str(&ferry(url, &["map", "show", "--json"])).unwrap()
-}
-
-fn iscsi(args: &[&str]) -> std::process::Output {
-    Command::new(bin("ferry-iscsi"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// Waits until `cond` holds on the map (up to `limit`); returns how long
-/// it took.
-fn wait_map(url: &str, limit: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Duration {
-    let t = Instant::now();
-    loop {
-        let s = show(url);
-        if cond(&s) {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < limit,
-            "{what}: not within {limit:?}; map: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `node` reports serving `lun` at map version `v` or later.
-fn serves(s: &Value, node: &str, lun: &str, v: i64) -> bool {
-    let st = &s["status"][node];
-    st["applied_version"].as_i64().unwrap_or(-1) >= v
-        && st["serving"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|l| l == lun))
-        && s["owners"][lun] == node
-}
-
-fn owner(s: &Value, lun: &str) -> Option<String> {
-    s["owners"][lun].as_str().map(str::to_string)
-}
 
 #[test]
 fn agents_converge_fail_over_and_rejoin_without_flapping() {
@@ -429,10 +282,21 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
         s["status"]["a"]["serving"].as_array().unwrap().is_empty(),
         "{s:#}"
     );
-    let shown = nodes["a"]
-        .tgtd
-        .tgtadm(&["--op", "show", "--mode", "target"]);
-    assert!(!String::from_utf8_lossy(&shown.stdout).contains(TARGET));
+    // a exports the LUN again, in standby: media access is refused
+    // there (ALUA; see tests/alua.rs).
+    let opts = ferry_initiator::ConnectOptions {
+        any_path_state: true,
+        ..Default::default()
+    };
+    let mut on_a = ferry_initiator::Session::connect_with(&nodes["a"].url(1), &opts).unwrap();
+    let read = on_a
+        .raw_cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], None, 512)
+        .unwrap();
+    assert_eq!(
+        read.sense.map(|s| (s.key, s.asc, s.ascq)),
+        Some((0x02, 0x04, 0x0b)),
+        "a serves v1 in standby"
+    );
 
     // The serving node's agent alone crashes and restarts at once (its
     // tgtd keeps serving): the new agent takes over its predecessor's
@@ -511,42 +375,6 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
             n.name
         );
     }
-}
-
-/// Gateway nodes a and b with their agents running.
-fn two_nodes(dir: &std::path::Path, url: &str) -> BTreeMap<String, Node> {
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    for n in ["a", "b"] {
-        nodes.insert(n.to_string(), Node::add(n, dir, url));
-    }
-    for n in nodes.values_mut() {
-        n.start_agent(url);
-    }
-    nodes
-}
-
-/// LUN 1 of the target, `name` on `spec`, permitted on a then b, mapped
-/// to the test initiator and the two PR hosts; returns once a serves it.
-fn add_shared_lun(url: &str, name: &str, spec: &str) {
-    use common::pr::{HOST_A, HOST_B};
-    ferry(url, &["map", "target", "add", TARGET]);
-    ferry(
-        url,
-        &[
-            "map", "lun", "add", name, "--target", TARGET, "--lun", "1", "--spec", spec, "--nodes",
-            "a,b",
-        ],
-    );
-    for host in [INITIATOR, HOST_A, HOST_B] {
-        ferry(url, &["map", "initiator", "add", host, "--lun", name]);
-    }
-    let v = show(url)["version"].as_i64().unwrap();
-    wait_map(
-        url,
-        Duration::from_secs(20),
-        &format!("{name} served by a"),
-        |s| serves(s, "a", name, v),
-    );
 }
 
 /// Through `portal_url`: host A registers key 0xa and takes Write

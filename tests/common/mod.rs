@@ -3,6 +3,7 @@
 //! where tgtd loads it, and the project's binaries.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pr;
 pub mod zk;
 
@@ -259,6 +260,11 @@ impl Tgtd {
 
     pub fn url(&self, tid: u32, lun: u32) -> String {
         format!("iscsi://127.0.0.1:{}/{}/{lun}", self.port, Self::iqn(tid))
+    }
+
+    /// tgtd's process id (it runs in the foreground: the child itself).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Whether tgtd is still running.

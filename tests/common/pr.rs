@@ -21,6 +21,7 @@ pub fn connect_to(url: &str, name: &str, isid: u32) -> Session {
         initiator_name: name.to_string(),
         timeout: Duration::from_secs(10),
         isid: Some(isid),
+        ..ConnectOptions::default()
     };
     Session::connect_with(url, &opts).unwrap()
 }

@@ -43,6 +43,13 @@ pub trait Frontend: Send {
         let _ = run_dir;
         self.clear()
     }
+    /// Work on LUN `lun`'s volume (`spec`) before this node opens it: run
+    /// when a LUN is added active, and before a standby port turns
+    /// active (a standby node may not touch the volume the owner holds).
+    fn prepare(&self, lun: &str, spec: &str) -> Result<(), String> {
+        let _ = (lun, spec);
+        Ok(())
+    }
 }
 
 /// The targets this node presents for `exports` (tgt's view: initiators
@@ -159,8 +166,13 @@ impl Frontend for TgtFrontend {
             if tid.is_some_and(|t| failed_tids.contains(&t)) {
                 continue;
             }
-            if let (TgtOp::NewLun { name, spec, .. }, Some(prepare)) = (op, &self.prepare) {
-                if let Err(why) = prepare(name, spec) {
+            if let TgtOp::NewLun {
+                name, spec, port, ..
+            } = op
+            {
+                if port.standby {
+                    // Opens nothing: prepared when it turns active.
+                } else if let Err(why) = self.prepare(name, spec) {
                     log::warn!("LUN {name}: not served: {why}");
                     errors.insert(name.clone(), why);
                     continue;
@@ -216,6 +228,10 @@ impl Frontend for TgtFrontend {
                 self.clear()
             }
         }
+    }
+
+    fn prepare(&self, lun: &str, spec: &str) -> Result<(), String> {
+        self.prepare.as_ref().map_or(Ok(()), |p| p(lun, spec))
     }
 
     fn clear(&mut self) -> Result<(), AgentError> {

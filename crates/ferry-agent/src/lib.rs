@@ -261,8 +261,8 @@ impl Agent {
                 });
             }
         }
-        // A LUN whose node order changed since this node started serving
-        // it goes to the new first live node: demoted here (its volume
+        // A LUN whose node order changed since this node last kept it
+        // goes to the new first live node: demoted here (its volume
         // closed and flushed), then its claim released.
         self.served_with.retain(|l, _| serve.contains(l));
         let mut handing = Vec::new();
@@ -274,9 +274,13 @@ impl Agent {
                 .served_with
                 .entry(lun.clone())
                 .or_insert_with(|| l.nodes.clone());
-            if let Some(to) = hand_over_to(&snap, l, &node, with) {
-                log::info!("node {node}: handing LUN {lun} to {to} (node order changed)");
-                handing.push(lun.clone());
+            match hand_over_to(&snap, l, &node, with) {
+                Some(to) => {
+                    log::info!("node {node}: handing LUN {lun} to {to} (node order changed)");
+                    handing.push(lun.clone());
+                }
+                // This order keeps the LUN here: later edits compare to it.
+                None => *with = l.nodes.clone(),
             }
         }
         let serve: Vec<String> = serve.into_iter().filter(|l| !handing.contains(l)).collect();
@@ -318,7 +322,9 @@ impl Agent {
                     ports::wanted_port(&snap, l, &node, own_state(l)).map(|w| (l.clone(), w))
                 })
                 .collect();
-            for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted) {
+            let frontend = &self.cfg.frontend;
+            let prepare = |lun: &str, spec: &str| frontend.prepare(lun, spec);
+            for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted, &prepare) {
                 match r {
                     Ok(s) if s.is_active() => {
                         active.insert(lun);

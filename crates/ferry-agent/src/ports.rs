@@ -75,12 +75,14 @@ fn ports(run_dir: &Path) -> BTreeMap<String, (PathBuf, PortInfo)> {
 }
 
 /// Gives each LUN's port what `wanted` says (only where it differs), by
-/// LUN name; returns each LUN's own state after, or why it failed (no
+/// LUN name, running `prepare` (LUN name, spec) before a port turns
+/// active; returns each LUN's own state after, or why it failed (no
 /// port: the LU is not set up; a refused activation: the volume could
 /// not be opened yet).
 pub fn apply(
     run_dir: &Path,
     wanted: &BTreeMap<String, WantedPort>,
+    prepare: &dyn Fn(&str, &str) -> Result<(), String>,
 ) -> BTreeMap<String, Result<AccessState, String>> {
     let found = ports(run_dir);
     let mut out = BTreeMap::new();
@@ -95,6 +97,17 @@ pub fn apply(
         if info.own_group == w.own_group && info.groups == w.groups {
             out.insert(lun.clone(), Ok(info.state));
             continue;
+        }
+        let activating = w
+            .groups
+            .iter()
+            .any(|g| g.id == w.own_group && g.state.is_active())
+            && !info.state.is_active();
+        if activating {
+            if let Err(why) = prepare(lun, &w.spec) {
+                out.insert(lun.clone(), Err(why));
+                continue;
+            }
         }
         let req = Request::Alua {
             volume: w.spec.clone(),

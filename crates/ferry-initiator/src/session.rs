@@ -62,6 +62,12 @@ pub struct ConnectOptions {
     /// ISID is the same I_T nexus to persistent reservations, as with
     /// open-iscsi's per-interface ISID. `None`: libiscsi picks one.
     pub isid: Option<u32>,
+    /// Log in even through a path that refuses media access (an ALUA
+    /// standby or unavailable port): libiscsi's full connect fails on any
+    /// TEST UNIT READY but GOOD, so the login is made without it and the
+    /// unit attentions of a fresh login are taken with TEST UNIT READY
+    /// whose other answers are left to the caller.
+    pub any_path_state: bool,
 }
 
 impl Default for ConnectOptions {
@@ -70,6 +76,7 @@ impl Default for ConnectOptions {
             initiator_name: DEFAULT_INITIATOR.to_string(),
             timeout: Duration::from_secs(10),
             isid: None,
+            any_path_state: false,
         }
     }
 }
@@ -321,7 +328,14 @@ impl Session {
         // cancels its PDUs itself.
         let rc = unsafe {
             sys::iscsi_set_targetname(c, target.as_ptr());
-            sys::iscsi_full_connect_sync(c, portal.as_ptr(), lun)
+            if opts.any_path_state {
+                match sys::iscsi_connect_sync(c, portal.as_ptr()) {
+                    0 => sys::iscsi_login_sync(c),
+                    rc => rc,
+                }
+            } else {
+                sys::iscsi_full_connect_sync(c, portal.as_ptr(), lun)
+            }
         };
         if rc != 0 {
             // SAFETY: `c` is live.
@@ -343,6 +357,14 @@ impl Session {
             health: Health::Ok,
             state,
         };
+        if opts.any_path_state {
+            for _ in 0..4 {
+                let tur = session.raw_cdb(&[0; 6], None, 0)?;
+                if tur.sense.is_none_or(|s| s.key != 0x06) {
+                    break;
+                }
+            }
+        }
         session.read_capacity().map_err(|e| Error::Connect {
             url: url.to_string(),
             message: format!("reading the capacity: {e}"),

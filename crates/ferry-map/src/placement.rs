@@ -94,8 +94,8 @@ pub fn port_groups(snap: &Snapshot, lun: &Lun) -> Vec<GroupView> {
 }
 
 /// Whether the owner `me` of `lun` should hand it to a more preferred
-/// live node because the map's node order changed since `me` started
-/// serving it (`served_with`: the LUN's node list then). A node coming
+/// live node because the map's node order changed since `me` last kept
+/// it (`served_with`: the LUN's node list then). A node coming
 /// back does not take its LUNs back by itself: only an edit of the
 /// order moves a LUN (no failback ping-pong).
 pub fn hand_over_to<'a>(

@@ -201,6 +201,7 @@ fn connect(cli: &Cli, url: &str) -> Result<Session> {
         initiator_name: cli.initiator.clone(),
         timeout: Duration::from_secs(cli.timeout.max(1)),
         isid: cli.isid,
+        ..ConnectOptions::default()
     };
     Ok(Session::connect_with(url, &opts)?)
 }
