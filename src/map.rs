@@ -392,6 +392,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 spec,
                 cache_mode,
                 nodes: a.nodes.clone(),
+                order_seq: 0,
             };
             lun.validate()?;
             commit(store, &format!("added LUN {}", a.name), |_, m| {
@@ -427,6 +428,9 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 }
                 if let Some(n) = &a.nodes {
                     l.nodes = n.clone();
+                    // Even the same order: the owner hands the LUN to the
+                    // first live node of it.
+                    l.order_seq += 1;
                 }
                 Ok(())
             })

@@ -82,9 +82,9 @@ pub struct Agent {
     fenced: bool,
     /// LUNs claimed whose previous server is not fenced yet.
     unfenced: BTreeSet<String>,
-    /// The node list of each LUN this node serves, as it was when it
-    /// started serving it: a later change of the order is a planned move.
-    served_with: BTreeMap<String, Vec<String>>,
+    /// The `order_seq` of each LUN this node serves when it last kept it:
+    /// the map asking for the order again is a planned move.
+    kept_at: BTreeMap<String, u64>,
     /// When a snapshot of the store last succeeded.
     last_contact: Instant,
 }
@@ -108,7 +108,7 @@ impl Agent {
             unowned_since: BTreeMap::new(),
             fenced: false,
             unfenced: BTreeSet::new(),
-            served_with: BTreeMap::new(),
+            kept_at: BTreeMap::new(),
             last_contact: Instant::now(),
         }
     }
@@ -261,26 +261,25 @@ impl Agent {
                 });
             }
         }
-        // A LUN whose node order changed since this node last kept it
-        // goes to the new first live node: demoted here (its volume
-        // closed and flushed), then its claim released.
-        self.served_with.retain(|l, _| serve.contains(l));
+        // A LUN whose node order the map asked for again since this node
+        // last kept it goes to the first live node of the order: demoted
+        // here (its volume closed and flushed), then its claim released.
+        self.kept_at.retain(|l, _| serve.contains(l));
         let mut handing = Vec::new();
         for lun in &serve {
             let Some(l) = snap.map.luns.get(lun) else {
                 continue;
             };
-            let with = self
-                .served_with
-                .entry(lun.clone())
-                .or_insert_with(|| l.nodes.clone());
-            match hand_over_to(&snap, l, &node, with) {
+            let kept = self.kept_at.entry(lun.clone()).or_insert(l.order_seq);
+            match hand_over_to(&snap, l, &node, *kept) {
                 Some(to) => {
-                    log::info!("node {node}: handing LUN {lun} to {to} (node order changed)");
+                    log::info!(
+                        "node {node}: handing LUN {lun} to {to} (its node order was asked for)"
+                    );
                     handing.push(lun.clone());
                 }
-                // This order keeps the LUN here: later edits compare to it.
-                None => *with = l.nodes.clone(),
+                // This order keeps the LUN here.
+                None => *kept = l.order_seq,
             }
         }
         let serve: Vec<String> = serve.into_iter().filter(|l| !handing.contains(l)).collect();
@@ -343,7 +342,7 @@ impl Agent {
         for lun in &handing {
             if !active.contains(lun) && !report.errors.contains_key(lun) {
                 self.store()?.release(lun, &node)?;
-                self.served_with.remove(lun);
+                self.kept_at.remove(lun);
             }
         }
         let failed_luns: BTreeSet<String> = report.errors.keys().cloned().collect();

@@ -201,6 +201,7 @@ mod tests {
                 spec: "file:/v".into(),
                 cache_mode: CacheMode::default(),
                 nodes: vec!["a".into(), "b".into(), "c".into()],
+                order_seq: 0,
             },
         );
         s.owners.insert("l".into(), "a".into());

@@ -425,21 +425,37 @@ impl Session {
     }
 
     /// Runs one sync command built by `call` and checks its status.
+    /// Runs a synchronous libiscsi call. A UNIT ATTENTION is taken and
+    /// the command sent again, a few times, as an operating system's SCSI
+    /// layer does: it reports an event (a LUN added to the target, a
+    /// reset), not a failure of the command.
     fn run(
         &mut self,
         op: &'static str,
-        call: impl FnOnce(*mut sys::iscsi_context, c_int) -> *mut sys::scsi_task,
+        call: impl Fn(*mut sys::iscsi_context, c_int) -> *mut sys::scsi_task,
     ) -> Result<Task> {
-        self.usable(op)?;
-        let raw = call(self.ctx(), self.lun);
-        let Some(task) = NonNull::new(raw) else {
-            let message = self.last_error();
-            self.health = Health::Poisoned(format!("{op}: {message}"));
-            return Err(Error::Iscsi { op, message });
-        };
-        let task = Task(task);
-        self.check(op, task.status(), task.ptr())?;
-        Ok(task)
+        const UA_RETRIES: usize = 4;
+        let mut attempt = 0;
+        loop {
+            self.usable(op)?;
+            let raw = call(self.ctx(), self.lun);
+            let Some(task) = NonNull::new(raw) else {
+                let message = self.last_error();
+                self.health = Health::Poisoned(format!("{op}: {message}"));
+                return Err(Error::Iscsi { op, message });
+            };
+            let task = Task(task);
+            match self.check(op, task.status(), task.ptr()) {
+                Err(Error::CheckCondition { sense, .. })
+                    if sense.key == crate::scsi::sense_key::UNIT_ATTENTION
+                        && attempt < UA_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(task),
+            }
+        }
     }
 
     /// Maps a finished command's status to `Ok` or an error, and notes

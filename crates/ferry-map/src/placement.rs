@@ -94,17 +94,17 @@ pub fn port_groups(snap: &Snapshot, lun: &Lun) -> Vec<GroupView> {
 }
 
 /// Whether the owner `me` of `lun` should hand it to a more preferred
-/// live node because the map's node order changed since `me` last kept
-/// it (`served_with`: the LUN's node list then). A node coming
-/// back does not take its LUNs back by itself: only an edit of the
-/// order moves a LUN (no failback ping-pong).
+/// live node: the map asked for its node order again (`order_seq`) since
+/// `me` last kept it (`kept_at`). A node coming back does not take its
+/// LUNs back by itself: only an edit of the order moves a LUN from a live
+/// owner (no failback ping-pong).
 pub fn hand_over_to<'a>(
     snap: &'a Snapshot,
     lun: &'a Lun,
     me: &str,
-    served_with: &[String],
+    kept_at: u64,
 ) -> Option<&'a str> {
-    if lun.nodes == served_with {
+    if lun.order_seq == kept_at {
         return None;
     }
     candidates(snap, lun).first().copied().filter(|n| *n != me)
@@ -204,6 +204,7 @@ mod tests {
                 spec: format!("file:/{name}"),
                 cache_mode: CacheMode::default(),
                 nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                order_seq: 0,
             },
         );
     }
@@ -230,23 +231,25 @@ mod tests {
             }
         );
         assert_eq!(plan(&s, "b").serve, vec!["l".to_string()]);
-        // The node list is what b served with: no hand-over.
+        // The order was not asked for again: no hand-over.
         let l = &s.map.luns["l"];
-        assert_eq!(hand_over_to(&s, l, "b", &l.nodes), None);
+        assert_eq!(hand_over_to(&s, l, "b", l.order_seq), None);
     }
 
     #[test]
-    fn a_changed_node_order_hands_the_lun_to_the_new_first_live_node() {
+    fn an_order_asked_for_again_hands_the_lun_to_its_first_live_node() {
         let mut s = snap(&["a", "b", "c"], &["a", "b"]);
         lun(&mut s, "l", &["b", "a"]);
         s.owners.insert("l".into(), "a".into());
-        let before = vec!["a".to_string(), "b".to_string()];
+        s.map.luns.get_mut("l").unwrap().order_seq = 1;
         let l = &s.map.luns["l"];
-        assert_eq!(hand_over_to(&s, l, "a", &before), Some("b"));
-        // Not to a node that is down.
+        assert_eq!(hand_over_to(&s, l, "a", 0), Some("b"));
+        assert_eq!(hand_over_to(&s, l, "a", 1), None);
+        // Not to a node that is down; and not to itself.
         lun(&mut s, "l", &["c", "a"]);
+        s.map.luns.get_mut("l").unwrap().order_seq = 2;
         let l = &s.map.luns["l"];
-        assert_eq!(hand_over_to(&s, l, "a", &before), None);
+        assert_eq!(hand_over_to(&s, l, "a", 1), None);
     }
 
     #[test]

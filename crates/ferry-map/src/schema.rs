@@ -104,6 +104,16 @@ pub struct Lun {
     /// node in the map.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// Bumped by every edit of `nodes`, even to the same order: the map
+    /// asking for the LUN to be where the order says. The owner then hands
+    /// it to the first live node of the order; nothing else moves a LUN
+    /// from a live owner (a node coming back does not take it back).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub order_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An initiator and the LUNs it may use.
@@ -536,6 +546,7 @@ mod tests {
                 spec: "file:/v/l1".into(),
                 cache_mode: CacheMode::Writeback,
                 nodes: vec!["a".into()],
+                order_seq: 0,
             },
         );
         m
