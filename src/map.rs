@@ -149,6 +149,11 @@ pub enum LunCmd {
     Add(LunAdd),
     /// Change a LUN's settings.
     Set(LunSet),
+    /// Move a LUN to the first live node of its order (`--to NODE` puts
+    /// NODE first): its owner hands it over, closing the volume before
+    /// the new node opens it. A node that comes back after a failure does
+    /// not take its LUNs back by itself; this does.
+    Move(LunMove),
     Remove(NameArg),
     List(JsonArg),
 }
@@ -181,6 +186,17 @@ pub struct LunSet {
     pub cache_mode: Option<String>,
     #[arg(long, value_delimiter = ',')]
     pub nodes: Option<Vec<String>>,
+    #[arg(long)]
+    pub expect_version: Option<i32>,
+}
+
+#[derive(Args)]
+pub struct LunMove {
+    pub name: String,
+    /// The node to move it to (must be permitted: in its node list, or
+    /// any node when the list is empty).
+    #[arg(long)]
+    pub to: Option<String>,
     #[arg(long)]
     pub expect_version: Option<i32>,
 }
@@ -426,14 +442,53 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 if let Some(c) = cache_mode {
                     l.cache_mode = c;
                 }
-                if let Some(n) = &a.nodes {
+                if let Some(n) = a.nodes.as_ref().filter(|n| **n != l.nodes) {
                     l.nodes = n.clone();
-                    // Even the same order: the owner hands the LUN to the
-                    // first live node of it.
+                    // A new order: the owner hands the LUN to its first
+                    // live node.
                     l.order_seq += 1;
                 }
                 Ok(())
             })
+        }
+        MapCmd::Lun(LunCmd::Move(a)) => {
+            let to =
+                a.to.as_deref()
+                    .map(|t| format!(" to {t}"))
+                    .unwrap_or_default();
+            commit(
+                store,
+                &format!("asked to move LUN {}{to}", a.name),
+                |s, m| {
+                    check_expect(s, Kind::Lun, &a.name, a.expect_version)?;
+                    let known: Vec<String> = m.nodes.keys().cloned().collect();
+                    let l = m
+                        .luns
+                        .get_mut(&a.name)
+                        .ok_or_else(|| not_found(Kind::Lun, &a.name))?;
+                    if let Some(to) = &a.to {
+                        if l.nodes.is_empty() {
+                            if !known.contains(to) {
+                                return Err(not_found(Kind::Node, to));
+                            }
+                            // Any node may serve it: the order becomes `to`
+                            // first, then the others by name.
+                            l.nodes = known;
+                        }
+                        let Some(at) = l.nodes.iter().position(|n| n == to) else {
+                            return Err(ferry_map::MapError::invalid(format!(
+                                "node {to} may not serve LUN {} (its nodes: {})",
+                                a.name,
+                                l.nodes.join(",")
+                            )));
+                        };
+                        let n = l.nodes.remove(at);
+                        l.nodes.insert(0, n);
+                    }
+                    l.order_seq += 1;
+                    Ok(())
+                },
+            )
         }
         MapCmd::Lun(LunCmd::Remove(n)) => {
             commit(store, &format!("removed LUN {}", n.name), |s, m| {

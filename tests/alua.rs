@@ -243,7 +243,7 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
     // A planned move: the map asks for its order (a first) again: b
     // hands the LUN to a, closing the volume first.
     let moved = Instant::now();
-    ferry(&url, &["map", "lun", "set", "v1", "--nodes", "a,b"]);
+    ferry(&url, &["map", "lun", "move", "v1", "--to", "a"]);
     let planned: Groups = vec![(AO, ga, true), (STANDBY, gb, false)];
     wait_rtpg(&nodes["a"], &planned, Duration::from_secs(20));
     eprintln!(

@@ -378,6 +378,22 @@ fn embedded_file_map_takes_the_same_edits() {
         ],
     );
     assert!(e.contains("conflict"), "{e}");
+
+    // Moves: each asks for the order again (order_seq), --to puts a
+    // permitted node first; a node the LUN may not use is refused and
+    // changes nothing.
+    let order = |url: &str| {
+        let l = show(url)["map"]["luns"]["l1"].clone();
+        (l["nodes"].clone(), l["order_seq"].as_u64().unwrap_or(0))
+    };
+    let (nodes, seq) = order(&url);
+    ok(&url, &["lun", "move", "l1"]);
+    assert_eq!(order(&url), (nodes.clone(), seq + 1));
+    let e = fails(&url, None, &["lun", "move", "l1", "--to", "nowhere"]);
+    assert!(e.contains("nowhere"), "{e}");
+    let e = fails(&url, None, &["lun", "move", "gone", "--to", "a"]);
+    assert!(e.contains("gone"), "{e}");
+    assert_eq!(order(&url), (nodes, seq + 1));
 }
 
 /// The document a gateway keeps a LUN's persistent reservations in: every

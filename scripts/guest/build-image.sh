@@ -26,10 +26,12 @@ cache=$(cd "$cache" && pwd)
 # Everything the guest scripts use. kmod for modprobe, dbus because
 # targetcli talks to tcmu-runner over the system bus, librbd1 because the
 # handler and the ferry binary of an --all-features build link librbd.
+# tgt and multipath-tools for the ALUA failover test (two tgtd gateways,
+# dm-multipath over both paths).
 packages=(
   kmod initramfs-tools zstd tcmu-runner targetcli-fb python3-rtslib-fb
   open-iscsi fio iproute2 dbus procps util-linux sg3-utils e2fsprogs
-  librbd1 linux-image-amd64
+  librbd1 linux-image-amd64 tgt multipath-tools
 )
 # Modules the initrd needs to reach the root disk and the share; the rest
 # load from the root file system.

@@ -290,6 +290,12 @@ pub struct Tgtadm {
     pub control: Option<u16>,
 }
 
+/// The INQUIRY vendor of the LUNs agents create, which initiators'
+/// multipath configurations match on (README: multipath.conf).
+pub const VENDOR: &str = "FERRY";
+/// Their INQUIRY product.
+pub const PRODUCT: &str = "VOLUME";
+
 /// The SCSI identity of a LUN, the same on every node that serves it, so
 /// initiators (and multipath) see one device wherever it moves. tgt's
 /// default (IET + tid + lun) would differ from node to node.
@@ -462,7 +468,9 @@ impl Tgtadm {
                         "--lun",
                         &s(lun),
                         "--params",
-                        &format!("scsi_id={id},scsi_sn={sn}"),
+                        &format!(
+                            "vendor_id={VENDOR},product_id={PRODUCT},scsi_id={id},scsi_sn={sn}"
+                        ),
                     ],
                     false,
                 )

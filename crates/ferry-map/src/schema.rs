@@ -104,7 +104,7 @@ pub struct Lun {
     /// node in the map.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// Bumped by every edit of `nodes`, even to the same order: the map
+    /// Bumped by a change of `nodes` and by `ferry map lun move`: the map
     /// asking for the LUN to be where the order says. The owner then hands
     /// it to the first live node of the order; nothing else moves a LUN
     /// from a live owner (a node coming back does not take it back).
