@@ -198,7 +198,9 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
     // nothing: b's group turns active within the session timeout.
     let killed = Instant::now();
     nodes.get_mut("a").unwrap().kill9();
-    let after: Groups = vec![(UNAVAILABLE, ga, true), (AO, gb, false)];
+    // The preferred flag stays only with an owner: Linux's prio alua
+    // would rank a preferred standby path above the active one.
+    let after: Groups = vec![(UNAVAILABLE, ga, false), (AO, gb, false)];
     let t = Instant::now();
     loop {
         let got = rtpg(&mut on_b);
@@ -229,7 +231,7 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
         a.tgtd.restart();
         a.start_agent(&url);
     }
-    let rejoined: Groups = vec![(STANDBY, ga, true), (AO, gb, false)];
+    let rejoined: Groups = vec![(STANDBY, ga, false), (AO, gb, false)];
     wait_rtpg(&nodes["a"], &rejoined, Duration::from_secs(20));
     assert_eq!(rtpg(&mut on_b), rejoined);
     let mut on_a = connect(&nodes["a"]);

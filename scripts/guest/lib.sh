@@ -2,8 +2,9 @@
 # What every script run in the test guest (scripts/guest/run-guest.sh)
 # starts with: sourced from the share as /share/lib.sh. It defines the
 # logging and failure helpers (reports go to /share/result and
-# /share/guest.log), loads LIO, TCMU and the iSCSI initiator, starts D-Bus,
-# installs handler_ferry.so and the ferry binary from the share, and
+# /share/guest.log), loads the iSCSI initiator, installs the ferry binary
+# from the share and, unless the script set GUEST_LIO=0 before sourcing
+# this, loads LIO and TCMU, starts D-Bus, installs handler_ferry.so and
 # starts tcmu-runner (start_runner restarts it later; its pid is in
 # $runner_pid).
 S=/share
@@ -39,20 +40,24 @@ must() {
 log "guest up (kernel $(uname -r))"
 
 # --- kernel and services -------------------------------------------------
-for m in configfs target_core_mod target_core_user uio iscsi_target_mod \
-  scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod; do
+for m in scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp sd_mod; do
+  modprobe "$m" || fail "modprobe $m"
+done
+ip link set lo up
+mkdir -p /run/dbus /run/lock/iscsi /var/lib/ferry /var/log /etc/iscsi
+install -m 0755 "$S/ferry" /usr/local/bin/ferry
+[ "${GUEST_LIO:-1}" = 0 ] && return 0
+
+for m in configfs target_core_mod target_core_user uio iscsi_target_mod; do
   modprobe "$m" || fail "modprobe $m"
 done
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config ||
   fail "mounting configfs"
-ip link set lo up
-mkdir -p /run/dbus /run/lock/iscsi /var/lib/ferry /var/log /etc/iscsi
 dbus-daemon --system --fork || fail "dbus-daemon"
 
 handler_dir=$(dpkg -L tcmu-runner | sed -n 's|/handler_[^/]*\.so$||p' | head -n1)
 [ -d "$handler_dir" ] || fail "no tcmu-runner handler directory"
 install -m 0755 "$S/libhandler_ferry.so" "$handler_dir/handler_ferry.so"
-install -m 0755 "$S/ferry" /usr/local/bin/ferry
 log "handler installed in $handler_dir"
 
 runner_pid=

@@ -297,8 +297,9 @@ impl Agent {
                 .collect(),
             group: snap.map.nodes.get(&node).map(|n| n.port_group()),
         };
+        // LUNs the target could not export; a LUN still fencing its old
+        // owner is exported (its port says transitioning).
         let failed = self.cfg.frontend.reconcile(&snap, &exports)?;
-        report.errors.extend(failed);
         // Port states, where the front-end has ports (tgt): own group
         // active where this node serves, transitioning while it takes
         // over or hands over, standby elsewhere.
@@ -316,7 +317,7 @@ impl Agent {
             let wanted: BTreeMap<String, ports::WantedPort> = serve
                 .iter()
                 .chain(&exports.standby)
-                .filter(|l| !report.errors.contains_key(*l))
+                .filter(|l| !failed.contains_key(*l))
                 .filter_map(|l| {
                     ports::wanted_port(&snap, l, &node, own_state(l)).map(|w| (l.clone(), w))
                 })
@@ -337,6 +338,7 @@ impl Agent {
         } else {
             active.extend(serve.iter().cloned());
         }
+        report.errors.extend(failed);
         // Ordering: a handed-over LUN's claim goes only once its port
         // here is no longer active (its volume closed and flushed).
         for lun in &handing {

@@ -38,7 +38,10 @@ pub fn wanted_port(snap: &Snapshot, lun: &str, me: &str, own: AccessState) -> Op
                 Role::Standby => AccessState::Standby,
                 Role::Down => AccessState::Unavailable,
             },
-            preferred: g.preferred,
+            // Marked only while the preferred node owns the LUN: Linux's
+            // prio alua ranks a preferred non-active path above the
+            // active one, so a preferred standby would draw the I/O.
+            preferred: g.preferred && g.role == Role::Owner,
         })
         .collect();
     match groups.iter_mut().find(|g| g.id == own_group) {
@@ -62,16 +65,22 @@ fn canonical(spec: &str) -> String {
         .unwrap_or_else(|_| spec.to_string())
 }
 
-/// The ports of the serving processes in `run_dir`, by canonical spec.
-fn ports(run_dir: &Path) -> BTreeMap<String, (PathBuf, PortInfo)> {
-    control::ports_in(run_dir)
-        .into_iter()
-        .flat_map(|(sock, ports)| {
-            ports
-                .into_iter()
-                .map(move |p| (canonical(&p.spec), (sock.clone(), p)))
-        })
-        .collect()
+/// The ports of the serving processes in `run_dir`, by canonical spec,
+/// and the sockets that did not say.
+fn ports(run_dir: &Path) -> (BTreeMap<String, (PathBuf, PortInfo)>, Vec<String>) {
+    let mut found = BTreeMap::new();
+    let mut silent = Vec::new();
+    for (sock, answer) in control::ports_in(run_dir) {
+        match answer {
+            Ok(ports) => found.extend(
+                ports
+                    .into_iter()
+                    .map(|p| (canonical(&p.spec), (sock.clone(), p))),
+            ),
+            Err(why) => silent.push(format!("{}: {why}", sock.display())),
+        }
+    }
+    (found, silent)
 }
 
 /// Gives each LUN's port what `wanted` says (only where it differs), by
@@ -84,7 +93,7 @@ pub fn apply(
     wanted: &BTreeMap<String, WantedPort>,
     prepare: &dyn Fn(&str, &str) -> Result<(), String>,
 ) -> BTreeMap<String, Result<AccessState, String>> {
-    let found = ports(run_dir);
+    let (found, _) = ports(run_dir);
     let mut out = BTreeMap::new();
     for (lun, w) in wanted {
         let Some((sock, info)) = found.get(&canonical(&w.spec)) else {
@@ -132,32 +141,50 @@ pub fn apply(
 }
 
 /// Turns every port of the serving processes in `run_dir` unavailable
-/// (this node lost the map); returns how many there were.
+/// (this node lost the map), all at once, each reporting only its own
+/// group (its view of the others may be stale, and initiators take any
+/// path's report for every group); returns how many there were. A
+/// process that does not answer, or a port that does not close, is an
+/// error: the caller falls back to removing the LUNs.
 pub fn make_all_unavailable(run_dir: &Path) -> Result<usize, AgentError> {
-    let found = ports(run_dir);
-    for (sock, info) in found.values() {
-        let groups = info
-            .groups
-            .iter()
-            .map(|g| PortGroup {
-                state: if g.id == info.own_group {
-                    AccessState::Unavailable
-                } else {
-                    g.state
-                },
-                ..*g
+    let (found, silent) = ports(run_dir);
+    if let Some(why) = silent.first() {
+        return Err(AgentError::Refused(format!(
+            "cannot list target ports: {why}"
+        )));
+    }
+    let results: Vec<Result<(), AgentError>> = std::thread::scope(|scope| {
+        let calls: Vec<_> = found
+            .values()
+            .map(|(sock, info)| {
+                scope.spawn(move || {
+                    let req = Request::Alua {
+                        volume: info.spec.clone(),
+                        own_group: info.own_group,
+                        groups: vec![PortGroup {
+                            id: info.own_group,
+                            state: AccessState::Unavailable,
+                            preferred: false,
+                        }],
+                    };
+                    let r = control::call(sock, &req)?;
+                    if r.ok {
+                        Ok(())
+                    } else {
+                        Err(AgentError::Refused(r.error.unwrap_or_default()))
+                    }
+                })
             })
             .collect();
-        let req = Request::Alua {
-            volume: info.spec.clone(),
-            own_group: info.own_group,
-            groups,
-        };
-        let r = control::call(sock, &req)?;
-        if !r.ok {
-            return Err(AgentError::Refused(r.error.unwrap_or_default()));
-        }
-    }
+        calls
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err(AgentError::Refused("a fencing call panicked".into())))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
     Ok(found.len())
 }
 
@@ -239,5 +266,15 @@ mod tests {
         assert_eq!(on_a.groups[0].state, AccessState::Transitioning);
         assert_eq!(on_a.groups[1..], on_b.groups[1..]);
         assert!(wanted_port(&s, "nope", "a", AccessState::Standby).is_none());
+        // After a failover the preferred node a is a standby: nobody is
+        // marked preferred (Linux would rank a's standby path first).
+        let mut s = s;
+        s.owners.insert("l".into(), "b".into());
+        let on_b = wanted_port(&s, "l", "b", AccessState::ActiveOptimized).unwrap();
+        assert!(
+            on_b.groups.iter().all(|g| !g.preferred),
+            "{:?}",
+            on_b.groups
+        );
     }
 }

@@ -226,8 +226,15 @@ impl Registry {
             .insert(port.spec().to_string(), Arc::downgrade(port));
     }
 
+    /// Forgets `port`, not another port registered since under its spec.
     pub fn remove_port(&self, port: &LunPort) {
-        self.ports.lock().remove(port.spec());
+        let mut ports = self.ports.lock();
+        if ports
+            .get(port.spec())
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), port))
+        {
+            ports.remove(port.spec());
+        }
     }
 
     fn all_ports(&self) -> Vec<Arc<LunPort>> {
@@ -502,8 +509,10 @@ pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
 }
 
 /// Every live control socket in `dir` with the ALUA ports its process
-/// has (standby ones included).
-pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Vec<PortInfo>)> {
+/// has (standby ones included), or why it did not say (a fence must not
+/// take silence for "no ports"). Sockets nobody listens on any more are
+/// removed.
+pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Result<Vec<PortInfo>, String>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -512,8 +521,19 @@ pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Vec<PortInfo>)> {
         .map(|e| e.path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sock"))
         .filter_map(|path| {
-            let resp = call(&path, &Request::List).ok()?;
-            Some((path, resp.ports.unwrap_or_default()))
+            let answer = match call(&path, &Request::List) {
+                Ok(r) if r.ok => Ok(r.ports.unwrap_or_default()),
+                Ok(r) => Err(r.error.unwrap_or_else(|| "list refused".into())),
+                Err(HostError::Call { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    log::info!("removing stale control socket {}", path.display());
+                    let _ = std::fs::remove_file(&path);
+                    return None;
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            Some((path, answer))
         })
         .collect()
 }

@@ -19,6 +19,9 @@ pub enum HostError {
     /// The geometry a front-end asked for does not fit the volume.
     #[error("{lun}: {why}")]
     Geometry { lun: String, why: String },
+    /// An ALUA target port refused a state change (see [`crate::port`]).
+    #[error("target port of {lun}: {why}")]
+    Port { lun: String, why: String },
     /// A file volume's own failure (a snapshot name that cannot be a
     /// file name, a snapshot that is missing or already there).
     #[error(transparent)]

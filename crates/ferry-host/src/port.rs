@@ -20,8 +20,9 @@
 //! - promoting, the volume is opened (which waits for, or fails on, the
 //!   old owner's lock; the agent fenced the old owner first), and the
 //!   state turns active only once the LUN is in place.
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use ferry_scsi::alua::{AccessState, PortGroup};
 use parking_lot::{Mutex, RwLock};
@@ -31,21 +32,36 @@ use crate::{HostError, Lun};
 /// Opens the port's LUN with the front-end's geometry and cache mode.
 pub type Opener = Box<dyn Fn() -> Result<Arc<Lun>, HostError> + Send + Sync>;
 
+/// How long a demotion waits for the commands already running on the
+/// LUN before it reports failure (and the agent keeps the claim, and
+/// asks again).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
 /// One LUN at one gateway's target port.
 pub struct LunPort {
     /// The spec the front-end was configured with.
     spec: String,
-    /// This gateway's target port group (and relative port) id.
-    own: AtomicU16,
+    /// This gateway's target port group (and relative port) id, fixed
+    /// when the front-end set the LUN up (it names it in VPD page 83h).
+    own: u16,
     /// This port's own state, as [`AccessState::code`].
     state: AtomicU8,
     /// Every group's state as the map last said.
     groups: Mutex<Vec<PortGroup>>,
     /// The open LUN, while active.
     lun: RwLock<Option<Arc<Lun>>>,
+    /// A LUN taken out of service whose running commands or flush did
+    /// not finish yet: the next demotion (or close) finishes it.
+    draining: Mutex<Option<Arc<Lun>>>,
     opener: Opener,
-    /// One state change at a time.
+    /// One activation or demotion at a time.
     change: Mutex<()>,
+    /// Bumped by every demotion before it waits for `change`: an
+    /// activation asked for before it gives up rather than reopening the
+    /// volume after it (requests can overtake each other on the lock).
+    generation: AtomicU64,
+    /// The front-end closed the LU: nothing opens it again.
+    closed: AtomicBool,
 }
 
 impl LunPort {
@@ -59,14 +75,22 @@ impl LunPort {
     ) -> Result<Arc<LunPort>, HostError> {
         let port = Arc::new(LunPort {
             spec: spec.to_string(),
-            own: AtomicU16::new(own),
+            own,
             state: AtomicU8::new(AccessState::Standby.code()),
             groups: Mutex::new(Vec::new()),
             lun: RwLock::new(None),
+            draining: Mutex::new(None),
             opener,
             change: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         });
-        port.become_state(initial)?;
+        if initial.is_active() {
+            let _one = port.change.lock();
+            port.activate(0, initial)?;
+        } else {
+            port.store_state(initial);
+        }
         crate::control::process_registry().add_port(&port);
         Ok(port)
     }
@@ -76,7 +100,7 @@ impl LunPort {
     }
 
     pub fn own_group(&self) -> u16 {
-        self.own.load(Ordering::Acquire)
+        self.own
     }
 
     /// This port's state now.
@@ -93,15 +117,14 @@ impl LunPort {
     /// What REPORT TARGET PORT GROUPS says through this port: the map's
     /// groups, with this port's own group in the state it really is in.
     pub fn groups(&self) -> Vec<PortGroup> {
-        let own = self.own_group();
         let state = self.state();
         let mut groups = self.groups.lock().clone();
-        match groups.iter_mut().find(|g| g.id == own) {
+        match groups.iter_mut().find(|g| g.id == self.own) {
             Some(g) => g.state = state,
             None => groups.insert(
                 0,
                 PortGroup {
-                    id: own,
+                    id: self.own,
                     state,
                     preferred: false,
                 },
@@ -110,72 +133,150 @@ impl LunPort {
         groups
     }
 
+    fn refuse(&self, why: impl Into<String>) -> HostError {
+        HostError::Port {
+            lun: self.spec.clone(),
+            why: why.into(),
+        }
+    }
+
     /// Takes the map's view: this gateway is group `own`, and `groups`
-    /// are every group's states. Opens or closes the volume when this
-    /// port's own state changes; returns the state it is in after.
+    /// are every group's states. Opens the volume when this port's own
+    /// group turns active; when it turns anything else, refuses new
+    /// commands at once, then waits for the running ones and flushes and
+    /// closes the volume. Returns the state it is in after; an error
+    /// leaves the port not active (and a demotion to be finished by the
+    /// next request).
     pub fn set(&self, own: u16, groups: Vec<PortGroup>) -> Result<AccessState, HostError> {
-        let _one = self.change.lock();
-        self.own.store(own, Ordering::Release);
+        if own != self.own {
+            return Err(self.refuse(format!(
+                "the LU was set up as port group {}, not {own}; re-create it",
+                self.own
+            )));
+        }
         let wanted = groups
             .iter()
             .find(|g| g.id == own)
             .map_or(AccessState::Unavailable, |g| g.state);
-        *self.groups.lock() = groups;
-        self.become_locked(wanted)?;
+        if wanted.is_active() {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let _one = self.change.lock();
+            *self.groups.lock() = groups;
+            self.activate(generation, wanted)?;
+        } else {
+            *self.groups.lock() = groups;
+            self.demote(wanted)?;
+        }
         Ok(self.state())
     }
 
-    /// Moves this port to `state` alone (fencing: the agent lost the map).
-    pub fn become_state(&self, state: AccessState) -> Result<(), HostError> {
+    /// Moves this port to the non-active `state` (fencing: the agent
+    /// lost the map; its view of the other groups is dropped, as it may
+    /// be stale).
+    pub fn demote(&self, state: AccessState) -> Result<(), HostError> {
+        // Ordering: the state first, before waiting for any activation in
+        // progress: from here the front-end refuses new commands, and an
+        // activation asked for earlier gives up (the generation).
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.store_state(if state.is_active() {
+            AccessState::Unavailable
+        } else {
+            state
+        });
         let _one = self.change.lock();
-        self.become_locked(state)
+        self.close_lun()
     }
 
-    fn become_locked(&self, wanted: AccessState) -> Result<(), HostError> {
-        if wanted.is_active() {
-            if self.lun.read().is_none() {
-                self.store_state(AccessState::Transitioning);
-                let lun = (self.opener)()?;
-                crate::control::process_registry().add(&lun);
-                *self.lun.write() = Some(lun);
-                log::info!("{}: port group {} active", self.spec, self.own_group());
-            }
-            self.store_state(wanted);
-        } else {
-            // State first: from here the front-end refuses new commands.
-            self.store_state(wanted);
-            self.close_lun();
+    /// Opens the volume and turns active, unless a demotion came after
+    /// the request (`generation`). Called with `change` held.
+    fn activate(&self, generation: u64, state: AccessState) -> Result<(), HostError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(self.refuse("the LU is closed"));
         }
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return Err(self.refuse("a later request demoted the port"));
+        }
+        if self.state().is_active() && self.lun.read().is_some() {
+            return Ok(());
+        }
+        // A LUN still draining from a demotion is finished first: the
+        // volume is opened again only once it is closed.
+        self.close_lun()?;
+        self.store_state(AccessState::Transitioning);
+        let lun = (self.opener)()?;
+        crate::control::process_registry().add(&lun);
+        *self.lun.write() = Some(lun);
+        // Only from transitioning, and only if nothing demoted the port
+        // meanwhile; otherwise the volume just opened is closed again.
+        let superseded = self.generation.load(Ordering::SeqCst) != generation
+            || self
+                .state
+                .compare_exchange(
+                    AccessState::Transitioning.code(),
+                    state.code(),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_err();
+        if superseded {
+            self.close_lun()?;
+            return Err(self.refuse("a later request demoted the port"));
+        }
+        log::info!("{}: port group {} active", self.spec, self.own);
         Ok(())
     }
 
     fn store_state(&self, s: AccessState) {
-        self.state.store(s.code(), Ordering::Release);
+        self.state.store(s.code(), Ordering::SeqCst);
     }
 
-    /// Takes the LUN out, unregisters and flushes it; commands still
-    /// running keep it (and its volume's lock) until they finish.
-    fn close_lun(&self) {
-        let Some(lun) = self.lun.write().take() else {
-            return;
-        };
-        crate::control::process_registry().remove(&lun);
-        if let Err(e) = ferry_core::Volume::flush(lun.as_ref()) {
-            log::error!("{}: flush at close failed: {e}", lun.spec());
+    /// Takes the LUN out of service: unregisters it, waits (up to
+    /// [`DRAIN_LIMIT`]) for the commands that hold it, flushes it and
+    /// drops it (closing the volume and its lock). A LUN that did not
+    /// drain or flush is kept for the next call, which tries again.
+    fn close_lun(&self) -> Result<(), HostError> {
+        let mut draining = self.draining.lock();
+        if draining.is_none() {
+            *draining = self.lun.write().take();
         }
+        let Some(lun) = draining.as_ref() else {
+            return Ok(());
+        };
+        crate::control::process_registry().remove(lun);
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        // Commands admitted before the state changed hold their own
+        // reference; the registry holds a weak one.
+        while Arc::strong_count(lun) > 1 {
+            if Instant::now() >= deadline {
+                return Err(self.refuse(format!(
+                    "commands still running after {DRAIN_LIMIT:?}; the volume stays open"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ferry_core::Volume::flush(lun.as_ref())
+            .map_err(|e| self.refuse(format!("flush before closing the volume failed: {e}")))?;
+        *draining = None;
         log::info!(
             "{}: port group {} {}, volume closed",
             self.spec,
-            self.own_group(),
+            self.own,
             self.state()
         );
+        Ok(())
     }
 
-    /// The front-end closes the LUN (tgtd deleting the LU).
+    /// The front-end closes the LU (tgtd deleting it, with none of its
+    /// commands running). Does not wait for an activation in progress
+    /// (tgtd's main thread calls this): that one sees the port closed
+    /// and closes what it opened.
     pub fn close(&self) {
-        let _one = self.change.lock();
+        self.closed.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.store_state(AccessState::Unavailable);
-        self.close_lun();
+        if let Err(e) = self.close_lun() {
+            log::error!("{e}");
+        }
         crate::control::process_registry().remove_port(self);
     }
 
@@ -306,10 +407,13 @@ mod tests {
     }
 
     /// A command running on the old owner when it is demoted keeps the
-    /// volume (and its lock) until it finishes, so the new owner's open,
-    /// and so its first write, comes after the old owner's last one.
+    /// volume (and its lock): the demotion refuses new commands at once
+    /// but returns (and the agent releases the claim) only once that
+    /// command finished and the volume is flushed and closed. The new
+    /// owner cannot open before, so its first write comes after the old
+    /// owner's last one.
     #[test]
-    fn a_command_in_flight_on_the_demoted_port_lands_before_the_new_owner_opens() {
+    fn a_demotion_waits_for_the_command_in_flight_before_the_new_owner_opens() {
         let dir = tempfile::tempdir().unwrap();
         let spec = volume(dir.path(), "v.img");
         let old = LunPort::new(
@@ -333,23 +437,77 @@ mod tests {
             group(1, AccessState::Standby),
             group(2, AccessState::ActiveOptimized),
         ];
-        assert_eq!(old.set(1, moved.clone()).unwrap(), AccessState::Standby);
+        std::thread::scope(|scope| {
+            let demotion = scope.spawn(|| old.set(1, moved.clone()));
+            while old.state() != AccessState::Standby {
+                std::thread::yield_now();
+            }
+            assert!(
+                new.set(2, moved.clone()).is_err(),
+                "the new owner cannot open while the old write is in flight"
+            );
+            assert_eq!(new.state(), AccessState::Transitioning);
+            assert!(
+                !demotion.is_finished(),
+                "the demotion returned with a command running"
+            );
+            ferry_core::Volume::write_at(in_flight.as_ref(), &[1u8; 512], 0).unwrap();
+            drop(in_flight);
+            assert_eq!(demotion.join().unwrap().unwrap(), AccessState::Standby);
+        });
         assert!(old.lun().is_none(), "later commands are refused");
-        assert!(
-            new.set(2, moved.clone()).is_err(),
-            "the new owner cannot open while the old write is in flight"
-        );
-        assert_eq!(new.state(), AccessState::Transitioning);
-        ferry_core::Volume::write_at(in_flight.as_ref(), &[1u8; 512], 0).unwrap();
-        drop(in_flight);
         assert_eq!(new.set(2, moved).unwrap(), AccessState::ActiveOptimized);
         let lun = new.lun().unwrap();
-        ferry_core::Volume::write_at(lun.as_ref(), &[2u8; 512], 0).unwrap();
         let mut got = [0u8; 512];
         ferry_core::Volume::read_at(lun.as_ref(), &mut got, 0).unwrap();
-        assert_eq!(got, [2u8; 512], "the new owner's write is the last");
+        assert_eq!(got, [1u8; 512], "the old owner's write landed before");
+        ferry_core::Volume::write_at(lun.as_ref(), &[2u8; 512], 0).unwrap();
         drop(lun);
         new.close();
         old.close();
+    }
+
+    /// A fence that comes while an activation is opening the volume wins:
+    /// the port never turns active, and what was opened is closed again.
+    #[test]
+    fn a_fence_during_an_activation_leaves_the_port_unavailable_and_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = volume(dir.path(), "v.img");
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let held_spec = spec.clone();
+        let port = LunPort::new(
+            &spec,
+            1,
+            AccessState::Standby,
+            Box::new(move || {
+                entered_tx.send(()).unwrap();
+                go_rx.lock().recv().unwrap();
+                Ok(Lun::open(&held_spec)?)
+            }),
+        )
+        .unwrap();
+        std::thread::scope(|scope| {
+            let activation =
+                scope.spawn(|| port.set(1, vec![group(1, AccessState::ActiveOptimized)]));
+            entered.recv().unwrap(); // inside the open
+            let fence = scope.spawn(|| port.demote(AccessState::Unavailable));
+            while port.state() != AccessState::Unavailable {
+                std::thread::yield_now();
+            }
+            go.send(()).unwrap();
+            assert!(activation.join().unwrap().is_err());
+            fence.join().unwrap().unwrap();
+        });
+        assert_eq!(port.state(), AccessState::Unavailable);
+        assert!(port.lun().is_none());
+        drop(Lun::open(&spec).unwrap()); // the volume is closed
+        port.close();
+        assert!(
+            port.set(1, vec![group(1, AccessState::ActiveOptimized)])
+                .is_err(),
+            "a closed port opens nothing"
+        );
     }
 }

@@ -177,18 +177,42 @@ pub fn report_target_port_groups(
 
 /// VPD page 83h designators naming the port a command came through: its
 /// relative target port (type 4) and its target port group (type 5),
-/// both associated with the target port. With one port per group, the
-/// relative port identifier is the group id.
+/// both associated with the target port and marked iSCSI (PIV, protocol
+/// identifier 5). With one port per group, the relative port identifier
+/// is the group id.
 pub fn port_designators(group: u16) -> [u8; 16] {
     let mut d = [0u8; 16];
     for (i, kind) in [0x04u8, 0x05].into_iter().enumerate() {
         let at = i * 8;
-        d[at] = 0x01; // binary
+        d[at] = 0x50 | 0x01; // iSCSI, binary
         d[at + 1] = 0x80 | 0x10 | kind; // PIV, association target port
         d[at + 3] = 4;
         d[at + 6..at + 8].copy_from_slice(&group.to_be_bytes());
     }
     d
+}
+
+/// The designators of a device identification page (`page`: the page's
+/// data after its 4-byte header) with this port's relative target port
+/// and target port group designators in place of any there were: the
+/// same page however often it is asked for.
+pub fn with_port_designators(page: &[u8], group: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(page.len() + 16);
+    let mut at = 0;
+    while at + 4 <= page.len() {
+        let len = 4 + usize::from(page[at + 3]);
+        let Some(d) = page.get(at..at + len) else {
+            break;
+        };
+        let association = (d[1] >> 4) & 0x03;
+        let kind = d[1] & 0x0f;
+        if !(association == 1 && (kind == 4 || kind == 5)) {
+            out.extend_from_slice(d);
+        }
+        at += len;
+    }
+    out.extend_from_slice(&port_designators(group));
+    out
 }
 
 #[cfg(test)]
@@ -256,8 +280,26 @@ mod tests {
     #[test]
     fn designators_name_the_port_and_its_group() {
         let d = port_designators(0x1234);
-        assert_eq!(&d[..8], &[0x01, 0x94, 0, 4, 0, 0, 0x12, 0x34]);
-        assert_eq!(&d[8..], &[0x01, 0x95, 0, 4, 0, 0, 0x12, 0x34]);
+        assert_eq!(&d[..8], &[0x51, 0x94, 0, 4, 0, 0, 0x12, 0x34]);
+        assert_eq!(&d[8..], &[0x51, 0x95, 0, 4, 0, 0, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn port_designators_replace_earlier_ones() {
+        // A T10 vendor ID and an NAA designator, as tgtd builds them.
+        let mut page = vec![0x02, 0x01, 0, 4, b'f', b'e', b'r', b'y'];
+        page.extend_from_slice(&[0x01, 0x03, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let once = with_port_designators(&page, 7);
+        assert_eq!(once.len(), page.len() + 16);
+        assert_eq!(&once[..page.len()], &page[..]);
+        assert_eq!(with_port_designators(&once, 7), once, "idempotent");
+        let moved = with_port_designators(&once, 9);
+        assert_eq!(moved.len(), once.len());
+        assert_eq!(&moved[moved.len() - 2..], &[0, 9]);
+        // A truncated tail is dropped, not read past.
+        let mut torn = page.clone();
+        torn.extend_from_slice(&[0x01, 0x03, 0, 8, 1]);
+        assert_eq!(with_port_designators(&torn, 7), once);
     }
 
     #[test]

@@ -95,6 +95,9 @@ impl LunSlot {
     /// or a committed one) in the cache mode `--bsopts` asked for; a
     /// standby port learns the volume's size without taking it.
     pub fn open(&mut self, spec: &str, block_shift: u32) -> Result<Opened, Error> {
+        // tgtd opens an LU again for `--op update --params path=`: the
+        // old port closes first (its volume too).
+        self.close();
         let open_err = |e: ferry_host::HostError| Error::Open {
             spec: spec.to_string(),
             source: e.into(),
@@ -138,7 +141,10 @@ impl LunSlot {
                         ),
                     }));
                 }
-                (bytes, cache_mode.unwrap_or_default())
+                (
+                    bytes,
+                    cache_mode.unwrap_or(ferry_host::lun::DEFAULT_CACHE_MODE),
+                )
             }
         };
         ferry_host::control::ensure_process_server("tgtd");

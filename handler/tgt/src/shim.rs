@@ -266,38 +266,45 @@ unsafe extern "C" fn bs_open(
     })
 }
 
-/// Appends the relative target port and target port group designators
-/// ([`ferry_scsi::alua::port_designators`]) to the LU's device
-/// identification page, which tgtd builds without them: the page is
-/// reallocated one designator pair longer (tgtd frees it with `free`,
-/// and its `vpd_update` rewrites only the designators before them, at
-/// fixed offsets).
+/// Puts the relative target port and target port group designators
+/// ([`ferry_scsi::alua::with_port_designators`]) in the LU's device
+/// identification page, which tgtd builds without them. The page is
+/// rewritten in place when its length stays (bs_open again, after
+/// `tgtadm --op update --params path=`), reallocated otherwise (tgtd
+/// frees it with `free`, and its `vpd_update` rewrites only the
+/// designators before them, at fixed offsets).
 ///
 /// # Safety
 /// `slot` is the LU's VPD table entry for page 83h, on tgtd's main thread
 /// with no command of the LU running.
 unsafe fn name_the_port(slot: *mut *mut ffi::Vpd, group: u16) {
-    let extra = ferry_scsi::alua::port_designators(group);
-    // SAFETY: per the contract; the old page is tgtd's allocation of
-    // VPD_DATA + size bytes, the new one calloc'd for the longer page.
+    // SAFETY: per the contract; the old page is tgtd's (or our)
+    // allocation of VPD_DATA + size bytes, the new one calloc'd for the
+    // new page.
     unsafe {
         let old = *slot;
         if old.is_null() {
             return;
         }
         let size = usize::from((*old).size);
-        let Ok(new_size) = u16::try_from(size + extra.len()) else {
+        let data = std::slice::from_raw_parts(old.cast::<u8>().add(ffi::VPD_DATA), size);
+        let page = ferry_scsi::alua::with_port_designators(data, group);
+        let Ok(new_size) = u16::try_from(page.len()) else {
             return;
         };
-        let new = libc::calloc(1, ffi::VPD_DATA + usize::from(new_size)).cast::<ffi::Vpd>();
+        if page.len() == size {
+            std::ptr::copy_nonoverlapping(page.as_ptr(), old.cast::<u8>().add(ffi::VPD_DATA), size);
+            return;
+        }
+        let new = libc::calloc(1, ffi::VPD_DATA + page.len()).cast::<ffi::Vpd>();
         if new.is_null() {
             log::warn!("no memory to name the target port in VPD page 83h");
             return;
         }
-        std::ptr::copy_nonoverlapping(old.cast::<u8>(), new.cast::<u8>(), ffi::VPD_DATA + size);
+        std::ptr::copy_nonoverlapping(old.cast::<u8>(), new.cast::<u8>(), ffi::VPD_DATA);
         (*new).size = new_size;
-        let data = new.cast::<u8>().add(ffi::VPD_DATA + size);
-        std::ptr::copy_nonoverlapping(extra.as_ptr(), data, extra.len());
+        let to = new.cast::<u8>().add(ffi::VPD_DATA);
+        std::ptr::copy_nonoverlapping(page.as_ptr(), to, page.len());
         *slot = new;
         libc::free(old.cast());
     }
