@@ -53,10 +53,20 @@ struct Holder {
 }
 
 /// The map kept in a local directory.
+/// How often [`FileStore`]'s wait looks whether a registration's or a
+/// claim's process died.
+pub const HOLDER_CHECK: Duration = Duration::from_millis(200);
+
 pub struct FileStore {
     dir: PathBuf,
     inotify: OwnedFd,
+    /// The live registrations and claims the last snapshot saw: a wait
+    /// wakes when they no longer are (a holder died since).
+    seen: std::sync::Mutex<Option<Holders>>,
 }
+
+/// Names of the live registrations and of the claimed LUNs.
+type Holders = (Vec<String>, Vec<String>);
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MapError + 'a {
     move |source| MapError::Io {
@@ -104,6 +114,7 @@ impl FileStore {
         Ok(FileStore {
             dir: dir.to_path_buf(),
             inotify: Self::watch(dir)?,
+            seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -178,6 +189,13 @@ impl FileStore {
             }
         }
         out
+    }
+
+    fn live_holders(&self) -> Holders {
+        (
+            self.holders("live").into_keys().collect(),
+            self.holders("owners").into_keys().collect(),
+        )
     }
 
     fn me(&self, node: &str) -> Holder {
@@ -281,12 +299,20 @@ impl MapStore for FileStore {
             })?;
             s.migrations.insert(lun.clone(), (req, d.version));
         }
-        for (node, h) in self.holders("live") {
+        let live = self.holders("live");
+        let owners = self.holders("owners");
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some((
+                live.keys().cloned().collect(),
+                owners.keys().cloned().collect(),
+            ));
+        }
+        for (node, h) in live {
             if let Some(l) = h.live {
                 s.live.insert(node, l);
             }
         }
-        for (lun, h) in self.holders("owners") {
+        for (lun, h) in owners {
             s.owners.insert(lun, h.node);
         }
         s.status = self.reports("status");
@@ -429,21 +455,40 @@ impl MapStore for FileStore {
         self.write_atomic(&p, &bytes)
     }
 
+    /// Wakes on a change of the files, and on the death of a process
+    /// holding a registration or a claim: those end with their process
+    /// (no file changes), and a node's LUNs must move at once, not at the
+    /// next resync. Liveness is looked at every [`HOLDER_CHECK`].
     fn wait(&self, timeout: Duration) -> Result<Event, MapError> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        // Against what the last snapshot saw: a death between that
+        // snapshot and this wait counts.
+        let seen = self.seen.lock().ok().and_then(|s| s.clone());
+        let before = seen.unwrap_or_else(|| self.live_holders());
+        let deadline = std::time::Instant::now() + timeout;
         let fd = &self.inotify;
-        let ts = Timespec {
-            tv_sec: timeout.as_secs() as i64, // waits are seconds, far below i64::MAX
-            tv_nsec: timeout.subsec_nanos().into(),
-        };
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        let n = match poll(&mut fds, Some(&ts)) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::INTR) => 0,
-            Err(e) => return Err(io_err("polling", &self.dir)(e.into())),
-        };
-        if n == 0 {
-            return Ok(Event::Timeout);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let slice = left.min(HOLDER_CHECK);
+            let ts = Timespec {
+                tv_sec: slice.as_secs() as i64, // at most HOLDER_CHECK
+                tv_nsec: slice.subsec_nanos().into(),
+            };
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            let n = match poll(&mut fds, Some(&ts)) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => 0,
+                Err(e) => return Err(io_err("polling", &self.dir)(e.into())),
+            };
+            if n > 0 {
+                break;
+            }
+            if self.live_holders() != before {
+                return Ok(Event::Changed);
+            }
+            if left.is_zero() {
+                return Ok(Event::Timeout);
+            }
         }
         // Drain: one wake-up per batch of changes.
         let mut buf = [0u8; 4096];
@@ -580,5 +625,35 @@ mod tests {
         let other = FileStore::open(d.path()).unwrap();
         add_target(&other, "iqn.2026-11.org.ferry:a").unwrap();
         assert_eq!(s.wait(Duration::from_secs(5)).unwrap(), Event::Changed);
+    }
+
+    /// A claim ends with its process, which changes no file: the wait
+    /// wakes all the same, so a dead node's LUNs move at once.
+    #[test]
+    fn wait_wakes_when_a_claims_process_dies() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let holder = Holder {
+            node: "z".into(),
+            pid: child.id(),
+            start: start_time(child.id()).unwrap(),
+            live: None,
+        };
+        fs::write(
+            d.path().join("owners/l1"),
+            serde_json::to_vec(&holder).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.snapshot().unwrap().owners["l1"], "z");
+        // The write itself is a change; take it.
+        assert_eq!(s.wait(Duration::from_secs(5)).unwrap(), Event::Changed);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(s.wait(Duration::from_secs(30)).unwrap(), Event::Changed);
+        assert!(!s.snapshot().unwrap().owners.contains_key("l1"));
     }
 }
