@@ -270,3 +270,51 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
         );
     }
 }
+
+/// A node cut off from ZooKeeper turns its ports unavailable (the volume
+/// closed, media access refused with 04h/0Ch, only its own group
+/// reported) before its session can expire and another node take over;
+/// when the map comes back within the session, it serves again.
+#[test]
+fn a_gateway_that_loses_the_map_turns_its_ports_unavailable() {
+    common::require("tgtd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut zk = ZooKeeper::start(&dir.path().join("zk"));
+    let url = zk.url("ferry");
+    let vols = dir.path().join("vols");
+    std::fs::create_dir_all(&vols).unwrap();
+    let path = vols.join("v1");
+    let spec = format!("file:{}", path.display());
+    ferry(&url, &["volume", "create", &spec, "--size", "16M"]);
+    let nodes = two_nodes(dir.path(), &url);
+    add_shared_lun(&url, "v1", &spec);
+    let (ga, gb) = (group_of(&url, "a"), group_of(&url, "b"));
+    let serving: Groups = vec![(AO, ga, true), (STANDBY, gb, false)];
+    wait_rtpg(&nodes["b"], &serving, Duration::from_secs(20));
+    let mut on_a = connect(&nodes["a"]);
+    assert_eq!(sense_of(&mut on_a, &TUR, 0), (ScsiStatus::Good, None));
+
+    let cut = Instant::now();
+    zk.kill9();
+    let fenced: Groups = vec![(UNAVAILABLE, ga, false)];
+    let t = wait_rtpg(&nodes["a"], &fenced, SESSION);
+    eprintln!(
+        "a unavailable {:?} after ZooKeeper went away (session timeout {SESSION:?})",
+        cut.elapsed()
+    );
+    assert!(t <= SESSION);
+    assert_eq!(
+        sense_of(&mut on_a, &READ10, 4096),
+        (ScsiStatus::CheckCondition, Some((0x02, 0x04, 0x0c)))
+    );
+    assert!(
+        !holds(nodes["a"].tgtd.pid(), &path),
+        "a still holds the volume"
+    );
+
+    // ZooKeeper back within the session: a's claim held, a serves again.
+    zk.restart();
+    wait_rtpg(&nodes["a"], &serving, Duration::from_secs(30));
+    assert_eq!(sense_of(&mut on_a, &TUR, 0), (ScsiStatus::Good, None));
+    assert_eq!(owner(&show(&url), "v1").as_deref(), Some("a"));
+}
