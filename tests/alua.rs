@@ -108,8 +108,17 @@ const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0];
 const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
 const STANDBY_SENSE: Option<(u8, u8, u8)> = Some((0x02, 0x04, 0x0b));
 
-#[test]
-fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator_reconfiguring() {
+/// ZooKeeper, gateways a and b with their agents, and LUN v1 on a file
+/// volume of `size`, permitted on a then b and served by a.
+struct Setup {
+    zk: ZooKeeper,
+    url: String,
+    path: std::path::PathBuf,
+    nodes: std::collections::BTreeMap<String, Node>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(size: &str) -> Setup {
     common::require("tgtd");
     let dir = tempfile::tempdir().unwrap();
     let zk = ZooKeeper::start(&dir.path().join("zk"));
@@ -118,9 +127,27 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
     std::fs::create_dir_all(&vols).unwrap();
     let path = vols.join("v1");
     let spec = format!("file:{}", path.display());
-    ferry(&url, &["volume", "create", &spec, "--size", "64M"]);
-    let mut nodes = two_nodes(dir.path(), &url);
+    ferry(&url, &["volume", "create", &spec, "--size", size]);
+    let nodes = two_nodes(dir.path(), &url);
     add_shared_lun(&url, "v1", &spec);
+    Setup {
+        zk,
+        url,
+        path,
+        nodes,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator_reconfiguring() {
+    let Setup {
+        zk: _zk,
+        url,
+        path,
+        mut nodes,
+        _dir,
+    } = setup("64M");
     let (ga, gb) = (group_of(&url, "a"), group_of(&url, "b"));
     assert_ne!(ga, gb);
 
@@ -277,17 +304,13 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
 /// when the map comes back within the session, it serves again.
 #[test]
 fn a_gateway_that_loses_the_map_turns_its_ports_unavailable() {
-    common::require("tgtd");
-    let dir = tempfile::tempdir().unwrap();
-    let mut zk = ZooKeeper::start(&dir.path().join("zk"));
-    let url = zk.url("ferry");
-    let vols = dir.path().join("vols");
-    std::fs::create_dir_all(&vols).unwrap();
-    let path = vols.join("v1");
-    let spec = format!("file:{}", path.display());
-    ferry(&url, &["volume", "create", &spec, "--size", "16M"]);
-    let nodes = two_nodes(dir.path(), &url);
-    add_shared_lun(&url, "v1", &spec);
+    let Setup {
+        mut zk,
+        url,
+        path,
+        nodes,
+        _dir,
+    } = setup("16M");
     let (ga, gb) = (group_of(&url, "a"), group_of(&url, "b"));
     let serving: Groups = vec![(AO, ga, true), (STANDBY, gb, false)];
     wait_rtpg(&nodes["b"], &serving, Duration::from_secs(20));

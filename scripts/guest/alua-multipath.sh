@@ -159,6 +159,18 @@ fio_run() {
     --verify=crc32c --verify_backlog=64 --verify_fatal=1 --randrepeat=0 \
     --output-format=json --output="$S/fio-$name.json" >>"$S/fio.out" 2>&1
 }
+# Waits for fio run $1 (pid $2), which spanned $3: fails on any error,
+# logs its I/O counts and longest I/O, and records the pause in
+# /share/pauses.
+fio_finish() {
+  local name=$1 pid=$2 what=$3 pause errors writes reads
+  wait "$pid" || fail "fio failed across $what: $(tail -n 20 "$S/fio.out")"
+  read -r pause errors writes reads <<<"$(longest_ms "$name")"
+  [ "$errors" = 0 ] || fail "fio reported error $errors across $what"
+  log "$what under fio: no error, $writes writes and $reads verifying reads, longest I/O $pause ms"
+  echo "${name}_pause_ms=$pause" >>"$S/pauses"
+  multipath -ll "$mp" >>"$S/guest.log" 2>&1
+}
 longest_ms() {
   python3 - "$S/fio-$1.json" <<'EOF'
 import json, sys
@@ -177,12 +189,7 @@ kill -9 "${agent_pid[a]}" "${tgtd_pid[a]}"
 log "node a (tgtd ${tgtd_pid[a]}, agent ${agent_pid[a]}) killed"
 wait_for '[ "$(owner)" = b ]' "node b did not take v1 over"
 log "node b owns v1 $(since "$t") s after the kill"
-wait "$fio_pid" || fail "fio failed across the failover: $(tail -n 20 "$S/fio.out")"
-read -r pause errors writes reads <<<"$(longest_ms failover)"
-[ "$errors" = 0 ] || fail "fio reported error $errors across the failover"
-log "failover under fio: no error, $writes writes and $reads verifying reads, longest I/O $pause ms"
-echo "failover_pause_ms=$pause" >>"$S/pauses"
-multipath -ll "$mp" >>"$S/guest.log" 2>&1
+fio_finish failover "$fio_pid" "the failover"
 
 # The whole region written then verified through b.
 fio --name=check --filename="$DEV" --ioengine=libaio --direct=1 --iodepth=8 --rw=write \
@@ -211,12 +218,7 @@ t=$(now)
 must ferry map lun move v1 --to a
 wait_for '[ "$(owner)" = a ]' "v1 did not move to a"
 log "v1 moved to a $(since "$t") s after the map edit"
-wait "$fio_pid" || fail "fio failed across the planned move: $(tail -n 20 "$S/fio.out")"
-read -r pause errors writes reads <<<"$(longest_ms move)"
-[ "$errors" = 0 ] || fail "fio reported error $errors across the planned move"
-log "planned move under fio: no error, $writes writes and $reads verifying reads, longest I/O $pause ms"
-echo "move_pause_ms=$pause" >>"$S/pauses"
-multipath -ll "$mp" >>"$S/guest.log" 2>&1
+fio_finish move "$fio_pid" "the planned move"
 
 must iscsiadm -m node -T "$IQN" --logout
 log "all checks passed"
