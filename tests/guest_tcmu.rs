@@ -31,8 +31,12 @@ fn tcmu_runner_serves_a_live_migration_in_a_guest() {
                 Path::new(env!("CARGO_BIN_EXE_ferry")).to_path_buf(),
                 "ferry",
             ),
+            (
+                common::target_dir().join("libbs_ferry.so"),
+                "libbs_ferry.so",
+            ),
         ],
-        400,
-        &["tcmu-runner.log"],
+        500,
+        &["tcmu-runner.log", "agent.log", "agent-t.log"],
     );
 }

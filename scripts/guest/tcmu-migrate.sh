@@ -36,7 +36,12 @@
 #  - `ferry agent --frontend lio` with a file map replaces the hand-made
 #    configuration with the map's, the LUN works over iSCSI, and unmap
 #    and removal in the map take it away again; a CHAP target from the
-#    map refuses a login without the secret and accepts one with it.
+#    map refuses a login without the secret and accepts one with it;
+#  - ALUA through LIO: a tgt node owns a map LUN and the LIO node
+#    exports it in standby with implicit ALUA groups in configfs (TPGS,
+#    RTPG, TEST UNIT READY refused with the standby sense, the volume not
+#    opened by tcmu-runner); the tgt node is killed and the LIO node takes
+#    the LUN over, and what was written through the tgt node reads back.
 #
 # Disk layout of the 256 MiB LUN (fio regions do not overlap, so each
 # verifies on its own):
@@ -395,8 +400,75 @@ must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --logout
 grep -q chap-secret-4242 "$S/agent.log" && fail "the agent log shows the CHAP secret"
 must ferry map lun remove m2
 wait_for '[ ! -d "$TPG3" ]' "the CHAP target stayed after its LUN went"
-kill "$agent_pid"
 log "CHAP from the map: refused without the secret, logged in with it ($(since "$t") s)"
+
+# ALUA through LIO: a tgt node t (tgtd on :3261 with its own agent) owns
+# LUN m3; the LIO node g exports it in standby (its backstore opened by
+# the handler without opening the volume) with one implicit ALUA group
+# per node in configfs, so LIO reports TPGS, the port group designators
+# and RTPG, and refuses media access. t dies: g takes the LUN over, its
+# group turns active once the handler opened the volume, and the data
+# written through t reads back through g.
+t=$(now)
+IQN4=iqn.2026-11.org.ferry:alua
+M3=/var/lib/ferry/m3.img
+install -D -m 0755 "$S/libbs_ferry.so" /usr/lib/tgt/backing-store/bs_ferry.so
+mkdir -p /run/ferry-t
+FERRY_RUN_DIR=/run/ferry-t tgtd -f --iscsi portal=127.0.0.1:3261 -C 1 >>"$S/tgtd-t.log" 2>&1 &
+tgtd_t=$!
+wait_for 'tgtadm -C 1 --lld iscsi --mode target --op show >/dev/null 2>&1' "tgtd t did not start"
+must ferry volume create "$M3" --size 16M
+must ferry map node add t --portal 127.0.0.1:3261
+RUST_LOG=info ferry agent --node t --tgtd-control 1 --run-dir /run/ferry-t >>"$S/agent-t.log" 2>&1 &
+agent_t=$!
+owner_of() { ferry map show --json | python3 -c "import json,sys; print(json.load(sys.stdin)['owners'].get('$1',''))"; }
+is_live() { ferry map show --json | python3 -c "import json,sys; sys.exit('$1' not in json.load(sys.stdin)['live'])"; }
+# t live before the LUN exists, so the map's order (t first) decides.
+wait_for 'is_live t' "node t did not register"
+must ferry map target add "$IQN4"
+must ferry map lun add m3 --target "$IQN4" --lun 1 --spec "$M3" --nodes t,g
+must ferry map initiator map "$ME" m3
+wait_for '[ "$(owner_of m3)" = t ]' "node t did not claim m3"
+CORE3=
+wait_for 'CORE3=$(ls -d /sys/kernel/config/target/core/user_*/m3 2>/dev/null | head -n1); [ -n "$CORE3" ] && [ "$(cat "$CORE3"/alua/ferry_*/alua_access_state 2>/dev/null | sort | tr "\n" " ")" = "0 2 " ]' \
+  "g did not export m3 in standby with ALUA groups: $(grep -E "m3|ALUA|port" "$S/agent.log" | tail -n 5)"
+log "m3: owned by t, exported by g in standby ($(ls "$CORE3/alua" | tr '\n' ' '))"
+ls -l /proc/"$runner_pid"/fd 2>/dev/null | grep -q "$M3" && fail "tcmu-runner opened m3's volume in standby"
+must iscsiadm -m discovery -t st -p 127.0.0.1:3260
+must iscsiadm -m node -T "$IQN4" -p 127.0.0.1:3260 --login
+must iscsiadm -m discovery -t st -p 127.0.0.1:3261
+must iscsiadm -m node -T "$IQN4" -p 127.0.0.1:3261 --login
+# Which disk is which path: tgt reports vendor FERRY, LIO LIO-ORG.
+disk_of() {
+  local d
+  for d in /sys/class/scsi_disk/*/device; do
+    [ "$(cat "$d/vendor" | tr -d ' ')" = "$1" ] && [ "$(cat "$d/model" | tr -d ' ')" = "$2" ] &&
+      ls "$d/block" 2>/dev/null | head -n1 && return 0
+  done
+  return 1
+}
+wait_for 'disk_of FERRY VOLUME >/dev/null && disk_of LIO-ORG TCMUdevice >/dev/null' "the two m3 paths did not appear"
+via_t=/dev/$(disk_of FERRY VOLUME)
+via_g=/dev/$(disk_of LIO-ORG TCMUdevice)
+sg_inq "$via_g" | grep -q "TPGS=1" || fail "LIO does not report implicit ALUA for m3: $(sg_inq "$via_g" | grep TPGS)"
+sg_rtpg "$via_g" >>"$S/guest.log" 2>&1 || fail "RTPG through g failed"
+if out=$(sg_turs -v "$via_g" 2>&1); then fail "TEST UNIT READY passed on g's standby path"; fi
+echo "$out" | grep -qi "standby" || fail "g's standby path answered: $out"
+head -c $((4 * MiB)) /dev/urandom >/tmp/m3.data
+must dd if=/tmp/m3.data of="$via_t" bs=1M oflag=direct status=none
+log "m3 through LIO's standby path: TPGS=1, RTPG, TEST UNIT READY refused (standby); 4 MiB written through t"
+tt=$(now)
+kill -9 "$agent_t" "$tgtd_t"
+wait_for '[ "$(owner_of m3)" = g ]' "g did not take m3 over"
+wait_for 'sg_turs "$via_g" >/dev/null 2>&1' "g's path did not turn active: $(sg_rtpg "$via_g" 2>&1 | tr '\n' ' ')" 
+sg_rtpg "$via_g" >>"$S/guest.log" 2>&1
+cmp <(dd if="$via_g" bs=1M count=4 iflag=direct status=none) /tmp/m3.data ||
+  fail "what t acknowledged does not read back through g"
+ls -l /proc/"$runner_pid"/fd | grep -q "$M3" || fail "g serves m3 without its volume open"
+log "t killed: g took m3 over and serves it through LIO ($(since "$tt") s), the data written through t reads back"
+must iscsiadm -m node -T "$IQN4" --logout
+kill "$agent_pid"
+log "ALUA through LIO ($(since "$t") s in all)"
 
 collect
 grep -E "ferry" /var/log/tcmu-runner.log | tail -n 20 >>"$S/guest.log"

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use ferry_host::ferry_scsi::alua::AccessState;
 use ferry_host::VolumeSpec;
 use ferry_map::{ChapCredential, Snapshot};
 
@@ -42,6 +43,21 @@ pub trait Frontend: Send {
     fn fence(&mut self, run_dir: &Path) -> Result<(), AgentError> {
         let _ = run_dir;
         self.clear()
+    }
+    /// Publishes the ALUA states of `wanted`'s ports where the target
+    /// itself reports them (LIO: configfs). Called before the serving
+    /// processes' ports change, with `active` empty, and after, with the
+    /// LUNs whose port is active now: this node's own group turns active
+    /// here only once its volume is open, and leaves active before it
+    /// closes. Returns what failed, by LUN.
+    fn publish_alua(
+        &mut self,
+        snap: &Snapshot,
+        wanted: &BTreeMap<String, crate::ports::WantedPort>,
+        active: &BTreeSet<String>,
+    ) -> BTreeMap<String, String> {
+        let _ = (snap, wanted, active);
+        BTreeMap::new()
     }
     /// Work on LUN `lun`'s volume (`spec`) before this node opens it: run
     /// when a LUN is added active, and before a standby port turns
@@ -160,7 +176,8 @@ impl Frontend for TgtFrontend {
             let tid = match op {
                 TgtOp::NewLun { tid, .. }
                 | TgtOp::Bind { tid, .. }
-                | TgtOp::Account { tid, .. } => Some(*tid),
+                | TgtOp::Account { tid, .. }
+                | TgtOp::Ready { tid } => Some(*tid),
                 _ => None,
             };
             if tid.is_some_and(|t| failed_tids.contains(&t)) {
@@ -255,11 +272,12 @@ pub struct LioFrontend {
     pub node: String,
 }
 
-/// What LIO should present: per target, the LUNs and, per initiator, the
-/// LUNs it is mapped to (LIO masks per LUN).
-pub fn wanted_lio(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedLio> {
+/// What LIO should present for `exports`: per target, the LUNs and, per
+/// initiator, the LUNs it is mapped to (LIO masks per LUN).
+pub fn wanted_lio(snap: &Snapshot, exports: &Exports) -> BTreeMap<String, WantedLio> {
     let mut out: BTreeMap<String, WantedLio> = BTreeMap::new();
-    for name in serve {
+    let standby = exports.standby.iter().map(|n| (n, true));
+    for (name, is_standby) in exports.serve.iter().map(|n| (n, false)).chain(standby) {
         let Some(l) = snap.map.luns.get(name) else {
             continue;
         };
@@ -268,9 +286,13 @@ pub fn wanted_lio(snap: &Snapshot, serve: &[String]) -> BTreeMap<String, WantedL
         };
         let w = out.entry(l.target.clone()).or_insert_with(|| WantedLio {
             chap: t.chap.clone(),
+            group: exports.group,
             ..Default::default()
         });
         w.luns.insert(l.lun, (l.name.clone(), l.spec.clone()));
+        if is_standby {
+            w.standby.insert(l.lun);
+        }
         for i in snap
             .map
             .initiators
@@ -309,8 +331,6 @@ impl Frontend for LioFrontend {
         "lio"
     }
 
-    /// LIO exports only the LUNs this node serves: handler_ferry has no
-    /// ALUA ports yet, so a standby export would open the volume.
     fn reconcile(
         &mut self,
         snap: &Snapshot,
@@ -321,10 +341,44 @@ impl Frontend for LioFrontend {
                 root: self.root.clone(),
             });
         }
-        let wanted = wanted_lio(snap, &exports.serve);
+        let wanted = wanted_lio(snap, exports);
         Ok(self
             .lio(snap)
             .reconcile(&wanted, &volume_size, &|name| scsi_identity(name).1))
+    }
+
+    fn publish_alua(
+        &mut self,
+        snap: &Snapshot,
+        wanted: &BTreeMap<String, crate::ports::WantedPort>,
+        active: &BTreeSet<String>,
+    ) -> BTreeMap<String, String> {
+        let lio = self.lio(snap);
+        let mut errors = BTreeMap::new();
+        for (name, w) in wanted {
+            let Some(l) = snap.map.luns.get(name) else {
+                continue;
+            };
+            let groups: Vec<(u16, u8, bool)> = w
+                .groups
+                .iter()
+                .map(|g| {
+                    let state = if g.id != w.own_group || active.contains(name) {
+                        g.state
+                    } else if g.state.is_active() {
+                        // Not open yet: LIO must not let media access in.
+                        AccessState::Transitioning
+                    } else {
+                        g.state
+                    };
+                    (g.id, state.code(), g.preferred)
+                })
+                .collect();
+            if let Err(e) = lio.set_alua(name, &l.target, l.lun, w.own_group, &groups) {
+                errors.insert(name.clone(), format!("ALUA: {e}"));
+            }
+        }
+        errors
     }
 
     fn clear(&mut self) -> Result<(), AgentError> {

@@ -300,44 +300,46 @@ impl Agent {
         // LUNs the target could not export; a LUN still fencing its old
         // owner is exported (its port says transitioning).
         let failed = self.cfg.frontend.reconcile(&snap, &exports)?;
-        // Port states, where the front-end has ports (tgt): own group
-        // active where this node serves, transitioning while it takes
-        // over or hands over, standby elsewhere.
+        // Port states: own group active where this node serves the LUN,
+        // transitioning while it takes it over or hands it over, standby
+        // elsewhere. Ordering: a target that reports states itself (LIO)
+        // is told every non-active state before the serving process's
+        // port closes its volume, and this node's active state only after
+        // the port opened it.
         let mut active = BTreeSet::new();
-        if self.cfg.frontend.name() == "tgt" {
-            let own_state = |lun: &String| {
-                if serve.contains(lun) {
-                    AccessState::ActiveOptimized
-                } else if taking_over.contains(lun) || handing.contains(lun) {
-                    AccessState::Transitioning
-                } else {
-                    AccessState::Standby
+        let own_state = |lun: &String| {
+            if serve.contains(lun) {
+                AccessState::ActiveOptimized
+            } else if taking_over.contains(lun) || handing.contains(lun) {
+                AccessState::Transitioning
+            } else {
+                AccessState::Standby
+            }
+        };
+        let wanted: BTreeMap<String, ports::WantedPort> = serve
+            .iter()
+            .chain(&exports.standby)
+            .filter(|l| !failed.contains_key(*l))
+            .filter_map(|l| {
+                ports::wanted_port(&snap, l, &node, own_state(l)).map(|w| (l.clone(), w))
+            })
+            .collect();
+        let mut failed = failed;
+        failed.extend(self.cfg.frontend.publish_alua(&snap, &wanted, &active));
+        let frontend = &self.cfg.frontend;
+        let prepare = |lun: &str, spec: &str| frontend.prepare(lun, spec);
+        for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted, &prepare) {
+            match r {
+                Ok(s) if s.is_active() => {
+                    active.insert(lun);
                 }
-            };
-            let wanted: BTreeMap<String, ports::WantedPort> = serve
-                .iter()
-                .chain(&exports.standby)
-                .filter(|l| !failed.contains_key(*l))
-                .filter_map(|l| {
-                    ports::wanted_port(&snap, l, &node, own_state(l)).map(|w| (l.clone(), w))
-                })
-                .collect();
-            let frontend = &self.cfg.frontend;
-            let prepare = |lun: &str, spec: &str| frontend.prepare(lun, spec);
-            for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted, &prepare) {
-                match r {
-                    Ok(s) if s.is_active() => {
-                        active.insert(lun);
-                    }
-                    Ok(_) => {}
-                    Err(why) => {
-                        report.errors.insert(lun, format!("target port: {why}"));
-                    }
+                Ok(_) => {}
+                Err(why) => {
+                    report.errors.insert(lun, format!("target port: {why}"));
                 }
             }
-        } else {
-            active.extend(serve.iter().cloned());
         }
+        failed.extend(self.cfg.frontend.publish_alua(&snap, &wanted, &active));
         report.errors.extend(failed);
         // Ordering: a handed-over LUN's claim goes only once its port
         // here is no longer active (its volume closed and flushed).

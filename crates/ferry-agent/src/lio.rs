@@ -44,6 +44,12 @@ pub struct LioTarget {
 pub struct WantedLio {
     /// LUN number -> (LUN name = backstore name, volume spec).
     pub luns: BTreeMap<u32, (String, String)>,
+    /// The LUNs (by number) exported in standby: their backstores are
+    /// created with the handler's `alua=standby`, so the volume is not
+    /// opened until this node's group turns active.
+    pub standby: BTreeSet<u32>,
+    /// This node's ALUA target port group (the handler's `tpg=`).
+    pub group: Option<u16>,
     /// Initiator -> the LUN numbers it may use.
     pub acls: BTreeMap<String, BTreeSet<u32>>,
     pub chap: Option<ChapCredential>,
@@ -253,6 +259,13 @@ impl Lio {
     }
 
     fn delete_backstore(&self, b: &Backstore) -> Result<(), LioError> {
+        // The ALUA groups made for it first: configfs keeps a directory
+        // with groups someone made inside.
+        for (g, dir) in dirs(&b.dir.join("alua")) {
+            if g.starts_with("ferry_") {
+                self.rmdir(&dir)?;
+            }
+        }
         self.rmdir(&b.dir)?;
         // rtslib makes one HBA per storage object; drop it when empty.
         if let Some(hba) = b.dir.parent() {
@@ -269,6 +282,7 @@ impl Lio {
         spec: &str,
         size: u64,
         serial: &str,
+        options: &str,
     ) -> Result<(), LioError> {
         let used: BTreeSet<u32> = dirs(&self.core())
             .into_iter()
@@ -282,7 +296,7 @@ impl Lio {
         let configure = || -> Result<(), LioError> {
             self.write(
                 &dir.join("control"),
-                &format!("dev_config={}", cfgstring(spec)),
+                &format!("dev_config={}{options}", cfgstring(spec)),
             )?;
             self.write(&dir.join("control"), &format!("dev_size={size}"))?;
             // Before enable, or the kernel's defaults stick. Tuning only:
@@ -432,8 +446,15 @@ impl Lio {
                     continue;
                 }
                 if !backstores.contains_key(name) {
+                    let mut options = String::new();
+                    if w.standby.contains(n) {
+                        options.push_str(";alua=standby");
+                    }
+                    if let Some(g) = w.group {
+                        options.push_str(&format!(";tpg={g}"));
+                    }
                     let made = size_of(spec).and_then(|size| {
-                        self.create_backstore(name, spec, size, &serial_of(name))
+                        self.create_backstore(name, spec, size, &serial_of(name), &options)
                             .map_err(|e| e.to_string())
                     });
                     if let Err(e) = made {
@@ -494,6 +515,61 @@ impl Lio {
             }
         }
         errors
+    }
+
+    /// Gives backstore `name`'s ALUA target port groups (one per node,
+    /// `ferry_<id>`, implicit ALUA; created when missing) the states in
+    /// `groups`, and binds the LUN `lun` of target `iqn` to this node's
+    /// group `own`. LIO then answers REPORT TARGET PORT GROUPS, reports
+    /// TPGS and the port designators, refuses media access in a
+    /// non-active group and raises ASYMMETRIC ACCESS STATE CHANGED.
+    pub fn set_alua(
+        &self,
+        name: &str,
+        iqn: &str,
+        lun: u32,
+        own: u16,
+        groups: &[(u16, u8, bool)],
+    ) -> Result<(), LioError> {
+        let Some(b) = self.backstores().remove(name) else {
+            return Err(LioError {
+                op: "finding the backstore of",
+                path: name.to_string(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        };
+        let alua = b.dir.join("alua");
+        let current = |p: &Path| {
+            fs::read_to_string(p)
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        for &(id, state, preferred) in groups {
+            let g = alua.join(format!("ferry_{id}"));
+            if !g.is_dir() {
+                self.mkdir(&g)?;
+                self.write(&g.join("tg_pt_gp_id"), &id.to_string())?;
+                self.write(&g.join("alua_access_type"), "1")?;
+            }
+            if current(&g.join("alua_access_state")) != state.to_string() {
+                self.write(&g.join("alua_access_state"), &state.to_string())?;
+            }
+            let pref = if preferred { "1" } else { "0" };
+            if current(&g.join("preferred")) != pref {
+                self.write(&g.join("preferred"), pref)?;
+            }
+        }
+        let bind = self
+            .tpg(iqn)
+            .join("lun")
+            .join(format!("lun_{lun}"))
+            .join("alua_tg_pt_gp");
+        let want = format!("ferry_{own}");
+        let bound = fs::read_to_string(&bind).unwrap_or_default();
+        if !bound.split_whitespace().any(|w| w == want) {
+            self.write(&bind, &want)?;
+        }
+        Ok(())
     }
 
     /// Removes every ferry target and backstore (fencing).

@@ -20,6 +20,8 @@ pub struct ShownTarget {
     pub accounts: BTreeSet<String>,
     /// Bound initiator names and addresses.
     pub acls: BTreeSet<String>,
+    /// tgtd's target state is `ready` (not `offline`).
+    pub ready: bool,
 }
 
 /// Parses `tgtadm --lld iscsi --mode target --op show`.
@@ -27,6 +29,7 @@ pub fn parse_show(text: &str) -> Vec<ShownTarget> {
     #[derive(PartialEq)]
     enum Section {
         Other,
+        System,
         Luns,
         Accounts,
         Acls,
@@ -43,6 +46,7 @@ pub fn parse_show(text: &str) -> Vec<ShownTarget> {
                     out.push(ShownTarget {
                         tid,
                         iqn: iqn.trim().to_string(),
+                        ready: true,
                         ..Default::default()
                     });
                     section = Section::Other;
@@ -57,7 +61,11 @@ pub fn parse_show(text: &str) -> Vec<ShownTarget> {
             "LUN information:" => section = Section::Luns,
             "Account information:" => section = Section::Accounts,
             "ACL information:" => section = Section::Acls,
-            "System information:" | "I_T nexus information:" => section = Section::Other,
+            "System information:" => section = Section::System,
+            "I_T nexus information:" => section = Section::Other,
+            _ if section == Section::System && t.starts_with("State: ") => {
+                cur.ready = t == "State: ready";
+            }
             _ => match section {
                 Section::Luns => {
                     if let Some(n) = t.strip_prefix("LUN: ") {
@@ -157,6 +165,15 @@ pub enum TgtOp {
         tid: u32,
         chap: ChapCredential,
     },
+    /// Lets initiators log in: a target is created `offline` (tgtd then
+    /// refuses logins with a target error, which initiators retry) and
+    /// turns `ready` only once its LUNs, ACLs and CHAP are in place. A
+    /// login in between would be refused as "target not found", which
+    /// open-iscsi does not retry: a gateway coming back would lose its
+    /// multipath paths for good.
+    Ready {
+        tid: u32,
+    },
 }
 
 fn same_spec(a: &str, b: &str) -> bool {
@@ -175,6 +192,8 @@ pub fn diff(
 ) -> Vec<TgtOp> {
     let mut removals = Vec::new();
     let mut additions = Vec::new();
+    // Last: targets turn ready once everything else is in place.
+    let mut ready = Vec::new();
     let managed = |t: &ShownTarget| {
         wanted.contains_key(&t.iqn) || t.luns.values().any(|(bs, _)| bs == "ferry")
     };
@@ -239,6 +258,9 @@ pub fn diff(
                 });
             }
         }
+        if !t.ready {
+            ready.push(TgtOp::Ready { tid: t.tid });
+        }
     }
     for (iqn, w) in wanted {
         if shown.iter().any(|t| &t.iqn == iqn) {
@@ -270,8 +292,10 @@ pub fn diff(
                 chap: c.clone(),
             });
         }
+        ready.push(TgtOp::Ready { tid });
     }
     removals.extend(additions);
+    removals.extend(ready);
     removals
 }
 
@@ -336,6 +360,25 @@ impl Tgtadm {
                 why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             })
         }
+    }
+
+    fn set_state(&self, tid: u32, state: &str) -> Result<(), TgtError> {
+        self.run(
+            &[
+                "--mode",
+                "target",
+                "--op",
+                "update",
+                "--tid",
+                &tid.to_string(),
+                "--name",
+                "state",
+                "--value",
+                state,
+            ],
+            false,
+        )
+        .map(drop)
     }
 
     pub fn show(&self) -> Result<Vec<ShownTarget>, TgtError> {
@@ -407,8 +450,8 @@ impl Tgtadm {
                     false,
                 )
                 .map(drop),
-            TgtOp::NewTarget { tid, iqn } => self
-                .run(
+            TgtOp::NewTarget { tid, iqn } => {
+                self.run(
                     &[
                         "--mode",
                         "target",
@@ -420,8 +463,10 @@ impl Tgtadm {
                         iqn,
                     ],
                     false,
-                )
-                .map(drop),
+                )?;
+                self.set_state(*tid, "offline")
+            }
+            TgtOp::Ready { tid } => self.set_state(*tid, "ready"),
             TgtOp::NewLun {
                 tid,
                 lun,
@@ -697,7 +742,24 @@ Target 4: iqn.2026-11.org.other:plain
                     tid: 1,
                     initiator: "iqn.2026-11.org.ferry:h".into()
                 },
+                TgtOp::Ready { tid: 1 },
             ]
+        );
+    }
+
+    /// A target left offline (its set-up stopped half-way) is made ready
+    /// once the rest is in place; the show output says which is which.
+    #[test]
+    fn an_offline_target_is_made_ready_last() {
+        let offline = SHOW.replacen("State: ready", "State: offline", 1);
+        let shown = parse_show(&offline);
+        assert!(!shown[0].ready);
+        assert!(parse_show(SHOW)[0].ready);
+        let (wanted, chap) = wanted_as_shown();
+        let ops = diff(&shown, &wanted, &BTreeMap::new());
+        assert_eq!(
+            ops,
+            vec![TgtOp::Account { tid: 3, chap }, TgtOp::Ready { tid: 3 }]
         );
     }
 

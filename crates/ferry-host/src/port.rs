@@ -280,7 +280,8 @@ impl LunPort {
         crate::control::process_registry().remove_port(self);
     }
 
-    pub(crate) fn answers_to(&self, name: &str) -> bool {
+    /// Whether `name` is this port's spec (in any spelling).
+    pub fn answers_to(&self, name: &str) -> bool {
         let canonical = |s: &str| crate::VolumeSpec::parse(s).map(|v| v.to_string()).ok();
         canonical(name).is_some_and(|n| Some(n) == canonical(&self.spec))
     }

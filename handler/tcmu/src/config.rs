@@ -35,6 +35,45 @@ tcmu-runner restarts; the backstore size must not exceed the volume's.";
 /// tcmu-runner's options, which may trail the spec after `;`.
 const RUNNER_OPTIONS: &[&str] = &["tcmur_cmd_time_out"];
 
+/// The handler's own options after the spec: `alua=standby` (the device
+/// starts standby: its volume is not opened until the node's agent turns
+/// its port group active) and `tpg=<1..65535>` (the node's target port
+/// group, which the agent also gives LIO).
+const ALUA_OPTIONS: &[&str] = &["alua", "tpg"];
+
+/// How a device's ALUA target port starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStart {
+    pub standby: bool,
+    pub group: Option<u16>,
+}
+
+/// The handler's options of a cfgstring (see [`parse`]).
+pub fn port_start(cfgstring: &str) -> Result<PortStart, Error> {
+    let mut out = PortStart::default();
+    for opt in cfgstring.split(';').skip(1).map(str::trim) {
+        let bad = |why: &str| Error::BadOption {
+            option: opt.to_string(),
+            why: why.to_string(),
+        };
+        match opt.split_once('=') {
+            Some(("alua", "standby")) => out.standby = true,
+            Some(("alua", "active")) => out.standby = false,
+            Some(("alua", _)) => return Err(bad("alua is active or standby")),
+            Some(("tpg", v)) => {
+                out.group = Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|g| *g != 0)
+                        .ok_or_else(|| bad("tpg is a port group id, 1 to 65535"))?,
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Parses a cfgstring (`ferry/<spec>[;option=value...]`, or a bare spec)
 /// into the volume spec it names. Errors say what is wrong, for targetcli
 /// to show.
@@ -47,7 +86,7 @@ pub fn parse(cfgstring: &str) -> Result<VolumeSpec, Error> {
     let spec = parts.next().unwrap_or_default().trim();
     for opt in parts.map(str::trim).filter(|o| !o.is_empty()) {
         let key = opt.split_once('=').map_or(opt, |(k, _)| k);
-        if !RUNNER_OPTIONS.contains(&key) {
+        if !RUNNER_OPTIONS.contains(&key) && !ALUA_OPTIONS.contains(&key) {
             return Err(Error::UnknownOption {
                 key: key.to_string(),
                 cfgstring: cfgstring.to_string(),

@@ -16,8 +16,14 @@ pub enum Error {
     #[error("no cfgstring")]
     NoCfgString,
     /// The cfgstring carries an option neither ferry nor tcmu-runner takes.
-    #[error("unknown option {key:?} in cfgstring {cfgstring:?} (ferry takes none)")]
+    #[error("unknown option {key:?} in cfgstring {cfgstring:?} (ferry takes alua= and tpg=)")]
     UnknownOption { key: String, cfgstring: String },
+    /// A handler option (`alua=`, `tpg=`) with a value it cannot take.
+    #[error("cfgstring option {option:?}: {why}")]
+    BadOption { option: String, why: String },
+    /// A device whose port is not active cannot do what was asked.
+    #[error("{spec}: {why}")]
+    Standby { spec: String, why: String },
     /// The cfgstring names no volume.
     #[error(
         "cfgstring {cfgstring:?} names no volume; expected an absolute path such as /srv/vol0.img"

@@ -27,11 +27,39 @@ use ferry_scsi::Sense;
 
 use crate::ffi::sts;
 
-/// A LUN as the handler serves it.
+/// A LUN as the handler serves it: its ALUA target port, which holds the
+/// open LUN while the node's group is active.
 pub struct DevState {
-    pub lun: Arc<Lun>,
+    pub port: Arc<ferry_host::LunPort>,
     /// The configured spec, for messages.
     pub spec: String,
+    /// The device's logical block size.
+    pub block_size: u32,
+}
+
+impl DevState {
+    /// The open LUN, or the completion a command gets while the port is
+    /// not active (LIO refuses media access itself in a non-active
+    /// group; this covers what reaches the handler all the same).
+    pub fn lun(&self) -> Result<Arc<Lun>, Completion> {
+        self.port.lun().ok_or_else(|| {
+            completion(Err(self
+                .port
+                .state()
+                .refusal()
+                .unwrap_or(Sense::internal_failure())))
+        })
+    }
+
+    /// Runs `cdb` on the open LUN ([`run`]), or answers with the port's
+    /// state. The LUN is held for the whole command, so a demotion waits
+    /// for it before it closes the volume.
+    pub fn run(&self, cdb: &[u8], data_out: &[&[u8]], data_in: &mut [&mut [u8]]) -> Completion {
+        match self.lun() {
+            Ok(lun) => run(&lun, cdb, data_out, data_in),
+            Err(c) => c,
+        }
+    }
 }
 
 /// How to complete a command.

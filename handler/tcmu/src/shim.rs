@@ -209,7 +209,7 @@ unsafe extern "C" fn open(dev: *mut TcmuDevice, reopen: bool) -> c_int {
         // Unmap whole ranges per callout (ferry splits nothing), with a
         // granularity of 4 KiB physical blocks; a non-zero alignment also
         // keeps tcmu-runner's WRITE SAME (UNMAP) path from dividing by it.
-        let gran = (4096 / state.lun.block_size()).max(1);
+        let gran = (4096 / state.block_size).max(1);
         if reopen {
             log::info!("{name}: reopened {}", state.spec);
         }
@@ -442,10 +442,15 @@ impl Queued {
     /// MODE SENSE and MODE SELECT from its device), first forced to what
     /// the LUN's cache mode requires.
     fn sync_write_cache(&self) {
+        // A port that is not active has no LUN to tell: its commands are
+        // refused.
+        let Some(lun) = self.state.port.lun() else {
+            return;
+        };
         // SAFETY: live device; plain field getter and setter.
         let on = unsafe {
             let on = (self.tcmu.tcmu_dev_get_write_cache_enabled)(self.dev.0);
-            match self.state.lun.cache_mode().forced_wce() {
+            match lun.cache_mode().forced_wce() {
                 Some(want) if want != on => {
                     (self.tcmu.tcmu_dev_set_write_cache_enabled)(self.dev.0, want);
                     want
@@ -453,7 +458,7 @@ impl Queued {
                 _ => on,
             }
         };
-        self.state.lun.set_write_cache(on);
+        lun.set_write_cache(on);
     }
 
     /// Queues the command as `cdb` on the LUN, with the callout's data
@@ -474,11 +479,11 @@ impl Queued {
                 // are the command's data-in, touched by no one else
                 // meanwhile.
                 let mut bufs = unsafe { segs.as_mut() };
-                exec::run(&s.lun, &cdb, &[], &mut bufs)
+                s.run(&cdb, &[], &mut bufs)
             } else {
                 // SAFETY: as above, for its data-out.
                 let bufs = unsafe { segs.as_ref() };
-                exec::run(&s.lun, &cdb, &bufs, &mut [])
+                s.run(&cdb, &bufs, &mut [])
             }
         })
     }
@@ -568,7 +573,7 @@ unsafe fn transfer(
     let Ok(off) = u64::try_from(off) else {
         return sts::RANGE;
     };
-    let block = q.state.lun.block_size();
+    let block = q.state.block_size;
     let (what, cdb) = match way {
         Transfer::Read => ("read", exec::read_cdb(off, len, block)),
         Transfer::Write => ("write", exec::write_cdb(&q.cdb(), off, len, block)),
@@ -624,11 +629,11 @@ unsafe extern "C" fn unmap(dev: *mut TcmuDevice, cmd: *mut TcmurCmd, off: u64, l
         let Some(q) = (unsafe { Queued::new(dev, cmd) }) else {
             return sts::HW_ERR;
         };
-        let Some((cdb, list)) = exec::unmap_request(off, len, q.state.lun.block_size()) else {
+        let Some((cdb, list)) = exec::unmap_request(off, len, q.state.block_size) else {
             return q.run("unmap", None, Segments(Vec::new()), false);
         };
         q.sync_write_cache();
-        q.submit(move |s| exec::run(&s.lun, &cdb, &[&list], &mut []))
+        q.submit(move |s| s.run(&cdb, &[&list], &mut []))
     })
 }
 
@@ -726,7 +731,7 @@ unsafe extern "C" fn handle_cmd(dev: *mut TcmuDevice, cmd: *mut TcmurCmd) -> c_i
         // SAFETY: as above.
         let data = unsafe { segs.as_ref() };
         q.sync_write_cache();
-        let c = exec::run(&q.state.lun, &cdb, &data, &mut []);
+        let c = q.state.run(&cdb, &data, &mut []);
         if let Some(sense) = c.sense {
             // SAFETY: the live command's 96-byte sense buffer; tcmu-runner
             // completes the command with our status after we return.
