@@ -217,6 +217,17 @@ impl Frontend for TgtFrontend {
                             failed_tids.insert(*tid);
                             format!("target {iqn}")
                         }
+                        // A target without its ACLs or CHAP must not
+                        // turn ready: it stays offline (logins retried)
+                        // until a later pass completes it.
+                        TgtOp::Bind { tid, .. } | TgtOp::Account { tid, .. } => {
+                            failed_tids.insert(*tid);
+                            format!("{op:?}")
+                                .split_whitespace()
+                                .next()
+                                .unwrap_or("tgt")
+                                .to_string()
+                        }
                         other => format!("{other:?}")
                             .split_whitespace()
                             .next()
@@ -374,7 +385,7 @@ impl Frontend for LioFrontend {
                     (g.id, state.code(), g.preferred)
                 })
                 .collect();
-            if let Err(e) = lio.set_alua(name, &l.target, l.lun, w.own_group, &groups) {
+            if let Err(e) = lio.set_alua(name, &l.target, l.lun, w.own_group, &groups, true) {
                 errors.insert(name.clone(), format!("ALUA: {e}"));
             }
         }

@@ -325,7 +325,8 @@ impl Agent {
             })
             .collect();
         let mut failed = failed;
-        failed.extend(self.cfg.frontend.publish_alua(&snap, &wanted, &active));
+        let staying = ports::staying_active(&self.cfg.run_dir, &wanted);
+        failed.extend(self.cfg.frontend.publish_alua(&snap, &wanted, &staying));
         let frontend = &self.cfg.frontend;
         let prepare = |lun: &str, spec: &str| frontend.prepare(lun, spec);
         for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted, &prepare) {
@@ -364,6 +365,12 @@ impl Agent {
             .into_iter()
             .filter(|l| !failed_luns.contains(l) && active.contains(l))
             .collect();
+        // tcmu-runner restarting reopens every device standby (their
+        // volumes closed, LIO's configfs still saying active): the next
+        // pass, within a second, turns them active again.
+        if self.cfg.frontend.name() == "lio" && !wanted.is_empty() {
+            report.next = Some(report.next.map_or(RETRY, |n| n.min(RETRY)));
+        }
         if !handing.is_empty() || !taking_over.is_empty() {
             report.next = Some(report.next.map_or(RETRY / 4, |n| n.min(RETRY / 4)));
         }

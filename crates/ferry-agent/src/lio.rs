@@ -28,6 +28,9 @@ pub struct Backstore {
     pub dir: PathBuf,
     /// The volume spec, canonical (`file:/path`, `rbd:pool/image`).
     pub spec: String,
+    /// The handler's `tpg=` option: the node's port group the device was
+    /// set up with (none for a backstore made before ALUA, or by hand).
+    pub group: Option<u16>,
 }
 
 /// An iSCSI target (TPG 1) as configfs shows it.
@@ -71,6 +74,9 @@ pub const BACKSTORE_DEFAULTS: [&str; 2] = ["hw_max_sectors=2048", "max_data_area
 /// The queue depth of a TCMU device (fixed by the kernel), which the
 /// agent also gives each target portal group as its command window.
 pub const TCMU_QUEUE_DEPTH: u32 = 128;
+
+/// configfs's code of the transitioning ALUA state.
+const TRANSITIONING: u8 = 15;
 
 pub fn cfgstring(spec: &str) -> String {
     if let Some(p) = spec.strip_prefix("file:") {
@@ -166,8 +172,13 @@ impl Lio {
             }
             for (name, dir) in dirs(&hba_dir) {
                 let info = fs::read_to_string(dir.join("info")).unwrap_or_default();
-                if let Some(spec) = info_field(&info, "Config").and_then(|c| spec_of_config(&c)) {
-                    out.insert(name, Backstore { dir, spec });
+                let config = info_field(&info, "Config").unwrap_or_default();
+                if let Some(spec) = spec_of_config(&config) {
+                    let group = config
+                        .split(';')
+                        .find_map(|o| o.strip_prefix("tpg="))
+                        .and_then(|g| g.parse().ok());
+                    out.insert(name, Backstore { dir, spec, group });
                 }
             }
         }
@@ -261,8 +272,11 @@ impl Lio {
     fn delete_backstore(&self, b: &Backstore) -> Result<(), LioError> {
         // The ALUA groups made for it first: configfs keeps a directory
         // with groups someone made inside.
+        // A group that still has a LUN (its unlink failed) stays: its
+        // LUN would fall back to the default group, which is active.
         for (g, dir) in dirs(&b.dir.join("alua")) {
-            if g.starts_with("ferry_") {
+            let empty = fs::read_to_string(dir.join("members")).is_ok_and(|m| m.trim().is_empty());
+            if g.starts_with("ferry_") && empty {
                 self.rmdir(&dir)?;
             }
         }
@@ -403,7 +417,10 @@ impl Lio {
             }
             for (n, b) in &t.luns {
                 let keep = w.luns.get(n).is_some_and(|(name, spec)| {
-                    name == b && backstores.get(b).is_some_and(|bs| &bs.spec == spec)
+                    name == b
+                        && backstores.get(b).is_some_and(|bs| {
+                            &bs.spec == spec && (w.group.is_none() || bs.group == w.group)
+                        })
                 });
                 if !keep && (backstores.contains_key(b) || w.luns.contains_key(n)) {
                     let d = self.tpg(iqn).join("lun").join(format!("lun_{n}"));
@@ -418,8 +435,17 @@ impl Lio {
             .values()
             .flat_map(|w| w.luns.values().map(|(n, s)| (n, s)))
             .collect();
+        let groups: BTreeMap<&String, Option<u16>> = wanted
+            .values()
+            .flat_map(|w| w.luns.values().map(move |(n, _)| (n, w.group)))
+            .collect();
         for (name, b) in &backstores {
-            if wanted_bs.get(name).is_none_or(|s| **s != b.spec) {
+            // A backstore set up for another port group (or before ALUA)
+            // is made again: its handler would refuse this node's group.
+            let other_group = groups
+                .get(name)
+                .is_some_and(|g| g.is_some() && *g != b.group);
+            if other_group || wanted_bs.get(name).is_none_or(|s| **s != b.spec) {
                 if let Err(e) = self.delete_backstore(b) {
                     errors.insert(name.clone(), e.to_string());
                 }
@@ -446,13 +472,14 @@ impl Lio {
                     continue;
                 }
                 if !backstores.contains_key(name) {
-                    let mut options = String::new();
-                    if w.standby.contains(n) {
-                        options.push_str(";alua=standby");
-                    }
-                    if let Some(g) = w.group {
-                        options.push_str(&format!(";tpg={g}"));
-                    }
+                    // With ALUA, every device starts standby (also after a
+                    // tcmu-runner restart): the agent turns it active once
+                    // the node may serve it, so a device never opens a
+                    // volume another node owns.
+                    let options = w
+                        .group
+                        .map(|g| format!(";alua=standby;tpg={g}"))
+                        .unwrap_or_default();
                     let made = size_of(spec).and_then(|size| {
                         self.create_backstore(name, spec, size, &serial_of(name), &options)
                             .map_err(|e| e.to_string())
@@ -477,6 +504,17 @@ impl Lio {
                             .map_err(err("symlink", &lun_dir))
                     });
                     if let Err(e) = linked {
+                        errors.insert(name.clone(), e.to_string());
+                        continue;
+                    }
+                }
+                // Into this node's group before any initiator is mapped
+                // (the default group is active/optimized); transitioning
+                // until the agent sets the states.
+                if let Some(g) = w.group {
+                    if let Err(e) =
+                        self.set_alua(name, iqn, *n, g, &[(g, TRANSITIONING, false)], false)
+                    {
                         errors.insert(name.clone(), e.to_string());
                     }
                 }
@@ -530,6 +568,7 @@ impl Lio {
         lun: u32,
         own: u16,
         groups: &[(u16, u8, bool)],
+        overwrite: bool,
     ) -> Result<(), LioError> {
         let Some(b) = self.backstores().remove(name) else {
             return Err(LioError {
@@ -546,16 +585,24 @@ impl Lio {
         };
         for &(id, state, preferred) in groups {
             let g = alua.join(format!("ferry_{id}"));
-            if !g.is_dir() {
+            let fresh = !g.is_dir();
+            if fresh {
                 self.mkdir(&g)?;
+            }
+            // Checked every time: a write that failed once would leave a
+            // group tcmu-runner cannot read (the default type, implicit
+            // and explicit, makes its INQUIRY fail).
+            if current(&g.join("tg_pt_gp_id")) != id.to_string() {
                 self.write(&g.join("tg_pt_gp_id"), &id.to_string())?;
+            }
+            if current(&g.join("alua_access_type")) != "Implicit" {
                 self.write(&g.join("alua_access_type"), "1")?;
             }
-            if current(&g.join("alua_access_state")) != state.to_string() {
+            if (fresh || overwrite) && current(&g.join("alua_access_state")) != state.to_string() {
                 self.write(&g.join("alua_access_state"), &state.to_string())?;
             }
             let pref = if preferred { "1" } else { "0" };
-            if current(&g.join("preferred")) != pref {
+            if (fresh || overwrite) && current(&g.join("preferred")) != pref {
                 self.write(&g.join("preferred"), pref)?;
             }
         }

@@ -3,7 +3,7 @@
 //! group's state from the map, and this node's own group's state from
 //! what the agent decided (active once the previous owner is fenced,
 //! transitioning until then, standby otherwise).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use ferry_host::control::{self, Request};
@@ -81,6 +81,27 @@ fn ports(run_dir: &Path) -> (BTreeMap<String, (PathBuf, PortInfo)>, Vec<String>)
         }
     }
     (found, silent)
+}
+
+/// The LUNs of `wanted` whose port is active now and stays active: a
+/// target that reports states itself (LIO) keeps saying active/optimized
+/// for them while the others change.
+pub fn staying_active(run_dir: &Path, wanted: &BTreeMap<String, WantedPort>) -> BTreeSet<String> {
+    let (found, _) = ports(run_dir);
+    wanted
+        .iter()
+        .filter(|(_, w)| {
+            w.groups
+                .iter()
+                .any(|g| g.id == w.own_group && g.state.is_active())
+        })
+        .filter(|(_, w)| {
+            found
+                .get(&canonical(&w.spec))
+                .is_some_and(|(_, info)| info.own_group == w.own_group && info.state.is_active())
+        })
+        .map(|(lun, _)| lun.clone())
+        .collect()
 }
 
 /// Gives each LUN's port what `wanted` says (only where it differs), by

@@ -109,6 +109,12 @@ impl LunPort {
             .unwrap_or(AccessState::Unavailable)
     }
 
+    /// Whether the node's agent has given this port the groups' states
+    /// yet (a port set up by a restarted serving process has not).
+    pub fn configured(&self) -> bool {
+        !self.groups.lock().is_empty()
+    }
+
     /// The open LUN, while the port is active.
     pub fn lun(&self) -> Option<Arc<Lun>> {
         self.lun.read().clone()

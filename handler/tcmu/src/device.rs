@@ -203,6 +203,16 @@ mod tests {
         let read = crate::exec::read_cdb(0, 512, 512).unwrap();
         let mut buf = [0u8; 512];
         let c = state.run(&read, &[], &mut [&mut buf[..]]);
+        // Not yet given its states by the agent: transitioning (retried).
+        let sense = c.sense.expect("transitioning sense");
+        assert_eq!((sense[2], sense[12], sense[13]), (0x02, 0x04, 0x0a));
+        let standby = vec![ferry_scsi::alua::PortGroup {
+            id: 7,
+            state: AccessState::Standby,
+            preferred: false,
+        }];
+        assert_eq!(state.port.set(7, standby).unwrap(), AccessState::Standby);
+        let c = state.run(&read, &[], &mut [&mut buf[..]]);
         let sense = c.sense.expect("standby sense");
         assert_eq!((sense[2], sense[12], sense[13]), (0x02, 0x04, 0x0b));
         assert!(resize(&state, 1 << 19).is_err());

@@ -41,13 +41,18 @@ impl DevState {
     /// The open LUN, or the completion a command gets while the port is
     /// not active (LIO refuses media access itself in a non-active
     /// group; this covers what reaches the handler all the same).
+    /// A command reaching a device whose port the agent has not set yet
+    /// (tcmu-runner restarted: the device reopened standby while LIO
+    /// still says active) is told transitioning, which initiators retry,
+    /// until the agent's next pass turns the port active.
     pub fn lun(&self) -> Result<Arc<Lun>, Completion> {
         self.port.lun().ok_or_else(|| {
-            completion(Err(self
-                .port
-                .state()
-                .refusal()
-                .unwrap_or(Sense::internal_failure())))
+            let state = if self.port.configured() {
+                self.port.state()
+            } else {
+                ferry_scsi::alua::AccessState::Transitioning
+            };
+            completion(Err(state.refusal().unwrap_or(Sense::internal_failure())))
         })
     }
 
