@@ -46,10 +46,11 @@ pub trait Frontend: Send {
     }
     /// Publishes the ALUA states of `wanted`'s ports where the target
     /// itself reports them (LIO: configfs). Called before the serving
-    /// processes' ports change, with `active` empty, and after, with the
-    /// LUNs whose port is active now: this node's own group turns active
-    /// here only once its volume is open, and leaves active before it
-    /// closes. Returns what failed, by LUN.
+    /// processes' ports change, with `active` the LUNs whose port is
+    /// active and stays so, and after, with the LUNs whose port is active
+    /// now: this node's own group turns active here only once its volume
+    /// is open, and leaves active before it closes. Returns what failed,
+    /// by LUN.
     fn publish_alua(
         &mut self,
         snap: &Snapshot,
