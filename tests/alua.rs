@@ -14,15 +14,31 @@ use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::zk::ZooKeeper;
-use ferry_initiator::{ScsiStatus, Session};
+use ferry_initiator::{ScsiOutcome, ScsiStatus, Session};
 
 /// (state code, group id, preferred) per descriptor of an RTPG reply.
 type Groups = Vec<(u8, u16, bool)>;
 
+/// Sends `cdb`, first taking the ASYMMETRIC ACCESS STATE CHANGED unit
+/// attentions a port owes a session after each change of its groups (as
+/// an initiator does: it then reads RTPG again).
+fn send(s: &mut Session, cdb: &[u8], data_out: Option<&[u8]>, len: usize) -> ScsiOutcome {
+    let mut told = 0;
+    loop {
+        let r = s.raw_cdb(cdb, data_out, len).unwrap();
+        let changed = r
+            .sense
+            .is_some_and(|s| (s.key, s.asc, s.ascq) == (0x06, 0x2a, 0x06));
+        if !changed {
+            return r;
+        }
+        told += 1;
+        assert!(told < 4, "unit attention again and again");
+    }
+}
+
 fn rtpg(s: &mut Session) -> Groups {
-    let r = s
-        .raw_cdb(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], None, 1024)
-        .unwrap();
+    let r = send(s, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], None, 1024);
     assert!(r.is_good(), "RTPG: {:?} {:?}", r.status, r.sense);
     let len = u32::from_be_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]) as usize;
     let mut out = Vec::new();
@@ -97,7 +113,7 @@ fn holds(pid: u32, path: &std::path::Path) -> bool {
 }
 
 fn sense_of(s: &mut Session, cdb: &[u8], len: usize) -> (ScsiStatus, Option<(u8, u8, u8)>) {
-    let r = s.raw_cdb(cdb, None, len).unwrap();
+    let r = send(s, cdb, None, len);
     (r.status, r.sense.map(|s| (s.key, s.asc, s.ascq)))
 }
 
@@ -199,11 +215,13 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
         sense_of(&mut on_b, &TUR, 0),
         (ScsiStatus::CheckCondition, STANDBY_SENSE)
     );
-    let write = on_b.raw_cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], Some(&[7u8; 512]), 0);
-    assert_eq!(
-        write.unwrap().sense.map(|s| (s.key, s.asc, s.ascq)),
-        STANDBY_SENSE
+    let write = send(
+        &mut on_b,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        Some(&[7u8; 512]),
+        0,
     );
+    assert_eq!(write.sense.map(|s| (s.key, s.asc, s.ascq)), STANDBY_SENSE);
     assert_eq!(on_b.read_capacity().unwrap(), on_a.read_capacity().unwrap());
     assert!(on_b
         .raw_cdb(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], None, 256)
@@ -283,6 +301,15 @@ fn both_gateways_export_the_lun_and_the_standby_takes_over_without_the_initiator
     let lag = wait_rtpg(&nodes["b"], &planned, Duration::from_secs(5));
     eprintln!("planned move: b's RTPG agreed {lag:?} later");
     assert_eq!(rtpg(&mut on_b), planned);
+    // a's session from before the move is told its port's state changed,
+    // once.
+    let told = on_a.raw_cdb(&TUR, None, 0).unwrap();
+    assert_eq!(
+        told.sense.map(|s| (s.key, s.asc, s.ascq)),
+        Some((0x06, 0x2a, 0x06)),
+        "ASYMMETRIC ACCESS STATE CHANGED"
+    );
+    assert_eq!(sense_of(&mut on_a, &TUR, 0), (ScsiStatus::Good, None));
     assert_eq!(on_a.read(100, 64).unwrap(), data);
     assert_eq!(
         sense_of(&mut on_b, &READ10, 4096),

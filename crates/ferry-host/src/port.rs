@@ -62,6 +62,9 @@ pub struct LunPort {
     generation: AtomicU64,
     /// The front-end closed the LU: nothing opens it again.
     closed: AtomicBool,
+    /// Bumped whenever what RTPG reports through this port changes: each
+    /// nexus is owed ASYMMETRIC ACCESS STATE CHANGED once per change.
+    changes: AtomicU64,
 }
 
 impl LunPort {
@@ -84,6 +87,7 @@ impl LunPort {
             change: Mutex::new(()),
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
         });
         if initial.is_active() {
             let _one = port.change.lock();
@@ -107,6 +111,20 @@ impl LunPort {
     pub fn state(&self) -> AccessState {
         AccessState::from_code(self.state.load(Ordering::Acquire))
             .unwrap_or(AccessState::Unavailable)
+    }
+
+    /// How many times what RTPG reports through this port has changed.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Sets the map's view of the groups, counting a change.
+    fn store_groups(&self, groups: Vec<PortGroup>) {
+        let mut current = self.groups.lock();
+        if *current != groups {
+            *current = groups;
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Whether the node's agent has given this port the groups' states
@@ -167,10 +185,10 @@ impl LunPort {
         if wanted.is_active() {
             let generation = self.generation.load(Ordering::SeqCst);
             let _one = self.change.lock();
-            *self.groups.lock() = groups;
+            self.store_groups(groups);
             self.activate(generation, wanted)?;
         } else {
-            *self.groups.lock() = groups;
+            self.store_groups(groups);
             self.demote(wanted)?;
         }
         Ok(self.state())
@@ -228,12 +246,15 @@ impl LunPort {
             self.close_lun()?;
             return Err(self.refuse("a later request demoted the port"));
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
         log::info!("{}: port group {} active", self.spec, self.own);
         Ok(())
     }
 
     fn store_state(&self, s: AccessState) {
-        self.state.store(s.code(), Ordering::SeqCst);
+        if self.state.swap(s.code(), Ordering::SeqCst) != s.code() {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Takes the LUN out of service: unregisters it, waits (up to

@@ -13,7 +13,7 @@ use ferry_host::{Lun, LunPort};
 use ferry_scsi::alua::AccessState;
 use ferry_scsi::CacheMode;
 
-use crate::optable::{NexusNames, SavedOps};
+use crate::optable::{AccessChanges, NexusNames, SavedOps};
 use crate::Error;
 
 /// The plugin's per-LU private data: created in `bs_init`, reclaimed in
@@ -33,6 +33,8 @@ pub struct LunSlot {
     pub saved_ops: SavedOps,
     /// The nexus names of the LU's sessions (see [`crate::optable`]).
     pub nexus_names: NexusNames,
+    /// The port state changes each session was told of.
+    pub access_changes: AccessChanges,
 }
 
 /// What `bs_open` tells tgtd about a LUN just opened.

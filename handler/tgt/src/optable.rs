@@ -120,6 +120,39 @@ pub enum Admission {
     Run(CmdPerform),
 }
 
+/// ASYMMETRIC ACCESS STATE CHANGED.
+const ACCESS_STATE_CHANGED: u16 = 0x2a06;
+
+/// Which count of the port's state changes each session has been told
+/// of ([`ferry_host::LunPort::changes`]): a session is owed ASYMMETRIC
+/// ACCESS STATE CHANGED once per change after it began (SPC-4 5.15.2.2),
+/// so Linux's ALUA handler checks RTPG again at once instead of at its
+/// next path check.
+#[derive(Default)]
+pub struct AccessChanges(Mutex<HashMap<SessionKey, u64>>);
+
+impl AccessChanges {
+    /// Whether session `key` is owed the unit attention now that the
+    /// port's count is `changes` (and, if so, counts it as told). A new
+    /// session starts at the current count.
+    pub fn owed(&self, key: SessionKey, changes: u64) -> bool {
+        let mut seen = self.0.lock();
+        if seen.len() >= NEXUS_CACHE && !seen.contains_key(&key) {
+            seen.clear();
+        }
+        match seen.insert(key, changes) {
+            Some(told) => told != changes,
+            None => false,
+        }
+    }
+}
+
+/// Commands a unit attention does not stop (SAM-5 5.14: INQUIRY, REPORT
+/// LUNS and REQUEST SENSE are answered as usual).
+fn passes_unit_attention(cdb: &[u8]) -> bool {
+    matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03))
+}
+
 /// How long initiators are told an implicit transition may take: the
 /// map store's session timeout plus a takeover's fencing, in seconds.
 pub const TRANSITION_SECS: u8 = 30;
@@ -134,12 +167,21 @@ pub const TRANSITION_SECS: u8 = 30;
 pub fn admit(
     slot: &LunSlot,
     cdb: &[u8],
+    session: Option<SessionKey>,
     nexus: impl FnOnce() -> Arc<Nexus>,
     max_compare_and_write: impl FnOnce() -> u8,
 ) -> Admission {
     let Some(op) = cdb.first().map(|&b| b as usize) else {
         return Admission::Fail;
     };
+    if let (Some(port), Some(key)) = (&slot.port, session) {
+        if !passes_unit_attention(cdb) && slot.access_changes.owed(key, port.changes()) {
+            return Admission::Refuse(Refusal::Check(ferry_scsi::Sense::new(
+                ferry_scsi::sense::key::UNIT_ATTENTION,
+                ACCESS_STATE_CHANGED,
+            )));
+        }
+    }
     if let Some(refusal) = slot.state().refusal() {
         if !alua::answered_when_inactive(cdb) {
             return Admission::Refuse(Refusal::Check(refusal));
@@ -314,6 +356,18 @@ mod tests {
         assert_eq!(hook_for(0x28, Some(h), illegal), Hook::Checked);
         assert_eq!(hook_for(COMPARE_AND_WRITE, None, illegal), Hook::Checked);
         assert_eq!(hook_for(0x28, None, illegal), Hook::Keep);
+    }
+
+    #[test]
+    fn each_session_is_told_of_each_change_once() {
+        let told = AccessChanges::default();
+        assert!(!told.owed((1, 1), 0), "a new session owes nothing");
+        assert!(!told.owed((1, 1), 0));
+        assert!(told.owed((1, 1), 2));
+        assert!(!told.owed((1, 1), 2));
+        assert!(!told.owed((2, 1), 2), "a session begun after the change");
+        assert!(passes_unit_attention(&[0x12, 0, 0, 0, 36, 0]));
+        assert!(!passes_unit_attention(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]));
     }
 
     #[test]

@@ -641,16 +641,25 @@ unsafe fn ops_entry(lu: *mut ScsiLu, op: usize) -> OpsEntry {
     }
 }
 
+/// The session `cmd` came on, as tgtd names it (none without one).
+///
+/// # Safety
+/// `cmd` is a live command, on tgtd's main thread.
+unsafe fn session_of(cmd: *mut ScsiCmd) -> Option<optable::SessionKey> {
+    // SAFETY: per the contract; it_nexus is the command's session.
+    unsafe {
+        let itn = (*cmd).it_nexus.cast::<ffi::ItNexus>();
+        (!itn.is_null()).then(|| ((*itn).itn_id, (*itn).ctime))
+    }
+}
+
 /// The nexus of `cmd`, named once per session ([`optable::NexusNames`]).
 ///
 /// # Safety
 /// `cmd` is a live command of the LU of `slot`, on tgtd's main thread.
 unsafe fn nexus_of(slot: &LunSlot, cmd: *mut ScsiCmd) -> Arc<Nexus> {
-    // SAFETY: per the contract; it_nexus is the command's session.
-    let key = unsafe {
-        let itn = (*cmd).it_nexus.cast::<ffi::ItNexus>();
-        (!itn.is_null()).then(|| ((*itn).itn_id, (*itn).ctime))
-    };
+    // SAFETY: per the contract.
+    let key = unsafe { session_of(cmd) };
     // SAFETY: per the contract.
     slot.nexus_names.of(key, || unsafe { name_nexus(cmd) })
 }
@@ -732,6 +741,7 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             let admission = optable::admit(
                 slot,
                 cdb,
+                session_of(cmd),
                 || nexus_of(slot, cmd),
                 || max_compare_and_write(lu),
             );
