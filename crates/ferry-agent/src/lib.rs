@@ -261,27 +261,7 @@ impl Agent {
                 });
             }
         }
-        // A LUN whose node order the map asked for again since this node
-        // last kept it goes to the first live node of the order: demoted
-        // here (its volume closed and flushed), then its claim released.
-        self.kept_at.retain(|l, _| serve.contains(l));
-        let mut handing = Vec::new();
-        for lun in &serve {
-            let Some(l) = snap.map.luns.get(lun) else {
-                continue;
-            };
-            let kept = self.kept_at.entry(lun.clone()).or_insert(l.order_seq);
-            match hand_over_to(&snap, l, &node, *kept) {
-                Some(to) => {
-                    log::info!(
-                        "node {node}: handing LUN {lun} to {to} (its node order was asked for)"
-                    );
-                    handing.push(lun.clone());
-                }
-                // This order keeps the LUN here.
-                None => *kept = l.order_seq,
-            }
-        }
+        let handing = self.hand_overs(&snap, &serve);
         let serve: Vec<String> = serve.into_iter().filter(|l| !handing.contains(l)).collect();
         let exports = Exports {
             serve: serve.clone(),
@@ -300,47 +280,8 @@ impl Agent {
         // LUNs the target could not export; a LUN still fencing its old
         // owner is exported (its port says transitioning).
         let failed = self.cfg.frontend.reconcile(&snap, &exports)?;
-        // Port states: own group active where this node serves the LUN,
-        // transitioning while it takes it over or hands it over, standby
-        // elsewhere. Ordering: a target that reports states itself (LIO)
-        // is told every non-active state before the serving process's
-        // port closes its volume, and this node's active state only after
-        // the port opened it.
-        let mut active = BTreeSet::new();
-        let own_state = |lun: &String| {
-            if serve.contains(lun) {
-                AccessState::ActiveOptimized
-            } else if taking_over.contains(lun) || handing.contains(lun) {
-                AccessState::Transitioning
-            } else {
-                AccessState::Standby
-            }
-        };
-        let wanted: BTreeMap<String, ports::WantedPort> = serve
-            .iter()
-            .chain(&exports.standby)
-            .filter(|l| !failed.contains_key(*l))
-            .filter_map(|l| {
-                ports::wanted_port(&snap, l, &node, own_state(l)).map(|w| (l.clone(), w))
-            })
-            .collect();
-        let mut failed = failed;
-        let staying = ports::staying_active(&self.cfg.run_dir, &wanted);
-        failed.extend(self.cfg.frontend.publish_alua(&snap, &wanted, &staying));
-        let frontend = &self.cfg.frontend;
-        let prepare = |lun: &str, spec: &str| frontend.prepare(lun, spec);
-        for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted, &prepare) {
-            match r {
-                Ok(s) if s.is_active() => {
-                    active.insert(lun);
-                }
-                Ok(_) => {}
-                Err(why) => {
-                    report.errors.insert(lun, format!("target port: {why}"));
-                }
-            }
-        }
-        failed.extend(self.cfg.frontend.publish_alua(&snap, &wanted, &active));
+        let (active, failed) =
+            self.sync_ports(&snap, &exports, &taking_over, &handing, failed, &mut report);
         report.errors.extend(failed);
         // Ordering: a handed-over LUN's claim goes only once its port
         // here is no longer active (its volume closed and flushed).
@@ -365,12 +306,6 @@ impl Agent {
             .into_iter()
             .filter(|l| !failed_luns.contains(l) && active.contains(l))
             .collect();
-        // tcmu-runner restarting reopens every device standby (their
-        // volumes closed, LIO's configfs still saying active): the next
-        // pass, within a second, turns them active again.
-        if self.cfg.frontend.name() == "lio" && !wanted.is_empty() {
-            report.next = Some(report.next.map_or(RETRY, |n| n.min(RETRY)));
-        }
         if !handing.is_empty() || !taking_over.is_empty() {
             report.next = Some(report.next.map_or(RETRY / 4, |n| n.min(RETRY / 4)));
         }
@@ -387,6 +322,94 @@ impl Agent {
         };
         self.store()?.put_status(&node, &status)?;
         Ok(report)
+    }
+
+    /// The LUNs of `serve` whose node order the map asked for again since
+    /// this node last kept them: they go to the first live node of the
+    /// order, demoted here (volume closed and flushed) before the claim
+    /// is released.
+    fn hand_overs(&mut self, snap: &Snapshot, serve: &[String]) -> Vec<String> {
+        let node = &self.cfg.node;
+        self.kept_at.retain(|l, _| serve.contains(l));
+        let mut handing = Vec::new();
+        for lun in serve {
+            let Some(l) = snap.map.luns.get(lun) else {
+                continue;
+            };
+            let kept = self.kept_at.entry(lun.clone()).or_insert(l.order_seq);
+            match hand_over_to(snap, l, node, *kept) {
+                Some(to) => {
+                    log::info!(
+                        "node {node}: handing LUN {lun} to {to} (its node order was asked for)"
+                    );
+                    handing.push(lun.clone());
+                }
+                // This order keeps the LUN here.
+                None => *kept = l.order_seq,
+            }
+        }
+        handing
+    }
+
+    /// Gives every exported LUN's port its groups' states: this node's
+    /// own group active where it serves the LUN, transitioning while it
+    /// takes it over or hands it over, standby elsewhere. Ordering: a
+    /// target that reports states itself (LIO) is told every non-active
+    /// state before the serving process's port closes its volume, and
+    /// this node's active state only after the port opened it. `failed`:
+    /// the LUNs the target could not export. Returns the LUNs whose port
+    /// is active now, and `failed` with what failed here.
+    fn sync_ports(
+        &mut self,
+        snap: &Snapshot,
+        exports: &Exports,
+        taking_over: &[String],
+        handing: &[String],
+        mut failed: BTreeMap<String, String>,
+        report: &mut PassReport,
+    ) -> (BTreeSet<String>, BTreeMap<String, String>) {
+        let own_state = |lun: &String| {
+            if exports.serve.contains(lun) {
+                AccessState::ActiveOptimized
+            } else if taking_over.contains(lun) || handing.contains(lun) {
+                AccessState::Transitioning
+            } else {
+                AccessState::Standby
+            }
+        };
+        let wanted: BTreeMap<String, ports::WantedPort> = exports
+            .serve
+            .iter()
+            .chain(&exports.standby)
+            .filter(|l| !failed.contains_key(*l))
+            .filter_map(|l| {
+                ports::wanted_port(snap, l, &self.cfg.node, own_state(l)).map(|w| (l.clone(), w))
+            })
+            .collect();
+        let staying = ports::staying_active(&self.cfg.run_dir, &wanted);
+        failed.extend(self.cfg.frontend.publish_alua(snap, &wanted, &staying));
+        let frontend = &self.cfg.frontend;
+        let prepare = |lun: &str, spec: &str| frontend.prepare(lun, spec);
+        let mut active = BTreeSet::new();
+        for (lun, r) in ports::apply(&self.cfg.run_dir, &wanted, &prepare) {
+            match r {
+                Ok(s) if s.is_active() => {
+                    active.insert(lun);
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    report.errors.insert(lun, format!("target port: {why}"));
+                }
+            }
+        }
+        failed.extend(self.cfg.frontend.publish_alua(snap, &wanted, &active));
+        // tcmu-runner restarting reopens every device standby (their
+        // volumes closed, LIO's configfs still saying active): the next
+        // pass, within a second, turns them active again.
+        if self.cfg.frontend.name() == "lio" && !wanted.is_empty() {
+            report.next = Some(report.next.map_or(RETRY, |n| n.min(RETRY)));
+        }
+        (active, failed)
     }
 
     /// Takes the claims whose turn came; returns the LUNs to serve and
