@@ -25,14 +25,9 @@ pub const CLAIM_STEP: Duration = Duration::from_secs(2);
 /// first. A LUN without a node list may run on any node in the map, in
 /// name order.
 pub fn candidates<'a>(snap: &'a Snapshot, lun: &'a Lun) -> Vec<&'a str> {
-    let permitted: Vec<&str> = if lun.nodes.is_empty() {
-        snap.map.nodes.keys().map(String::as_str).collect()
-    } else {
-        lun.nodes.iter().map(String::as_str).collect()
-    };
-    permitted
+    permitted(snap, lun)
         .into_iter()
-        .filter(|n| snap.live.contains_key(*n) && snap.map.nodes.contains_key(*n))
+        .filter(|n| snap.live.contains_key(*n))
         .collect()
 }
 
