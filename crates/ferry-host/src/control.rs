@@ -482,37 +482,9 @@ pub fn find_host_in(dir: &Path, volume: &str) -> Option<PathBuf> {
     })
 }
 
-/// Every live control socket in `dir` with the volumes its process
-/// serves. Sockets nobody listens on any more are removed.
-pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("sock") {
-            continue;
-        }
-        match call(&path, &Request::List) {
-            Ok(resp) => out.push((path, resp.served.unwrap_or_default())),
-            Err(HostError::Call { source, .. })
-                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
-            {
-                log::info!("removing stale control socket {}", path.display());
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(e) => log::warn!("{e}"),
-        }
-    }
-    out
-}
-
-/// Every live control socket in `dir` with the ALUA ports its process
-/// has (standby ones included), or why it did not say (a fence must not
-/// take silence for "no ports"). Sockets nobody listens on any more are
-/// removed.
-pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Result<Vec<PortInfo>, String>)> {
+/// Every live control socket in `dir` with its answer to `list` (or why
+/// it gave none). Sockets nobody listens on any more are removed.
+fn lists_in(dir: &Path) -> Vec<(PathBuf, Result<Response, HostError>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -520,20 +492,48 @@ pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Result<Vec<PortInfo>, String>)> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sock"))
-        .filter_map(|path| {
-            let answer = match call(&path, &Request::List) {
+        .filter_map(|path| match call(&path, &Request::List) {
+            Err(HostError::Call { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                log::info!("removing stale control socket {}", path.display());
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+            answer => Some((path, answer)),
+        })
+        .collect()
+}
+
+/// Every live control socket in `dir` with the volumes its process
+/// serves. Sockets nobody listens on any more are removed.
+pub fn hosts_in(dir: &Path) -> Vec<(PathBuf, Vec<Served>)> {
+    lists_in(dir)
+        .into_iter()
+        .filter_map(|(path, answer)| match answer {
+            Ok(resp) => Some((path, resp.served.unwrap_or_default())),
+            Err(e) => {
+                log::warn!("{e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every live control socket in `dir` with the ALUA ports its process
+/// has (standby ones included), or why it did not say (a fence must not
+/// take silence for "no ports"). Sockets nobody listens on any more are
+/// removed.
+pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Result<Vec<PortInfo>, String>)> {
+    lists_in(dir)
+        .into_iter()
+        .map(|(path, answer)| {
+            let ports = match answer {
                 Ok(r) if r.ok => Ok(r.ports.unwrap_or_default()),
                 Ok(r) => Err(r.error.unwrap_or_else(|| "list refused".into())),
-                Err(HostError::Call { source, .. })
-                    if source.kind() == std::io::ErrorKind::ConnectionRefused =>
-                {
-                    log::info!("removing stale control socket {}", path.display());
-                    let _ = std::fs::remove_file(&path);
-                    return None;
-                }
                 Err(e) => Err(e.to_string()),
             };
-            Some((path, answer))
+            (path, ports)
         })
         .collect()
 }
