@@ -25,6 +25,14 @@ pub struct Exports {
     pub group: Option<u16>,
 }
 
+impl Exports {
+    /// Every exported LUN, with whether it is exported standby.
+    pub fn luns(&self) -> impl Iterator<Item = (&String, bool)> {
+        let standby = self.standby.iter().map(|n| (n, true));
+        self.serve.iter().map(|n| (n, false)).chain(standby)
+    }
+}
+
 /// A node's target.
 pub trait Frontend: Send {
     fn name(&self) -> &'static str;
@@ -73,8 +81,7 @@ pub trait Frontend: Send {
 /// per target).
 pub fn wanted_targets(snap: &Snapshot, exports: &Exports) -> BTreeMap<String, WantedTarget> {
     let mut out: BTreeMap<String, WantedTarget> = BTreeMap::new();
-    let standby = exports.standby.iter().map(|n| (n, true));
-    for (name, is_standby) in exports.serve.iter().map(|n| (n, false)).chain(standby) {
+    for (name, is_standby) in exports.luns() {
         let Some(l) = snap.map.luns.get(name) else {
             continue;
         };
@@ -288,8 +295,7 @@ pub struct LioFrontend {
 /// initiator, the LUNs it is mapped to (LIO masks per LUN).
 pub fn wanted_lio(snap: &Snapshot, exports: &Exports) -> BTreeMap<String, WantedLio> {
     let mut out: BTreeMap<String, WantedLio> = BTreeMap::new();
-    let standby = exports.standby.iter().map(|n| (n, true));
-    for (name, is_standby) in exports.serve.iter().map(|n| (n, false)).chain(standby) {
+    for (name, is_standby) in exports.luns() {
         let Some(l) = snap.map.luns.get(name) else {
             continue;
         };
