@@ -72,7 +72,7 @@ done
 sleep 0.5
 for i in $(seq 1 "$nodes"); do
   "$ferry" agent --node "n$i" --tgtd-control $((13100 + i)) --run-dir "$work/run$i" \
-    --session-timeout ${session}s >"$work/agent$i.log" 2>&1 &
+    --session-timeout ${session}s --metrics off >"$work/agent$i.log" 2>&1 &
   node_pid[$i]=$!
   pids+=($!)
 done

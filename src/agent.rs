@@ -35,6 +35,11 @@ pub struct AgentArgs {
     /// the run dir, where `ferry migrate bandwidth` changes it later.
     #[arg(long, value_name = "RATE")]
     pub copy_bandwidth: Option<String>,
+    /// Where to serve Prometheus metrics (`host:port`, path /metrics):
+    /// this node's and those of every serving process in the run dir.
+    /// Loopback only unless told otherwise; `off` serves none.
+    #[arg(long, value_name = "ADDRESS", default_value = ferry_host::metrics::http::DEFAULT_ADDRESS)]
+    pub metrics: String,
     #[command(flatten)]
     pub map: MapArgs,
 }
@@ -96,8 +101,24 @@ pub fn run(a: AgentArgs) -> Result<()> {
     } else {
         None
     };
+    let mut agent = Agent::new(cfg, connect);
+    let _metrics = if a.metrics == "off" {
+        None
+    } else {
+        let node_metrics = agent.metrics();
+        let (node, run_dir) = (a.node.clone(), a.run_dir.clone());
+        let render: ferry_host::metrics::http::Render = Arc::new(move || {
+            let mut page = ferry_host::metrics::text::Exposition::default();
+            node_metrics.write(&mut page, &node);
+            ferry_host::metrics::text::run_dir(&mut page, &run_dir);
+            page.render()
+        });
+        let server = ferry_host::metrics::http::MetricsServer::start(&a.metrics, render)?;
+        eprintln!("ferry agent: metrics on http://{}/metrics", server.addr());
+        Some(server)
+    };
     eprintln!("ferry agent: node {} on {}", a.node, a.map.map);
-    Agent::new(cfg, connect).run(&stop);
+    agent.run(&stop);
     Ok(())
 }
 

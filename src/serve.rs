@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// Control socket path (default: `$FERRY_RUN_DIR/ferry-<pid>.sock`).
     #[arg(long)]
     pub socket: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics of these volumes and their migrations at
+    /// this address (`host:port`, path /metrics; e.g. 127.0.0.1:9561).
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -37,6 +41,21 @@ pub fn run(a: ServeArgs) -> Result<()> {
         luns.len(),
         server.path().display()
     );
+    let _metrics = match &a.metrics {
+        Some(addr) => {
+            let registry = registry.clone();
+            let render: ferry_host::metrics::http::Render = Arc::new(move || {
+                let mut page = ferry_host::metrics::text::Exposition::default();
+                let answer = registry.handle(&ferry_host::Request::Metrics);
+                ferry_host::metrics::text::luns(&mut page, answer.metrics.as_deref().unwrap_or_default());
+                page.render()
+            });
+            let server = ferry_host::metrics::http::MetricsServer::start(addr, render)?;
+            println!("metrics on http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;

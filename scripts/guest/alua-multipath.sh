@@ -65,7 +65,7 @@ start_tgtd() {
 start_agent() {
   local n=$1
   RUST_LOG=info ferry agent --node "$n" --tgtd-control "${ctl[$n]}" --run-dir "/run/ferry-$n" \
-    >>"$S/agent-$n.log" 2>&1 &
+    --metrics off >>"$S/agent-$n.log" 2>&1 &
   agent_pid[$n]=$!
 }
 # Waits until a shell condition holds (up to $2 s); false if it did not.

@@ -419,7 +419,7 @@ tgtd_t=$!
 wait_for 'tgtadm -C 1 --lld iscsi --mode target --op show >/dev/null 2>&1' "tgtd t did not start"
 must ferry volume create "$M3" --size 16M
 must ferry map node add t --portal 127.0.0.1:3261
-RUST_LOG=info ferry agent --node t --tgtd-control 1 --run-dir /run/ferry-t >>"$S/agent-t.log" 2>&1 &
+RUST_LOG=info ferry agent --node t --tgtd-control 1 --run-dir /run/ferry-t --metrics off >>"$S/agent-t.log" 2>&1 &
 agent_t=$!
 owner_of() { ferry map show --json | python3 -c "import json,sys; print(json.load(sys.stdin)['owners'].get('$1',''))"; }
 is_live() { ferry map show --json | python3 -c "import json,sys; sys.exit('$1' not in json.load(sys.stdin)['live'])"; }

@@ -21,6 +21,9 @@ pub struct Node {
     pub tgtd: Tgtd,
     pub agent: Option<Child>,
     pub log: PathBuf,
+    /// Where the agent serves its metrics (`--metrics`); by default a
+    /// free loopback port, since the nodes share one machine.
+    pub metrics: String,
 }
 
 impl Node {
@@ -34,6 +37,7 @@ impl Node {
             name: name.to_string(),
             tgtd,
             agent: None,
+            metrics: "127.0.0.1:0".into(),
             log: dir.join(format!("agent-{name}.log")),
         }
     }
@@ -50,6 +54,7 @@ impl Node {
             .arg("--run-dir")
             .arg(&self.tgtd.run_dir)
             .args(["--session-timeout", &format!("{}s", SESSION.as_secs())])
+            .args(["--metrics", &self.metrics])
             .env("FERRY_MAP", url)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())

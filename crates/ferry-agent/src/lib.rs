@@ -29,6 +29,7 @@
 mod error;
 pub mod frontend;
 pub mod lio;
+pub mod metrics;
 pub mod ports;
 pub mod reservations;
 pub mod tgt;
@@ -87,6 +88,8 @@ pub struct Agent {
     kept_at: BTreeMap<String, u64>,
     /// When a snapshot of the store last succeeded.
     last_contact: Instant,
+    /// What the agent did, for the metrics endpoint.
+    metrics: std::sync::Arc<metrics::NodeMetrics>,
 }
 
 /// What one pass found.
@@ -110,7 +113,13 @@ impl Agent {
             unfenced: BTreeSet::new(),
             kept_at: BTreeMap::new(),
             last_contact: Instant::now(),
+            metrics: Default::default(),
         }
+    }
+
+    /// The agent's counters, which the metrics endpoint reads.
+    pub fn metrics(&self) -> std::sync::Arc<metrics::NodeMetrics> {
+        self.metrics.clone()
     }
 
     /// Runs passes until `stop` is set: on every change of the map, and
@@ -120,10 +129,23 @@ impl Agent {
         log::info!("agent for node {} starting", self.cfg.node);
         let mut due = Instant::now();
         let mut changed = false;
+        // When a change of the map was seen that no pass has applied yet.
+        let mut seen: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             if changed || Instant::now() >= due {
-                let next = match self.pass() {
-                    Ok(r) => r.next.unwrap_or(RESYNC),
+                if changed {
+                    seen.get_or_insert_with(Instant::now);
+                }
+                let result = self.pass();
+                self.metrics.pass(result.is_ok());
+                let next = match result {
+                    Ok(r) => {
+                        if let Some(at) = seen.take() {
+                            self.metrics.applied(at.elapsed());
+                        }
+                        self.metrics.serving(r.serving.len());
+                        r.next.unwrap_or(RESYNC)
+                    }
                     Err(e) => {
                         log::warn!("node {}: {e}", self.cfg.node);
                         if e.is_session_expired() {
@@ -177,6 +199,7 @@ impl Agent {
             self.cfg.node
         );
         self.fence();
+        self.metrics.session_lost();
         self.store = None;
         self.registered = false;
     }
@@ -186,7 +209,11 @@ impl Agent {
     /// retried by later passes until it succeeds.
     fn fence(&mut self) {
         match self.cfg.frontend.fence(&self.cfg.run_dir) {
-            Ok(()) => self.fenced = true,
+            Ok(()) => {
+                self.fenced = true;
+                self.metrics.fence(true);
+                self.metrics.serving(0);
+            }
             Err(e) => log::error!("fencing failed (retrying): {e}"),
         }
     }
@@ -212,6 +239,7 @@ impl Agent {
     fn store(&mut self) -> Result<&dyn MapStore, MapError> {
         if self.store.is_none() {
             self.store = Some((self.connect)()?);
+            self.metrics.new_connection();
             self.registered = false;
         }
         Ok(self.store.as_deref().expect("set above"))
@@ -220,10 +248,12 @@ impl Agent {
     /// One reconcile pass.
     pub fn pass(&mut self) -> Result<PassReport, AgentError> {
         let node = self.cfg.node.clone();
+        let metrics = self.metrics.clone();
         let store = self.store()?;
         match store.session() {
             Session::Expired => return Err(MapError::SessionExpired.into()),
             Session::Disconnected(_) => {
+                self.metrics.connected(false);
                 self.fence_if_silent();
                 return Ok(PassReport {
                     // Short steps, so the fence lands on time.
@@ -231,7 +261,7 @@ impl Agent {
                     ..Default::default()
                 });
             }
-            Session::Connected => {}
+            Session::Connected => metrics.connected(true),
         }
         let mut snap = store.snapshot()?;
         self.last_contact = Instant::now();
@@ -288,6 +318,7 @@ impl Agent {
         for lun in &handing {
             if !active.contains(lun) && !report.errors.contains_key(lun) {
                 self.store()?.release(lun, &node)?;
+                self.metrics.hand_over();
                 self.kept_at.remove(lun);
             }
         }
@@ -302,6 +333,7 @@ impl Agent {
             }
         }
         self.fenced = false;
+        self.metrics.fence(false);
         report.serving = serve
             .into_iter()
             .filter(|l| !failed_luns.contains(l) && active.contains(l))
@@ -430,6 +462,7 @@ impl Agent {
             if now >= due {
                 if self.store()?.claim(lun, &node)? {
                     log::info!("node {node}: claimed LUN {lun}");
+                    self.metrics.claim();
                     self.unfenced.insert(lun.clone());
                     serve.push(lun.clone());
                 }
@@ -471,6 +504,7 @@ impl Agent {
         let fenced =
             ferry_host::VolumeSpec::parse(&l.spec).and_then(|s| s.fence_other_clients())?;
         if !fenced.is_empty() {
+            self.metrics.fenced_previous();
             log::warn!(
                 "node {}: LUN {lun}: fenced {}",
                 self.cfg.node,

@@ -251,6 +251,9 @@ pub struct Progress {
     /// The floor copy rate, bytes per second.
     #[serde(default)]
     pub floor_rate: u64,
+    /// What the migration did since this process opened it.
+    #[serde(default)]
+    pub counts: crate::migrate::MigrationCounts,
     /// The copier's weight in the node's copy budget (`crate::share`).
     #[serde(default = "default_priority")]
     pub priority: u32,
@@ -313,6 +316,7 @@ impl Progress {
             priority,
             node_bandwidth: allowance.map(|(limit, _)| limit),
             share_rate: allowance.map(|(_, share)| share),
+            counts: vol.counts(),
         }
     }
 }

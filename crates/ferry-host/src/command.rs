@@ -20,11 +20,13 @@
 //! The answer is the number of data-in bytes filled, or a [`Refusal`]
 //! (RESERVATION CONFLICT, or CHECK CONDITION with sense).
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use ferry_pr::{Nexus, Refusal};
 use ferry_scsi::{Command, LunContext, Sense};
 
 use crate::lun::Lun;
+use crate::metrics::CommandKind;
 use crate::HostError;
 
 const PERSISTENT_RESERVE_IN: u8 = 0x5e;
@@ -43,8 +45,33 @@ impl Lun {
     /// Carries out one command from `nexus`: `data_out` is what the
     /// initiator sent, `data_in` the buffer returned to it (its length is
     /// the initiator's allocation). Returns the data-in bytes filled.
-    /// Never panics on any CDB or buffer size.
+    /// Never panics on any CDB or buffer size. Every command is counted
+    /// in the LUN's metrics (`crate::metrics`), lock-free.
     pub fn execute(
+        &self,
+        nexus: &Nexus,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        let started = Instant::now();
+        let running = self.metrics.enter();
+        let outcome = self.execute_counted(nexus, cdb, data_out, data_in);
+        drop(running);
+        let bytes = match &outcome {
+            Ok(filled) => data_out.len() + filled,
+            Err(_) => 0,
+        };
+        self.metrics.record(
+            CommandKind::of(cdb),
+            bytes as u64,
+            started.elapsed(),
+            outcome.as_ref().err(),
+        );
+        outcome
+    }
+
+    fn execute_counted(
         &self,
         nexus: &Nexus,
         cdb: &[u8],

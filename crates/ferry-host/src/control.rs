@@ -46,6 +46,8 @@ pub fn run_dir() -> PathBuf {
 pub enum Request {
     /// Volumes this process serves.
     List,
+    /// Every served LUN's counters (`crate::metrics`), and the ALUA ports.
+    Metrics,
     Status {
         volume: String,
     },
@@ -117,7 +119,7 @@ pub enum Request {
 impl Request {
     fn volume(&self) -> Option<&str> {
         match self {
-            Request::List => None,
+            Request::List | Request::Metrics => None,
             Request::Status { volume }
             | Request::Start { volume, .. }
             | Request::Pause { volume }
@@ -166,6 +168,9 @@ pub struct Response {
     /// an `alua` request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortInfo>>,
+    /// Every served LUN's counters (`metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<crate::metrics::LunReport>>,
 }
 
 impl Response {
@@ -274,6 +279,16 @@ impl Registry {
                 ..Default::default()
             };
         }
+        if let Request::Metrics = req {
+            let metrics = self.all().iter().map(|l| l.metrics_report()).collect();
+            let ports = self.all_ports().iter().map(|p| PortInfo::of(p)).collect();
+            return Response {
+                ok: true,
+                metrics: Some(metrics),
+                ports: Some(ports),
+                ..Default::default()
+            };
+        }
         let name = req.volume().unwrap_or_default();
         if let Request::Alua {
             own_group, groups, ..
@@ -300,7 +315,9 @@ impl Registry {
             return Response::error(format!("this process does not serve {name}"));
         };
         match req {
-            Request::List | Request::Alua { .. } => unreachable!("handled above"),
+            Request::List | Request::Metrics | Request::Alua { .. } => {
+                unreachable!("handled above")
+            }
             Request::Status { .. } => match lun.status() {
                 Some(p) => Response::progress(Ok(p)),
                 None => Response::error(format!("{name} is not being migrated")),
@@ -485,6 +502,12 @@ pub fn find_host_in(dir: &Path, volume: &str) -> Option<PathBuf> {
 /// Every live control socket in `dir` with its answer to `list` (or why
 /// it gave none). Sockets nobody listens on any more are removed.
 fn lists_in(dir: &Path) -> Vec<(PathBuf, Result<Response, HostError>)> {
+    asked_in(dir, &Request::List)
+}
+
+/// Every live control socket in `dir` with its answer to `req` (or why
+/// it gave none). Sockets nobody listens on any more are removed.
+fn asked_in(dir: &Path, req: &Request) -> Vec<(PathBuf, Result<Response, HostError>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -492,7 +515,7 @@ fn lists_in(dir: &Path) -> Vec<(PathBuf, Result<Response, HostError>)> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sock"))
-        .filter_map(|path| match call(&path, &Request::List) {
+        .filter_map(|path| match call(&path, req) {
             Err(HostError::Call { source, .. })
                 if source.kind() == std::io::ErrorKind::ConnectionRefused =>
             {
@@ -534,6 +557,23 @@ pub fn ports_in(dir: &Path) -> Vec<(PathBuf, Result<Vec<PortInfo>, String>)> {
                 Err(e) => Err(e.to_string()),
             };
             (path, ports)
+        })
+        .collect()
+}
+
+/// Every live control socket in `dir` with its answer to `metrics`: the
+/// counters of the LUNs its process serves and its ALUA ports, or why it
+/// did not say.
+pub fn metrics_in(dir: &Path) -> Vec<(PathBuf, Result<Response, String>)> {
+    asked_in(dir, &Request::Metrics)
+        .into_iter()
+        .map(|(path, answer)| {
+            let answer = match answer {
+                Ok(r) if r.ok => Ok(r),
+                Ok(r) => Err(r.error.unwrap_or_else(|| "metrics refused".into())),
+                Err(e) => Err(e.to_string()),
+            };
+            (path, answer)
         })
         .collect()
 }

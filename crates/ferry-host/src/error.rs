@@ -50,6 +50,9 @@ pub enum HostError {
         #[source]
         source: io::Error,
     },
+    /// The metrics endpoint could not listen where it was asked to.
+    #[error("metrics address {addr}: {why}")]
+    Metrics { addr: String, why: String },
     /// Asking a control socket failed: nobody listens, or the answer
     /// never came or did not parse.
     #[error("control socket {}: {source}", path.display())]

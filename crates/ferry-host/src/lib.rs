@@ -14,6 +14,8 @@
 //!   (with the volume, or wherever its slot points: the ZooKeeper map);
 //! - [`relay`]: how the target plugins reach reservations kept in the map,
 //!   through the node's agent, without a ZooKeeper client of their own;
+//! - [`metrics`]: what each LUN's commands and migration did, counted
+//!   without locks and served to Prometheus;
 //! - [`snapshot`]: snapshots taken and restored while a LUN is served;
 //! - [`control`]: the Unix-socket control path the `ferry` CLI uses to reach
 //!   whichever process serves a LUN.
@@ -24,6 +26,7 @@ pub mod command;
 pub mod control;
 mod error;
 pub mod lun;
+pub mod metrics;
 pub mod port;
 pub mod relay;
 pub mod reservations;

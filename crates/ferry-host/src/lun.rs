@@ -192,6 +192,8 @@ pub struct Lun {
     admin: Mutex<()>,
     /// What [`Lun::status`] last reported.
     last_status: Mutex<Option<Progress>>,
+    /// What its commands did (`crate::metrics`).
+    pub(crate) metrics: crate::metrics::LunMetrics,
 }
 
 /// The cache mode of a LUN configured by hand (tgtadm without `cache=`,
@@ -340,6 +342,7 @@ impl Lun {
             pr_gate: RwLock::new(()),
             admin: Mutex::new(()),
             last_status: Mutex::new(None),
+            metrics: Default::default(),
             size,
             spec,
             current: RwLock::new(current),

@@ -40,6 +40,7 @@ impl MigratingVolume {
             return Ok(());
         }
         let number = self.checkpoints_begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let started = Instant::now();
         // ORDERING: pending words first, then the data flush, then the
         // confirmation and the index sync.
         let pending = self.index.pending();
@@ -59,8 +60,10 @@ impl MigratingVolume {
             self.point(faults::CHECKPOINT_FLUSH_TARGET)?;
             legs.target().flush()
         })?;
+        self.counters.index_write();
         self.fenced_flush(|| self.index.confirm(pending))?;
         *done = number;
+        self.counters.checkpoint(started.elapsed());
         *self.last_checkpoint.lock() = Instant::now();
         Ok(())
     }

@@ -285,6 +285,7 @@ impl MigratingVolume {
             last_checkpoint: Mutex::new(Instant::now()),
             checkpoints_begun: AtomicU64::new(0),
             checkpoint_done: Mutex::new(0),
+            counters: Default::default(),
         }
     }
 

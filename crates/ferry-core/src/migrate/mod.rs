@@ -53,6 +53,7 @@
 //! I/O acknowledged before the failure never relied on a bit the store
 //! lacks.
 mod checkpoint;
+mod counters;
 mod lifecycle;
 mod routing;
 mod steps;
@@ -72,6 +73,7 @@ use crate::store::MetaStore;
 use crate::volume::{check_range, Extent, Volume};
 
 pub use checkpoint::INDEX_SYNC_INTERVAL;
+pub use counters::MigrationCounts;
 pub use lifecycle::{
     cleanup_aborted, cleanup_committed, reopen_target, MigrationPlan, Opened, Reopened,
 };
@@ -122,6 +124,8 @@ pub struct MigratingVolume {
     /// Held while a checkpoint runs; holds the number of the last one
     /// that completed. Checkpoints complete in order.
     checkpoint_done: Mutex<u64>,
+    /// What it did, for monitoring.
+    counters: counters::MigrationCounters,
 }
 
 fn state_code(s: MigrationState) -> u8 {
@@ -168,6 +172,11 @@ impl MigratingVolume {
     /// The region index.
     pub fn index(&self) -> &RegionIndex {
         &self.index
+    }
+
+    /// What this migration did since this process opened it.
+    pub fn counts(&self) -> MigrationCounts {
+        self.counters.snapshot()
     }
 
     /// The foreground's commands and their total time so far.
@@ -269,6 +278,7 @@ impl Volume for MigratingVolume {
         }
         for (to_target, at, len) in self.routed_runs(offset, buf.len() as u64) {
             let piece = &mut buf[(at - offset) as usize..(at - offset + len) as usize];
+            self.counters.read(to_target, len);
             if to_target {
                 legs.target().read_at(piece, at)?;
             } else {

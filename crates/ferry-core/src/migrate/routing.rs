@@ -76,6 +76,7 @@ impl MigratingVolume {
         let (start, end) = self.index.region_bounds(r);
         let mut buf = Vec::new();
         self.point(faults::WRITE_COPY_UP)?;
+        self.counters.copy_up();
         if at > start {
             copy_extents(legs.source(), legs.target(), start, at, &mut buf)?;
         }
@@ -91,6 +92,7 @@ impl MigratingVolume {
         // confirmed (trusted after power loss) by the next checkpoint,
         // which flushes the target before it writes the confirmation.
         self.point(faults::WRITE_MARK_MIGRATED)?;
+        self.counters.index_write();
         self.index.mark_migrated(&[r])
     }
 
@@ -99,6 +101,7 @@ impl MigratingVolume {
     fn note_written(&self, r: u64) -> Result<()> {
         if !self.index.is_written(r) {
             self.point(faults::WRITE_MARK_WRITTEN)?;
+            self.counters.index_write();
             self.index.mark_written(r)?;
         }
         Ok(())
@@ -165,6 +168,7 @@ impl MigratingVolume {
         // (Set before the write, a checkpoint could take it, flush, and
         // leave the later checkpoint a flush waits for nothing to do.)
         self.source_written.store(true, Ordering::SeqCst);
+        self.counters.both_leg_write();
         Ok(())
     }
 
