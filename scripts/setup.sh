@@ -12,6 +12,7 @@ packages=(
   uuid-runtime                                    #   (scripts/ceph-cluster.sh)
   qemu-system-x86 debootstrap                     # the LIO/tcmu-runner guest tests
   zookeeper                                       # the cluster LUN map (tests start their own servers)
+  prometheus curl                                 # the metrics tests (promtool, a real scraping server)
 )
 missing=()
 for p in "${packages[@]}"; do
