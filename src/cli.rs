@@ -63,6 +63,9 @@ pub enum VolumeCmd {
     /// Show or set the cache mode of a served volume (writethrough, none,
     /// writeback, unsafe, directsync); takes effect with its next command.
     CacheMode(CacheModeArgs),
+    /// Show or set a served volume's QoS limits (IOPS and bytes per
+    /// second, reads and writes apart), live.
+    Qos(crate::qos::QosArgs),
 }
 
 #[derive(Args)]
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Volume(VolumeCmd::Info(a)) => info(&a),
         Command::Volume(VolumeCmd::CacheMode(a)) => cache_mode(&a),
+        Command::Volume(VolumeCmd::Qos(a)) => crate::qos::run(&a),
         Command::Migrate(m) => crate::migrate::run(m),
         Command::Serve(a) => crate::serve::run(a),
         Command::Demo(a) => crate::demo::run(a),

@@ -9,6 +9,7 @@ mod demo;
 mod map;
 mod migrate;
 mod pr;
+mod qos;
 mod serve;
 mod snapshot;
 mod units;

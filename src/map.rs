@@ -175,6 +175,10 @@ pub struct LunAdd {
     /// default: any node).
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// IOPS and bandwidth limits, e.g. `read-iops=500,write-bps=20M`
+    /// (fields read-iops, write-iops, read-bps, write-bps; default none).
+    #[arg(long, value_name = "LIMITS")]
+    pub qos: Option<String>,
 }
 
 #[derive(Args)]
@@ -186,6 +190,10 @@ pub struct LunSet {
     pub cache_mode: Option<String>,
     #[arg(long, value_delimiter = ',')]
     pub nodes: Option<Vec<String>>,
+    /// New IOPS and bandwidth limits, replacing the old ones
+    /// (`read-iops=500,write-bps=20M`; `unlimited` removes them).
+    #[arg(long, value_name = "LIMITS")]
+    pub qos: Option<String>,
     #[arg(long)]
     pub expect_version: Option<i32>,
 }
@@ -409,6 +417,12 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 cache_mode,
                 nodes: a.nodes.clone(),
                 order_seq: 0,
+                qos: a
+                    .qos
+                    .as_deref()
+                    .map(crate::qos::parse_list)
+                    .transpose()?
+                    .unwrap_or_default(),
             };
             lun.validate()?;
             commit(store, &format!("added LUN {}", a.name), |_, m| {
@@ -430,6 +444,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 .as_deref()
                 .map(|s| ferry_host::VolumeSpec::parse(s).map(|s| s.to_string()))
                 .transpose()?;
+            let qos = a.qos.as_deref().map(crate::qos::parse_list).transpose()?;
             commit(store, &format!("changed LUN {}", a.name), |s, m| {
                 check_expect(s, Kind::Lun, &a.name, a.expect_version)?;
                 let l = m
@@ -441,6 +456,9 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 }
                 if let Some(c) = cache_mode {
                     l.cache_mode = c;
+                }
+                if let Some(q) = qos {
+                    l.qos = q;
                 }
                 if let Some(n) = a.nodes.as_ref().filter(|n| **n != l.nodes) {
                     l.nodes = n.clone();

@@ -34,7 +34,12 @@ fn promtool_ok(page: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
@@ -70,7 +75,10 @@ fn start_prometheus(dir: &Path, scrape: &str) -> (Prometheus, String) {
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -149,31 +157,56 @@ fn prometheus_scrapes_a_node_during_a_migration() {
     ferry(&url, &["map", "target", "add", TARGET]);
     ferry(
         &url,
-        &["map", "lun", "add", "db", "--target", TARGET, "--lun", "1", "--spec", &spec],
+        &[
+            "map", "lun", "add", "db", "--target", TARGET, "--lun", "1", "--spec", &spec,
+        ],
     );
     ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
     let v = show(&url)["version"].as_i64().unwrap();
     wait_map(&url, Duration::from_secs(30), "a serves db", |s| {
         serves(s, "a", "db", v)
     });
-    let fill = iscsi(&["write-pattern", &a.url(1), "--blocks", "131072", "--seed", "3"]);
+    let fill = iscsi(&[
+        "write-pattern",
+        &a.url(1),
+        "--blocks",
+        "131072",
+        "--seed",
+        "3",
+    ]);
     check(&fill, "filling the LUN");
 
     let (_prom, api) = start_prometheus(dir.path(), &a.metrics);
     let load = Command::new(common::bin("ferry-iscsi"))
-        .args(["load", &a.url(1), "--qd", "4", "--read-pct", "70", "--random"])
+        .args([
+            "load",
+            &a.url(1),
+            "--qd",
+            "4",
+            "--read-pct",
+            "70",
+            "--random",
+        ])
         .args(["--seconds", "40", "--seed", "5", "--blocks", "262144"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let target = format!("file:{}", dir.path().join("dst.img").display());
-    ferry(&url, &["map", "migrate", "start", "db", "--to", &target, "--rate", "4M"]);
+    ferry(
+        &url,
+        &[
+            "map", "migrate", "start", "db", "--to", &target, "--rate", "4M",
+        ],
+    );
 
     // The page as Prometheus gets it is well formed.
     let page = get(&format!("http://{}/metrics", a.metrics), None);
     promtool_ok(&page);
-    assert!(page.contains("ferry_node_map_connected{node=\"a\"} 1"), "{page}");
+    assert!(
+        page.contains("ferry_node_map_connected{node=\"a\"} 1"),
+        "{page}"
+    );
     eprintln!(
         "{}",
         page.lines()
@@ -229,8 +262,16 @@ fn prometheus_scrapes_a_node_during_a_migration() {
             |x| x > 0.0,
         );
     }
-    wait_query(&api, &format!("ferry_migration_index_writes_total{{{sel}}}"), |x| x > 0.0);
-    wait_query(&api, &format!("ferry_migration_state{{{sel},state=\"copying\"}}"), |x| x == 1.0);
+    wait_query(
+        &api,
+        &format!("ferry_migration_index_writes_total{{{sel}}}"),
+        |x| x > 0.0,
+    );
+    wait_query(
+        &api,
+        &format!("ferry_migration_state{{{sel},state=\"copying\"}}"),
+        |x| x == 1.0,
+    );
     wait_query(&api, "ferry_node_luns_serving{node=\"a\"}", |x| x == 1.0);
     wait_query(
         &api,
@@ -252,7 +293,10 @@ fn serve_metrics_page_passes_promtool_and_a_taken_address_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let vol = dir.path().join("v.img");
-    std::fs::File::create(&vol).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     let spec = format!("file:{}", vol.display());
     let addr = format!("127.0.0.1:{}", free_port());
     let run = dir.path().join("run");
@@ -280,12 +324,17 @@ fn serve_metrics_page_passes_promtool_and_a_taken_address_is_refused() {
         if out.status.success() {
             break String::from_utf8(out.stdout).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "ferry serve did not serve metrics");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ferry serve did not serve metrics"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     promtool_ok(&page);
     assert!(
-        page.contains(&format!("ferry_lun_capacity_bytes{{volume=\"{spec}\"}} 67108864")),
+        page.contains(&format!(
+            "ferry_lun_capacity_bytes{{volume=\"{spec}\"}} 67108864"
+        )),
         "{page}"
     );
     // A migration's series appear once one runs.
@@ -303,13 +352,24 @@ fn serve_metrics_page_passes_promtool_and_a_taken_address_is_refused() {
 
     // A second process asked for the same address says so and exits.
     let other = dir.path().join("w.img");
-    std::fs::File::create(&other).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", &format!("file:{}", other.display()), "--metrics", &addr])
+        .args([
+            "serve",
+            &format!("file:{}", other.display()),
+            "--metrics",
+            &addr,
+        ])
         .env("FERRY_RUN_DIR", &run)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second server on {addr} started");
-    assert!(err.contains(&addr) && err.contains("already in use"), "{err}");
+    assert!(
+        err.contains(&addr) && err.contains("already in use"),
+        "{err}"
+    );
 }

@@ -517,6 +517,7 @@ impl Agent {
     /// Gives every served LUN the cache mode the map asks for, through the
     /// serving process's control socket (a change needs no reconfiguration
     /// of the target; tgt LUNs also start in it, see `Tgtadm::apply`).
+    /// Gives each served LUN the cache mode and QoS limits the map sets.
     fn sync_cache_modes(
         &self,
         snap: &Snapshot,
@@ -527,7 +528,7 @@ impl Agent {
             .into_iter()
             .flat_map(|(path, list)| {
                 list.into_iter()
-                    .map(move |s| (s.spec, (path.clone(), s.cache_mode)))
+                    .map(move |s| (s.spec, (path.clone(), s.cache_mode, s.qos)))
             })
             .collect();
         for name in serving {
@@ -537,9 +538,29 @@ impl Agent {
             let Ok(spec) = ferry_host::VolumeSpec::parse(&l.spec).map(|s| s.to_string()) else {
                 continue;
             };
-            let Some((sock, mode)) = served.get(&spec) else {
+            let Some((sock, mode, qos)) = served.get(&spec) else {
                 continue;
             };
+            if *qos != l.qos {
+                let req = Request::Qos {
+                    volume: spec.clone(),
+                    limits: Some(l.qos),
+                };
+                match control::call(sock, &req) {
+                    Ok(r) if r.ok => {
+                        log::info!("node {}: LUN {name}: QoS {qos} -> {}", self.cfg.node, l.qos)
+                    }
+                    Ok(r) => {
+                        errors.insert(
+                            name.clone(),
+                            format!("QoS: {}", r.error.unwrap_or_default()),
+                        );
+                    }
+                    Err(e) => {
+                        errors.insert(name.clone(), format!("QoS: {e}"));
+                    }
+                }
+            }
             if *mode == l.cache_mode {
                 continue;
             }

@@ -250,6 +250,7 @@ mod tests {
                 cache_mode: CacheMode::default(),
                 nodes: vec!["a".into(), "b".into(), "c".into()],
                 order_seq: 0,
+                qos: Default::default(),
             },
         );
         s.owners.insert("l".into(), "a".into());

@@ -106,6 +106,13 @@ pub enum Request {
         #[serde(default)]
         clear: bool,
     },
+    /// Sets the LUN's QoS limits (all four at once; absent is unlimited)
+    /// when `limits` is given; answers the limits in force.
+    Qos {
+        volume: String,
+        #[serde(default)]
+        limits: Option<crate::qos::QosLimits>,
+    },
     /// Gives the LUN's target port (served or standby) every ALUA port
     /// group's state; this gateway is group `own_group`. Opens or closes
     /// the volume when this gateway's own state changes.
@@ -132,6 +139,7 @@ impl Request {
             | Request::CacheMode { volume, .. }
             | Request::Reservations { volume, .. }
             | Request::Alua { volume, .. }
+            | Request::Qos { volume, .. }
             | Request::Snapshot { volume, .. } => Some(volume),
         }
     }
@@ -145,6 +153,8 @@ pub struct Served {
     pub migration: Option<Progress>,
     #[serde(default)]
     pub cache_mode: ferry_scsi::CacheMode,
+    #[serde(default)]
+    pub qos: crate::qos::QosLimits,
 }
 
 /// A control response.
@@ -168,6 +178,9 @@ pub struct Response {
     /// an `alua` request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortInfo>>,
+    /// A LUN's QoS limits (`qos`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<crate::qos::QosLimits>,
     /// Every served LUN's counters (`metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Vec<crate::metrics::LunReport>>,
@@ -269,6 +282,7 @@ impl Registry {
                     size: ferry_core::Volume::size(l.as_ref()),
                     migration: l.status_within(LIST_WAIT),
                     cache_mode: l.cache_mode(),
+                    qos: l.qos(),
                 })
                 .collect();
             let ports = self.all_ports().iter().map(|p| PortInfo::of(p)).collect();
@@ -351,6 +365,14 @@ impl Registry {
                     ..Default::default()
                 }
             }
+            Request::Qos { limits, .. } => match limits.map_or(Ok(()), |l| lun.set_qos(l)) {
+                Ok(()) => Response {
+                    ok: true,
+                    qos: Some(lun.qos()),
+                    ..Default::default()
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::Reservations { clear, .. } => match lun.reservations_report(*clear) {
                 Ok(state) => Response {
                     ok: true,

@@ -50,6 +50,9 @@ pub enum HostError {
         #[source]
         source: io::Error,
     },
+    /// A QoS setting that cannot be applied (a limit of zero).
+    #[error("QoS of {lun}: {why}")]
+    Qos { lun: String, why: String },
     /// The metrics endpoint could not listen where it was asked to.
     #[error("metrics address {addr}: {why}")]
     Metrics { addr: String, why: String },

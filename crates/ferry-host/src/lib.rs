@@ -10,6 +10,7 @@
 //!   underneath the front-end;
 //! - [`port`]: a LUN at one gateway's ALUA target port: active with its
 //!   volume open, or standby without opening it;
+//! - [`qos`]: per-LUN IOPS and bandwidth limits (token buckets);
 //! - [`reservations`]: where a LUN's persistent reservations are saved
 //!   (with the volume, or wherever its slot points: the ZooKeeper map);
 //! - [`relay`]: how the target plugins reach reservations kept in the map,
@@ -28,6 +29,7 @@ mod error;
 pub mod lun;
 pub mod metrics;
 pub mod port;
+pub mod qos;
 pub mod relay;
 pub mod reservations;
 pub mod snapshot;

@@ -194,6 +194,8 @@ pub struct Lun {
     last_status: Mutex<Option<Progress>>,
     /// What its commands did (`crate::metrics`).
     pub(crate) metrics: crate::metrics::LunMetrics,
+    /// Its IOPS and bandwidth limits (`crate::qos`).
+    pub(crate) qos: crate::qos::Qos,
 }
 
 /// The cache mode of a LUN configured by hand (tgtadm without `cache=`,
@@ -343,6 +345,7 @@ impl Lun {
             admin: Mutex::new(()),
             last_status: Mutex::new(None),
             metrics: Default::default(),
+            qos: Default::default(),
             size,
             spec,
             current: RwLock::new(current),

@@ -200,6 +200,7 @@ mod tests {
                 cache_mode: CacheMode::default(),
                 nodes: nodes.iter().map(|n| n.to_string()).collect(),
                 order_seq: 0,
+                qos: Default::default(),
             },
         );
     }

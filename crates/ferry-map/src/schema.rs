@@ -86,6 +86,7 @@ pub struct Target {
 
 /// How a LUN's writes reach stable storage (seed 003); see
 /// `ferry_scsi::cache`.
+pub use ferry_scsi::qos::QosLimits;
 pub use ferry_scsi::CacheMode;
 
 /// A logical unit: a volume exported under a target.
@@ -110,6 +111,9 @@ pub struct Lun {
     /// from a live owner (a node coming back does not take it back).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub order_seq: u64,
+    /// IOPS and bandwidth limits, applied live by the serving node.
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -338,7 +342,9 @@ impl Lun {
                 return Err(MapError::invalid(format!("node {n} listed twice")));
             }
         }
-        Ok(())
+        self.qos
+            .check()
+            .map_err(|why| MapError::invalid(format!("LUN {}: QoS {why}", self.name)))
     }
 }
 
@@ -547,6 +553,7 @@ mod tests {
                 cache_mode: CacheMode::Writeback,
                 nodes: vec!["a".into()],
                 order_seq: 0,
+                qos: Default::default(),
             },
         );
         m
@@ -668,5 +675,23 @@ mod tests {
             password: "supersecret123".into(),
         };
         assert!(!format!("{c:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn a_luns_qos_refuses_unknown_fields_and_zero_limits() {
+        let doc = r#"{"name":"l","target":"iqn.2026-11.org.ferry:t","lun":1,"spec":"file:/v","qos":{"read-ipos":5}}"#;
+        let e = serde_json::from_str::<Lun>(doc).unwrap_err().to_string();
+        assert!(e.contains("unknown field `read-ipos`"), "{e}");
+        let doc = r#"{"name":"l","target":"iqn.2026-11.org.ferry:t","lun":1,"spec":"file:/v","qos":{"write-iops":0}}"#;
+        let l: Lun = serde_json::from_str(doc).unwrap();
+        assert!(l
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("write-iops of 0"));
+        let doc = r#"{"name":"l","target":"iqn.2026-11.org.ferry:t","lun":1,"spec":"file:/v","qos":{"read-bps":1048576}}"#;
+        let l: Lun = serde_json::from_str(doc).unwrap();
+        l.validate().unwrap();
+        assert_eq!(l.qos.read_bps, Some(1 << 20));
     }
 }

@@ -18,6 +18,8 @@
 //!   them), never ours.
 //! - [`Pool`]: worker threads taking jobs from a channel, shared by all
 //!   of a plugin's LUNs.
+//! - [`delay::Delayer`]: holds commands of a LUN over its QoS limit back
+//!   until their time, off the workers;
 //! - [`EventFd`]: a counter worker threads poke to wake a host's event
 //!   loop (tgtd completes commands only on its main thread).
 //!
@@ -26,6 +28,7 @@
 #![deny(unsafe_code)]
 
 mod boundary;
+pub mod delay;
 mod error;
 mod ffi;
 pub mod logger;

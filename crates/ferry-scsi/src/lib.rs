@@ -12,6 +12,7 @@ pub mod alua;
 pub mod cache;
 pub mod cdb;
 pub mod exec;
+pub mod qos;
 pub mod sense;
 
 pub use cache::CacheMode;

@@ -12,6 +12,7 @@
 
 use std::sync::OnceLock;
 
+use ferry_plugin::delay::Delayer;
 use ferry_plugin::{Pool, Task};
 
 /// A queued command: runs once on a worker and must complete its command
@@ -27,6 +28,40 @@ static POOL: OnceLock<Result<Pool<Job>, ferry_plugin::Error>> = OnceLock::new();
 /// The pool, started on first use.
 pub fn pool() -> Result<&'static Pool<Job>, &'static ferry_plugin::Error> {
     POOL.get_or_init(start).as_ref()
+}
+
+static HELD: OnceLock<Result<Delayer<Job>, ferry_plugin::Error>> = OnceLock::new();
+
+/// Queues `job` on the workers after `wait` (a LUN over its QoS limit,
+/// `ferry_host::qos`): it waits on the delayer's thread, not a worker's.
+/// Gives the job back if neither could take it.
+pub fn submit_after(
+    pool: &'static Pool<Job>,
+    wait: std::time::Duration,
+    job: Job,
+) -> Result<(), Job> {
+    if wait.is_zero() {
+        return pool.submit(job);
+    }
+    let held = HELD.get_or_init(|| {
+        Delayer::start("ferry-tcmu-qos", move |job: Job| {
+            // The pool outlives the process's devices; if it refused, the
+            // job still completes its command, here.
+            if let Err(job) = pool.submit(job) {
+                job();
+            }
+        })
+    });
+    match held {
+        Ok(d) => {
+            d.after(wait, job);
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("cannot hold commands for QoS ({e}); running them at once");
+            pool.submit(job)
+        }
+    }
 }
 
 fn worker_count(var: Option<&str>) -> usize {

@@ -472,8 +472,13 @@ impl Queued {
             return sts::INVALID_CDB;
         };
         self.sync_write_cache();
+        let wait = self
+            .state
+            .port
+            .lun()
+            .map_or(std::time::Duration::ZERO, |l| l.throttle(&cdb));
         let mut segs = segs;
-        self.submit(move |s| {
+        self.submit_after(wait, move |s| {
             if data_in {
                 // SAFETY: runs before the command completes; the buffers
                 // are the command's data-in, touched by no one else
@@ -491,6 +496,16 @@ impl Queued {
     /// Queues `run` on a worker, which completes the command with its
     /// result. Returns the status for the callout to return.
     fn submit(self, run: impl FnOnce(&DevState) -> Completion + Send + 'static) -> c_int {
+        self.submit_after(std::time::Duration::ZERO, run)
+    }
+
+    /// [`Queued::submit`], the command held back `wait` first (its LUN's
+    /// QoS limits).
+    fn submit_after(
+        self,
+        wait: std::time::Duration,
+        run: impl FnOnce(&DevState) -> Completion + Send + 'static,
+    ) -> c_int {
         let Ok(pool) = pool::pool() else {
             return sts::NO_RESOURCE;
         };
@@ -513,7 +528,7 @@ impl Queued {
             // SAFETY: the command is live and ours to complete, once.
             unsafe { complete(tcmu, dev.0, cmd.0, c) };
         });
-        match pool.submit(job) {
+        match pool::submit_after(pool, wait, job) {
             Ok(()) => sts::OK,
             // Not queued: tcmu-runner completes it with this status.
             Err(_) => sts::NO_RESOURCE,

@@ -15,6 +15,7 @@ use std::ffi::c_int;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
+use ferry_plugin::delay::Delayer;
 use ferry_plugin::{EventFd, Pool};
 use ferry_pr::Refusal;
 use ferry_scsi::Sense;
@@ -59,8 +60,11 @@ impl Completions {
 }
 
 pub struct Runtime {
-    pool: Pool<Job>,
+    pool: Arc<Pool<Job>>,
     completions: Arc<Completions>,
+    /// Commands of LUNs over their QoS limits, waiting for their turn
+    /// (`ferry_host::qos`), then queued on the workers.
+    held: Delayer<Job>,
 }
 
 impl Runtime {
@@ -76,8 +80,20 @@ impl Runtime {
             wake: EventFd::new()?,
         });
         let queue = completions.clone();
-        let pool = Pool::start("bs_ferry", workers, move |job| queue.push(execute(job)))?;
-        Ok(Runtime { pool, completions })
+        let pool = Arc::new(Pool::start("bs_ferry", workers, move |job| {
+            queue.push(execute(job))
+        })?);
+        let held = {
+            let (pool, completions) = (pool.clone(), completions.clone());
+            Delayer::start("bs_ferry-qos", move |job| {
+                submit_to(&pool, &completions, job)
+            })?
+        };
+        Ok(Runtime {
+            pool,
+            completions,
+            held,
+        })
     }
 
     /// The number of worker threads.
@@ -90,17 +106,14 @@ impl Runtime {
         self.completions.wake.as_fd()
     }
 
-    /// Queues `job` on the workers.
+    /// Queues `job` on the workers, once its LUN's QoS limits let it
+    /// (at once under them).
     pub fn submit(&self, job: Job) {
-        if let Err(job) = self.pool.submit(job) {
-            // Workers never exit while the pool lives; keep the command
-            // from hanging all the same.
-            log::error!("no worker takes commands; answering HARDWARE ERROR");
-            self.completions.push(Done {
-                cmd: job.cmd,
-                outcome: Err(Refusal::Check(Sense::internal_failure())),
-                sized_reply: false,
-            });
+        let wait = job.lun.throttle(&job.cdb);
+        if wait.is_zero() {
+            submit_to(&self.pool, &self.completions, job);
+        } else {
+            self.held.after(wait, job);
         }
     }
 
@@ -119,6 +132,19 @@ impl Runtime {
 }
 
 /// A worker's part: runs `job` (a panic answers HARDWARE ERROR).
+fn submit_to(pool: &Pool<Job>, completions: &Completions, job: Job) {
+    if let Err(job) = pool.submit(job) {
+        // Workers never exit while the pool lives; keep the command
+        // from hanging all the same.
+        log::error!("no worker takes commands; answering HARDWARE ERROR");
+        completions.push(Done {
+            cmd: job.cmd,
+            outcome: Err(Refusal::Check(Sense::internal_failure())),
+            sized_reply: false,
+        });
+    }
+}
+
 fn execute(mut job: Job) -> Done {
     let outcome = ferry_plugin::boundary(
         "a command",

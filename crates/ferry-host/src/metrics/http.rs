@@ -161,9 +161,13 @@ mod tests {
         assert!(page.ends_with("\r\n\r\nx 1\n"), "{page}");
         assert!(get(server.addr(), "/").starts_with("HTTP/1.1 404"));
         let taken = server.addr().to_string();
-        let err = MetricsServer::start(&taken, Arc::new(String::new)).err().unwrap();
+        let err = MetricsServer::start(&taken, Arc::new(String::new))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("already in use"), "{err}");
-        let err = MetricsServer::start("nonsense", Arc::new(String::new)).err().unwrap();
+        let err = MetricsServer::start("nonsense", Arc::new(String::new))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("nonsense"), "{err}");
     }
 }

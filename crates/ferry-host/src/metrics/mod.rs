@@ -25,8 +25,8 @@ pub const SHARDS: usize = 8;
 /// Upper bounds of the latency histogram's buckets, seconds (a `+Inf`
 /// bucket follows): 50 µs to 10 s, about three per decade.
 pub const LATENCY_BOUNDS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
 ];
 
 /// The same bounds in nanoseconds, for the command path.
@@ -41,7 +41,7 @@ const BOUNDS_NS: [u64; 16] = {
 };
 
 /// What kind of command a CDB is, as the metrics tell them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Read,
@@ -52,6 +52,7 @@ pub enum CommandKind {
     CompareAndWrite,
     /// Everything else that reaches the LUN (PR IN/OUT, GET LBA STATUS,
     /// VERIFY, ...).
+    #[default]
     Other,
 }
 
@@ -256,12 +257,6 @@ pub struct KindCounts {
     pub latency_seconds: f64,
 }
 
-impl Default for CommandKind {
-    fn default() -> Self {
-        CommandKind::Other
-    }
-}
-
 /// A reading of one LUN's counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LunCounts {
@@ -329,7 +324,12 @@ mod tests {
                         Duration::from_secs(20),
                         Some(&Refusal::Check(Sense::new(0x05, 0x2100))),
                     );
-                    m.record(CommandKind::Write, 0, Duration::ZERO, Some(&Refusal::Conflict));
+                    m.record(
+                        CommandKind::Write,
+                        0,
+                        Duration::ZERO,
+                        Some(&Refusal::Conflict),
+                    );
                 })
             })
             .collect();

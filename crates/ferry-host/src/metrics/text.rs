@@ -85,7 +85,14 @@ impl Exposition {
         &mut self.families[i].samples
     }
 
-    fn line(out: &mut String, name: &str, suffix: &str, labels: Labels, extra: Option<(&str, &str)>, v: f64) {
+    fn line(
+        out: &mut String,
+        name: &str,
+        suffix: &str,
+        labels: Labels,
+        extra: Option<(&str, &str)>,
+        v: f64,
+    ) {
         out.push_str(name);
         out.push_str(suffix);
         let all = labels.iter().copied().chain(extra);
@@ -105,7 +112,14 @@ impl Exposition {
     }
 
     /// A counter's or gauge's sample.
-    pub fn sample(&mut self, name: &'static str, kind: Kind, help: &'static str, labels: Labels, v: f64) {
+    pub fn sample(
+        &mut self,
+        name: &'static str,
+        kind: Kind,
+        help: &'static str,
+        labels: Labels,
+        v: f64,
+    ) {
         let out = self.family(name, kind, help);
         Self::line(out, name, "", labels, None, v);
     }
@@ -126,7 +140,14 @@ impl Exposition {
         for (i, n) in buckets.iter().enumerate() {
             cumulative += n;
             let le = bounds.get(i).map_or("+Inf".to_string(), |b| number(*b));
-            Self::line(out, name, "_bucket", labels, Some(("le", &le)), cumulative as f64);
+            Self::line(
+                out,
+                name,
+                "_bucket",
+                labels,
+                Some(("le", &le)),
+                cumulative as f64,
+            );
         }
         Self::line(out, name, "_sum", labels, None, sum);
         Self::line(out, name, "_count", labels, None, cumulative as f64);
@@ -235,7 +256,11 @@ pub fn ports(page: &mut Exposition, ports: &[crate::port::PortInfo]) {
                 "ferry_port_access_state",
                 Kind::Gauge,
                 "1 for the ALUA access state of this gateway's target port group for the LUN.",
-                &[("volume", p.spec.as_str()), ("group", &group), ("state", name)],
+                &[
+                    ("volume", p.spec.as_str()),
+                    ("group", &group),
+                    ("state", name),
+                ],
                 f64::from(u8::from(p.state == state)),
             );
         }
@@ -274,17 +299,45 @@ fn migration(page: &mut Exposition, volume: &str, m: &ferry_core::copier::Progre
             "ferry_migration_state",
             Gauge,
             "1 for the migration's current state, 0 for the others.",
-            &[("volume", volume), ("target", m.target.as_str()), ("state", &name)],
+            &[
+                ("volume", volume),
+                ("target", m.target.as_str()),
+                ("state", &name),
+            ],
             f64::from(u8::from(m.state == s)),
         );
     }
     let gauges: [(&'static str, &'static str, f64); 9] = [
-        ("ferry_migration_paused", "1 while the copier is paused.", f64::from(u8::from(m.paused))),
-        ("ferry_migration_regions", "Regions of the volume.", m.regions_total as f64),
-        ("ferry_migration_regions_copied", "Regions on the target now.", m.regions_done as f64),
-        ("ferry_migration_size_bytes", "Bytes of the volume.", m.bytes_total as f64),
-        ("ferry_migration_copied_bytes", "Bytes on the target now.", m.bytes_done as f64),
-        ("ferry_migration_copy_rate_bytes", "Recent copy rate, bytes per second.", m.rate_bps as f64),
+        (
+            "ferry_migration_paused",
+            "1 while the copier is paused.",
+            f64::from(u8::from(m.paused)),
+        ),
+        (
+            "ferry_migration_regions",
+            "Regions of the volume.",
+            m.regions_total as f64,
+        ),
+        (
+            "ferry_migration_regions_copied",
+            "Regions on the target now.",
+            m.regions_done as f64,
+        ),
+        (
+            "ferry_migration_size_bytes",
+            "Bytes of the volume.",
+            m.bytes_total as f64,
+        ),
+        (
+            "ferry_migration_copied_bytes",
+            "Bytes on the target now.",
+            m.bytes_done as f64,
+        ),
+        (
+            "ferry_migration_copy_rate_bytes",
+            "Recent copy rate, bytes per second.",
+            m.rate_bps as f64,
+        ),
         (
             "ferry_migration_impact_budget_ratio",
             "The foreground slowdown the copier allows itself (0.1 = 10 %).",
@@ -318,7 +371,11 @@ fn migration(page: &mut Exposition, volume: &str, m: &ferry_core::copier::Progre
         ("source", c.reads_source, c.read_bytes_source),
         ("target", c.reads_target, c.read_bytes_target),
     ] {
-        let l = [("volume", volume), ("target", m.target.as_str()), ("leg", leg)];
+        let l = [
+            ("volume", volume),
+            ("target", m.target.as_str()),
+            ("leg", leg),
+        ];
         page.sample(
             "ferry_migration_reads_total",
             Counter,
@@ -376,7 +433,14 @@ mod tests {
         p.sample("a_total", Kind::Counter, "A.", &[("x", "1")], 1.0);
         p.sample("b", Kind::Gauge, "B.", &[], 2.5);
         p.sample("a_total", Kind::Counter, "A.", &[("x", "q\"\\\n")], 3.0);
-        p.histogram("h_seconds", "H.", &[("k", "r")], &[0.1, 1.0], &[2, 0, 1], 1.5);
+        p.histogram(
+            "h_seconds",
+            "H.",
+            &[("k", "r")],
+            &[0.1, 1.0],
+            &[2, 0, 1],
+            1.5,
+        );
         assert_eq!(
             p.render(),
             "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 1\n\
