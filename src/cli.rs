@@ -66,6 +66,9 @@ pub enum VolumeCmd {
     /// Show or set a served volume's QoS limits (IOPS and bytes per
     /// second, reads and writes apart), live.
     Qos(crate::qos::QosArgs),
+    /// Grow a volume (served or not), or shrink it with --force; served
+    /// LUNs report the new capacity to their initiators at once.
+    Resize(crate::resize::ResizeArgs),
 }
 
 #[derive(Args)]
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Volume(VolumeCmd::Info(a)) => info(&a),
         Command::Volume(VolumeCmd::CacheMode(a)) => cache_mode(&a),
         Command::Volume(VolumeCmd::Qos(a)) => crate::qos::run(&a),
+        Command::Volume(VolumeCmd::Resize(a)) => crate::resize::run(&a),
         Command::Migrate(m) => crate::migrate::run(m),
         Command::Serve(a) => crate::serve::run(a),
         Command::Demo(a) => crate::demo::run(a),

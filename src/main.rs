@@ -10,6 +10,7 @@ mod map;
 mod migrate;
 mod pr;
 mod qos;
+mod resize;
 mod serve;
 mod snapshot;
 mod units;

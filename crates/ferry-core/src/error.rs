@@ -18,6 +18,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A volume could not change size.
+    #[error("cannot resize {volume}: {why}")]
+    CannotResize { volume: String, why: String },
     /// A request addressed bytes past the end of the volume.
     #[error("range {offset}+{len} is outside the volume of {size} bytes")]
     OutOfRange { offset: u64, len: u64, size: u64 },

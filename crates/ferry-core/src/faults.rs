@@ -113,6 +113,9 @@ pub const RESTORE_RENAME: &str = "restore.rename";
 /// Restore: fsync of the directory, making the rename durable.
 pub const RESTORE_SYNC_DIR: &str = "restore.sync_dir";
 
+/// A file volume's resize: the file's new length set and synced.
+pub const VOLUME_RESIZE: &str = "volume.resize";
+
 /// Saving reservations: the new state written to the slot's temporary
 /// file (`<path>.ferry-pr.tmp`).
 pub const PR_WRITE_TEMP: &str = "pr.write_temp";
@@ -143,15 +146,16 @@ pub const SNAPSHOT: &[&str] = &[
 /// Saving persistent reservations in a file volume's slot.
 pub const RESERVATIONS: &[&str] = &[PR_WRITE_TEMP, PR_SYNC_TEMP, PR_RENAME, PR_SYNC_DIR];
 
+/// A file volume's resize (`ferry-host`'s `tests/resize.rs`).
+pub const RESIZE: &[&str] = &[VOLUME_RESIZE];
+
 /// Every named point of every list.
-pub const ALL: &[&str] = &concat::<{ ENGINE.len() + SNAPSHOT.len() + RESERVATIONS.len() }>([
-    ENGINE,
-    SNAPSHOT,
-    RESERVATIONS,
-]);
+pub const ALL: &[&str] = &concat::<
+    { ENGINE.len() + SNAPSHOT.len() + RESERVATIONS.len() + RESIZE.len() },
+>([ENGINE, SNAPSHOT, RESERVATIONS, RESIZE]);
 
 /// The lists one after the other; `N` must be their total length.
-const fn concat<const N: usize>(lists: [&[&'static str]; 3]) -> [&'static str; N] {
+const fn concat<const N: usize>(lists: [&[&'static str]; 4]) -> [&'static str; N] {
     let mut out = [""; N];
     let mut n = 0;
     let mut l = 0;

@@ -44,6 +44,18 @@ pub trait Volume: Send + Sync {
     /// Makes every completed write durable across power loss.
     fn flush(&self) -> Result<()>;
 
+    /// Changes the size to `size` bytes, durably when it returns: a
+    /// volume reopened after a crash has the old size or the new one,
+    /// never another. Growing adds bytes that read as zeroes; shrinking
+    /// drops the end. Callers hold I/O off while it runs. The default
+    /// refuses (volumes that cannot change size).
+    fn resize(&self, size: u64) -> Result<()> {
+        Err(Error::CannotResize {
+            volume: self.name().to_string(),
+            why: format!("this kind of volume cannot change size (asked for {size} bytes)"),
+        })
+    }
+
     /// Makes `[offset, offset+len)` read as zeroes, deallocating where the
     /// backend can. The default writes zero buffers.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
@@ -105,6 +117,9 @@ impl<T: Volume + ?Sized> Volume for std::sync::Arc<T> {
     }
     fn flush(&self) -> Result<()> {
         (**self).flush()
+    }
+    fn resize(&self, size: u64) -> Result<()> {
+        (**self).resize(size)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         (**self).write_zeroes(offset, len)

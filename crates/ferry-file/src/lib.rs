@@ -47,7 +47,8 @@ pub struct FileVolume {
     name: String,
     path: PathBuf,
     file: File,
-    size: u64,
+    /// Changes only in [`Volume::resize`], which callers run with I/O held off.
+    size: std::sync::atomic::AtomicU64,
     punch_holes: std::sync::atomic::AtomicBool,
 }
 
@@ -111,7 +112,7 @@ impl FileVolume {
             name: path.display().to_string(),
             path: path.to_path_buf(),
             file,
-            size: meta.len(),
+            size: std::sync::atomic::AtomicU64::new(meta.len()),
             punch_holes: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -156,18 +157,18 @@ impl Volume for FileVolume {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| Error::volume_io("read", &self.name, offset, e))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::volume_io("write", &self.name, offset, e))
@@ -179,8 +180,28 @@ impl Volume for FileVolume {
             .map_err(|e| Error::volume_io("fdatasync", &self.name, 0, e))
     }
 
+    /// ftruncate, then fsync: the length is one metadata update, so a
+    /// crash leaves the old length or the new one.
+    fn resize(&self, size: u64) -> Result<()> {
+        if size == 0 || !size.is_multiple_of(512) {
+            return Err(Error::CannotResize {
+                volume: self.name.clone(),
+                why: format!("{size} bytes is not a positive multiple of 512"),
+            });
+        }
+        steps::before(ferry_core::faults::VOLUME_RESIZE, &self.path)
+            .and_then(|()| self.file.set_len(size))
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| Error::CannotResize {
+                volume: self.name.clone(),
+                why: format!("setting the file's length to {size} bytes: {e}"),
+            })?;
+        self.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -214,7 +235,7 @@ impl Volume for FileVolume {
     }
 
     fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         let end = offset + len;
         let mut out = Vec::new();
         let mut pos = offset;
@@ -231,7 +252,7 @@ impl Volume for FileVolume {
             let hole = self
                 .seek(SeekFrom::Hole(data))
                 .map_err(|e| Error::volume_io("seek hole in", &self.name, data, e))?
-                .unwrap_or(self.size)
+                .unwrap_or(self.size())
                 .min(end);
             out.push(Extent {
                 offset: data,

@@ -106,6 +106,14 @@ pub enum Request {
         #[serde(default)]
         clear: bool,
     },
+    /// Changes the size of the volume under the LUN (smaller only with
+    /// `force`); every front-end then reports the new capacity.
+    Resize {
+        volume: String,
+        size: u64,
+        #[serde(default)]
+        force: bool,
+    },
     /// Sets the LUN's QoS limits (all four at once; absent is unlimited)
     /// when `limits` is given; answers the limits in force.
     Qos {
@@ -140,6 +148,7 @@ impl Request {
             | Request::Reservations { volume, .. }
             | Request::Alua { volume, .. }
             | Request::Qos { volume, .. }
+            | Request::Resize { volume, .. }
             | Request::Snapshot { volume, .. } => Some(volume),
         }
     }
@@ -365,6 +374,20 @@ impl Registry {
                     ..Default::default()
                 }
             }
+            Request::Resize { size, force, .. } => match lun.resize(*size, *force) {
+                Ok(_) => Response {
+                    ok: true,
+                    served: Some(vec![Served {
+                        spec: lun.spec().to_string(),
+                        size: ferry_core::Volume::size(lun.as_ref()),
+                        migration: None,
+                        cache_mode: lun.cache_mode(),
+                        qos: lun.qos(),
+                    }]),
+                    ..Default::default()
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::Qos { limits, .. } => match limits.map_or(Ok(()), |l| lun.set_qos(l)) {
                 Ok(()) => Response {
                     ok: true,

@@ -50,6 +50,9 @@ pub enum HostError {
         #[source]
         source: io::Error,
     },
+    /// A resize that cannot be done (see [`crate::resize`]).
+    #[error("cannot resize {lun}: {why}")]
+    Resize { lun: String, why: String },
     /// A QoS setting that cannot be applied (a limit of zero).
     #[error("QoS of {lun}: {why}")]
     Qos { lun: String, why: String },

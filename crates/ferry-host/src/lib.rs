@@ -11,6 +11,7 @@
 //! - [`port`]: a LUN at one gateway's ALUA target port: active with its
 //!   volume open, or standby without opening it;
 //! - [`qos`]: per-LUN IOPS and bandwidth limits (token buckets);
+//! - [`resize`]: a served LUN grown (or, forced, shrunk) online;
 //! - [`reservations`]: where a LUN's persistent reservations are saved
 //!   (with the volume, or wherever its slot points: the ZooKeeper map);
 //! - [`relay`]: how the target plugins reach reservations kept in the map,
@@ -32,6 +33,7 @@ pub mod port;
 pub mod qos;
 pub mod relay;
 pub mod reservations;
+pub mod resize;
 pub mod snapshot;
 mod socket;
 pub mod spec;

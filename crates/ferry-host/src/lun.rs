@@ -144,7 +144,11 @@ impl Migration {
 /// A LUN being served.
 pub struct Lun {
     spec: VolumeSpec,
-    size: u64,
+    /// The volume's size; changes only in a resize (`crate::resize`).
+    pub(crate) size: AtomicU64,
+    /// Resizes so far: each front-end owes every nexus a CAPACITY DATA
+    /// HAS CHANGED unit attention per change.
+    pub(crate) capacity_changes: AtomicU64,
     /// The volume I/O goes to. Every I/O holds this shared for its whole
     /// duration, so swapping it (start of a migration) waits for in-flight
     /// I/O on the old volume: the copier never misses a write.
@@ -346,7 +350,8 @@ impl Lun {
             last_status: Mutex::new(None),
             metrics: Default::default(),
             qos: Default::default(),
-            size,
+            size: AtomicU64::new(size),
+            capacity_changes: AtomicU64::new(0),
             spec,
             current: RwLock::new(current),
             served: Mutex::new(served),
@@ -856,7 +861,7 @@ impl Volume for Lun {
         "lun"
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
     }
     fn object_size(&self) -> u64 {
         self.current.read().object_size()

@@ -364,6 +364,17 @@ impl Image {
         })
     }
 
+    /// Changes the image's size (librbd updates the header object, one
+    /// RADOS write: the old size or the new one after a crash).
+    pub fn resize(&self, size: u64) -> Result<()> {
+        // SAFETY: open image handle, owned by self.
+        let r = unsafe { sys::rbd_resize(self.handle, size) };
+        if r < 0 {
+            return Err(self.err("rbd_resize", r.into()));
+        }
+        Ok(())
+    }
+
     /// Feature bits (`RBD_FEATURE_*`).
     pub fn features(&self) -> Result<u64> {
         let mut f = 0u64;

@@ -31,7 +31,8 @@ pub struct RbdVolume {
     spec: RbdSpec,
     cluster: Cluster,
     image: Arc<Image>,
-    size: u64,
+    /// Changes only in [`Volume::resize`], run with I/O held off.
+    size: std::sync::atomic::AtomicU64,
     order: u32,
 }
 
@@ -39,7 +40,7 @@ impl std::fmt::Debug for RbdVolume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RbdVolume")
             .field("spec", &self.name)
-            .field("size", &self.size)
+            .field("size", &self.size())
             .field("order", &self.order)
             .finish()
     }
@@ -104,7 +105,7 @@ impl RbdVolume {
             spec: spec.clone(),
             cluster: cluster.clone(),
             image: Arc::new(image),
-            size: st.size,
+            size: std::sync::atomic::AtomicU64::new(st.size),
             order: st.order,
         })
     }
@@ -192,7 +193,7 @@ impl RbdVolume {
         if let Some(snap) = &self.spec.snap {
             put("snap", snap.clone());
         }
-        put("size", self.size.to_string());
+        put("size", self.size().to_string());
         put("order", self.order.to_string());
         put("object_size", (1u64 << self.order).to_string());
         put("features", self.image.features()?.to_string());
@@ -206,7 +207,7 @@ impl RbdVolume {
     pub fn used_bytes(&self) -> Result<u64> {
         Ok(self
             .image
-            .allocated(0, self.size, true)?
+            .allocated(0, self.size(), true)?
             .iter()
             .map(|e| e.len)
             .sum())
@@ -257,7 +258,18 @@ impl Volume for RbdVolume {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn resize(&self, size: u64) -> ferry_core::Result<()> {
+        self.image
+            .resize(size)
+            .map_err(|e| ferry_core::Error::CannotResize {
+                volume: self.name.clone(),
+                why: e.to_string(),
+            })?;
+        self.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     fn object_size(&self) -> u64 {
@@ -265,14 +277,14 @@ impl Volume for RbdVolume {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> ferry_core::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         self.image
             .read(buf, offset)
             .map_err(|e| self.io_err("read", offset, e))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> ferry_core::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         self.image
             .write(buf, offset)
             .map_err(|e| self.io_err("write", offset, e))
@@ -283,7 +295,7 @@ impl Volume for RbdVolume {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> ferry_core::Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         self.image
             .write_zeroes(offset, len)
             .map_err(|e| self.io_err("write zeroes", offset, e))
@@ -295,7 +307,7 @@ impl Volume for RbdVolume {
     }
 
     fn allocated(&self, offset: u64, len: u64) -> ferry_core::Result<Vec<Extent>> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         self.image
             .allocated(offset, len, true)
             .map_err(|e| self.io_err("list allocated extents of", offset, e))

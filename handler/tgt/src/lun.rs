@@ -35,6 +35,13 @@ pub struct LunSlot {
     pub nexus_names: NexusNames,
     /// The port state changes each session was told of.
     pub access_changes: AccessChanges,
+    /// How often the capacity tgtd reports (`lu->size`) changed since
+    /// `bs_open`: an online resize, or a standby port turned active on a
+    /// volume resized meanwhile (see [`LunSlot::sync_capacity`]).
+    pub capacity_changes: Cell<u64>,
+    /// The capacity changes each session was told of (CAPACITY DATA HAS
+    /// CHANGED).
+    pub capacity_told: AccessChanges,
 }
 
 /// What `bs_open` tells tgtd about a LUN just opened.
@@ -74,6 +81,20 @@ impl LunSlot {
     /// The open LUN, while the LU's port group is active.
     pub fn lun(&self) -> Option<Arc<Lun>> {
         self.port.as_ref().and_then(|p| p.lun())
+    }
+
+    /// The capacity tgtd should report now, given that it reports
+    /// `reported` bytes: `Some(bytes)` when they differ (counted in
+    /// [`LunSlot::capacity_changes`]). A port without an open LUN keeps
+    /// what it reports.
+    pub fn sync_capacity(&self, reported: u64) -> Option<u64> {
+        let lun = self.lun()?;
+        let bytes = lun.capacity_blocks() << lun.block_size().trailing_zeros();
+        if bytes == reported {
+            return None;
+        }
+        self.capacity_changes.set(self.capacity_changes.get() + 1);
+        Some(bytes)
     }
 
     /// This LU's port state (unavailable before `bs_open`).

@@ -122,6 +122,8 @@ pub enum Admission {
 
 /// ASYMMETRIC ACCESS STATE CHANGED.
 const ACCESS_STATE_CHANGED: u16 = 0x2a06;
+/// CAPACITY DATA HAS CHANGED (SPC-4 table D.1), owed after a resize.
+const CAPACITY_DATA_HAS_CHANGED: u16 = 0x2a09;
 
 /// Which count of the port's state changes each session has been told
 /// of ([`ferry_host::LunPort::changes`]): a session is owed ASYMMETRIC
@@ -179,6 +181,15 @@ pub fn admit(
             return Admission::Refuse(Refusal::Check(ferry_scsi::Sense::new(
                 ferry_scsi::sense::key::UNIT_ATTENTION,
                 ACCESS_STATE_CHANGED,
+            )));
+        }
+    }
+    if let Some(key) = session {
+        if !passes_unit_attention(cdb) && slot.capacity_told.owed(key, slot.capacity_changes.get())
+        {
+            return Admission::Refuse(Refusal::Check(ferry_scsi::Sense::new(
+                ferry_scsi::sense::key::UNIT_ATTENTION,
+                CAPACITY_DATA_HAS_CHANGED,
             )));
         }
     }

@@ -738,6 +738,13 @@ unsafe extern "C" fn perform_checked(host_no: c_int, cmd: *mut ScsiCmd) -> c_int
             };
             let cdb = cdb_of(cmd);
             let lu = (*cmd).dev;
+            // An online resize (or a port turned active on a volume
+            // resized meanwhile): tgtd answers READ CAPACITY and checks
+            // LBA ranges from lu->size, which only this thread writes.
+            if let Some(bytes) = slot.sync_capacity((*lu).size) {
+                log::info!("LU capacity {} -> {bytes} bytes", (*lu).size);
+                (*lu).size = bytes;
+            }
             let admission = optable::admit(
                 slot,
                 cdb,

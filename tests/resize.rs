@@ -1,0 +1,160 @@
+//! Online resize over iSCSI: a real tgtd with bs_ferry and a libiscsi
+//! session that stays logged in. `ferry volume resize` grows the served
+//! volume; the session's next command gets CAPACITY DATA HAS CHANGED,
+//! READ CAPACITY then reports the new size, and data written past the
+//! old end reads back (and the data before it is untouched). Shrinking
+//! without --force, a size of zero, an absurd size and a resize during a
+//! migration are refused and change nothing. A volume nothing serves is
+//! resized offline.
+mod common;
+
+use std::process::Command;
+
+use common::{check, Tgtd};
+use ferry_initiator::Session;
+
+fn ferry(t: &Tgtd, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_RUN_DIR", &t.run_dir)
+        .output()
+        .unwrap()
+}
+
+fn refused(out: &std::process::Output, says: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted; stdout {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains(says), "{err}");
+}
+
+fn block(seed: u8) -> Vec<u8> {
+    (0..4096u32)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+fn read10(lba: u32) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x28;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[8] = 1;
+    c
+}
+
+#[test]
+#[ignore = "needs tgtd and libiscsi (scripts/test.sh)"]
+fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
+    common::require("tgtd");
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tgtd::start(&dir.path().join("run"));
+    let spec = common::file_volume(dir.path(), 32 << 20);
+    t.add_target(1);
+    check(&t.add_ferry_lun(1, 1, &spec), "adding the LUN");
+    let mut s = Session::connect(&t.url(1, 1)).unwrap();
+    assert_eq!(s.read_capacity().unwrap(), (512, 65536));
+    s.write(65528, &block(1)).unwrap(); // the last 4 KiB
+
+    check(
+        &ferry(&t, &["volume", "resize", &spec, "48M"]),
+        "resize to 48M",
+    );
+    // The next command the session sends is told, once.
+    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
+    let sense = r.sense.expect("a unit attention");
+    assert_eq!(
+        (sense.key, sense.asc, sense.ascq),
+        (0x06, 0x2a, 0x09),
+        "{r:?}"
+    );
+    assert!(s.raw_cdb(&read10(0), None, 512).unwrap().is_good());
+    assert_eq!(s.read_capacity().unwrap(), (512, 98304));
+    // Past the old end: written and read back; the old end is intact.
+    s.write(81920, &block(2)).unwrap();
+    assert_eq!(s.read(81920, 8).unwrap(), block(2));
+    assert_eq!(s.read(98296, 8).unwrap(), vec![0u8; 4096]);
+    assert_eq!(s.read(65528, 8).unwrap(), block(1));
+    // A second session logged in now starts at the new size, owed nothing.
+    let mut s2 = Session::connect(&t.url(1, 1)).unwrap();
+    assert!(s2.raw_cdb(&read10(0), None, 512).unwrap().is_good());
+    assert_eq!(s2.read_capacity().unwrap(), (512, 98304));
+
+    // Refused, nothing changed: smaller without --force, zero, absurd,
+    // not a whole block.
+    refused(&ferry(&t, &["volume", "resize", &spec, "16M"]), "--force");
+    refused(
+        &ferry(&t, &["volume", "resize", &spec, "0"]),
+        "not a positive",
+    );
+    refused(
+        &ferry(&t, &["volume", "resize", &spec, "900000T"]),
+        "more than",
+    );
+    refused(
+        &ferry(&t, &["volume", "resize", &spec, "50000001"]),
+        "blocks",
+    );
+    assert!(
+        s.raw_cdb(&read10(0), None, 512).unwrap().is_good(),
+        "no new unit attention"
+    );
+    assert_eq!(s.read_capacity().unwrap(), (512, 98304));
+    let path = spec.strip_prefix("file:").unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().len(), 48 << 20);
+
+    // Forced shrink: the data past the new end is gone, the rest stays.
+    check(
+        &ferry(&t, &["volume", "resize", &spec, "40M", "--force"]),
+        "forced shrink",
+    );
+    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
+    assert_eq!(
+        r.sense.map(|x| (x.key, x.asc, x.ascq)),
+        Some((0x06, 0x2a, 0x09))
+    );
+    assert_eq!(s.read_capacity().unwrap(), (512, 81920));
+    assert_eq!(s.read(65528, 8).unwrap(), block(1));
+    let past = s.raw_cdb(&read10(81920), None, 512).unwrap();
+    assert_eq!(
+        past.sense.map(|x| (x.key, x.asc)),
+        Some((0x05, 0x21)),
+        "LBA out of range"
+    );
+
+    // A migration in progress: refused (for now), and nothing changes.
+    let target = format!("file:{}", dir.path().join("t.img").display());
+    check(
+        &ferry(&t, &["migrate", "start", &spec, &target, "--paused"]),
+        "migrate start",
+    );
+    refused(&ferry(&t, &["volume", "resize", &spec, "64M"]), "migrated");
+    assert_eq!(s.read_capacity().unwrap(), (512, 81920));
+    check(&ferry(&t, &["migrate", "abort", &spec]), "abort");
+}
+
+#[test]
+fn a_volume_nothing_serves_is_resized_offline_and_bad_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = common::file_volume(dir.path(), 4 << 20);
+    let path = spec.strip_prefix("file:").unwrap().to_string();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("FERRY_RUN_DIR", dir.path().join("run"))
+            .output()
+            .unwrap()
+    };
+    check(&run(&["volume", "resize", &spec, "8M"]), "offline grow");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 << 20);
+    refused(&run(&["volume", "resize", &spec, "2M"]), "--force");
+    refused(&run(&["volume", "resize", &spec, "lots"]), "size");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 << 20);
+    check(
+        &run(&["volume", "resize", &spec, "2M", "--force"]),
+        "offline shrink",
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
+}
