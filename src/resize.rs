@@ -62,7 +62,7 @@ pub fn run(a: &ResizeArgs) -> Result<()> {
             human(old)
         );
     }
-    if !size.is_multiple_of(512) {
+    if size & 511 != 0 {
         bail!("{size} bytes is not a whole number of 512-byte blocks");
     }
     vol.resize(size)?;
