@@ -374,7 +374,7 @@ impl Registry {
                     ..Default::default()
                 }
             }
-            Request::Resize { size, force, .. } => match lun.resize(*size, *force) {
+            Request::Resize { size, force, .. } => match lun.set_size(*size, *force) {
                 Ok(_) => Response {
                     ok: true,
                     served: Some(vec![Served {

@@ -23,7 +23,7 @@ impl Lun {
     /// Changes the volume under the LUN to `size` bytes (a whole number
     /// of the LUN's blocks); a smaller size only with `force`. Returns the
     /// size before.
-    pub fn resize(&self, size: u64, force: bool) -> Result<u64, HostError> {
+    pub fn set_size(&self, size: u64, force: bool) -> Result<u64, HostError> {
         let bad = |why: String| HostError::Resize {
             lun: self.spec().to_string(),
             why,
