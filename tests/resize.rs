@@ -3,9 +3,10 @@
 //! volume; the session's next command gets CAPACITY DATA HAS CHANGED,
 //! READ CAPACITY then reports the new size, and data written past the
 //! old end reads back (and the data before it is untouched). Shrinking
-//! without --force, a size of zero, an absurd size and a resize during a
-//! migration are refused and change nothing. A volume nothing serves is
-//! resized offline.
+//! without --force, a size of zero, an absurd size and a
+//! migration's shrink are refused and change nothing. A LUN being
+//! migrated grows too (both legs and the index), and its data survives
+//! the commit and a restart. A volume nothing serves is resized offline.
 mod common;
 
 use std::process::Command;
@@ -124,15 +125,60 @@ fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
         "LBA out of range"
     );
 
-    // A migration in progress: refused (for now), and nothing changes.
+    // Grown while it is being migrated: both legs and the index grow;
+    // the data written past the old end is copied and survives the commit
+    // and a restart of tgtd.
     let target = format!("file:{}", dir.path().join("t.img").display());
     check(
-        &ferry(&t, &["migrate", "start", &spec, &target, "--paused"]),
+        &ferry(&t, &["migrate", "start", &spec, &target, "--rate", "8M"]),
         "migrate start",
     );
-    refused(&ferry(&t, &["volume", "resize", &spec, "64M"]), "migrated");
-    assert_eq!(s.read_capacity().unwrap(), (512, 81920));
-    check(&ferry(&t, &["migrate", "abort", &spec]), "abort");
+    s.write(100, &block(3)).unwrap();
+    check(
+        &ferry(&t, &["volume", "resize", &spec, "64M"]),
+        "grow while migrating",
+    );
+    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
+    assert_eq!(
+        r.sense.map(|x| (x.key, x.asc, x.ascq)),
+        Some((0x06, 0x2a, 0x09))
+    );
+    assert_eq!(s.read_capacity().unwrap(), (512, 131072));
+    s.write(131064, &block(4)).unwrap(); // the new last 4 KiB
+    refused(
+        &ferry(&t, &["volume", "resize", &spec, "48M", "--force"]),
+        "only grows",
+    );
+    let tpath = target.strip_prefix("file:").unwrap();
+    assert_eq!(std::fs::metadata(tpath).unwrap().len(), 64 << 20);
+    let started = std::time::Instant::now();
+    loop {
+        let out = ferry(&t, &["migrate", "status", &spec, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["state"] == "copied" {
+            assert_eq!(v["bytes_total"], 64 << 20);
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the copy did not finish: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    check(&ferry(&t, &["migrate", "commit", &spec]), "commit");
+    drop((s, s2));
+    let mut t = t;
+    t.restart();
+    t.add_target(1);
+    check(
+        &t.add_ferry_lun(1, 1, &spec),
+        "the LUN again, after the restart",
+    );
+    let mut s = Session::connect(&t.url(1, 1)).unwrap();
+    assert_eq!(s.read_capacity().unwrap(), (512, 131072));
+    assert_eq!(s.read(131064, 8).unwrap(), block(4));
+    assert_eq!(s.read(65528, 8).unwrap(), block(1));
+    assert_eq!(s.read(100, 8).unwrap(), block(3));
 }
 
 #[test]

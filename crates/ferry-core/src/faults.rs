@@ -116,6 +116,19 @@ pub const RESTORE_SYNC_DIR: &str = "restore.sync_dir";
 /// A file volume's resize: the file's new length set and synced.
 pub const VOLUME_RESIZE: &str = "volume.resize";
 
+/// Growing a volume being migrated (`MigratingVolume::grow`): the target
+/// grown.
+pub const GROW_TARGET: &str = "grow.target";
+/// Growing: the source grown.
+pub const GROW_SOURCE: &str = "grow.source";
+/// Growing: the index replaced by one for the new size (durably).
+pub const GROW_INDEX: &str = "grow.index";
+/// Growing: the record given the new size; from here a reopen serves it.
+pub const GROW_STORE_RECORD: &str = "grow.store_record";
+/// A reopen finishing a grow cut short after its index was replaced: the
+/// record given the size the index has.
+pub const GROW_FINISH_RECORD: &str = "grow.finish_record";
+
 /// Saving reservations: the new state written to the slot's temporary
 /// file (`<path>.ferry-pr.tmp`).
 pub const PR_WRITE_TEMP: &str = "pr.write_temp";
@@ -149,13 +162,23 @@ pub const RESERVATIONS: &[&str] = &[PR_WRITE_TEMP, PR_SYNC_TEMP, PR_RENAME, PR_S
 /// A file volume's resize (`ferry-host`'s `tests/resize.rs`).
 pub const RESIZE: &[&str] = &[VOLUME_RESIZE];
 
+/// Growing a volume being migrated, and the reopen that finishes a grow
+/// cut short (`tests/grow.rs`).
+pub const GROW: &[&str] = &[
+    GROW_TARGET,
+    GROW_SOURCE,
+    GROW_INDEX,
+    GROW_STORE_RECORD,
+    GROW_FINISH_RECORD,
+];
+
 /// Every named point of every list.
 pub const ALL: &[&str] = &concat::<
-    { ENGINE.len() + SNAPSHOT.len() + RESERVATIONS.len() + RESIZE.len() },
->([ENGINE, SNAPSHOT, RESERVATIONS, RESIZE]);
+    { ENGINE.len() + SNAPSHOT.len() + RESERVATIONS.len() + RESIZE.len() + GROW.len() },
+>([ENGINE, SNAPSHOT, RESERVATIONS, RESIZE, GROW]);
 
 /// The lists one after the other; `N` must be their total length.
-const fn concat<const N: usize>(lists: [&[&'static str]; 4]) -> [&'static str; N] {
+const fn concat<const N: usize>(lists: [&[&'static str]; 5]) -> [&'static str; N] {
     let mut out = [""; N];
     let mut n = 0;
     let mut l = 0;

@@ -326,6 +326,59 @@ impl RegionIndex {
         h
     }
 
+    /// The whole store as it would be for a volume of `volume_size`
+    /// bytes (larger than this index's): this index's bits, the regions
+    /// added not migrated, not written, not confirmed. Callers hold every
+    /// change off meanwhile (the copier stopped, I/O quiesced). A short
+    /// last region stays as it is: its added bytes read as zeroes on both
+    /// legs, which grew together.
+    pub fn grown(&self, volume_size: u64) -> Result<Vec<u8>> {
+        let regions = volume_size.div_ceil(self.region_size());
+        let bigger = Self::empty(self.store.clone(), volume_size, self.region_size(), regions);
+        if volume_size < self.volume_size {
+            return Err(Error::CannotResize {
+                volume: self.store.describe(),
+                why: "a region index only grows".into(),
+            });
+        }
+        let mut bytes = bigger.header();
+        let words = bigger.migrated.len();
+        bytes.resize(bigger.store_len() as usize, 0); // fits: in memory too
+        let _p = self.persist.lock();
+        for (map, maps) in [
+            (Bitmap::Migrated, &self.migrated),
+            (Bitmap::Written, &self.written),
+            (Bitmap::Confirmed, &self.confirmed),
+        ] {
+            for (i, w) in maps.iter().enumerate() {
+                let at = HEADER_LEN as usize + (map as usize * words + i) * 8;
+                bytes[at..at + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The volume size a stored index was made for, if the store holds
+    /// one with a valid header (what a reopen compares with the record to
+    /// find a grow cut short).
+    pub fn stored_volume_size(store: &dyn MetaStore) -> Result<Option<u64>> {
+        let Some(bytes) = store.read_index()? else {
+            return Ok(None);
+        };
+        if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
+            return Ok(None);
+        }
+        let mut h = bytes[..HEADER_LEN as usize].to_vec();
+        let crc = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+        h[12..16].fill(0);
+        if crc32fast::hash(&h) != crc {
+            return Ok(None);
+        }
+        Ok(Some(u64::from_le_bytes(
+            bytes[32..40].try_into().expect("8 bytes"),
+        )))
+    }
+
     fn store_len(&self) -> u64 {
         HEADER_LEN + 24 * self.migrated.len() as u64
     }

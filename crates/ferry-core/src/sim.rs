@@ -195,7 +195,7 @@ impl Image {
 /// A simulated volume.
 pub struct SimVolume {
     name: String,
-    size: u64,
+    size: AtomicU64,
     object_size: u64,
     image: Mutex<Image>,
     faults: Arc<Faults>,
@@ -250,7 +250,7 @@ impl SimVolume {
         // Test volumes are small; the size fits usize.
         Arc::new(SimVolume {
             name: name.to_string(),
-            size,
+            size: AtomicU64::new(size),
             object_size,
             image: Mutex::new(Image::zeroed(size as usize)),
             faults,
@@ -304,7 +304,7 @@ impl SimVolume {
         let img = self.image.lock();
         Arc::new(SimVolume {
             name: self.name.clone(),
-            size: self.size,
+            size: AtomicU64::new(self.size()),
             object_size: self.object_size,
             image: Mutex::new(Image {
                 cache: img.disk.clone(),
@@ -332,20 +332,20 @@ impl Volume for SimVolume {
         &self.name
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::SeqCst)
     }
     fn object_size(&self) -> u64 {
         self.object_size
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         let img = self.image.lock();
         let at = offset as usize;
         buf.copy_from_slice(&img.cache[at..at + buf.len()]);
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         Gate::pass(&self.write_gate);
         self.faults.hit(&format!("write {}@{offset}", self.name))?;
         if self.refuse_next_write.swap(false, Ordering::SeqCst) {
@@ -362,8 +362,22 @@ impl Volume for SimVolume {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+    /// Durable at once, like ftruncate then fsync; unflushed writes
+    /// past a smaller size are gone.
+    fn resize(&self, size: u64) -> Result<()> {
+        self.faults.hit(&format!("resize {}", self.name))?;
+        let mut img = self.image.lock();
+        // Test volumes are small; the size fits usize.
+        let len = size as usize;
+        img.cache.resize(len, 0);
+        img.disk.resize(len, 0);
+        img.pending.retain(|(at, data)| at + data.len() <= len);
+        self.size.store(size, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         // Report 4 KiB blocks holding any non-zero byte: everything else
         // reads as zeroes, which is all the contract asks.
         const BLOCK: u64 = 4096;

@@ -69,7 +69,7 @@ pub fn default_homes() -> Arc<dyn ReservationHomes> {
 
 /// The configuration of a LUN's copier: the defaults, sharing the
 /// process's copy budget.
-fn copier_config() -> CopierConfig {
+pub(crate) fn copier_config() -> CopierConfig {
     CopierConfig {
         share: crate::control::process_share().clone(),
         ..CopierConfig::default()
@@ -112,9 +112,9 @@ impl Default for StartOptions {
     }
 }
 
-struct Migration {
-    vol: Arc<MigratingVolume>,
-    copier: Option<Copier>,
+pub(crate) struct Migration {
+    pub(crate) vol: Arc<MigratingVolume>,
+    pub(crate) copier: Option<Copier>,
 }
 
 impl Migration {
@@ -152,12 +152,12 @@ pub struct Lun {
     /// The volume I/O goes to. Every I/O holds this shared for its whole
     /// duration, so swapping it (start of a migration) waits for in-flight
     /// I/O on the old volume: the copier never misses a write.
-    current: RwLock<Arc<dyn Volume>>,
+    pub(crate) current: RwLock<Arc<dyn Volume>>,
     /// Spec of the plain volume underneath: the source while migrating,
     /// the target once committed.
     served: Mutex<VolumeSpec>,
-    migration: Mutex<Option<Migration>>,
-    run_copier: bool,
+    pub(crate) migration: Mutex<Option<Migration>>,
+    pub(crate) run_copier: bool,
     /// [`CacheMode`] code: read by every command, set from the control
     /// path.
     cache_mode: AtomicU8,
@@ -193,7 +193,7 @@ pub struct Lun {
     /// Serializes the control operations that replace the volume under
     /// the LUN (a migration start, a quiesced snapshot operation). Never
     /// taken by I/O, so the slow part of a start does not stall commands.
-    admin: Mutex<()>,
+    pub(crate) admin: Mutex<()>,
     /// What [`Lun::status`] last reported.
     last_status: Mutex<Option<Progress>>,
     /// What its commands did (`crate::metrics`).

@@ -10,7 +10,7 @@
 //! (`ferry_core::Volume::resize`).
 use std::sync::atomic::Ordering;
 
-use ferry_core::Volume;
+use ferry_core::{MigrationState, Volume};
 
 use crate::lun::Lun;
 use crate::HostError;
@@ -39,11 +39,8 @@ impl Lun {
                 "{size} bytes is more than the {MAX_SIZE} a LUN may have"
             )));
         }
-        if let Some(p) = self.status() {
-            return Err(bad(format!(
-                "it is being migrated to {} ({}); resize it after the commit or abort",
-                p.target, p.state
-            )));
+        if let Some(old) = self.grow_migration(size)? {
+            return Ok(old);
         }
         let old = self.quiesced(|vol| {
             let old = vol.size();
@@ -71,6 +68,81 @@ impl Lun {
             log::info!("{}: resized from {old} to {size} bytes", self.spec());
         }
         Ok(old)
+    }
+
+    /// Grows the migration under the LUN, if one is in progress: with
+    /// its copier stopped and I/O held off, `MigratingVolume::grow` grows
+    /// both legs and the index durably and hands back the volume to serve
+    /// (see `ferry_core::migrate::grow`). `None`: no migration in progress.
+    fn grow_migration(&self, size: u64) -> Result<Option<u64>, HostError> {
+        let _admin = self.admin.lock();
+        let mut slot = self.migration.lock();
+        let Some(m) = slot.as_mut() else {
+            return Ok(None);
+        };
+        if !matches!(
+            m.vol.state(),
+            MigrationState::Copying | MigrationState::Copied | MigrationState::Aborting
+        ) {
+            return Ok(None);
+        }
+        let old = m.vol.size();
+        if size == old {
+            return Ok(Some(old));
+        }
+        if let Some(c) = m.copier.take() {
+            c.stop();
+        }
+        let mut current = self.current.write();
+        let grown = m.vol.grow(size).or_else(|e| {
+            if !m.vol.is_fenced() {
+                return Err(e);
+            }
+            // The grow was cut short after the old volume's index was
+            // replaced: the reopen finishes it (or serves the old size).
+            log::error!(
+                "{}: growing failed ({e}); reopening the migration",
+                self.spec()
+            );
+            m.vol.reopen()
+        });
+        let result = match grown {
+            Ok(vol) => {
+                let now = vol.size();
+                m.vol = vol.clone();
+                *current = vol;
+                self.size.store(now, Ordering::Release);
+                self.capacity_blocks.store(
+                    now >> self.block_shift.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                if now != old {
+                    self.capacity_changes.fetch_add(1, Ordering::AcqRel);
+                    log::info!(
+                        "{}: grown from {old} to {now} bytes while migrating",
+                        self.spec()
+                    );
+                }
+                if now == size {
+                    Ok(Some(old))
+                } else {
+                    Err(HostError::Resize {
+                        lun: self.spec().to_string(),
+                        why: format!("growing to {size} bytes was cut short; it stays {now}"),
+                    })
+                }
+            }
+            Err(e) => Err(HostError::from(e)),
+        };
+        drop(current);
+        // The copier goes on with whichever volume is served.
+        if self.run_copier && !m.vol.is_fenced() {
+            match ferry_core::Copier::spawn(m.vol.clone(), crate::lun::copier_config()) {
+                Ok(c) => m.copier = Some(c),
+                Err(e) => log::error!("{}: the copier did not restart: {e}", self.spec()),
+            }
+        }
+        result
     }
 
     /// How many times the LUN's capacity changed since it was opened: a

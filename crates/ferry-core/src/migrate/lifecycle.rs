@@ -198,7 +198,7 @@ impl MigratingVolume {
         target: Arc<dyn Volume>,
         target_store: Arc<dyn MetaStore>,
     ) -> Result<Arc<Self>> {
-        let record = Self::load_record(target_store.as_ref())?
+        let mut record = Self::load_record(target_store.as_ref())?
             .ok_or_else(|| Error::NoMigration(target.name().to_string()))?;
         match record.state {
             MigrationState::Copying | MigrationState::Copied | MigrationState::Aborting => {}
@@ -209,7 +209,15 @@ impl MigratingVolume {
                 })
             }
         }
-        if source.size() != record.size {
+        super::grow::finish_cut_grow(
+            &mut record,
+            source.as_ref(),
+            target.as_ref(),
+            target_store.as_ref(),
+        )?;
+        // A source longer than the record: a grow cut short before its
+        // index was replaced; served at the record's size (`grow.rs`).
+        if source.size() < record.size {
             return Err(Error::Corrupt {
                 what: target_store.describe(),
                 why: format!(
@@ -267,7 +275,7 @@ impl MigratingVolume {
     ) -> Self {
         MigratingVolume {
             name: format!("{} (migrating from {})", record.target, record.source),
-            size: record.size,
+            size: AtomicU64::new(record.size),
             legs: RwLock::new(Legs {
                 source: Some(source),
                 target: Some(target),

@@ -54,6 +54,7 @@
 //! lacks.
 mod checkpoint;
 mod counters;
+mod grow;
 mod lifecycle;
 mod routing;
 mod steps;
@@ -101,7 +102,10 @@ impl Legs {
 /// A volume being migrated.
 pub struct MigratingVolume {
     name: String,
-    size: u64,
+    /// Changes only once the migration is over (a committed or aborted
+    /// volume resized, see `grow.rs`); growing one in progress builds a
+    /// new `MigratingVolume`.
+    size: AtomicU64,
     legs: RwLock<Legs>,
     index: RegionIndex,
     locks: RegionLocks,
@@ -260,7 +264,7 @@ impl Volume for MigratingVolume {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
     }
 
     fn object_size(&self) -> u64 {
@@ -269,7 +273,7 @@ impl Volume for MigratingVolume {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let _timing = self.foreground.time();
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         let legs = self.begin()?;
         match self.state() {
             MigrationState::Committed => return legs.target().read_at(buf, offset),
@@ -320,8 +324,14 @@ impl Volume for MigratingVolume {
         }
     }
 
+    /// Only once the migration is over (committed: the target, aborted:
+    /// the source); one in progress grows with [`MigratingVolume::grow`].
+    fn resize(&self, size: u64) -> Result<()> {
+        self.resize_finished(size)
+    }
+
     fn allocated(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         let legs = self.begin()?;
         match self.state() {
             MigrationState::Committed => return legs.target().allocated(offset, len),

@@ -206,7 +206,7 @@ impl MigratingVolume {
         data: Option<&[u8]>,
         discard: bool,
     ) -> Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         let legs = self.begin()?;
         match self.state() {
             MigrationState::Committed => return apply(legs.target(), offset, len, data, discard),
