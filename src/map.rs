@@ -179,6 +179,10 @@ pub struct LunAdd {
     /// (fields read-iops, write-iops, read-bps, write-bps; default none).
     #[arg(long, value_name = "LIMITS")]
     pub qos: Option<String>,
+    /// The size the LUN should have (e.g. 20G); the serving node grows a
+    /// smaller volume to it. Default: the volume's own.
+    #[arg(long)]
+    pub size: Option<String>,
 }
 
 #[derive(Args)]
@@ -194,6 +198,9 @@ pub struct LunSet {
     /// (`read-iops=500,write-bps=20M`; `unlimited` removes them).
     #[arg(long, value_name = "LIMITS")]
     pub qos: Option<String>,
+    /// A new size (larger: the serving node grows the volume online).
+    #[arg(long)]
+    pub size: Option<String>,
     #[arg(long)]
     pub expect_version: Option<i32>,
 }
@@ -423,6 +430,11 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                     .map(crate::qos::parse_list)
                     .transpose()?
                     .unwrap_or_default(),
+                size: a
+                    .size
+                    .as_deref()
+                    .map(crate::units::parse_size)
+                    .transpose()?,
             };
             lun.validate()?;
             commit(store, &format!("added LUN {}", a.name), |_, m| {
@@ -445,6 +457,11 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 .map(|s| ferry_host::VolumeSpec::parse(s).map(|s| s.to_string()))
                 .transpose()?;
             let qos = a.qos.as_deref().map(crate::qos::parse_list).transpose()?;
+            let size = a
+                .size
+                .as_deref()
+                .map(crate::units::parse_size)
+                .transpose()?;
             commit(store, &format!("changed LUN {}", a.name), |s, m| {
                 check_expect(s, Kind::Lun, &a.name, a.expect_version)?;
                 let l = m
@@ -459,6 +476,17 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 }
                 if let Some(q) = qos {
                     l.qos = q;
+                }
+                if let Some(sz) = size {
+                    if l.size.is_some_and(|was| sz < was) {
+                        return Err(MapError::invalid(format!(
+                            "LUN {}: the map only grows a LUN ({sz} bytes is smaller than {}); \
+                             shrink it with `ferry volume resize --force` where it is served",
+                            l.name,
+                            l.size.unwrap_or_default()
+                        )));
+                    }
+                    l.size = Some(sz);
                 }
                 if let Some(n) = a.nodes.as_ref().filter(|n| **n != l.nodes) {
                     l.nodes = n.clone();

@@ -204,3 +204,58 @@ fn a_volume_nothing_serves_is_resized_offline_and_bad_sizes_are_refused() {
     );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
 }
+
+#[test]
+#[ignore = "needs tgtd and libiscsi (scripts/test.sh)"]
+fn the_maps_size_grows_the_served_lun_and_never_shrinks_it() {
+    use common::cluster::*;
+    common::require("tgtd");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file:{}", dir.path().join("map").display());
+    let mut a = Node::add("a", dir.path(), &url);
+    a.start_agent(&url);
+    let spec = common::file_volume(dir.path(), 16 << 20);
+    let path = spec.strip_prefix("file:").unwrap().to_string();
+    ferry(&url, &["map", "target", "add", TARGET]);
+    ferry(
+        &url,
+        &[
+            "map", "lun", "add", "db", "--target", TARGET, "--lun", "1", "--spec", &spec,
+        ],
+    );
+    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(
+        &url,
+        std::time::Duration::from_secs(30),
+        "a serves db",
+        |s| serves(s, "a", "db", v),
+    );
+    let mut s = Session::connect(&a.url(1)).unwrap();
+    assert_eq!(s.read_capacity().unwrap(), (512, 32768));
+    ferry(&url, &["map", "lun", "set", "db", "--size", "24M"]);
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&path).unwrap().len() != 24 << 20 {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the agent did not grow the LUN"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
+    assert_eq!(
+        r.sense.map(|x| (x.key, x.asc, x.ascq)),
+        Some((0x06, 0x2a, 0x09))
+    );
+    assert_eq!(s.read_capacity().unwrap(), (512, 49152));
+    // Smaller than the map's size: refused by the map; bad sizes too.
+    for bad in ["8M", "0", "100000000T"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["map", "lun", "set", "db", "--size", bad])
+            .env("FERRY_MAP", &url)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--size {bad} accepted");
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 24 << 20);
+}

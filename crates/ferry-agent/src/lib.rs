@@ -517,7 +517,8 @@ impl Agent {
     /// Gives every served LUN the cache mode the map asks for, through the
     /// serving process's control socket (a change needs no reconfiguration
     /// of the target; tgt LUNs also start in it, see `Tgtadm::apply`).
-    /// Gives each served LUN the cache mode and QoS limits the map sets.
+    /// Gives each served LUN the cache mode, QoS limits and size the map
+    /// sets (a size only grows).
     fn sync_cache_modes(
         &self,
         snap: &Snapshot,
@@ -528,7 +529,7 @@ impl Agent {
             .into_iter()
             .flat_map(|(path, list)| {
                 list.into_iter()
-                    .map(move |s| (s.spec, (path.clone(), s.cache_mode, s.qos)))
+                    .map(move |s| (s.spec, (path.clone(), s.cache_mode, s.qos, s.size)))
             })
             .collect();
         for name in serving {
@@ -538,9 +539,42 @@ impl Agent {
             let Ok(spec) = ferry_host::VolumeSpec::parse(&l.spec).map(|s| s.to_string()) else {
                 continue;
             };
-            let Some((sock, mode, qos)) = served.get(&spec) else {
+            let Some((sock, mode, qos, size)) = served.get(&spec) else {
                 continue;
             };
+            match l.size {
+                Some(want) if want > *size => {
+                    let req = Request::Resize {
+                        volume: spec.clone(),
+                        size: want,
+                        force: false,
+                    };
+                    match control::call(sock, &req) {
+                        Ok(r) if r.ok => log::info!(
+                            "node {}: LUN {name}: grown from {size} to {want} bytes",
+                            self.cfg.node
+                        ),
+                        Ok(r) => {
+                            errors.insert(
+                                name.clone(),
+                                format!("resize: {}", r.error.unwrap_or_default()),
+                            );
+                        }
+                        Err(e) => {
+                            errors.insert(name.clone(), format!("resize: {e}"));
+                        }
+                    }
+                }
+                Some(want) if want < *size => {
+                    errors.insert(
+                        name.clone(),
+                        format!(
+                            "the map says {want} bytes but the volume has {size}: the agent never shrinks a LUN (ferry volume resize --force)"
+                        ),
+                    );
+                }
+                _ => {}
+            }
             if *qos != l.qos {
                 let req = Request::Qos {
                     volume: spec.clone(),

@@ -251,6 +251,7 @@ mod tests {
                 nodes: vec!["a".into(), "b".into(), "c".into()],
                 order_seq: 0,
                 qos: Default::default(),
+                size: None,
             },
         );
         s.owners.insert("l".into(), "a".into());

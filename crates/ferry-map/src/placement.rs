@@ -201,6 +201,7 @@ mod tests {
                 nodes: nodes.iter().map(|n| n.to_string()).collect(),
                 order_seq: 0,
                 qos: Default::default(),
+                size: None,
             },
         );
     }

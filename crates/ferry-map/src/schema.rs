@@ -114,6 +114,11 @@ pub struct Lun {
     /// IOPS and bandwidth limits, applied live by the serving node.
     #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
     pub qos: QosLimits,
+    /// The size the LUN should have, bytes (`None`: its volume's). The
+    /// serving node grows a smaller volume to it, online; it never
+    /// shrinks one (that takes `ferry volume resize --force`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -342,6 +347,14 @@ impl Lun {
                 return Err(MapError::invalid(format!("node {n} listed twice")));
             }
         }
+        if let Some(size) = self.size {
+            if size == 0 || size % 512 != 0 || size > 1 << 56 {
+                return Err(MapError::invalid(format!(
+                    "LUN {}: size {size} is not a positive multiple of 512 bytes up to 64 PiB",
+                    self.name
+                )));
+            }
+        }
         self.qos
             .check()
             .map_err(|why| MapError::invalid(format!("LUN {}: QoS {why}", self.name)))
@@ -554,6 +567,7 @@ mod tests {
                 nodes: vec!["a".into()],
                 order_seq: 0,
                 qos: Default::default(),
+                size: None,
             },
         );
         m
