@@ -134,6 +134,14 @@ pub struct TargetAdd {
     /// File holding the CHAP secret (never given on the command line).
     #[arg(long, requires = "chap_user")]
     pub chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the user the target authenticates to initiators as
+    /// (needs --chap-user).
+    #[arg(long, requires_all = ["mutual_chap_secret_file", "chap_user"])]
+    pub mutual_chap_user: Option<String>,
+    /// File holding the target's mutual CHAP secret (another secret than
+    /// the CHAP one).
+    #[arg(long, requires = "mutual_chap_user")]
+    pub mutual_chap_secret_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -374,20 +382,23 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
     match cmd {
         MapCmd::Show(j) => show(store, j.json),
         MapCmd::Target(TargetCmd::Add(a)) => {
-            let chap = match (&a.chap_user, &a.chap_secret_file) {
-                (Some(user), Some(f)) => Some(ChapCredential {
-                    user: user.clone(),
-                    password: std::fs::read_to_string(f)
-                        .with_context(|| format!("reading CHAP secret {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                }),
-                _ => None,
+            let credential = |user: &Option<String>, file: &Option<PathBuf>| -> Result<_> {
+                Ok(match (user, file) {
+                    (Some(user), Some(f)) => Some(ChapCredential {
+                        user: user.clone(),
+                        password: std::fs::read_to_string(f)
+                            .with_context(|| format!("reading CHAP secret {}", f.display()))?
+                            .trim()
+                            .to_string(),
+                    }),
+                    _ => None,
+                })
             };
             let t = Target {
                 iqn: a.iqn.clone(),
                 portals: a.portals.clone(),
-                chap,
+                chap: credential(&a.chap_user, &a.chap_secret_file)?,
+                mutual_chap: credential(&a.mutual_chap_user, &a.mutual_chap_secret_file)?,
             };
             t.validate()?;
             commit(store, &format!("added target {}", a.iqn), |_, m| {
@@ -649,7 +660,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
 fn masked(m: &ClusterMap) -> ClusterMap {
     let mut m = m.clone();
     for t in m.targets.values_mut() {
-        if let Some(c) = &mut t.chap {
+        for c in [&mut t.chap, &mut t.mutual_chap].into_iter().flatten() {
             c.password = "********".into();
         }
     }
@@ -714,7 +725,11 @@ fn show(store: &dyn MapStore, json: bool) -> Result<()> {
         println!(
             "target {}{}",
             t.iqn,
-            if t.chap.is_some() { " (CHAP)" } else { "" }
+            match (&t.chap, &t.mutual_chap) {
+                (Some(_), Some(_)) => " (mutual CHAP)",
+                (Some(_), None) => " (CHAP)",
+                _ => "",
+            }
         );
         for l in s.map.luns.values().filter(|l| l.target == t.iqn) {
             println!(

@@ -92,6 +92,7 @@ pub fn wanted_targets(snap: &Snapshot, exports: &Exports) -> BTreeMap<String, Wa
             luns: BTreeMap::new(),
             initiators: snap.map.initiators_of_target(&l.target),
             chap: t.chap.clone(),
+            mutual_chap: t.mutual_chap.clone(),
             standby: BTreeSet::new(),
             group: exports.group,
         });
@@ -209,9 +210,19 @@ impl Frontend for TgtFrontend {
             };
             match self.tgt.apply(op, cache) {
                 Ok(()) => {
-                    if let TgtOp::Account { chap, tid } = op {
+                    if let TgtOp::Account {
+                        chap,
+                        tid,
+                        outgoing,
+                    } = op
+                    {
                         if let Some(iqn) = iqn_of(*tid) {
-                            self.chap.insert(iqn, chap.clone());
+                            let key = if *outgoing {
+                                crate::tgt::outgoing_key(&iqn)
+                            } else {
+                                iqn
+                            };
+                            self.chap.insert(key, chap.clone());
                         }
                     }
                 }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod ports;
 pub mod reservations;
 pub mod tgt;
+pub mod tgtd_ipc;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -56,6 +56,9 @@ pub struct WantedLio {
     /// Initiator -> the LUN numbers it may use.
     pub acls: BTreeMap<String, BTreeSet<u32>>,
     pub chap: Option<ChapCredential>,
+    /// The target's own credentials (mutual CHAP): each ACL's
+    /// `auth/mutual_userid` and `auth/mutual_password`.
+    pub mutual_chap: Option<ChapCredential>,
 }
 
 /// The TCMU cfgstring for a spec (rtslib forbids ':' in it, so `rbd:`
@@ -528,9 +531,17 @@ impl Lio {
                 }
                 if let Some(c) = &w.chap {
                     let auth = acl.join("auth");
+                    // Written into configfs, never a process's arguments;
+                    // a mutual CHAP removed from the map is cleared.
+                    let (mutual_user, mutual_password) = w
+                        .mutual_chap
+                        .as_ref()
+                        .map_or(("", ""), |m| (m.user.as_str(), m.password.as_str()));
                     let set = self
                         .write(&auth.join("userid"), &c.user)
-                        .and_then(|_| self.write(&auth.join("password"), &c.password));
+                        .and_then(|_| self.write(&auth.join("password"), &c.password))
+                        .and_then(|_| self.write(&auth.join("mutual_userid"), mutual_user))
+                        .and_then(|_| self.write(&auth.join("mutual_password"), mutual_password));
                     if let Err(e) = set {
                         errors.insert(format!("initiator {init}"), e.to_string());
                     }

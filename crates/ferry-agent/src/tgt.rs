@@ -9,6 +9,8 @@ use std::process::Command;
 
 use ferry_map::ChapCredential;
 
+use crate::tgtd_ipc;
+
 /// A target as `tgtadm --op show` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShownTarget {
@@ -17,7 +19,10 @@ pub struct ShownTarget {
     /// LUN number -> (backing-store type, path); LUN 0 (the controller)
     /// is left out.
     pub luns: BTreeMap<u32, (String, String)>,
+    /// Incoming accounts (initiators log in with them).
     pub accounts: BTreeSet<String>,
+    /// The outgoing account (mutual CHAP: the target's own).
+    pub outgoing: BTreeSet<String>,
     /// Bound initiator names and addresses.
     pub acls: BTreeSet<String>,
     /// tgtd's target state is `ready` (not `offline`).
@@ -80,8 +85,12 @@ pub fn parse_show(text: &str) -> Vec<ShownTarget> {
                 }
                 Section::Accounts if !t.is_empty() => {
                     // Outgoing accounts are shown as "user (outgoing)".
-                    cur.accounts
-                        .insert(t.split_whitespace().next().unwrap_or(t).to_string());
+                    let user = t.split_whitespace().next().unwrap_or(t).to_string();
+                    if t.ends_with("(outgoing)") {
+                        cur.outgoing.insert(user);
+                    } else {
+                        cur.accounts.insert(user);
+                    }
                 }
                 Section::Acls if !t.is_empty() => {
                     cur.acls.insert(t.to_string());
@@ -105,6 +114,8 @@ pub struct WantedTarget {
     pub group: Option<u16>,
     pub initiators: BTreeSet<String>,
     pub chap: Option<ChapCredential>,
+    /// The target's own credentials, which initiators check (mutual CHAP).
+    pub mutual_chap: Option<ChapCredential>,
 }
 
 /// How a new LU's ALUA target port starts (bs_ferry's `--bsopts alua=`
@@ -144,6 +155,8 @@ pub enum TgtOp {
     UnbindAccount {
         tid: u32,
         user: String,
+        /// The target's outgoing (mutual CHAP) account.
+        outgoing: bool,
     },
     NewTarget {
         tid: u32,
@@ -160,10 +173,12 @@ pub enum TgtOp {
         tid: u32,
         initiator: String,
     },
-    /// (Re)creates the account and binds it.
+    /// (Re)creates the account and binds it: incoming (initiators log
+    /// in with it) or outgoing (the target's own, for mutual CHAP).
     Account {
         tid: u32,
         chap: ChapCredential,
+        outgoing: bool,
     },
     /// Lets initiators log in: a target is created `offline` (tgtd then
     /// refuses logins with a target error, which initiators retry) and
@@ -176,6 +191,11 @@ pub enum TgtOp {
     },
 }
 
+/// The key of a target's outgoing account in `diff`'s `known_chap`.
+pub fn outgoing_key(iqn: &str) -> String {
+    format!("{iqn} (outgoing)")
+}
+
 fn same_spec(a: &str, b: &str) -> bool {
     a.trim() == b.trim()
 }
@@ -184,7 +204,8 @@ fn same_spec(a: &str, b: &str) -> bool {
 /// moves or goes away stops being served before anything new starts),
 /// then additions. `known_chap` is what this agent applied since it
 /// started (tgtd cannot show secrets), so a secret is re-applied after a
-/// restart or a change.
+/// restart or a change: by target name for incoming accounts, by
+/// [`outgoing_key`] for outgoing ones.
 pub fn diff(
     shown: &[ShownTarget],
     wanted: &BTreeMap<String, WantedTarget>,
@@ -241,21 +262,28 @@ pub fn diff(
                 initiator: a.clone(),
             });
         }
-        let wanted_user = w.chap.as_ref().map(|c| c.user.as_str());
-        for u in &t.accounts {
-            if Some(u.as_str()) != wanted_user {
-                removals.push(TgtOp::UnbindAccount {
-                    tid: t.tid,
-                    user: u.clone(),
-                });
+        for (outgoing, have, want, key) in [
+            (false, &t.accounts, &w.chap, t.iqn.clone()),
+            (true, &t.outgoing, &w.mutual_chap, outgoing_key(&t.iqn)),
+        ] {
+            let wanted_user = want.as_ref().map(|c| c.user.as_str());
+            for u in have {
+                if Some(u.as_str()) != wanted_user {
+                    removals.push(TgtOp::UnbindAccount {
+                        tid: t.tid,
+                        user: u.clone(),
+                        outgoing,
+                    });
+                }
             }
-        }
-        if let Some(c) = &w.chap {
-            if !t.accounts.contains(&c.user) || known_chap.get(&t.iqn) != Some(c) {
-                additions.push(TgtOp::Account {
-                    tid: t.tid,
-                    chap: c.clone(),
-                });
+            if let Some(c) = want {
+                if !have.contains(&c.user) || known_chap.get(&key) != Some(c) {
+                    additions.push(TgtOp::Account {
+                        tid: t.tid,
+                        chap: c.clone(),
+                        outgoing,
+                    });
+                }
             }
         }
         if !t.ready {
@@ -286,11 +314,14 @@ pub fn diff(
                 initiator: a.clone(),
             });
         }
-        if let Some(c) = &w.chap {
-            additions.push(TgtOp::Account {
-                tid,
-                chap: c.clone(),
-            });
+        for (outgoing, want) in [(false, &w.chap), (true, &w.mutual_chap)] {
+            if let Some(c) = want {
+                additions.push(TgtOp::Account {
+                    tid,
+                    chap: c.clone(),
+                    outgoing,
+                });
+            }
         }
         ready.push(TgtOp::Ready { tid });
     }
@@ -435,21 +466,18 @@ impl Tgtadm {
                     false,
                 )
                 .map(drop),
-            TgtOp::UnbindAccount { tid, user } => self
-                .run(
-                    &[
-                        "--mode",
-                        "account",
-                        "--op",
-                        "unbind",
-                        "--tid",
-                        &s(tid),
-                        "--user",
-                        user,
-                    ],
-                    false,
-                )
-                .map(drop),
+            TgtOp::UnbindAccount {
+                tid,
+                user,
+                outgoing,
+            } => account_request(
+                self.control,
+                tgtd_ipc::Op::Unbind,
+                *tid,
+                direction(*outgoing),
+                &format!("user={user}"),
+                &format!("--mode account --op unbind --tid {tid} --user {user}"),
+            ),
             TgtOp::NewTarget { tid, iqn } => {
                 self.run(
                     &[
@@ -536,44 +564,76 @@ impl Tgtadm {
                     false,
                 )
                 .map(drop),
-            TgtOp::Account { tid, chap } => {
+            TgtOp::Account {
+                tid,
+                chap,
+                outgoing,
+            } => {
                 // Accounts are global in tgtd: replace it so a changed
-                // secret takes effect. (The secret is on tgtadm's command
-                // line, visible to root only through /proc.)
-                let _ = self.run(
-                    &["--mode", "account", "--op", "delete", "--user", &chap.user],
-                    false,
+                // secret takes effect. Through tgtd's socket, never
+                // tgtadm: the secret would be in a process's arguments.
+                let user = format!("user={}", chap.user);
+                let _ = account_request(
+                    self.control,
+                    tgtd_ipc::Op::Delete,
+                    u32::MAX,
+                    tgtd_ipc::Direction::Incoming,
+                    &user,
+                    "--mode account --op delete",
                 );
-                self.run(
-                    &[
-                        "--mode",
-                        "account",
-                        "--op",
-                        "new",
-                        "--user",
-                        &chap.user,
-                        "--password",
-                        &chap.password,
-                    ],
-                    true,
+                let creds =
+                    tgtd_ipc::credentials(&chap.user, &chap.password).map_err(|why| TgtError {
+                        args: "--mode account --op new (credentials hidden)".into(),
+                        why,
+                    })?;
+                account_request(
+                    self.control,
+                    tgtd_ipc::Op::New,
+                    u32::MAX,
+                    tgtd_ipc::Direction::Incoming,
+                    &creds,
+                    "--mode account --op new (credentials hidden)",
                 )?;
-                self.run(
-                    &[
-                        "--mode",
-                        "account",
-                        "--op",
-                        "bind",
-                        "--tid",
-                        &s(tid),
-                        "--user",
-                        &chap.user,
-                    ],
-                    false,
+                account_request(
+                    self.control,
+                    tgtd_ipc::Op::Bind,
+                    *tid,
+                    direction(*outgoing),
+                    &user,
+                    &format!(
+                        "--mode account --op bind --tid {tid} --user {}{}",
+                        chap.user,
+                        if *outgoing { " --outgoing" } else { "" }
+                    ),
                 )
-                .map(drop)
             }
         }
     }
+}
+
+fn direction(outgoing: bool) -> tgtd_ipc::Direction {
+    if outgoing {
+        tgtd_ipc::Direction::Outgoing
+    } else {
+        tgtd_ipc::Direction::Incoming
+    }
+}
+
+/// One account request over tgtd's socket; `shown` is what an error
+/// names (never a secret).
+fn account_request(
+    control: Option<u16>,
+    op: tgtd_ipc::Op,
+    tid: u32,
+    dir: tgtd_ipc::Direction,
+    params: &str,
+    shown: &str,
+) -> Result<(), TgtError> {
+    let tid = i32::try_from(tid).unwrap_or(-1);
+    tgtd_ipc::account(control, op, tid, dir, params).map_err(|why| TgtError {
+        args: shown.to_string(),
+        why,
+    })
 }
 
 /// tgt binds initiators by name (`-Q`) or by address (`-I`).
@@ -695,6 +755,7 @@ Target 4: iqn.2026-11.org.other:plain
                     luns: BTreeMap::from([(1, ("n1".into(), "/v/n1".into()))]),
                     initiators: ["iqn.2026-11.org.ferry:h".to_string()].into(),
                     chap: None,
+                    mutual_chap: None,
                     standby: [1].into(),
                     group: Some(9),
                 },
@@ -715,7 +776,8 @@ Target 4: iqn.2026-11.org.other:plain
                 },
                 TgtOp::UnbindAccount {
                     tid: 3,
-                    user: "bob".into()
+                    user: "bob".into(),
+                    outgoing: false
                 },
                 TgtOp::NewLun {
                     tid: 3,
@@ -759,7 +821,14 @@ Target 4: iqn.2026-11.org.other:plain
         let ops = diff(&shown, &wanted, &BTreeMap::new());
         assert_eq!(
             ops,
-            vec![TgtOp::Account { tid: 3, chap }, TgtOp::Ready { tid: 3 }]
+            vec![
+                TgtOp::Account {
+                    tid: 3,
+                    chap,
+                    outgoing: false
+                },
+                TgtOp::Ready { tid: 3 }
+            ]
         );
     }
 
@@ -769,7 +838,11 @@ Target 4: iqn.2026-11.org.other:plain
         let (wanted, chap) = wanted_as_shown();
         assert_eq!(
             diff(&shown, &wanted, &BTreeMap::new()),
-            vec![TgtOp::Account { tid: 3, chap }]
+            vec![TgtOp::Account {
+                tid: 3,
+                chap,
+                outgoing: false
+            }]
         );
     }
 

@@ -529,6 +529,7 @@ mod tests {
                     iqn: iqn.into(),
                     portals: vec![],
                     chap: None,
+                    mutual_chap: None,
                 },
             );
             Ok(())

@@ -82,6 +82,10 @@ pub struct Target {
     /// Incoming CHAP: initiators must authenticate with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap: Option<ChapCredential>,
+    /// Mutual CHAP: the target authenticates to initiators with this
+    /// (they check it); needs `chap`, with another secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap: Option<ChapCredential>,
 }
 
 /// How a LUN's writes reach stable storage (seed 003); see
@@ -287,6 +291,21 @@ impl Target {
         }
         if let Some(c) = &self.chap {
             check_chap(c)?;
+        }
+        if let Some(m) = &self.mutual_chap {
+            check_chap(m)?;
+            let Some(c) = &self.chap else {
+                return Err(MapError::invalid(format!(
+                    "target {}: mutual CHAP needs CHAP (initiators authenticate first)",
+                    self.iqn
+                )));
+            };
+            if c.password == m.password {
+                return Err(MapError::invalid(format!(
+                    "target {}: the mutual CHAP secret must differ from the CHAP secret",
+                    self.iqn
+                )));
+            }
         }
         Ok(())
     }
@@ -545,6 +564,7 @@ mod tests {
                 iqn: t.clone(),
                 portals: vec![],
                 chap: None,
+                mutual_chap: None,
             },
         );
         m.nodes.insert(
@@ -645,6 +665,7 @@ mod tests {
                 iqn: "iqn.2026-11.org.ferry:t2".into(),
                 portals: vec![],
                 chap: Some(chap),
+                mutual_chap: None,
             },
         );
         assert!(m
