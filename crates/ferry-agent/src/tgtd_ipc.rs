@@ -23,6 +23,7 @@ use std::time::Duration;
 pub const REQ_LEN: usize = 120;
 const LLD_AT: usize = 8;
 const LLD_LEN: usize = 64;
+const _: () = assert!(LLD_AT + LLD_LEN <= LEN_AT);
 const LEN_AT: usize = 72;
 const TID_AT: usize = 76;
 const AC_DIR_AT: usize = 108;
@@ -74,7 +75,6 @@ pub fn header(op: Op, tid: i32, dir: Direction, body_len: usize) -> Vec<u8> {
     h[LEN_AT..LEN_AT + 4].copy_from_slice(&len.to_ne_bytes());
     h[TID_AT..TID_AT + 4].copy_from_slice(&tid.to_ne_bytes());
     h[AC_DIR_AT..AC_DIR_AT + 4].copy_from_slice(&(dir as u32).to_ne_bytes());
-    debug_assert!(LLD_AT + LLD_LEN <= LEN_AT);
     h
 }
 
@@ -152,11 +152,11 @@ mod tests {
         let mut at = 0;
         for (name, off, size) in field_ends {
             let align = if size == 8 { 8 } else { 4 };
-            at = (at + align - 1) / align * align;
+            at = at.div_ceil(align) * align;
             assert_eq!(at, off, "{name}");
             at += size;
         }
-        assert_eq!((at + 7) / 8 * 8, REQ_LEN);
+        assert_eq!(at.div_ceil(8) * 8, REQ_LEN);
         let h = header(Op::Bind, 3, Direction::Outgoing, 10);
         assert_eq!(&h[0..4], &7u32.to_ne_bytes());
         assert_eq!(&h[4..8], &3u32.to_ne_bytes());
