@@ -149,7 +149,7 @@ mod tests {
             ("pack", 112, 4),
             ("force", 116, 4),
         ];
-        let mut at = 0;
+        let mut at: usize = 0;
         for (name, off, size) in field_ends {
             let align = if size == 8 { 8 } else { 4 };
             at = at.div_ceil(align) * align;
