@@ -383,6 +383,13 @@ impl RegionIndex {
         HEADER_LEN + 24 * self.migrated.len() as u64
     }
 
+    /// The bytes a store holds for a volume of `volume_size` bytes in
+    /// regions of `region_size`.
+    pub fn store_len_for(volume_size: u64, region_size: u64) -> u64 {
+        let regions = volume_size.div_ceil(region_size.max(1));
+        HEADER_LEN.saturating_add(24u64.saturating_mul(regions.div_ceil(64)))
+    }
+
     /// Why the index refuses changes, if a store write or sync failed.
     pub fn poisoned(&self) -> Option<String> {
         if !self.poisoned.load(Ordering::Acquire) {

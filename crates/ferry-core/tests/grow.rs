@@ -364,3 +364,51 @@ fn growing_refuses_to_shrink_and_a_finished_migration_resizes_its_leg() {
     m.read_at(&mut tail, NEW - 512).unwrap();
     assert!(tail.iter().all(|&b| b == 0));
 }
+
+#[test]
+fn growing_a_copied_migration_copies_the_added_regions_before_a_commit() {
+    use ferry_core::MigrationState;
+    let world = SimWorld::new(&initial(), REGION);
+    let m = world.start(world.plan()).unwrap();
+    let mut cursor = CopyCursor::new(config());
+    while cursor.step(&m).unwrap() != Step::Finished {}
+    assert_eq!(m.state(), MigrationState::Copied);
+    let g = m.grow(NEW).unwrap();
+    assert_eq!(g.state(), MigrationState::Copying);
+    assert_eq!(g.record().state, MigrationState::Copying);
+    assert!(g.index().migrated_count() < g.index().regions());
+    let e = g
+        .commit()
+        .err()
+        .expect("a commit before the added regions are copied");
+    assert!(e.to_string().contains("not migrated yet"), "{e}");
+    g.write_at(&pattern(1000, 3, SIZE + 10), SIZE + 10).unwrap();
+    let mut cursor = CopyCursor::new(config());
+    while cursor.step(&g).unwrap() != Step::Finished {}
+    assert_eq!(g.state(), MigrationState::Copied);
+    assert_eq!(g.index().migrated_count(), g.index().regions());
+    g.commit().unwrap();
+    let mut want = initial();
+    want.resize(NEW as usize, 0);
+    want[(SIZE + 10) as usize..(SIZE + 1010) as usize].copy_from_slice(&pattern(
+        1000,
+        3,
+        SIZE + 10,
+    ));
+    assert_eq!(read_all(g.as_ref()), want);
+    assert_eq!(world.target.contents(), want);
+}
+
+#[test]
+fn a_grow_whose_index_would_be_huge_is_refused_before_anything_changes() {
+    let world = SimWorld::new(&initial(), REGION);
+    let m = world.start(world.plan()).unwrap();
+    // 4 KiB regions: 2^46 bytes need a 6 GiB index.
+    let e = m.grow(1 << 46).err().expect("refused").to_string();
+    assert!(e.contains("region index would take"), "{e}");
+    assert_eq!(
+        (world.source.size(), world.target.size(), m.size()),
+        (SIZE, SIZE, SIZE)
+    );
+    assert!(!m.is_fenced() && !m.index_replaced());
+}

@@ -50,6 +50,10 @@ pub struct FileVolume {
     /// Changes only in [`Volume::resize`], which callers run with I/O held off.
     size: std::sync::atomic::AtomicU64,
     punch_holes: std::sync::atomic::AtomicBool,
+    /// Set once an fsync of the file failed: the kernel may have dropped
+    /// the dirty pages, and a later fsync would succeed without them, so
+    /// every flush fails from then on (reopen the volume).
+    sync_failed: std::sync::atomic::AtomicBool,
 }
 
 impl FileVolume {
@@ -114,6 +118,7 @@ impl FileVolume {
             file,
             size: std::sync::atomic::AtomicU64::new(meta.len()),
             punch_holes: std::sync::atomic::AtomicBool::new(true),
+            sync_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -175,9 +180,17 @@ impl Volume for FileVolume {
     }
 
     fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::volume_io("fdatasync", &self.name, 0, e))
+        if self.sync_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Fenced(format!(
+                "{}: an earlier fsync failed; reopen the volume",
+                self.name
+            )));
+        }
+        self.file.sync_data().map_err(|e| {
+            self.sync_failed
+                .store(true, std::sync::atomic::Ordering::Release);
+            Error::volume_io("fdatasync", &self.name, 0, e)
+        })
     }
 
     /// ftruncate, then fsync: the length is one metadata update, so a
@@ -189,13 +202,28 @@ impl Volume for FileVolume {
                 why: format!("{size} bytes is not a positive multiple of 512"),
             });
         }
+        if self.sync_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Fenced(format!(
+                "{}: an earlier fsync failed; reopen the volume",
+                self.name
+            )));
+        }
         steps::before(ferry_core::faults::VOLUME_RESIZE, &self.path)
             .and_then(|()| self.file.set_len(size))
-            .and_then(|()| self.file.sync_all())
             .map_err(|e| Error::CannotResize {
                 volume: self.name.clone(),
                 why: format!("setting the file's length to {size} bytes: {e}"),
             })?;
+        // The fsync also writes back data written before: if it fails,
+        // so does every later flush (see `sync_failed`).
+        self.file.sync_all().map_err(|e| {
+            self.sync_failed
+                .store(true, std::sync::atomic::Ordering::Release);
+            Error::CannotResize {
+                volume: self.name.clone(),
+                why: format!("syncing the file at {size} bytes: {e}"),
+            }
+        })?;
         self.size.store(size, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }

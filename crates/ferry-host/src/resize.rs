@@ -95,11 +95,13 @@ impl Lun {
         }
         let mut current = self.current.write();
         let grown = m.vol.grow(size).or_else(|e| {
-            if !m.vol.is_fenced() {
+            // Only a grow cut short after it began replacing the index is
+            // reopened (which finishes it, or serves the old size). A
+            // fence from before (a failed flush) stays: a failed flush is
+            // never retried, and a reopen would trust what it lost.
+            if !m.vol.index_replaced() {
                 return Err(e);
             }
-            // The grow was cut short after the old volume's index was
-            // replaced: the reopen finishes it (or serves the old size).
             log::error!(
                 "{}: growing failed ({e}); reopening the migration",
                 self.spec()

@@ -24,7 +24,9 @@
 //!
 //! The grown volume is a new [`MigratingVolume`] over the same legs and
 //! stores ([`MigratingVolume::reopen`]); this one is fenced once its
-//! index was replaced, since its words no longer match the store's.
+//! index was replaced, since its words no longer match the store's. A
+//! copied migration goes back to copying (step 4 records both), so the
+//! added regions are copied before a commit.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -34,6 +36,10 @@ use crate::faults;
 use crate::index::RegionIndex;
 use crate::record::MigrationState;
 use crate::volume::Volume;
+
+/// The largest region index a grow writes: 256 MiB (at 4 MiB regions, a
+/// volume of about 2.8 PiB).
+pub const MAX_INDEX_BYTES: u64 = 256 << 20;
 
 impl MigratingVolume {
     /// Grows a migration in progress to `size` bytes (see the module
@@ -60,6 +66,15 @@ impl MigratingVolume {
             )));
         }
         self.check_fence()?;
+        // The index for the new size is built in memory and written whole:
+        // bounded, so a typo cannot exhaust memory after the legs grew.
+        let index_bytes = RegionIndex::store_len_for(size, self.index.region_size());
+        if index_bytes > MAX_INDEX_BYTES {
+            return Err(refuse(format!(
+                "its region index would take {index_bytes} bytes at {} bytes a region (at most {MAX_INDEX_BYTES})",
+                self.index.region_size()
+            )));
+        }
         // 1. Everything durable and confirmed: the bits the new index
         // carries are then the store's.
         self.checkpoint(&legs)?;
@@ -75,17 +90,36 @@ impl MigratingVolume {
         // 3. The index for the new size.
         let bytes = self.index.grown(size)?;
         self.point(faults::GROW_INDEX)?;
+        // From here the store's index may be the new one: whatever fails,
+        // only a reopen serves this migration again (`index_replaced`).
+        self.index_replaced.store(true, Ordering::Release);
         let replaced = self.target_store.create_index(&bytes);
         // This object's index no longer matches the store (or may not):
         // nothing may write through it again.
         self.fence(&format!("grown to {size} bytes; serve the reopened volume"));
         replaced?;
         // 4. The record: from here a reopen serves the new size.
+        // A copied migration copies again: the added regions are not on
+        // the target yet, and a commit must not come before they are.
         self.point(faults::GROW_STORE_RECORD)?;
-        self.update_record(|r| r.size = size)?;
+        self.update_record(|r| {
+            r.size = size;
+            if r.state == MigrationState::Copied {
+                r.state = MigrationState::Copying;
+            }
+        })?;
         log::info!("{}: grown from {old} to {size} bytes", self.name);
         drop(legs);
         self.reopen()
+    }
+
+    /// Whether a grow got as far as replacing the index: then this
+    /// volume is fenced for good, and [`MigratingVolume::reopen`] is how
+    /// the migration is served again (it finishes the grow or serves the
+    /// old size). A fence set before that (a failed flush) must not be
+    /// undone by a reopen.
+    pub fn index_replaced(&self) -> bool {
+        self.index_replaced.load(Ordering::Acquire)
     }
 
     /// The migration reopened from its stores over the same legs (what a

@@ -294,6 +294,7 @@ impl MigratingVolume {
             checkpoints_begun: AtomicU64::new(0),
             checkpoint_done: Mutex::new(0),
             counters: Default::default(),
+            index_replaced: AtomicBool::new(false),
         }
     }
 

@@ -130,6 +130,8 @@ pub struct MigratingVolume {
     checkpoint_done: Mutex<u64>,
     /// What it did, for monitoring.
     counters: counters::MigrationCounters,
+    /// Set once a grow began replacing the index (`grow.rs`).
+    index_replaced: AtomicBool,
 }
 
 fn state_code(s: MigrationState) -> u8 {
