@@ -379,8 +379,7 @@ fn growing_a_copied_migration_copies_the_added_regions_before_a_commit() {
     assert!(g.index().migrated_count() < g.index().regions());
     let e = g
         .commit()
-        .err()
-        .expect("a commit before the added regions are copied");
+        .expect_err("a commit before the added regions are copied");
     assert!(e.to_string().contains("not migrated yet"), "{e}");
     g.write_at(&pattern(1000, 3, SIZE + 10), SIZE + 10).unwrap();
     let mut cursor = CopyCursor::new(config());
