@@ -16,10 +16,15 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// `struct tgtadm_req`: mode u32 @0, op u32 @4, lld char[64] @8, len u32
-/// @72, tid i32 @76, sid u64 @80, lun u64 @88, cid u32 @96, host_no u32
-/// @100, device_type u32 @104, ac_dir u32 @108, pack u32 @112, force u32
-/// @116; 120 bytes (8-byte aligned).
+/// The size of `struct tgtadm_req`, whose fields lie at (byte offset):
+///
+/// ```text
+/// mode u32 @0, op u32 @4, lld char[64] @8, len u32 @72, tid i32 @76,
+/// sid u64 @80, lun u64 @88, cid u32 @96, host_no u32 @100,
+/// device_type u32 @104, ac_dir u32 @108, pack u32 @112, force u32 @116
+/// ```
+///
+/// 120 bytes in all (8-byte aligned).
 pub const REQ_LEN: usize = 120;
 const LLD_AT: usize = 8;
 const LLD_LEN: usize = 64;
