@@ -30,6 +30,12 @@ if ! command -v cargo-nextest >/dev/null && ! cargo nextest --version >/dev/null
   cargo install --locked cargo-nextest
 fi
 
+# The Debian package's builder (scripts/deb.sh, tests/deb.rs).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb"
+  cargo install --locked cargo-deb
+fi
+
 cargo build --release --workspace --all-features
 
 # tgtd loads every file in its backing-store directory; install bs_ferry.so

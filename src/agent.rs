@@ -13,7 +13,7 @@ use crate::map::MapArgs;
 #[derive(Args)]
 pub struct AgentArgs {
     /// This node's name in the map (`ferry map node add`).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_NODE")]
     pub node: String,
     /// The target to drive: tgt (tgtd through tgtadm) or lio (configfs;
     /// LUNs served by tcmu-runner with handler_ferry). Must match the

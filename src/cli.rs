@@ -52,6 +52,9 @@ pub enum Command {
     /// Internal: a logged write workload for crash tests.
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
+    /// Internal: write the man pages (the Debian package's).
+    #[command(hide = true)]
+    Man(crate::man::ManArgs),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => crate::serve::run(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Workload(a) => crate::workload::run(a),
+        Command::Man(a) => crate::man::run(&a),
         Command::Map { args, cmd } => crate::map::run(&args, cmd),
         Command::Snapshot(c) => crate::snapshot::run(c),
         Command::Pr(c) => crate::pr::run(c),

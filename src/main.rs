@@ -6,6 +6,7 @@
 mod agent;
 mod cli;
 mod demo;
+mod man;
 mod map;
 mod migrate;
 mod pr;

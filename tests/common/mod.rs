@@ -128,6 +128,11 @@ impl Tgtd {
     /// `ferry migrate` goes to `run_dir`.
     pub fn start(run_dir: &Path) -> Tgtd {
         install_plugin();
+        Self::start_with_installed_plugin(run_dir)
+    }
+
+    /// Starts tgtd with whatever bs_ferry.so is installed (a package's).
+    pub fn start_with_installed_plugin(run_dir: &Path) -> Tgtd {
         let port = free_port();
         let mut t = Tgtd {
             port,
