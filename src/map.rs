@@ -206,7 +206,8 @@ pub struct LunSet {
     /// (`read-iops=500,write-bps=20M`; `unlimited` removes them).
     #[arg(long, value_name = "LIMITS")]
     pub qos: Option<String>,
-    /// A new size (larger: the serving node grows the volume online).
+    /// A new size, at least the old one: the serving node grows a smaller
+    /// volume to it online; `none` removes it (the volume's own size).
     #[arg(long)]
     pub size: Option<String>,
     #[arg(long)]
@@ -441,11 +442,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                     .map(crate::qos::parse_list)
                     .transpose()?
                     .unwrap_or_default(),
-                size: a
-                    .size
-                    .as_deref()
-                    .map(crate::units::parse_size)
-                    .transpose()?,
+                size: a.size.as_deref().map(parse_lun_size).transpose()?.flatten(),
             };
             lun.validate()?;
             commit(store, &format!("added LUN {}", a.name), |_, m| {
@@ -468,11 +465,7 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                 .map(|s| ferry_host::VolumeSpec::parse(s).map(|s| s.to_string()))
                 .transpose()?;
             let qos = a.qos.as_deref().map(crate::qos::parse_list).transpose()?;
-            let size = a
-                .size
-                .as_deref()
-                .map(crate::units::parse_size)
-                .transpose()?;
+            let size = a.size.as_deref().map(parse_lun_size).transpose()?;
             commit(store, &format!("changed LUN {}", a.name), |s, m| {
                 check_expect(s, Kind::Lun, &a.name, a.expect_version)?;
                 let l = m
@@ -489,15 +482,17 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
                     l.qos = q;
                 }
                 if let Some(sz) = size {
-                    if l.size.is_some_and(|was| sz < was) {
-                        return Err(MapError::invalid(format!(
-                            "LUN {}: the map only grows a LUN ({sz} bytes is smaller than {}); \
-                             shrink it with `ferry volume resize --force` where it is served",
-                            l.name,
-                            l.size.unwrap_or_default()
-                        )));
+                    if let (Some(new), Some(was)) = (sz, l.size) {
+                        if new < was {
+                            return Err(MapError::invalid(format!(
+                                "LUN {}: the map only grows a LUN ({new} bytes is less than {was}); \
+                                 to shrink it, `--size none`, then `ferry volume resize --force` \
+                                 where it is served",
+                                l.name
+                            )));
+                        }
                     }
-                    l.size = Some(sz);
+                    l.size = sz;
                 }
                 if let Some(n) = a.nodes.as_ref().filter(|n| **n != l.nodes) {
                     l.nodes = n.clone();
@@ -654,6 +649,14 @@ pub fn run(args: &MapArgs, cmd: MapCmd) -> Result<()> {
         MapCmd::Node(NodeCmd::List(j)) => list(store, j.json, |m| serde_json::to_value(&m.nodes)),
         MapCmd::Migrate(c) => migrate(store, c),
     }
+}
+
+/// A map LUN's `--size`: a size, or `none` (the volume's own).
+fn parse_lun_size(s: &str) -> Result<Option<u64>> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    crate::units::parse_size(s).map(Some)
 }
 
 /// The map with CHAP secrets replaced, for display.

@@ -102,7 +102,7 @@ fn mutual_chap_is_checked_both_ways_and_no_secret_reaches_process_arguments() {
         !same.status.success(),
         "the same secret both ways was accepted"
     );
-    assert!(String::from_utf8_lossy(&same.stderr).contains("must differ"));
+    assert!(String::from_utf8_lossy(&same.stderr).contains("its own user and secret"));
 
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([

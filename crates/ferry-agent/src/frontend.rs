@@ -75,6 +75,14 @@ pub trait Frontend: Send {
         let _ = (lun, spec);
         Ok(())
     }
+
+    /// The volume `spec` serves now has `bytes` (it was resized): a
+    /// front-end whose core reports the capacity itself learns it here
+    /// (LIO's TCMU device size). tgt's plugin follows on its own.
+    fn capacity(&self, spec: &str, bytes: u64) -> Result<(), String> {
+        let _ = (spec, bytes);
+        Ok(())
+    }
 }
 
 /// The targets this node presents for `exports` (tgt's view: initiators
@@ -239,7 +247,9 @@ impl Frontend for TgtFrontend {
                         // A target without its ACLs or CHAP must not
                         // turn ready: it stays offline (logins retried)
                         // until a later pass completes it.
-                        TgtOp::Bind { tid, .. } | TgtOp::Account { tid, .. } => {
+                        TgtOp::Bind { tid, .. }
+                        | TgtOp::Account { tid, .. }
+                        | TgtOp::Offline { tid } => {
                             failed_tids.insert(*tid);
                             format!("{op:?}")
                                 .split_whitespace()
@@ -374,6 +384,14 @@ impl Frontend for LioFrontend {
         Ok(self
             .lio(snap)
             .reconcile(&wanted, &volume_size, &|name| scsi_identity(name).1))
+    }
+
+    fn capacity(&self, spec: &str, bytes: u64) -> Result<(), String> {
+        let lio = Lio {
+            root: self.root.clone(),
+            portal: String::new(),
+        };
+        lio.set_capacity(spec, bytes).map_err(|e| e.to_string())
     }
 
     fn publish_alua(

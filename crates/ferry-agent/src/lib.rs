@@ -543,6 +543,7 @@ impl Agent {
             let Some((sock, mode, qos, size)) = served.get(&spec) else {
                 continue;
             };
+            let mut now = *size;
             match l.size {
                 Some(want) if want > *size => {
                     let req = Request::Resize {
@@ -551,10 +552,13 @@ impl Agent {
                         force: false,
                     };
                     match control::call(sock, &req) {
-                        Ok(r) if r.ok => log::info!(
-                            "node {}: LUN {name}: grown from {size} to {want} bytes",
-                            self.cfg.node
-                        ),
+                        Ok(r) if r.ok => {
+                            now = want;
+                            log::info!(
+                                "node {}: LUN {name}: grown from {size} to {want} bytes",
+                                self.cfg.node
+                            )
+                        }
                         Ok(r) => {
                             errors.insert(
                                 name.clone(),
@@ -566,15 +570,12 @@ impl Agent {
                         }
                     }
                 }
-                Some(want) if want < *size => {
-                    errors.insert(
-                        name.clone(),
-                        format!(
-                            "the map says {want} bytes but the volume has {size}: the agent never shrinks a LUN (ferry volume resize --force)"
-                        ),
-                    );
-                }
                 _ => {}
+            }
+            // A front-end that reports the capacity itself (LIO) follows
+            // the volume, whoever resized it.
+            if let Err(e) = self.cfg.frontend.capacity(&spec, now) {
+                errors.insert(name.clone(), format!("capacity: {e}"));
             }
             if *qos != l.qos {
                 let req = Request::Qos {

@@ -235,6 +235,26 @@ impl Lio {
         fs::write(p, v).map_err(err("write", p))
     }
 
+    /// Gives the TCMU device serving `spec` the size `bytes` when it has
+    /// another: the kernel tells tcmu-runner (the handler's `reconfig`,
+    /// which checks the volume covers it) and answers READ CAPACITY with
+    /// it; initiators see it at their next rescan.
+    pub fn set_capacity(&self, spec: &str, bytes: u64) -> Result<(), LioError> {
+        for b in self.backstores().into_values().filter(|b| b.spec == spec) {
+            let attr = b.dir.join("attrib").join("dev_size");
+            let now = fs::read_to_string(&attr).unwrap_or_default();
+            if now.trim().parse::<u64>().ok() != Some(bytes) {
+                self.write(&attr, &bytes.to_string())?;
+                log::info!(
+                    "LIO backstore {}: {} -> {bytes} bytes",
+                    b.dir.display(),
+                    now.trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the links inside a configfs dir, then the dir.
     fn unlink_and_rmdir(&self, dir: &Path) -> Result<(), LioError> {
         for e in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -531,17 +551,25 @@ impl Lio {
                 }
                 if let Some(c) = &w.chap {
                     let auth = acl.join("auth");
-                    // Written into configfs, never a process's arguments;
-                    // a mutual CHAP removed from the map is cleared.
-                    let (mutual_user, mutual_password) = w
-                        .mutual_chap
-                        .as_ref()
-                        .map_or(("", ""), |m| (m.user.as_str(), m.password.as_str()));
+                    // Written into configfs, never a process's arguments.
+                    // LIO clears a value on "NULL" (an empty write never
+                    // reaches it): a mutual CHAP the map dropped goes.
+                    let had_mutual = fs::read_to_string(auth.join("mutual_userid"))
+                        .is_ok_and(|v| !v.trim().is_empty());
+                    let mutual = match &w.mutual_chap {
+                        Some(m) => Some((m.user.as_str(), m.password.as_str())),
+                        None if had_mutual => Some(("NULL", "NULL")),
+                        None => None,
+                    };
                     let set = self
                         .write(&auth.join("userid"), &c.user)
                         .and_then(|_| self.write(&auth.join("password"), &c.password))
-                        .and_then(|_| self.write(&auth.join("mutual_userid"), mutual_user))
-                        .and_then(|_| self.write(&auth.join("mutual_password"), mutual_password));
+                        .and_then(|_| match mutual {
+                            Some((user, password)) => self
+                                .write(&auth.join("mutual_userid"), user)
+                                .and_then(|_| self.write(&auth.join("mutual_password"), password)),
+                            None => Ok(()),
+                        });
                     if let Err(e) = set {
                         errors.insert(format!("initiator {init}"), e.to_string());
                     }

@@ -85,12 +85,10 @@ pub fn parse_show(text: &str) -> Vec<ShownTarget> {
                 }
                 Section::Accounts if !t.is_empty() => {
                     // Outgoing accounts are shown as "user (outgoing)".
-                    let user = t.split_whitespace().next().unwrap_or(t).to_string();
-                    if t.ends_with("(outgoing)") {
-                        cur.outgoing.insert(user);
-                    } else {
-                        cur.accounts.insert(user);
-                    }
+                    match t.strip_suffix(" (outgoing)") {
+                        Some(user) => cur.outgoing.insert(user.to_string()),
+                        None => cur.accounts.insert(t.to_string()),
+                    };
                 }
                 Section::Acls if !t.is_empty() => {
                     cur.acls.insert(t.to_string());
@@ -180,6 +178,15 @@ pub enum TgtOp {
         chap: ChapCredential,
         outgoing: bool,
     },
+    /// Refuses new logins (tgtd answers them with a target error, which
+    /// initiators retry): a ready target whose account is about to be
+    /// replaced goes offline first, since tgtd replaces an account by
+    /// deleting it (unbinding it) and a target without an incoming
+    /// account lets anyone in. It turns ready again only once its
+    /// accounts are back.
+    Offline {
+        tid: u32,
+    },
     /// Lets initiators log in: a target is created `offline` (tgtd then
     /// refuses logins with a target error, which initiators retry) and
     /// turns `ready` only once its LUNs, ACLs and CHAP are in place. A
@@ -262,6 +269,7 @@ pub fn diff(
                 initiator: a.clone(),
             });
         }
+        let mut swapping = false;
         for (outgoing, have, want, key) in [
             (false, &t.accounts, &w.chap, t.iqn.clone()),
             (true, &t.outgoing, &w.mutual_chap, outgoing_key(&t.iqn)),
@@ -283,10 +291,16 @@ pub fn diff(
                         chap: c.clone(),
                         outgoing,
                     });
+                    swapping = true;
                 }
             }
         }
-        if !t.ready {
+        // Offline before any account of a ready target is touched (see
+        // TgtOp::Offline), ready again last.
+        if swapping && t.ready {
+            removals.insert(0, TgtOp::Offline { tid: t.tid });
+        }
+        if !t.ready || swapping {
             ready.push(TgtOp::Ready { tid: t.tid });
         }
     }
@@ -495,6 +509,7 @@ impl Tgtadm {
                 self.set_state(*tid, "offline")
             }
             TgtOp::Ready { tid } => self.set_state(*tid, "ready"),
+            TgtOp::Offline { tid } => self.set_state(*tid, "offline"),
             TgtOp::NewLun {
                 tid,
                 lun,
@@ -833,17 +848,35 @@ Target 4: iqn.2026-11.org.other:plain
     }
 
     #[test]
-    fn unknown_chap_secret_is_reapplied() {
+    fn unknown_chap_secret_is_reapplied_with_the_target_offline_meanwhile() {
         let shown = parse_show(SHOW);
         let (wanted, chap) = wanted_as_shown();
+        // tgtd replaces an account by deleting it: a ready target would
+        // let anyone in until it is back.
         assert_eq!(
             diff(&shown, &wanted, &BTreeMap::new()),
-            vec![TgtOp::Account {
-                tid: 3,
-                chap,
-                outgoing: false
-            }]
+            vec![
+                TgtOp::Offline { tid: 3 },
+                TgtOp::Account {
+                    tid: 3,
+                    chap: chap.clone(),
+                    outgoing: false
+                },
+                TgtOp::Ready { tid: 3 }
+            ]
         );
+        // Known and bound: nothing to do.
+        let known = BTreeMap::from([(shown[0].iqn.clone(), chap)]);
+        assert_eq!(diff(&shown, &wanted, &known), vec![]);
+    }
+
+    #[test]
+    fn outgoing_accounts_parse_apart_and_a_mutual_chap_is_bound_outgoing() {
+        let text = SHOW.replacen("        bob\n", "        bob\n        tgt1 (outgoing)\n", 1);
+        let shown = parse_show(&text);
+        assert!(shown[0].accounts.contains("bob"), "{:?}", shown[0]);
+        assert!(shown[0].outgoing.contains("tgt1"), "{:?}", shown[0]);
+        assert!(!shown[0].accounts.contains("tgt1"));
     }
 
     #[test]

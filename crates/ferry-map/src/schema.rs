@@ -118,9 +118,10 @@ pub struct Lun {
     /// IOPS and bandwidth limits, applied live by the serving node.
     #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
     pub qos: QosLimits,
-    /// The size the LUN should have, bytes (`None`: its volume's). The
-    /// serving node grows a smaller volume to it, online; it never
-    /// shrinks one (that takes `ferry volume resize --force`).
+    /// The size the LUN should have at least, bytes (`None`: its
+    /// volume's). The serving node grows a smaller volume to it, online;
+    /// a larger volume is left as it is (only `ferry volume resize
+    /// --force` shrinks, once the map's size is removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
 }
@@ -272,13 +273,21 @@ pub fn check_portal(portal: &str) -> Result<(), MapError> {
 fn check_chap(c: &ChapCredential) -> Result<(), MapError> {
     // RFC 3720 wants secrets of 12-16 bytes at least for CHAP to resist
     // offline guessing; tgt and LIO accept 12 and up.
-    if c.user.is_empty() || c.user.contains(char::is_whitespace) {
+    // tgtd takes the account as "user=U,password=S": a comma in the user
+    // would cut it short; a NUL ends either early.
+    if c.user.is_empty()
+        || c.user
+            .contains(|ch: char| ch.is_whitespace() || ch == ',' || ch == '\0')
+    {
         return Err(MapError::invalid(
-            "CHAP user must be non-empty, without spaces",
+            "CHAP user must be non-empty, without spaces or commas",
         ));
     }
     if c.password.len() < 12 || c.password.len() > 255 {
         return Err(MapError::invalid("CHAP secret must be 12-255 bytes"));
+    }
+    if c.password.contains('\0') {
+        return Err(MapError::invalid("a CHAP secret cannot hold a NUL byte"));
     }
     Ok(())
 }
@@ -300,9 +309,9 @@ impl Target {
                     self.iqn
                 )));
             };
-            if c.password == m.password {
+            if c.password == m.password || c.user == m.user {
                 return Err(MapError::invalid(format!(
-                    "target {}: the mutual CHAP secret must differ from the CHAP secret",
+                    "target {}: mutual CHAP needs its own user and secret, not the CHAP ones",
                     self.iqn
                 )));
             }
@@ -389,7 +398,9 @@ impl ClusterMap {
             t.validate()?;
             // tgt's accounts are global: two targets cannot have one user
             // with different secrets (nor share one and stay independent).
-            if let Some(c) = &t.chap {
+            // The same goes for a target's mutual CHAP user (tgt's outgoing
+            // account): re-applying one account unbinds it everywhere.
+            for c in [&t.chap, &t.mutual_chap].into_iter().flatten() {
                 if let Some(other) = chap_users.insert(c.user.clone(), &t.iqn) {
                     return Err(MapError::invalid(format!(
                         "CHAP user {} is already used by target {other}; give each target its own",
