@@ -367,6 +367,22 @@ cmp <(dd if="$DEV2" bs=1M count=1 iflag=direct 2>/dev/null) /tmp/chunk || fail "
 cmp <(head -c 1M /var/lib/ferry/m1.img) /tmp/chunk || fail "the volume file lacks the write"
 serial=$(cat /sys/kernel/config/target/core/user_*/m1/wwn/vpd_unit_serial | head -n1)
 log "agent's LUN: $DEV2, writes land in the volume, $serial"
+# Online resize from the map: the agent grows the volume through
+# tcmu-runner's control socket and LIO's device size follows; the
+# initiator sees it at a rescan, without logging out.
+t=$(now)
+must ferry map lun set m1 --size 96M
+wait_for '[ "$(stat -c %s /var/lib/ferry/m1.img)" = $((96 * MiB)) ]' "the agent did not grow m1"
+wait_for '[ "$(cat "$AGENT_CORE/attrib/dev_size")" = $((96 * MiB)) ]' "LIO's device size did not follow"
+echo 1 >"/sys/block/$(basename "$DEV2")/device/rescan"
+wait_for '[ "$(blockdev --getsize64 "$DEV2")" = $((96 * MiB)) ]' "the initiator saw no 96 MiB after a rescan"
+head -c 1M /dev/urandom >/tmp/tail
+must dd if=/tmp/tail of="$DEV2" bs=1M seek=95 oflag=direct conv=fsync
+cmp <(dd if="$DEV2" bs=1M skip=95 count=1 iflag=direct 2>/dev/null) /tmp/tail ||
+  fail "the block past the old end reads back wrong"
+cmp <(tail -c 1M /var/lib/ferry/m1.img) /tmp/tail || fail "the volume lacks the write past the old end"
+cmp <(dd if="$DEV2" bs=1M count=1 iflag=direct 2>/dev/null) /tmp/chunk || fail "the resize changed old data"
+log "online resize through LIO: 64 -> 96 MiB seen after a rescan, written past the old end ($(since "$t") s)"
 must iscsiadm -m node -T "$IQN2" -p 127.0.0.1:3260 --logout
 must ferry map initiator unmap "$ME" m1
 wait_for '[ ! -d "$TPG/acls/$ME/lun_1" ]' "the unmapped LUN stayed mapped"
@@ -375,32 +391,45 @@ wait_for '[ ! -d "$TPG" ] && ! ls -d /sys/kernel/config/target/core/user_*/m1 >/
   "the removed LUN's target or backstore stayed"
 log "agent followed unmap and removal ($(since "$t") s in all)"
 
-# CHAP from the map: LIO asks for it per ACL; no secret, no login.
+# CHAP and mutual CHAP from the map: LIO asks for CHAP per ACL (no
+# secret, no login) and answers the initiator's challenge with the
+# target's own secret, which open-iscsi checks.
 t=$(now)
 IQN3=iqn.2026-11.org.ferry:chap
 TPG3=/sys/kernel/config/target/iscsi/$IQN3/tpgt_1
 echo "chap-secret-4242" >/var/lib/ferry/chap
+echo "mutual-secret-7777" >/var/lib/ferry/mutual
 must ferry volume create /var/lib/ferry/m2.img --size 16M
-must ferry map target add "$IQN3" --chap-user host1 --chap-secret-file /var/lib/ferry/chap
+must ferry map target add "$IQN3" --chap-user host1 --chap-secret-file /var/lib/ferry/chap \
+  --mutual-chap-user tgt1 --mutual-chap-secret-file /var/lib/ferry/mutual
 must ferry map lun add m2 --target "$IQN3" --lun 1 --spec /var/lib/ferry/m2.img
 must ferry map initiator map "$ME" m2
 wait_for '[ -L "$TPG3/lun/lun_1/ferry_1" ] && [ -d "$TPG3/acls/$ME/lun_1" ]' "the agent did not export m2"
 [ "$(cat "$TPG3/attrib/authentication")" = 1 ] || fail "CHAP is off on $IQN3"
 [ "$(cat "$TPG3/acls/$ME/auth/userid")" = host1 ] || fail "the ACL has no CHAP user"
+[ "$(cat "$TPG3/acls/$ME/auth/userid_mutual")" = tgt1 ] || fail "the ACL has no mutual CHAP user"
 must iscsiadm -m discovery -t st -p 127.0.0.1:3260
 if iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --login >>"$S/guest.log" 2>&1; then
   fail "a login without CHAP got in"
 fi
 for kv in node.session.auth.authmethod=CHAP node.session.auth.username=host1 \
-  node.session.auth.password=chap-secret-4242; do
+  node.session.auth.password=chap-secret-4242 node.session.auth.username_in=tgt1 \
+  node.session.auth.password_in=not-the-target-secret; do
   must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 -o update -n "${kv%%=*}" -v "${kv#*=}"
 done
+# The initiator expects another target secret: it refuses the target.
+if iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --login >>"$S/guest.log" 2>&1; then
+  fail "open-iscsi accepted a target with the wrong mutual CHAP secret"
+fi
+must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 -o update \
+  -n node.session.auth.password_in -v mutual-secret-7777
 must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --login
 must iscsiadm -m node -T "$IQN3" -p 127.0.0.1:3260 --logout
 grep -q chap-secret-4242 "$S/agent.log" && fail "the agent log shows the CHAP secret"
+grep -q mutual-secret-7777 "$S/agent.log" && fail "the agent log shows the mutual CHAP secret"
 must ferry map lun remove m2
 wait_for '[ ! -d "$TPG3" ]' "the CHAP target stayed after its LUN went"
-log "CHAP from the map: refused without the secret, logged in with it ($(since "$t") s)"
+log "CHAP and mutual CHAP from the map: refused without the secret, target refused with the wrong one, logged in with both ($(since "$t") s)"
 
 # ALUA through LIO: a tgt node t (tgtd on :3261 with its own agent) owns
 # LUN m3; the LIO node g exports it in standby (its backstore opened by

@@ -325,6 +325,7 @@ pub fn wanted_lio(snap: &Snapshot, exports: &Exports) -> BTreeMap<String, Wanted
         };
         let w = out.entry(l.target.clone()).or_insert_with(|| WantedLio {
             chap: t.chap.clone(),
+            mutual_chap: t.mutual_chap.clone(),
             group: exports.group,
             ..Default::default()
         });

@@ -57,7 +57,7 @@ pub struct WantedLio {
     pub acls: BTreeMap<String, BTreeSet<u32>>,
     pub chap: Option<ChapCredential>,
     /// The target's own credentials (mutual CHAP): each ACL's
-    /// `auth/mutual_userid` and `auth/mutual_password`.
+    /// `auth/userid_mutual` and `auth/password_mutual` (targetcli's mutual_userid and mutual_password).
     pub mutual_chap: Option<ChapCredential>,
 }
 
@@ -554,7 +554,7 @@ impl Lio {
                     // Written into configfs, never a process's arguments.
                     // LIO clears a value on "NULL" (an empty write never
                     // reaches it): a mutual CHAP the map dropped goes.
-                    let had_mutual = fs::read_to_string(auth.join("mutual_userid"))
+                    let had_mutual = fs::read_to_string(auth.join("userid_mutual"))
                         .is_ok_and(|v| !v.trim().is_empty());
                     let mutual = match &w.mutual_chap {
                         Some(m) => Some((m.user.as_str(), m.password.as_str())),
@@ -566,8 +566,8 @@ impl Lio {
                         .and_then(|_| self.write(&auth.join("password"), &c.password))
                         .and_then(|_| match mutual {
                             Some((user, password)) => self
-                                .write(&auth.join("mutual_userid"), user)
-                                .and_then(|_| self.write(&auth.join("mutual_password"), password)),
+                                .write(&auth.join("userid_mutual"), user)
+                                .and_then(|_| self.write(&auth.join("password_mutual"), password)),
                             None => Ok(()),
                         });
                     if let Err(e) = set {
