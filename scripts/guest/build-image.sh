@@ -27,11 +27,12 @@ cache=$(cd "$cache" && pwd)
 # targetcli talks to tcmu-runner over the system bus, librbd1 because the
 # handler and the ferry binary of an --all-features build link librbd.
 # tgt and multipath-tools for the ALUA failover test (two tgtd gateways,
-# dm-multipath over both paths).
+# dm-multipath over both paths). systemd and libiscsi7 for the package
+# test, which boots systemd as PID 1 and installs ferry's .deb.
 packages=(
   kmod initramfs-tools zstd tcmu-runner targetcli-fb python3-rtslib-fb
   open-iscsi fio iproute2 dbus procps util-linux sg3-utils e2fsprogs
-  librbd1 linux-image-amd64 tgt multipath-tools
+  librbd1 linux-image-amd64 tgt multipath-tools systemd libiscsi7
 )
 # Modules the initrd needs to reach the root disk and the share; the rest
 # load from the root file system.
@@ -156,6 +157,43 @@ echo o >/proc/sysrq-trigger
 sleep 10
 EOF
 chmod 0755 "$root/sbin/ferry-guest-init"
+# The same under systemd (run-guest.sh with FERRY_GUEST_INIT=systemd):
+# PID 1 is systemd, booted into ferry-test.target, whose one service
+# mounts the share, runs the script and powers off.
+cat >"$root/sbin/ferry-guest-systemd" <<'EOF'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mkdir -p /share
+modprobe 9pnet_virtio 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share
+script=$(sed -n 's/.*ferry\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$script" ] && [ -x "/share/$script" ]; then
+  "/share/$script"
+  echo "ferry-guest-systemd: $script exited with $?"
+else
+  echo "ferry-guest-systemd: no script /share/$script" | tee /share/result
+fi
+sync
+echo o >/proc/sysrq-trigger
+EOF
+chmod 0755 "$root/sbin/ferry-guest-systemd"
+cat >"$root/etc/systemd/system/ferry-test.service" <<'EOF'
+[Unit]
+Description=ferry guest test script
+After=basic.target
+[Service]
+Type=oneshot
+ExecStart=/sbin/ferry-guest-systemd
+StandardOutput=journal+console
+StandardError=journal+console
+EOF
+cat >"$root/etc/systemd/system/ferry-test.target" <<'EOF'
+[Unit]
+Description=ferry guest test
+Requires=basic.target ferry-test.service
+After=basic.target ferry-test.service
+AllowIsolate=yes
+EOF
 echo ferry-guest >"$root/etc/hostname"
 : >"$root/etc/fstab"
 # No services start by themselves in the guest (there is no init system

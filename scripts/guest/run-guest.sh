@@ -38,6 +38,14 @@ if [ ! -x "$share/$script" ]; then
 fi
 rm -f "$share/result" "$share/console.log"
 
+# FERRY_GUEST_INIT=systemd boots systemd as PID 1 (into ferry-test.target,
+# which runs the script the same way); the default is the image's own
+# small init.
+init="init=/sbin/ferry-guest-init"
+if [ "${FERRY_GUEST_INIT:-}" = systemd ]; then
+  init="init=/lib/systemd/systemd systemd.unit=ferry-test.target systemd.show_status=0"
+fi
+
 # -snapshot keeps its overlay in $TMPDIR; the copy-on-write data of one
 # run is small.
 status=0
@@ -47,7 +55,7 @@ timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
   -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
   -drive "file=$cache/root.img,if=virtio,format=raw,cache=unsafe" -snapshot \
   -virtfs "local,path=$share,mount_tag=share,security_model=none" \
-  -append "console=ttyS0 root=/dev/vda rw init=/sbin/ferry-guest-init ferry.script=$script panic=-1 loglevel=4 net.ifnames=0" \
+  -append "console=ttyS0 root=/dev/vda rw $init ferry.script=$script panic=-1 loglevel=4 net.ifnames=0" \
   </dev/null >"$share/console.log" 2>&1 || status=$?
 
 if [ "$status" = 124 ] || [ "$status" = 137 ]; then
