@@ -82,44 +82,25 @@ fn mutual_chap_is_checked_both_ways_and_no_secret_reaches_process_arguments() {
         "mutual CHAP without CHAP was accepted"
     );
     assert!(String::from_utf8_lossy(&alone.stderr).contains("chap-user"));
-    let same = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "map",
-            "target",
-            "add",
-            TARGET,
-            "--chap-user",
-            "alice",
-            "--chap-secret-file",
-        ])
-        .arg(&f1)
-        .args(["--mutual-chap-user", "tgt", "--mutual-chap-secret-file"])
-        .arg(&f1)
-        .env("FERRY_MAP", &url)
-        .output()
-        .unwrap();
+    // The target with CHAP (alice, f1) and mutual CHAP (tgt, `mutual`).
+    let add_target = |mutual: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["map", "target", "add", TARGET])
+            .args(["--chap-user", "alice", "--chap-secret-file"])
+            .arg(&f1)
+            .args(["--mutual-chap-user", "tgt", "--mutual-chap-secret-file"])
+            .arg(mutual)
+            .env("FERRY_MAP", &url)
+            .output()
+            .unwrap()
+    };
+    let same = add_target(&f1);
     assert!(
         !same.status.success(),
         "the same secret both ways was accepted"
     );
     assert!(String::from_utf8_lossy(&same.stderr).contains("its own user and secret"));
-
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "map",
-            "target",
-            "add",
-            TARGET,
-            "--chap-user",
-            "alice",
-            "--chap-secret-file",
-        ])
-        .arg(&f1)
-        .args(["--mutual-chap-user", "tgt", "--mutual-chap-secret-file"])
-        .arg(&f2)
-        .env("FERRY_MAP", &url)
-        .output()
-        .unwrap();
+    let out = add_target(&f2);
     check(&out, "target add with mutual CHAP");
     let spec = common::file_volume(dir.path(), 8 << 20);
     ferry(

@@ -57,6 +57,9 @@ fn limits_hold_a_lun_to_its_rate_over_iscsi_and_bad_limits_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tgtd::start(&dir.path().join("run"));
     let spec = common::file_volume(dir.path(), 64 << 20);
+    // Data everywhere, so a migration below has all of it to copy.
+    let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8 ^ 0x33).collect();
+    std::fs::write(spec.strip_prefix("file:").unwrap(), &data).unwrap();
     t.add_target(1);
     check(&t.add_ferry_lun(1, 1, &spec), "adding the LUN");
     let url = t.url(1, 1);
@@ -113,6 +116,36 @@ fn limits_hold_a_lun_to_its_rate_over_iscsi_and_bad_limits_change_nothing() {
         free > 2.0 * (4 << 20) as f64,
         "no longer limited: {free} bytes/s"
     );
+
+    // The copier's reads and writes are not the LUN's: held to 1 MiB/s
+    // each way, the LUN still migrates its 64 MiB at the copier's own
+    // pace (flat out here), not at the limit.
+    qos_json(&t, &spec, &["--read-bps", "1M", "--write-bps", "1M"]);
+    let target = format!("file:{}", dir.path().join("t.img").display());
+    let started = std::time::Instant::now();
+    check(
+        &ferry_at(&t, &["migrate", "start", &spec, &target, "--no-adaptive"]),
+        "migrate start",
+    );
+    loop {
+        let out = ferry_at(&t, &["migrate", "status", &spec, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["state"] == "copied" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the copy is held back: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rate = (64 << 20) as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "copy under a 1 MiB/s LUN limit: {:.1} MiB/s",
+        rate / 1048576.0
+    );
+    assert!(rate > 4.0 * 1048576.0, "the copier ran at {rate} bytes/s");
+    check(&ferry_at(&t, &["migrate", "abort", &spec]), "abort");
 }
 
 #[test]
