@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 use common::{bin, check, Tgtd};
 use serde_json::Value;
 
+
+/// An image name no earlier run of the tests used (the loopback clusters
+/// keep their images between runs).
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}{}x{nanos}", std::process::id())
+}
+
 fn ferry_json(t: &Tgtd, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(args)
@@ -102,11 +112,7 @@ fn rbd_lun_migrates_between_pools_clusters_and_to_a_file_under_iscsi_load() {
     let conf = common::ceph_conf();
     let conf_b = common::ceph_conf_b();
     let dir = tempfile::tempdir().unwrap();
-    let name = format!(
-        "tgt{}x{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    );
+    let name = unique("tgt");
     let src = format!("rbd:ferry-a/{name}?conf={conf}");
     let t = Tgtd::start(&dir.path().join("run"));
     check(
@@ -170,7 +176,9 @@ fn file_volume_migrates_into_rbd_offline_with_the_cli() {
     let conf = common::ceph_conf();
     let dir = tempfile::tempdir().unwrap();
     let src = format!("file:{}", dir.path().join("src.img").display());
-    let name = format!("fromfile{}", std::process::id());
+    // The loopback clusters outlive a run: a name from the pid alone
+    // met an image a run before left behind.
+    let name = unique("fromfile");
     let dst = format!("rbd:ferry-b/{name}?conf={conf}");
     let data = ferry_core::pattern::bytes(77, 8 << 20);
     {
@@ -216,7 +224,7 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
     common::require("tgtd");
     let conf = common::ceph_conf();
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("snap{}x{}", std::process::id(), common::free_port());
+    let name = unique("snap");
     let vol = format!("rbd:ferry-a/{name}?conf={conf}");
     let mut t = Tgtd::start(&dir.path().join("run"));
     check(
@@ -276,7 +284,7 @@ fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
     common::require("tgtd");
     let conf = common::ceph_conf();
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("pr{}x{}", std::process::id(), common::free_port());
+    let name = unique("pr");
     let vol = format!("rbd:ferry-a/{name}?conf={conf}");
     let mut t = Tgtd::start(&dir.path().join("run"));
     check(
