@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::{bin, check, Tgtd};
 use serde_json::Value;
 
-
 /// An image name no earlier run of the tests used (the loopback clusters
 /// keep their images between runs).
 fn unique(prefix: &str) -> String {
