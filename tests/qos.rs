@@ -188,6 +188,12 @@ fn the_maps_qos_reaches_the_serving_node() {
         ],
     );
     ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
+    // The node reports serving the map as it is now only once its target
+    // is ready for logins (its QoS may be set a pass before that).
+    let v = show(&url)["version"].as_i64().unwrap();
+    wait_map(&url, Duration::from_secs(30), "a serves db", |s| {
+        serves(s, "a", "db", v)
+    });
     let served = |want: Value| {
         let started = std::time::Instant::now();
         loop {
