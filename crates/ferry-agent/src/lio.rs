@@ -731,4 +731,73 @@ mod tests {
         assert_eq!(t.luns[&1], "db");
         assert_eq!(t.acls["iqn.2026-11.org.ferry:h"], [1].into());
     }
+
+    /// Mutual CHAP reaches an ACL that already exists, and a dropped one is
+    /// cleared there with "NULL" (configfs ignores an empty write), not
+    /// left for the initiator to keep trusting. The tree is a plain
+    /// directory, so "NULL" stays as written instead of reading back empty.
+    #[test]
+    fn mutual_chap_is_set_and_cleared_on_existing_acls() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let iqn = "iqn.2026-11.org.ferry:t";
+        let host = "iqn.2026-11.org.ferry:h";
+        let bs = root.join("core/user_1/db");
+        fs::create_dir_all(&bs).unwrap();
+        fs::write(bs.join("info"), "Config: ferry//srv/db.img Size: 1").unwrap();
+        let tpg = root.join("iscsi").join(iqn).join("tpgt_1");
+        fs::create_dir_all(tpg.join("lun/lun_1")).unwrap();
+        fs::create_dir_all(tpg.join("attrib")).unwrap();
+        fs::write(tpg.join("enable"), "1").unwrap();
+        std::os::unix::fs::symlink(&bs, tpg.join("lun/lun_1/ferry_1")).unwrap();
+        let acl = tpg.join("acls").join(host);
+        fs::create_dir_all(acl.join("lun_1")).unwrap();
+        fs::create_dir_all(acl.join("auth")).unwrap();
+        let lio = Lio {
+            root: root.to_path_buf(),
+            portal: "0.0.0.0:3260".into(),
+        };
+        let cred = |user: &str, password: &str| ChapCredential {
+            user: user.into(),
+            password: password.into(),
+        };
+        let mut wanted = WantedLio {
+            luns: [(1, ("db".to_string(), "file:/srv/db.img".to_string()))].into(),
+            acls: [(host.to_string(), [1].into())].into(),
+            chap: Some(cred("u", "initiator-secret")),
+            mutual_chap: Some(cred("t", "target-secret")),
+            ..Default::default()
+        };
+        let read = |f: &str| fs::read_to_string(acl.join("auth").join(f)).unwrap();
+        let pass = |w: &WantedLio| {
+            let errors = lio.reconcile(
+                &[(iqn.to_string(), w.clone())].into(),
+                &|_| Ok(1 << 20),
+                &|_| "serial".into(),
+            );
+            assert!(errors.is_empty(), "{errors:?}");
+        };
+
+        pass(&wanted);
+        assert_eq!(read("userid"), "u");
+        assert_eq!(read("password"), "initiator-secret");
+        assert_eq!(read("userid_mutual"), "t");
+        assert_eq!(read("password_mutual"), "target-secret");
+        assert_eq!(
+            fs::read_to_string(tpg.join("attrib/authentication")).unwrap(),
+            "1"
+        );
+
+        wanted.mutual_chap = None;
+        pass(&wanted);
+        assert_eq!(read("userid_mutual"), "NULL");
+        assert_eq!(read("password_mutual"), "NULL");
+        assert_eq!(read("userid"), "u", "CHAP itself stays");
+
+        // An ACL that never had mutual CHAP is not written to.
+        fs::remove_file(acl.join("auth/userid_mutual")).unwrap();
+        fs::remove_file(acl.join("auth/password_mutual")).unwrap();
+        pass(&wanted);
+        assert!(!acl.join("auth/userid_mutual").exists());
+    }
 }
