@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ferry_core::sim::read_all;
 use ferry_core::{pattern, Volume};
 use ferry_host::{Lun, VolumeSpec};
 use rand::{Rng, SeedableRng};
@@ -67,12 +68,6 @@ fn replay(log: &Path, model: &mut [u8]) -> (Option<(u64, Write)>, u64) {
         begun.len()
     );
     (begun.into_iter().next(), max_seq)
-}
-
-fn read_all(vol: &dyn Volume) -> Vec<u8> {
-    let mut buf = vec![0u8; vol.size() as usize];
-    vol.read_at(&mut buf, 0).unwrap();
-    buf
 }
 
 /// Checks the reopened volume against the model; bytes of the write in

@@ -581,6 +581,14 @@ impl MetaStore for SimStore {
     }
 }
 
+/// The whole of `vol`, as an initiator would read it back (test images
+/// are small; a failed read fails the test).
+pub fn read_all(vol: &dyn Volume) -> Vec<u8> {
+    let mut buf = vec![0u8; vol.size() as usize];
+    vol.read_at(&mut buf, 0).expect("reading the whole volume");
+    buf
+}
+
 /// Convenience: a map of labelled values for `source_info` in tests.
 pub fn info(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::sim::{Faults, SimWorld};
+use ferry_core::sim::{read_all, Faults, SimWorld};
 use ferry_core::{Copier, CopierConfig, MigratingVolume, MigrationPlan, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,12 +95,6 @@ fn merge(views: Vec<Vec<u8>>) -> Vec<u8> {
         }
     }
     out
-}
-
-fn read_all(vol: &dyn Volume) -> Vec<u8> {
-    let mut buf = vec![0u8; vol.size() as usize];
-    vol.read_at(&mut buf, 0).unwrap();
-    buf
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
 use ferry_core::migrate::Reopened;
-use ferry_core::sim::{ReferenceDisk, SimWorld};
+use ferry_core::sim::{read_all, ReferenceDisk, SimWorld};
 use ferry_core::{faults, Error, MigratingVolume, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -308,12 +308,6 @@ fn run(world: &SimWorld, served: &mut Served, ops: &[Op], model: &mut Model) -> 
         }
     }
     None
-}
-
-fn read_all(vol: &dyn Volume) -> Vec<u8> {
-    let mut buf = vec![0u8; vol.size() as usize];
-    vol.read_at(&mut buf, 0).unwrap();
-    buf
 }
 
 /// Reopens after a crash and checks the model; returns what is served.

@@ -9,12 +9,11 @@
 //! too. Then a second life: grown (again, if the crash undid it), written
 //! past the old end, copied to the end, committed, reopened, checked.
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
 use ferry_core::migrate::Reopened;
-use ferry_core::sim::{ReferenceDisk, SimWorld};
-use ferry_core::{faults, Error, MigratingVolume, Volume};
+use ferry_core::sim::{read_all, ReferenceDisk, SimWorld};
+use ferry_core::{faults, Error, Volume};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -110,33 +109,12 @@ fn new_model() -> ReferenceDisk {
     ReferenceDisk::new(data, REGION)
 }
 
-enum Served {
-    Migrating(Arc<MigratingVolume>),
-    Plain(Arc<dyn Volume>),
-}
-
-impl Served {
-    fn volume(&self) -> &dyn Volume {
-        match self {
-            Served::Migrating(m) => m.as_ref(),
-            Served::Plain(v) => v.as_ref(),
-        }
-    }
-}
-
-fn reopen(world: &SimWorld) -> ferry_core::Result<Served> {
-    Ok(match world.reopen()? {
-        Reopened::Migrating(m) => Served::Migrating(m),
-        Reopened::Plain(v) => Served::Plain(v),
-    })
-}
-
 /// Runs `ops`; the model takes what is acknowledged. Returns the op a
 /// crash cut short, and whether any acknowledged write lies past the old
 /// end.
 fn run(
     world: &SimWorld,
-    served: &mut Option<Served>,
+    served: &mut Option<Reopened>,
     ops: &[Op],
     model: &mut ReferenceDisk,
 ) -> Option<Op> {
@@ -144,14 +122,14 @@ fn run(
     for op in ops {
         let result: ferry_core::Result<()> = (|| {
             match *op {
-                Start => *served = Some(Served::Migrating(world.start(world.plan())?)),
+                Start => *served = Some(Reopened::Migrating(world.start(world.plan())?)),
                 Write { off, len, seed } => {
                     let v = served.as_ref().expect("served").volume();
                     v.write_at(&pattern(len, seed, off), off)?
                 }
                 Flush => served.as_ref().expect("served").volume().flush()?,
                 Copy { steps } => {
-                    if let Some(Served::Migrating(m)) = served {
+                    if let Some(Reopened::Migrating(m)) = served {
                         for _ in 0..steps {
                             if cursor.step(m)? == Step::Finished {
                                 break;
@@ -160,17 +138,17 @@ fn run(
                     }
                 }
                 Grow(size) => match served {
-                    Some(Served::Migrating(m)) => {
+                    Some(Reopened::Migrating(m)) => {
                         let grown = m.grow(size)?;
-                        *served = Some(Served::Migrating(grown));
+                        *served = Some(Reopened::Migrating(grown));
                         cursor = CopyCursor::new(config());
                     }
                     // The migration never started: the plain source.
-                    Some(Served::Plain(v)) => v.resize(size)?,
+                    Some(Reopened::Plain(v)) => v.resize(size)?,
                     None => panic!("nothing served"),
                 },
                 Commit => {
-                    if let Some(Served::Migrating(m)) = served {
+                    if let Some(Reopened::Migrating(m)) = served {
                         m.commit()?;
                     }
                 }
@@ -193,12 +171,6 @@ fn run(
     None
 }
 
-fn read_all(v: &dyn Volume) -> Vec<u8> {
-    let mut buf = vec![0u8; v.size() as usize];
-    v.read_at(&mut buf, 0).unwrap();
-    buf
-}
-
 fn cut_write(op: Option<Op>) -> Option<(u64, Vec<u8>)> {
     match op {
         Some(Write { off, len, seed }) => Some((off, pattern(len, seed, off))),
@@ -213,8 +185,10 @@ fn recover(
     power: bool,
     cut: Option<Op>,
     ctx: &str,
-) -> Served {
-    let served = reopen(world).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
+) -> Reopened {
+    let served = world
+        .reopen()
+        .unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
     let v = served.volume();
     let size = v.size();
     assert!(
@@ -230,7 +204,7 @@ fn recover(
     }
     // Past the end of a volume at the old size is what a grow adds:
     // zeroes, which the model must then hold there too.
-    let mut got = read_all(v);
+    let mut got = read_all(v.as_ref());
     got.resize(NEW as usize, 0);
     if let Some((off, data)) = cut_write(cut) {
         assert!(
@@ -249,7 +223,7 @@ fn recover(
 
 /// After a recovery: grown if the crash undid the grow, written past the
 /// old end, copied to the end, committed, reopened, checked.
-fn second_life(world: &SimWorld, served: Served, model: &mut ReferenceDisk, ctx: &str) {
+fn second_life(world: &SimWorld, served: Reopened, model: &mut ReferenceDisk, ctx: &str) {
     let mut served = Some(served);
     let mut ops = Vec::new();
     if served.as_ref().expect("served").volume().size() < NEW {
@@ -270,10 +244,12 @@ fn second_life(world: &SimWorld, served: Served, model: &mut ReferenceDisk, ctx:
         run(world, &mut served, &ops, model).is_none(),
         "{ctx}: second life crashed"
     );
-    let served = reopen(world).unwrap_or_else(|e| panic!("{ctx}: final reopen: {e}"));
+    let served = world
+        .reopen()
+        .unwrap_or_else(|e| panic!("{ctx}: final reopen: {e}"));
     assert_eq!(served.volume().size(), NEW, "{ctx}");
     model
-        .check_process_crash(&read_all(served.volume()), None)
+        .check_process_crash(&read_all(served.volume().as_ref()), None)
         .unwrap_or_else(|e| panic!("{ctx}: after the commit: {e}"));
 }
 
@@ -306,7 +282,7 @@ fn a_grow_crashed_at_every_point_reopens_at_the_old_or_new_size_with_every_ackno
             }
             // The reopen crashed at each point it reaches, then reopened.
             world.faults.arm_named(usize::MAX);
-            let reopened = reopen(&world);
+            let reopened = world.reopen();
             let recovery = world.faults.named_trace();
             drop(reopened);
             for (r, rpoint) in recovery.iter().enumerate() {
@@ -323,7 +299,7 @@ fn a_grow_crashed_at_every_point_reopens_at_the_old_or_new_size_with_every_ackno
                 }
                 w2.faults.arm_named(r);
                 assert!(
-                    reopen(&w2).is_err(),
+                    w2.reopen().is_err(),
                     "{ctx}: the reopen's crash at {rpoint}"
                 );
                 w2.faults.disarm();

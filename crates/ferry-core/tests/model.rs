@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
 use ferry_core::migrate::Reopened;
-use ferry_core::sim::{info, pieces_all_or_nothing, Faults, SimStore, SimVolume, SimWorld};
+use ferry_core::sim::{
+    info, pieces_all_or_nothing, read_all, Faults, SimStore, SimVolume, SimWorld,
+};
 use ferry_core::{Error, MetaStore, MigratingVolume, MigrationPlan, MigrationState, Volume};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -159,12 +161,6 @@ fn apply(
         },
     }
     Ok(())
-}
-
-fn read_all(vol: &dyn Volume) -> Vec<u8> {
-    let mut buf = vec![0u8; vol.size() as usize];
-    vol.read_at(&mut buf, 0).unwrap();
-    buf
 }
 
 fn small_config() -> CopierConfig {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ferry_core::copier::{CopierConfig, CopyCursor, Step};
 use ferry_core::migrate::Reopened;
-use ferry_core::sim::{ReferenceDisk, SimWorld};
+use ferry_core::sim::{read_all, ReferenceDisk, SimWorld};
 use ferry_core::{Error, MigratingVolume, MigrationState, Volume};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,12 +27,6 @@ fn config() -> CopierConfig {
         parallel: 1,
         ..CopierConfig::default()
     }
-}
-
-fn read_all(vol: &dyn Volume) -> Vec<u8> {
-    let mut buf = vec![0u8; vol.size() as usize];
-    vol.read_at(&mut buf, 0).unwrap();
-    buf
 }
 
 #[derive(Default, Debug)]
