@@ -9,7 +9,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
 
 use common::check;
 use common::cluster::*;
@@ -103,17 +102,7 @@ fn mutual_chap_is_checked_both_ways_and_no_secret_reaches_process_arguments() {
     let out = add_target(&f2);
     check(&out, "target add with mutual CHAP");
     let spec = common::file_volume(dir.path(), 8 << 20);
-    ferry(
-        &url,
-        &[
-            "map", "lun", "add", "db", "--target", TARGET, "--lun", "1", "--spec", &spec,
-        ],
-    );
-    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
-    let v = show(&url)["version"].as_i64().unwrap();
-    wait_map(&url, Duration::from_secs(30), "a serves db", |s| {
-        serves(s, "a", "db", v)
-    });
+    add_lun_served_by_a(&url, "db", &spec, &[]);
 
     let base = format!("{}/{TARGET}/1", a.portal());
     let right = format!("iscsi://alice%{SECRET}@{base}?target_user=tgt&target_password={MUTUAL}");

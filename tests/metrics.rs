@@ -149,23 +149,9 @@ fn prometheus_scrapes_a_node_during_a_migration() {
     a.start_agent(&url);
     // 128 MiB with data in its first half: the copy takes a while at the
     // rate set below.
-    let source = dir.path().join("src.img");
-    let f = std::fs::File::create(&source).unwrap();
-    f.set_len(128 << 20).unwrap();
-    drop(f);
-    let spec = format!("file:{}", source.display());
+    let spec = common::file_volume(dir.path(), 128 << 20);
     ferry(&url, &["map", "target", "add", TARGET]);
-    ferry(
-        &url,
-        &[
-            "map", "lun", "add", "db", "--target", TARGET, "--lun", "1", "--spec", &spec,
-        ],
-    );
-    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
-    let v = show(&url)["version"].as_i64().unwrap();
-    wait_map(&url, Duration::from_secs(30), "a serves db", |s| {
-        serves(s, "a", "db", v)
-    });
+    add_lun_served_by_a(&url, "db", &spec, &[]);
     let fill = iscsi(&[
         "write-pattern",
         &a.url(1),
@@ -292,12 +278,7 @@ fn serve_metrics_page_passes_promtool_and_a_taken_address_is_refused() {
         panic!("promtool missing: scripts/setup.sh installs the prometheus package");
     }
     let dir = tempfile::tempdir().unwrap();
-    let vol = dir.path().join("v.img");
-    std::fs::File::create(&vol)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let spec = format!("file:{}", vol.display());
+    let spec = common::file_volume(dir.path(), 64 << 20);
     let addr = format!("127.0.0.1:{}", free_port());
     let run = dir.path().join("run");
     let mut serve = Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -13,14 +13,6 @@ use serde_json::Value;
 
 const SECONDS: u32 = 6;
 
-fn ferry_at(t: &Tgtd, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_RUN_DIR", &t.run_dir)
-        .output()
-        .unwrap()
-}
-
 /// IOPS of a `ferry-iscsi load` run.
 fn iops(url: &str, read_pct: u32, block_size: u32, qd: u32) -> f64 {
     let out = Command::new(common::bin("ferry-iscsi"))
@@ -47,7 +39,7 @@ fn within(measured: f64, limit: f64, what: &str) {
 fn qos_json(t: &Tgtd, spec: &str, args: &[&str]) -> Value {
     let mut all = vec!["volume", "qos", spec, "--json"];
     all.extend_from_slice(args);
-    serde_json::from_str(&check(&ferry_at(t, &all), &format!("volume qos {args:?}"))).unwrap()
+    serde_json::from_str(&check(&t.ferry(&all), &format!("volume qos {args:?}"))).unwrap()
 }
 
 #[test]
@@ -101,7 +93,7 @@ fn limits_hold_a_lun_to_its_rate_over_iscsi_and_bad_limits_change_nothing() {
     ] {
         let mut args = vec!["volume", "qos", &spec];
         args.extend_from_slice(&bad);
-        let out = ferry_at(&t, &args);
+        let out = t.ferry(&args);
         assert!(!out.status.success(), "{bad:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(bad[0]), "{bad:?}: {err}");
@@ -124,11 +116,11 @@ fn limits_hold_a_lun_to_its_rate_over_iscsi_and_bad_limits_change_nothing() {
     let target = format!("file:{}", dir.path().join("t.img").display());
     let started = std::time::Instant::now();
     check(
-        &ferry_at(&t, &["migrate", "start", &spec, &target, "--no-adaptive"]),
+        &t.ferry(&["migrate", "start", &spec, &target, "--no-adaptive"]),
         "migrate start",
     );
     loop {
-        let out = ferry_at(&t, &["migrate", "status", &spec, "--json"]);
+        let out = t.ferry(&["migrate", "status", &spec, "--json"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if v["state"] == "copied" {
             break;
@@ -145,7 +137,7 @@ fn limits_hold_a_lun_to_its_rate_over_iscsi_and_bad_limits_change_nothing() {
         rate / 1048576.0
     );
     assert!(rate > 4.0 * 1048576.0, "the copier ran at {rate} bytes/s");
-    check(&ferry_at(&t, &["migrate", "abort", &spec]), "abort");
+    check(&t.ferry(&["migrate", "abort", &spec]), "abort");
 }
 
 #[test]
@@ -170,30 +162,9 @@ fn the_maps_qos_reaches_the_serving_node() {
         assert!(!out.status.success(), "--qos {bad} accepted");
         assert!(show(&url)["map"]["luns"].get("db").is_none());
     }
-    ferry(
-        &url,
-        &[
-            "map",
-            "lun",
-            "add",
-            "db",
-            "--target",
-            TARGET,
-            "--lun",
-            "1",
-            "--spec",
-            &spec,
-            "--qos",
-            "read-iops=200,write-bps=8M",
-        ],
-    );
-    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
     // The node reports serving the map as it is now only once its target
     // is ready for logins (its QoS may be set a pass before that).
-    let v = show(&url)["version"].as_i64().unwrap();
-    wait_map(&url, Duration::from_secs(30), "a serves db", |s| {
-        serves(s, "a", "db", v)
-    });
+    add_lun_served_by_a(&url, "db", &spec, &["--qos", "read-iops=200,write-bps=8M"]);
     let served = |want: Value| {
         let started = std::time::Instant::now();
         loop {

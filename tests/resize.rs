@@ -14,14 +14,6 @@ use std::process::Command;
 use common::{check, Tgtd};
 use ferry_initiator::Session;
 
-fn ferry(t: &Tgtd, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_RUN_DIR", &t.run_dir)
-        .output()
-        .unwrap()
-}
-
 fn refused(out: &std::process::Output, says: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -46,6 +38,16 @@ fn read10(lba: u32) -> [u8; 10] {
     c
 }
 
+/// The next command of `s` is told CAPACITY DATA HAS CHANGED.
+fn capacity_changed(s: &mut Session) {
+    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
+    assert_eq!(
+        r.sense.map(|x| (x.key, x.asc, x.ascq)),
+        Some((0x06, 0x2a, 0x09)),
+        "{r:?}"
+    );
+}
+
 #[test]
 #[ignore = "needs tgtd and libiscsi (scripts/test.sh)"]
 fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
@@ -60,17 +62,11 @@ fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
     s.write(65528, &block(1)).unwrap(); // the last 4 KiB
 
     check(
-        &ferry(&t, &["volume", "resize", &spec, "48M"]),
+        &t.ferry(&["volume", "resize", &spec, "48M"]),
         "resize to 48M",
     );
     // The next command the session sends is told, once.
-    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
-    let sense = r.sense.expect("a unit attention");
-    assert_eq!(
-        (sense.key, sense.asc, sense.ascq),
-        (0x06, 0x2a, 0x09),
-        "{r:?}"
-    );
+    capacity_changed(&mut s);
     assert!(s.raw_cdb(&read10(0), None, 512).unwrap().is_good());
     assert_eq!(s.read_capacity().unwrap(), (512, 98304));
     // Past the old end: written and read back; the old end is intact.
@@ -85,19 +81,16 @@ fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
 
     // Refused, nothing changed: smaller without --force, zero, absurd,
     // not a whole block.
-    refused(&ferry(&t, &["volume", "resize", &spec, "16M"]), "--force");
+    refused(&t.ferry(&["volume", "resize", &spec, "16M"]), "--force");
     refused(
-        &ferry(&t, &["volume", "resize", &spec, "0"]),
+        &t.ferry(&["volume", "resize", &spec, "0"]),
         "not a positive",
     );
     refused(
-        &ferry(&t, &["volume", "resize", &spec, "900000T"]),
+        &t.ferry(&["volume", "resize", &spec, "900000T"]),
         "more than",
     );
-    refused(
-        &ferry(&t, &["volume", "resize", &spec, "50000001"]),
-        "blocks",
-    );
+    refused(&t.ferry(&["volume", "resize", &spec, "50000001"]), "blocks");
     assert!(
         s.raw_cdb(&read10(0), None, 512).unwrap().is_good(),
         "no new unit attention"
@@ -108,14 +101,10 @@ fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
 
     // Forced shrink: the data past the new end is gone, the rest stays.
     check(
-        &ferry(&t, &["volume", "resize", &spec, "40M", "--force"]),
+        &t.ferry(&["volume", "resize", &spec, "40M", "--force"]),
         "forced shrink",
     );
-    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
-    assert_eq!(
-        r.sense.map(|x| (x.key, x.asc, x.ascq)),
-        Some((0x06, 0x2a, 0x09))
-    );
+    capacity_changed(&mut s);
     assert_eq!(s.read_capacity().unwrap(), (512, 81920));
     assert_eq!(s.read(65528, 8).unwrap(), block(1));
     let past = s.raw_cdb(&read10(81920), None, 512).unwrap();
@@ -130,30 +119,26 @@ fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
     // and a restart of tgtd.
     let target = format!("file:{}", dir.path().join("t.img").display());
     check(
-        &ferry(&t, &["migrate", "start", &spec, &target, "--rate", "8M"]),
+        &t.ferry(&["migrate", "start", &spec, &target, "--rate", "8M"]),
         "migrate start",
     );
     s.write(100, &block(3)).unwrap();
     check(
-        &ferry(&t, &["volume", "resize", &spec, "64M"]),
+        &t.ferry(&["volume", "resize", &spec, "64M"]),
         "grow while migrating",
     );
-    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
-    assert_eq!(
-        r.sense.map(|x| (x.key, x.asc, x.ascq)),
-        Some((0x06, 0x2a, 0x09))
-    );
+    capacity_changed(&mut s);
     assert_eq!(s.read_capacity().unwrap(), (512, 131072));
     s.write(131064, &block(4)).unwrap(); // the new last 4 KiB
     refused(
-        &ferry(&t, &["volume", "resize", &spec, "48M", "--force"]),
+        &t.ferry(&["volume", "resize", &spec, "48M", "--force"]),
         "only grows",
     );
     let tpath = target.strip_prefix("file:").unwrap();
     assert_eq!(std::fs::metadata(tpath).unwrap().len(), 64 << 20);
     let started = std::time::Instant::now();
     loop {
-        let out = ferry(&t, &["migrate", "status", &spec, "--json"]);
+        let out = t.ferry(&["migrate", "status", &spec, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if v["state"] == "copied" {
             assert_eq!(v["bytes_total"], 64 << 20);
@@ -165,7 +150,7 @@ fn a_served_lun_grows_and_a_logged_in_initiator_sees_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    check(&ferry(&t, &["migrate", "commit", &spec]), "commit");
+    check(&t.ferry(&["migrate", "commit", &spec]), "commit");
     drop((s, s2));
     let mut t = t;
     t.restart();
@@ -217,20 +202,7 @@ fn the_maps_size_grows_the_served_lun_and_never_shrinks_it() {
     let spec = common::file_volume(dir.path(), 16 << 20);
     let path = spec.strip_prefix("file:").unwrap().to_string();
     ferry(&url, &["map", "target", "add", TARGET]);
-    ferry(
-        &url,
-        &[
-            "map", "lun", "add", "db", "--target", TARGET, "--lun", "1", "--spec", &spec,
-        ],
-    );
-    ferry(&url, &["map", "initiator", "add", INITIATOR, "--lun", "db"]);
-    let v = show(&url)["version"].as_i64().unwrap();
-    wait_map(
-        &url,
-        std::time::Duration::from_secs(30),
-        "a serves db",
-        |s| serves(s, "a", "db", v),
-    );
+    add_lun_served_by_a(&url, "db", &spec, &[]);
     let mut s = Session::connect(&a.url(1)).unwrap();
     assert_eq!(s.read_capacity().unwrap(), (512, 32768));
     ferry(&url, &["map", "lun", "set", "db", "--size", "24M"]);
@@ -242,11 +214,7 @@ fn the_maps_size_grows_the_served_lun_and_never_shrinks_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let r = s.raw_cdb(&read10(0), None, 512).unwrap();
-    assert_eq!(
-        r.sense.map(|x| (x.key, x.asc, x.ascq)),
-        Some((0x06, 0x2a, 0x09))
-    );
+    capacity_changed(&mut s);
     assert_eq!(s.read_capacity().unwrap(), (512, 49152));
     // Smaller than the map's size: refused by the map; bad sizes too.
     for bad in ["8M", "0", "100000000T"] {

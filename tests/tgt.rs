@@ -18,19 +18,6 @@ use serde_json::Value;
 const SIZE: &str = "128M";
 const RANGE: u64 = 65536;
 
-fn ferry(t: &Tgtd, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_RUN_DIR", &t.run_dir)
-        .output()
-        .unwrap()
-}
-
-fn ferry_json(t: &Tgtd, args: &[&str]) -> Value {
-    let out = ferry(t, args);
-    serde_json::from_str(&check(&out, &format!("ferry {args:?}"))).unwrap()
-}
-
 fn iscsi(args: &[&str]) -> std::process::Output {
     Command::new(bin("ferry-iscsi"))
         .args(args)
@@ -84,7 +71,7 @@ fn identity(url: &str) -> (String, String) {
 }
 
 fn status(t: &Tgtd, vol: &str) -> Value {
-    ferry_json(t, &["migrate", "status", vol, "--json"])
+    t.ferry_json(&["migrate", "status", vol, "--json"])
 }
 
 fn wait_state(t: &Tgtd, vol: &str, want: &str) {
@@ -123,7 +110,7 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
         .collect();
     let mut t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry(&t, &["volume", "create", &src, "--size", SIZE]),
+        &t.ferry(&["volume", "create", &src, "--size", SIZE]),
         "volume create",
     );
     t.serve(&src);
@@ -135,30 +122,27 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
     let id0 = identity(&url);
 
     // Phase 0: migration starts under load; pause and resume mid-way.
-    let p = ferry_json(
-        &t,
-        &[
-            "migrate",
-            "start",
-            &src,
-            &dst,
-            "--rate",
-            "8M",
-            "--region-size",
-            "1M",
-            "--json",
-        ],
-    );
+    let p = t.ferry_json(&[
+        "migrate",
+        "start",
+        &src,
+        &dst,
+        "--rate",
+        "8M",
+        "--region-size",
+        "1M",
+        "--json",
+    ]);
     assert_eq!(p["state"], "copying");
     let l0 = load(&url, 0, 3, &logs[0]);
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(
-        ferry_json(&t, &["migrate", "pause", &src, "--json"])["paused"],
+        t.ferry_json(&["migrate", "pause", &src, "--json"])["paused"],
         true
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        ferry_json(&t, &["migrate", "resume", &src, "--json"])["paused"],
+        t.ferry_json(&["migrate", "resume", &src, "--json"])["paused"],
         false
     );
     check(&l0.wait_with_output().unwrap(), "load 0");
@@ -190,11 +174,11 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
 
     // Phase 2: the copy finishes under load; commit.
     let l2 = load(&url, 2, 3, &logs[2]);
-    ferry_json(&t, &["migrate", "rate", &src, "unlimited", "--json"]);
+    t.ferry_json(&["migrate", "rate", &src, "unlimited", "--json"]);
     check(&l2.wait_with_output().unwrap(), "load 2");
     wait_state(&t, &src, "copied");
     assert_eq!(
-        ferry_json(&t, &["migrate", "commit", &src, "--json"])["state"],
+        t.ferry_json(&["migrate", "commit", &src, "--json"])["state"],
         "committed"
     );
     for (i, log) in logs.iter().take(3).enumerate() {
@@ -224,7 +208,7 @@ fn migration_over_iscsi_survives_pause_tgtd_kill_restart_and_commit() {
         sha256_file(&dst_path),
         "the LUN is not the target file"
     );
-    let info = ferry_json(&t, &["volume", "info", &src, "--json"]);
+    let info = t.ferry_json(&["volume", "info", &src, "--json"]);
     assert_eq!(info["migrated_to"]["committed"], true);
 }
 
@@ -239,7 +223,7 @@ fn abort_over_iscsi_gives_the_source_every_write_back() {
     let log = dir.path().join("load.log");
     let t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry(&t, &["volume", "create", &src, "--size", SIZE]),
+        &t.ferry(&["volume", "create", &src, "--size", SIZE]),
         "volume create",
     );
     t.serve(&src);
@@ -248,25 +232,22 @@ fn abort_over_iscsi_gives_the_source_every_write_back() {
         &iscsi(&["write-pattern", &url, "--seed", "7"]),
         "write-pattern",
     );
-    ferry_json(
-        &t,
-        &[
-            "migrate",
-            "start",
-            &src,
-            &dst,
-            "--rate",
-            "16M",
-            "--region-size",
-            "1M",
-            "--json",
-        ],
-    );
+    t.ferry_json(&[
+        "migrate",
+        "start",
+        &src,
+        &dst,
+        "--rate",
+        "16M",
+        "--region-size",
+        "1M",
+        "--json",
+    ]);
     let l = load(&url, 1, 4, &log);
     std::thread::sleep(Duration::from_millis(1500));
     // Abort while the load runs; I/O continues through the copy-back.
     assert_eq!(
-        ferry_json(&t, &["migrate", "abort", &src, "--json"])["state"],
+        t.ferry_json(&["migrate", "abort", &src, "--json"])["state"],
         "aborting"
     );
     check(&l.wait_with_output().unwrap(), "load");
@@ -305,7 +286,7 @@ fn bad_input_gets_errors_or_sense_and_tgtd_survives() {
     let src = format!("file:{}", dir.path().join("src.img").display());
     let mut t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry(&t, &["volume", "create", &src, "--size", "16M"]),
+        &t.ferry(&["volume", "create", &src, "--size", "16M"]),
         "volume create",
     );
     t.add_target(1);
@@ -419,7 +400,7 @@ fn cache_modes_show_in_wce_and_follow_changes() {
     let vol = format!("file:{}", dir.path().join("v.img").display());
     let t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry(&t, &["volume", "create", &vol, "--size", "16M"]),
+        &t.ferry(&["volume", "create", &vol, "--size", "16M"]),
         "volume create",
     );
     t.add_target(1);
@@ -439,7 +420,7 @@ fn cache_modes_show_in_wce_and_follow_changes() {
         "READ",
     );
 
-    let set = |m: &str| check(&ferry(&t, &["volume", "cache-mode", &vol, m]), "cache-mode");
+    let set = |m: &str| check(&t.ferry(&["volume", "cache-mode", &vol, m]), "cache-mode");
     assert!(set("writeback").contains("cache mode writeback"));
     expect_good(
         &mut s,
@@ -483,7 +464,7 @@ fn cache_modes_show_in_wce_and_follow_changes() {
             "SYNCHRONIZE CACHE",
         );
     }
-    let out = ferry(&t, &["volume", "cache-mode", &vol, "fast"]);
+    let out = t.ferry(&["volume", "cache-mode", &vol, "fast"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cache mode"));
 }
@@ -495,7 +476,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
     let vol = format!("file:{}", dir.path().join("v.img").display());
     let t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry(&t, &["volume", "create", &vol, "--size", SIZE]),
+        &t.ferry(&["volume", "create", &vol, "--size", SIZE]),
         "volume create",
     );
     t.serve(&vol);
@@ -508,7 +489,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
     };
     pattern("7", "write-pattern");
     check(
-        &ferry(&t, &["snapshot", "create", &vol, "s1"]),
+        &t.ferry(&["snapshot", "create", &vol, "s1"]),
         "snapshot create",
     );
     pattern("8", "write-pattern");
@@ -528,7 +509,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
     let load = load(&url, 1, 4, &log);
     std::thread::sleep(Duration::from_millis(1500));
     let out = check(
-        &ferry(&t, &["snapshot", "restore", &vol, "s1"]),
+        &t.ferry(&["snapshot", "restore", &vol, "s1"]),
         "snapshot restore",
     );
     assert!(out.contains("before-restore-"), "{out}");
@@ -553,7 +534,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
     pattern("7", "verify-pattern");
 
     let list = check(
-        &ferry(&t, &["snapshot", "list", &vol, "--json"]),
+        &t.ferry(&["snapshot", "list", &vol, "--json"]),
         "snapshot list",
     );
     let list: Value = serde_json::from_str(&list).unwrap();
@@ -573,7 +554,7 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
         .find(|n| n.starts_with("before-restore-"))
         .unwrap();
     check(
-        &ferry(&t, &["snapshot", "restore", &vol, before]),
+        &t.ferry(&["snapshot", "restore", &vol, before]),
         "undo the restore",
     );
     pattern("8", "verify-pattern");
@@ -597,25 +578,25 @@ fn snapshot_restore_under_load_keeps_the_initiator_connected() {
             "no snapshot nope",
         ),
     ] {
-        let out = ferry(&t, &args);
+        let out = t.ferry(&args);
         assert!(!out.status.success(), "{args:?} succeeded");
         let e = String::from_utf8_lossy(&out.stderr);
         assert!(e.contains(want), "{args:?}: {e}");
     }
     let dst = format!("file:{}", dir.path().join("dst.img").display());
     check(
-        &ferry(&t, &["migrate", "start", &vol, &dst, "--paused", "--json"]),
+        &t.ferry(&["migrate", "start", &vol, &dst, "--paused", "--json"]),
         "migrate start",
     );
-    let out = ferry(&t, &["snapshot", "create", &vol, "s2"]);
+    let out = t.ferry(&["snapshot", "create", &vol, "s2"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("being migrated"), "{e}");
     check(
-        &ferry(&t, &["migrate", "abort", &vol, "--json"]),
+        &t.ferry(&["migrate", "abort", &vol, "--json"]),
         "migrate abort",
     );
     check(
-        &ferry(&t, &["snapshot", "delete", &vol, "s1"]),
+        &t.ferry(&["snapshot", "delete", &vol, "s1"]),
         "snapshot delete",
     );
 }
@@ -818,22 +799,19 @@ fn migrations_in_one_tgtd_share_the_node_copy_bandwidth_by_priority() {
     t.add_target(1);
     check(&t.add_ferry_lun(1, 1, &a), "LUN a");
     check(&t.add_ferry_lun(1, 2, &b), "LUN b");
-    check(&ferry(&t, &["migrate", "bandwidth", "4M"]), "bandwidth");
+    check(&t.ferry(&["migrate", "bandwidth", "4M"]), "bandwidth");
     for (src, dst, prio) in [(&a, spec("a2.img"), "100"), (&b, spec("b2.img"), "300")] {
-        let p = ferry_json(
-            &t,
-            &[
-                "migrate",
-                "start",
-                src,
-                &dst,
-                "--priority",
-                prio,
-                "--region-size",
-                "1M",
-                "--json",
-            ],
-        );
+        let p = t.ferry_json(&[
+            "migrate",
+            "start",
+            src,
+            &dst,
+            "--priority",
+            prio,
+            "--region-size",
+            "1M",
+            "--json",
+        ]);
         assert_eq!(p["priority"], prio.parse::<u64>().unwrap(), "{p}");
     }
     // Both copying: 1 : 3 of the node's 4 MiB/s.
@@ -845,7 +823,7 @@ fn migrations_in_one_tgtd_share_the_node_copy_bandwidth_by_priority() {
         s["share_rate"] == 3 * mib
     });
     // A paused migration takes no share: a gets it all.
-    ferry_json(&t, &["migrate", "pause", &b, "--json"]);
+    t.ferry_json(&["migrate", "pause", &b, "--json"]);
     status_until(&t, &a, "a's share of all of it", |s| {
         s["share_rate"] == 4 * mib
     });
@@ -856,10 +834,10 @@ fn migrations_in_one_tgtd_share_the_node_copy_bandwidth_by_priority() {
     assert!(s["bytes_done"].as_u64().unwrap() < 48 * mib, "{s}");
     // Lifting the bandwidth lets both finish.
     check(
-        &ferry(&t, &["migrate", "bandwidth", "unlimited"]),
+        &t.ferry(&["migrate", "bandwidth", "unlimited"]),
         "bandwidth",
     );
-    ferry_json(&t, &["migrate", "resume", &b, "--json"]);
+    t.ferry_json(&["migrate", "resume", &b, "--json"]);
     wait_state(&t, &a, "copied");
     wait_state(&t, &b, "copied");
     let s = status(&t, &a);

@@ -24,15 +24,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{nanos}", std::process::id())
 }
 
-fn ferry_json(t: &Tgtd, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_RUN_DIR", &t.run_dir)
-        .output()
-        .unwrap();
-    serde_json::from_str(&check(&out, &format!("ferry {args:?}"))).unwrap()
-}
-
 fn iscsi(args: &[&str]) -> String {
     let out = Command::new(bin("ferry-iscsi"))
         .args(args)
@@ -69,16 +60,13 @@ fn migrate_under_load(t: &Tgtd, lun_spec: &str, target: &str, log: &Path, url: &
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let p = ferry_json(
-        t,
-        &[
-            "migrate", "start", lun_spec, target, "--rate", "64M", "--json",
-        ],
-    );
+    let p = t.ferry_json(&[
+        "migrate", "start", lun_spec, target, "--rate", "64M", "--json",
+    ]);
     assert_eq!(p["state"], "copying", "{p}");
     check(&load.wait_with_output().unwrap(), "load");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while ferry_json(t, &["migrate", "status", lun_spec, "--json"])["state"] != "copied" {
+    while t.ferry_json(&["migrate", "status", lun_spec, "--json"])["state"] != "copied" {
         assert!(
             Instant::now() < deadline,
             "the copy to {target} did not finish"
@@ -86,7 +74,7 @@ fn migrate_under_load(t: &Tgtd, lun_spec: &str, target: &str, log: &Path, url: &
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        ferry_json(t, &["migrate", "commit", lun_spec, "--json"])["state"],
+        t.ferry_json(&["migrate", "commit", lun_spec, "--json"])["state"],
         "committed"
     );
     iscsi(&["load", url, "--verify-log", log.to_str().unwrap()]);
@@ -206,14 +194,6 @@ fn file_volume_migrates_into_rbd_offline_with_the_cli() {
     assert!(got[12 << 20..].iter().all(|&b| b == 0));
 }
 
-fn ferry_run(t: &Tgtd, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .env("FERRY_RUN_DIR", &t.run_dir)
-        .output()
-        .unwrap()
-}
-
 /// Seed 002 on RBD: snapshot + protect, and restore as a clone the LUN is
 /// switched to while an initiator stays logged in; the LUN keeps its name
 /// across a tgtd restart (the old image forwards to the clone).
@@ -227,14 +207,14 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
     let vol = format!("rbd:ferry-a/{name}?conf={conf}");
     let mut t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry_run(&t, &["volume", "create", &vol, "--size", "32M"]),
+        &t.ferry(&["volume", "create", &vol, "--size", "32M"]),
         "create the image",
     );
     t.serve(&vol);
     let url = t.url(1, 1);
     iscsi(&["write-pattern", &url, "--seed", "7"]);
     check(
-        &ferry_run(&t, &["snapshot", "create", &vol, "s1"]),
+        &t.ferry(&["snapshot", "create", &vol, "s1"]),
         "snapshot create",
     );
     iscsi(&["write-pattern", &url, "--seed", "8"]);
@@ -245,7 +225,7 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
         ferry_initiator::ScsiStatus::Good
     );
     let out = check(
-        &ferry_run(&t, &["snapshot", "restore", &vol, "s1"]),
+        &t.ferry(&["snapshot", "restore", &vol, "s1"]),
         "snapshot restore",
     );
     assert!(out.contains("before-restore-"), "{out}");
@@ -256,17 +236,14 @@ fn rbd_snapshot_restore_switches_the_lun_to_a_clone() {
     );
     iscsi(&["verify-pattern", &url, "--seed", "7"]);
     // s1 now has a clone: it cannot go while the LUN runs on it.
-    let out = ferry_run(&t, &["snapshot", "delete", &vol, "s1"]);
+    let out = t.ferry(&["snapshot", "delete", &vol, "s1"]);
     assert!(!out.status.success(), "a snapshot with a clone was deleted");
     // The configured name survives a restart: it forwards to the clone.
     t.kill9();
     t.restart();
     t.serve(&vol); // the same LUN after a restart
     iscsi(&["verify-pattern", &url, "--seed", "7"]);
-    let info = check(
-        &ferry_run(&t, &["volume", "info", &vol, "--json"]),
-        "volume info",
-    );
+    let info = check(&t.ferry(&["volume", "info", &vol, "--json"]), "volume info");
     assert!(info.contains(&format!("{name}-r")), "{info}");
 }
 
@@ -287,7 +264,7 @@ fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
     let vol = format!("rbd:ferry-a/{name}?conf={conf}");
     let mut t = Tgtd::start(&dir.path().join("run"));
     check(
-        &ferry_run(&t, &["volume", "create", &vol, "--size", "16M"]),
+        &t.ferry(&["volume", "create", &vol, "--size", "16M"]),
         "create the image",
     );
     t.serve(&vol);
@@ -328,14 +305,8 @@ fn rbd_reservations_are_kept_in_image_metadata_and_follow_a_restore() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is open by"), "{err}");
-    check(
-        &ferry_run(&t, &["snapshot", "create", &vol, "s1"]),
-        "snapshot",
-    );
-    check(
-        &ferry_run(&t, &["snapshot", "restore", &vol, "s1"]),
-        "restore",
-    );
+    check(&t.ferry(&["snapshot", "create", &vol, "s1"]), "snapshot");
+    check(&t.ferry(&["snapshot", "restore", &vol, "s1"]), "restore");
     check_state(&t, "on the restored clone");
     t.kill9();
     t.restart();

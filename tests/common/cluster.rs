@@ -173,6 +173,25 @@ pub fn two_nodes(dir: &std::path::Path, url: &str) -> BTreeMap<String, Node> {
     nodes
 }
 
+/// LUN 1 of the target (added already), `name` on `spec` with `flags`
+/// (`--qos`, `--size`, ...), mapped to the test initiator; returns once
+/// node a serves the map as it is then, so its target is ready for logins.
+pub fn add_lun_served_by_a(url: &str, name: &str, spec: &str, flags: &[&str]) {
+    let mut args = vec![
+        "map", "lun", "add", name, "--target", TARGET, "--lun", "1", "--spec", spec,
+    ];
+    args.extend_from_slice(flags);
+    ferry(url, &args);
+    ferry(url, &["map", "initiator", "add", INITIATOR, "--lun", name]);
+    let v = show(url)["version"].as_i64().unwrap();
+    wait_map(
+        url,
+        Duration::from_secs(30),
+        &format!("a serves {name}"),
+        |s| serves(s, "a", name, v),
+    );
+}
+
 /// LUN 1 of the target, `name` on `spec`, permitted on a then b, mapped
 /// to the test initiator and the two PR hosts; returns once a serves it.
 pub fn add_shared_lun(url: &str, name: &str, spec: &str) {

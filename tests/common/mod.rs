@@ -268,6 +268,20 @@ impl Tgtd {
         format!("iscsi://127.0.0.1:{}/{}/{lun}", self.port, Self::iqn(tid))
     }
 
+    /// Runs `ferry args` against this tgtd's LUNs (their control sockets
+    /// are in its run dir).
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        run(Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("FERRY_RUN_DIR", &self.run_dir))
+    }
+
+    /// [`Tgtd::ferry`] that must succeed, its output parsed as JSON.
+    pub fn ferry_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ferry(args);
+        serde_json::from_str(&check(&out, &format!("ferry {args:?}"))).unwrap()
+    }
+
     /// tgtd's process id (it runs in the foreground: the child itself).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
