@@ -130,37 +130,10 @@ mount -t proc proc "$root/proc"
 chroot "$root" mkinitramfs -d /etc/ferry-initramfs -o /boot/initrd.ferry "$kver"
 umount "$root/proc"
 
-# The guest's init: mount what the test scripts need, then run the script
-# the kernel command line names (ferry.script=NAME, a file in the share).
-cat >"$root/sbin/ferry-guest-init" <<'EOF'
-#!/bin/sh
-# PID 1 of the test guest: mounts the share and runs its script.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mountpoint -q /proc || mount -t proc proc /proc
-mountpoint -q /sys || mount -t sysfs sysfs /sys
-mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
-mountpoint -q /run || mount -t tmpfs tmpfs /run
-mkdir -p /dev/pts /dev/shm /share /tmp
-mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /tmp
-modprobe 9pnet_virtio 2>/dev/null
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share
-script=$(sed -n 's/.*ferry\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -n "$script" ] && [ -x "/share/$script" ]; then
-  "/share/$script"
-  echo "ferry-guest-init: $script exited with $?"
-else
-  echo "ferry-guest-init: no script /share/$script" | tee /share/result
-fi
-sync
-echo o >/proc/sysrq-trigger
-sleep 10
-EOF
-chmod 0755 "$root/sbin/ferry-guest-init"
-# The same under systemd (run-guest.sh with FERRY_GUEST_INIT=systemd):
-# PID 1 is systemd, booted into ferry-test.target, whose one service
-# mounts the share, runs the script and powers off.
-cat >"$root/sbin/ferry-guest-systemd" <<'EOF'
+# The test, under either PID 1: mounts the share, runs the script the
+# kernel command line names (ferry.script=NAME, a file in the share), and
+# powers off.
+cat >"$root/sbin/ferry-guest-run" <<'EOF'
 #!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mkdir -p /share
@@ -169,21 +142,39 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share
 script=$(sed -n 's/.*ferry\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$script" ] && [ -x "/share/$script" ]; then
   "/share/$script"
-  echo "ferry-guest-systemd: $script exited with $?"
+  echo "ferry-guest-run: $script exited with $?"
 else
-  echo "ferry-guest-systemd: no script /share/$script" | tee /share/result
+  echo "ferry-guest-run: no script /share/$script" | tee /share/result
 fi
 sync
 echo o >/proc/sysrq-trigger
 EOF
-chmod 0755 "$root/sbin/ferry-guest-systemd"
+chmod 0755 "$root/sbin/ferry-guest-run"
+# PID 1 of the test guest without systemd: mounts what systemd would
+# have, then runs the test.
+cat >"$root/sbin/ferry-guest-init" <<'EOF'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mountpoint -q /run || mount -t tmpfs tmpfs /run
+mkdir -p /dev/pts /dev/shm /tmp
+mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+/sbin/ferry-guest-run
+sleep 10
+EOF
+chmod 0755 "$root/sbin/ferry-guest-init"
+# Under systemd (run-guest.sh with FERRY_GUEST_INIT=systemd), PID 1 is
+# systemd, booted into ferry-test.target, whose one service runs the test.
 cat >"$root/etc/systemd/system/ferry-test.service" <<'EOF'
 [Unit]
 Description=ferry guest test script
 After=basic.target
 [Service]
 Type=oneshot
-ExecStart=/sbin/ferry-guest-systemd
+ExecStart=/sbin/ferry-guest-run
 StandardOutput=journal+console
 StandardError=journal+console
 EOF

@@ -46,15 +46,7 @@ echo "InitiatorName=$ME" >/etc/iscsi/initiatorname.iscsi
 must systemctl start iscsid
 must iscsiadm -m discovery -t st -p 127.0.0.1:3260
 must iscsiadm -m node -T "$IQN" -p 127.0.0.1:3260 --login
-DEV=
-for _ in $(seq 1 100); do
-  for d in /sys/block/sd*; do
-    [ -e "$d/size" ] && [ "$(cat "$d/size")" = $((32 * MiB / 512)) ] && DEV=/dev/$(basename "$d")
-  done
-  [ -n "$DEV" ] && [ -b "$DEV" ] && break
-  sleep 0.1
-done
-[ -n "$DEV" ] || fail "no 32 MiB disk after logging in"
+DEV=$(disk_of_size $((32 * MiB))) || fail "no 32 MiB disk after logging in"
 head -c 1M /dev/urandom >/tmp/chunk
 must dd if=/tmp/chunk of="$DEV" bs=1M oflag=direct conv=fsync
 cmp <(head -c 1M /var/lib/ferry/v.img) /tmp/chunk || fail "the volume lacks the write"

@@ -35,6 +35,20 @@ must() {
   [ -n "$out" ] && echo "$out" >>"$S/guest.log"
   return 0
 }
+# The SCSI disk of $1 bytes once a login has made it (up to 10 s): prints
+# its /dev path, or returns 1.
+disk_of_size() {
+  local sectors=$(($1 / 512)) dev d
+  for _ in $(seq 1 100); do
+    dev=
+    for d in /sys/block/sd*; do
+      [ -e "$d/size" ] && [ "$(cat "$d/size")" = "$sectors" ] && dev=/dev/${d##*/}
+    done
+    [ -n "$dev" ] && [ -b "$dev" ] && echo "$dev" && return 0
+    sleep 0.1
+  done
+  return 1
+}
 
 : >"$S/guest.log"
 log "guest up (kernel $(uname -r))"

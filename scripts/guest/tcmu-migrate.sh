@@ -250,16 +250,7 @@ grep -q "v4k.img: open, $((64 * MiB)) bytes in 4096-byte blocks" /var/log/tcmu-r
   fail "the handler did not open v4k.img with 4096-byte blocks: $(grep v4k /var/log/tcmu-runner.log | tail -n 3)"
 must iscsiadm -m discovery -t st -p 127.0.0.1:3260
 must iscsiadm -m node -T "$IQN4K" -p 127.0.0.1:3260 --login
-DEV4K=
-for i in $(seq 1 100); do
-  for d in /sys/block/sd*; do
-    [ -e "$d/size" ] || continue
-    [ "$(cat "$d/size")" = $((64 * MiB / 512)) ] && DEV4K=/dev/$(basename "$d")
-  done
-  [ -n "$DEV4K" ] && [ -b "$DEV4K" ] && break
-  sleep 0.1
-done
-[ -n "$DEV4K" ] || fail "no 64 MiB disk after logging in to $IQN4K"
+DEV4K=$(disk_of_size $((64 * MiB))) || fail "no 64 MiB disk after logging in to $IQN4K"
 lbs=$(cat "/sys/block/${DEV4K#/dev/}/queue/logical_block_size")
 [ "$lbs" = 4096 ] || fail "$DEV4K has $lbs-byte logical blocks, not 4096"
 cap=$(sg_readcap --long "$DEV4K" 2>&1)
@@ -351,16 +342,7 @@ AGENT_CORE=$(readlink -f "$TPG/lun/lun_1/ferry_1")
 grep -q "Max Data Area" "$AGENT_CORE/info" && log "agent backstore info: $(tr '\n' ' ' <"$AGENT_CORE/info")"
 must iscsiadm -m discovery -t st -p 127.0.0.1:3260
 must iscsiadm -m node -T "$IQN2" -p 127.0.0.1:3260 --login
-DEV2=
-for i in $(seq 1 100); do
-  for d in /sys/block/sd*; do
-    [ -e "$d/size" ] || continue
-    [ "$(cat "$d/size")" = $((64 * MiB / 512)) ] && DEV2=/dev/$(basename "$d")
-  done
-  [ -n "$DEV2" ] && [ -b "$DEV2" ] && break
-  sleep 0.1
-done
-[ -n "$DEV2" ] || fail "no 64 MiB disk after logging in to the agent's target"
+DEV2=$(disk_of_size $((64 * MiB))) || fail "no 64 MiB disk after logging in to the agent's target"
 head -c 1M /dev/urandom >/tmp/chunk
 must dd if=/tmp/chunk of="$DEV2" bs=1M oflag=direct conv=fsync
 cmp <(dd if="$DEV2" bs=1M count=1 iflag=direct 2>/dev/null) /tmp/chunk || fail "read back differs through the agent's LUN"
