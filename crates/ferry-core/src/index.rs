@@ -125,6 +125,8 @@ pub struct RegionIndex {
     /// the reason beside it is read only once it is set.
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
+    /// Words this index wrote to its store, for monitoring.
+    words_written: AtomicU64,
 }
 
 fn words_for(regions: u64) -> usize {
@@ -308,6 +310,7 @@ impl RegionIndex {
             unsynced: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
+            words_written: AtomicU64::new(0),
         }
     }
 
@@ -427,7 +430,14 @@ impl RegionIndex {
             .write_index(at, &value.to_le_bytes())
             .inspect_err(|e| self.poison(e))?;
         self.unsynced.store(true, Ordering::Release);
+        self.words_written.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Words of the bitmaps this index has written to its store (marks,
+    /// confirmations, clears; not the whole index a create writes).
+    pub fn words_written(&self) -> u64 {
+        self.words_written.load(Ordering::Relaxed)
     }
 
     pub fn region_size(&self) -> u64 {
@@ -671,10 +681,20 @@ mod tests {
     fn confirm_writes_only_the_words_that_changed() {
         let (store, idx) = index(64 * 1000);
         idx.mark_migrated(&[5, 70]).unwrap();
+        assert_eq!(
+            idx.words_written(),
+            store.index_writes(),
+            "two migrated words"
+        );
         let before = store.index_writes();
         idx.confirm(idx.pending()).unwrap();
         // Two confirmed words (regions 5 and 70 sit in words 0 and 1).
         assert_eq!(store.index_writes() - before, 2);
+        assert_eq!(
+            idx.words_written(),
+            store.index_writes(),
+            "and two confirmed"
+        );
         let before = store.index_writes();
         idx.confirm(idx.pending()).unwrap();
         assert_eq!(store.index_writes(), before, "nothing new to confirm");

@@ -60,7 +60,6 @@ impl MigratingVolume {
             self.point(faults::CHECKPOINT_FLUSH_TARGET)?;
             legs.target().flush()
         })?;
-        self.counters.index_write();
         self.fenced_flush(|| self.index.confirm(pending))?;
         *done = number;
         self.counters.checkpoint(started.elapsed());

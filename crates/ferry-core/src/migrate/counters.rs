@@ -1,6 +1,6 @@
 //! What a migration did, counted for monitoring: reads routed to each
-//! leg, writes sent to both legs, copy-ups, checkpoints and their time,
-//! index writes. Plain relaxed atomics bumped on the I/O path (no lock);
+//! leg, writes sent to both legs, copy-ups, checkpoints and their time
+//! (the index counts its own writes, `RegionIndex::words_written`). Plain relaxed atomics bumped on the I/O path (no lock);
 //! [`MigrationCounters::snapshot`] reads them for the control path. They
 //! count from when this process opened the migration.
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,6 @@ pub(crate) struct MigrationCounters {
     copy_ups: AtomicU64,
     checkpoints: AtomicU64,
     checkpoint_nanos: AtomicU64,
-    index_writes: AtomicU64,
 }
 
 /// A reading of a migration's counters.
@@ -40,7 +39,8 @@ pub struct MigrationCounts {
     pub checkpoints: u64,
     /// Their total time, seconds.
     pub checkpoint_seconds: f64,
-    /// Writes of the migrated-region index (marks, confirmations, clears).
+    /// Words of the migrated-region index written to its store (marks,
+    /// confirmations, clears).
     pub index_writes: u64,
 }
 
@@ -75,11 +75,8 @@ impl MigrationCounters {
         );
     }
 
-    pub(crate) fn index_write(&self) {
-        bump(&self.index_writes, 1);
-    }
-
-    pub(crate) fn snapshot(&self) -> MigrationCounts {
+    /// The counts, with the index's writes given by the caller.
+    pub(crate) fn snapshot(&self, index_writes: u64) -> MigrationCounts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MigrationCounts {
             reads_source: get(&self.reads_source),
@@ -90,7 +87,7 @@ impl MigrationCounters {
             copy_ups: get(&self.copy_ups),
             checkpoints: get(&self.checkpoints),
             checkpoint_seconds: get(&self.checkpoint_nanos) as f64 / 1e9,
-            index_writes: get(&self.index_writes),
+            index_writes,
         }
     }
 }

@@ -182,7 +182,7 @@ impl MigratingVolume {
 
     /// What this migration did since this process opened it.
     pub fn counts(&self) -> MigrationCounts {
-        self.counters.snapshot()
+        self.counters.snapshot(self.index.words_written())
     }
 
     /// The foreground's commands and their total time so far.

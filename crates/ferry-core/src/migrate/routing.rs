@@ -92,7 +92,6 @@ impl MigratingVolume {
         // confirmed (trusted after power loss) by the next checkpoint,
         // which flushes the target before it writes the confirmation.
         self.point(faults::WRITE_MARK_MIGRATED)?;
-        self.counters.index_write();
         self.index.mark_migrated(&[r])
     }
 
@@ -101,7 +100,6 @@ impl MigratingVolume {
     fn note_written(&self, r: u64) -> Result<()> {
         if !self.index.is_written(r) {
             self.point(faults::WRITE_MARK_WRITTEN)?;
-            self.counters.index_write();
             self.index.mark_written(r)?;
         }
         Ok(())

@@ -171,7 +171,6 @@ impl MigratingVolume {
                 // reads to it now and are confirmed by a checkpoint, at
                 // least every second.
                 self.point(faults::COPY_MARK_MIGRATED)?;
-                self.counters.index_write();
                 self.index.mark_migrated(regions)?;
                 self.checkpoint_if_due(&legs)
             }
@@ -193,7 +192,6 @@ impl MigratingVolume {
                 // failed with a bit still set on disk, reads would go back
                 // to the target's older bytes and change again when the
                 // abort finishes.
-                self.counters.index_write();
                 self.fenced_flush(|| self.index.clear_migrated(regions))
             }
         }

@@ -414,7 +414,7 @@ fn migration(page: &mut Exposition, volume: &str, m: &ferry_core::copier::Progre
         ),
         (
             "ferry_migration_index_writes_total",
-            "Writes of the migrated-region index.",
+            "Words of the migrated-region index written to its store.",
             c.index_writes as f64,
         ),
     ];
