@@ -47,10 +47,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             let render: ferry_host::metrics::http::Render = Arc::new(move || {
                 let mut page = ferry_host::metrics::text::Exposition::default();
                 let answer = registry.handle(&ferry_host::Request::Metrics);
-                ferry_host::metrics::text::luns(
-                    &mut page,
-                    answer.metrics.as_deref().unwrap_or_default(),
-                );
+                ferry_host::metrics::text::process(&mut page, &answer);
                 page.render()
             });
             let server = ferry_host::metrics::http::MetricsServer::start(addr, render)?;

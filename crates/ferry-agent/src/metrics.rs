@@ -19,7 +19,8 @@ pub struct NodeMetrics {
     session_losses: AtomicU64,
     passes: AtomicU64,
     pass_errors: AtomicU64,
-    apply_buckets: [AtomicU64; 11],
+    /// One per bound of [`APPLY_BOUNDS`], then `+Inf`.
+    apply_buckets: [AtomicU64; APPLY_BOUNDS.len() + 1],
     apply_nanos: AtomicU64,
     serving: AtomicU64,
     claims: AtomicU64,

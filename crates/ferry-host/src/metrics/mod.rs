@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_pr::Refusal;
+use ferry_scsi::cdb::op;
 use serde::{Deserialize, Serialize};
 
 /// Copies of the counters per LUN.
@@ -29,11 +30,14 @@ pub const LATENCY_BOUNDS: [f64; 16] = [
     2.5, 10.0,
 ];
 
+/// Buckets of the histogram: one per bound, then `+Inf`.
+const BUCKETS: usize = LATENCY_BOUNDS.len() + 1;
+
 /// The same bounds in nanoseconds, for the command path.
-const BOUNDS_NS: [u64; 16] = {
-    let mut out = [0u64; 16];
+const BOUNDS_NS: [u64; LATENCY_BOUNDS.len()] = {
+    let mut out = [0u64; LATENCY_BOUNDS.len()];
     let mut i = 0;
-    while i < 16 {
+    while i < out.len() {
         out[i] = (LATENCY_BOUNDS[i] * 1e9) as u64;
         i += 1;
     }
@@ -69,14 +73,24 @@ impl CommandKind {
 
     /// The kind of the command `cdb` starts.
     pub fn of(cdb: &[u8]) -> CommandKind {
-        match cdb.first() {
-            Some(0x08 | 0x28 | 0xa8 | 0x88) => CommandKind::Read,
-            // WRITE, WRITE AND VERIFY, ORWRITE.
-            Some(0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x8b) => CommandKind::Write,
-            Some(0x35 | 0x91) => CommandKind::Flush,
-            Some(0x42) => CommandKind::Unmap,
-            Some(0x41 | 0x93) => CommandKind::WriteSame,
-            Some(0x89) => CommandKind::CompareAndWrite,
+        // By the opcode alone: the command path counts every command,
+        // parsed or not.
+        match cdb.first().copied() {
+            Some(op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16) => CommandKind::Read,
+            Some(
+                op::WRITE_6
+                | op::WRITE_10
+                | op::WRITE_12
+                | op::WRITE_16
+                | op::WRITE_VERIFY_10
+                | op::WRITE_VERIFY_12
+                | op::WRITE_VERIFY_16
+                | op::ORWRITE_16,
+            ) => CommandKind::Write,
+            Some(op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16) => CommandKind::Flush,
+            Some(op::UNMAP) => CommandKind::Unmap,
+            Some(op::WRITE_SAME_10 | op::WRITE_SAME_16) => CommandKind::WriteSame,
+            Some(op::COMPARE_AND_WRITE) => CommandKind::CompareAndWrite,
             _ => CommandKind::Other,
         }
     }
@@ -125,32 +139,25 @@ struct KindCounters {
     commands: AtomicU64,
     bytes: AtomicU64,
     /// One per bound, then `+Inf`; not cumulative (the text makes them so).
-    buckets: [AtomicU64; 17],
+    buckets: [AtomicU64; BUCKETS],
     latency_ns: AtomicU64,
 }
 
 #[derive(Default)]
 #[repr(align(128))]
 struct Shard {
-    kinds: [KindCounters; 7],
+    kinds: [KindCounters; CommandKind::ALL.len()],
     sense: [AtomicU64; 16],
     conflicts: AtomicU64,
-}
-
-/// The counters of one LUN.
-pub struct LunMetrics {
-    shards: Box<[Shard; SHARDS]>,
-    /// Commands running now (the queue depth the initiators keep).
+    /// Commands entered through this shard and running now: the shards
+    /// sum to the LUN's queue depth.
     in_flight: AtomicU64,
 }
 
-impl Default for LunMetrics {
-    fn default() -> Self {
-        LunMetrics {
-            shards: Box::default(),
-            in_flight: AtomicU64::new(0),
-        }
-    }
+/// The counters of one LUN.
+#[derive(Default)]
+pub struct LunMetrics {
+    shards: Box<[Shard; SHARDS]>,
 }
 
 /// This thread's shard.
@@ -176,10 +183,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl LunMetrics {
-    /// Counts a command as running until the guard drops.
+    /// Counts a command as running until the guard drops (in the shard of
+    /// the thread that entered, wherever it drops).
     pub fn enter(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(&self.in_flight)
+        let c = &self.shards[shard_index()].in_flight;
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
     }
 
     /// Records one finished command: its kind, the data bytes it moved
@@ -203,15 +212,15 @@ impl LunMetrics {
 
     /// Sums the shards.
     pub fn snapshot(&self) -> LunCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = LunCounts {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: self.shards.iter().map(|s| get(&s.in_flight)).sum(),
             ..Default::default()
         };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for kind in CommandKind::ALL {
             let mut c = KindCounts {
                 kind,
-                buckets: vec![0; 17],
+                buckets: vec![0; BUCKETS],
                 ..Default::default()
             };
             let mut ns = 0u64;

@@ -281,13 +281,17 @@ pub fn run_dir(page: &mut Exposition, dir: &std::path::Path) {
             f64::from(u8::from(answer.is_ok())),
         );
         match answer {
-            Ok(r) => {
-                luns(page, r.metrics.as_deref().unwrap_or_default());
-                ports(page, r.ports.as_deref().unwrap_or_default());
-            }
+            Ok(r) => process(page, &r),
             Err(e) => log::warn!("metrics of {name}: {e}"),
         }
     }
+}
+
+/// Writes what one serving process answered to `metrics`: its LUNs (and
+/// their migrations) and its ALUA target ports.
+pub fn process(page: &mut Exposition, answer: &crate::control::Response) {
+    luns(page, answer.metrics.as_deref().unwrap_or_default());
+    ports(page, answer.ports.as_deref().unwrap_or_default());
 }
 
 fn migration(page: &mut Exposition, volume: &str, m: &ferry_core::copier::Progress) {
