@@ -352,6 +352,15 @@ fn volume_size(spec: &str) -> Result<u64, String> {
 }
 
 impl LioFrontend {
+    /// The configfs tree, for what needs no portal (a device's size,
+    /// removing everything).
+    fn configfs(&self) -> Lio {
+        Lio {
+            root: self.root.clone(),
+            portal: String::new(),
+        }
+    }
+
     fn lio(&self, snap: &Snapshot) -> Lio {
         let portal = snap
             .map
@@ -388,11 +397,9 @@ impl Frontend for LioFrontend {
     }
 
     fn capacity(&self, spec: &str, bytes: u64) -> Result<(), String> {
-        let lio = Lio {
-            root: self.root.clone(),
-            portal: String::new(),
-        };
-        lio.set_capacity(spec, bytes).map_err(|e| e.to_string())
+        self.configfs()
+            .set_capacity(spec, bytes)
+            .map_err(|e| e.to_string())
     }
 
     fn publish_alua(
@@ -430,10 +437,6 @@ impl Frontend for LioFrontend {
     }
 
     fn clear(&mut self) -> Result<(), AgentError> {
-        Ok(Lio {
-            root: self.root.clone(),
-            portal: String::new(),
-        }
-        .clear()?)
+        Ok(self.configfs().clear()?)
     }
 }

@@ -36,7 +36,7 @@ pub mod tgt;
 pub mod tgtd_ipc;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,19 @@ pub struct AgentConfig {
     /// Where the serving processes' control sockets are (tgtd's
     /// `FERRY_RUN_DIR`), for migration requests.
     pub run_dir: PathBuf,
+}
+
+/// Asks the serving process behind the control socket `sock`; a request
+/// it refuses is an error saying why.
+pub(crate) fn ask(sock: &Path, req: &Request) -> Result<control::Response, AgentError> {
+    let r = control::call(sock, req)?;
+    if r.ok {
+        Ok(r)
+    } else {
+        Err(AgentError::Refused(
+            r.error.unwrap_or_else(|| "refused".into()),
+        ))
+    }
 }
 
 /// The agent of one node.
@@ -342,7 +355,7 @@ impl Agent {
         if !handing.is_empty() || !taking_over.is_empty() {
             report.next = Some(report.next.map_or(RETRY / 4, |n| n.min(RETRY / 4)));
         }
-        self.sync_cache_modes(&snap, &report.serving, &mut report.errors);
+        self.sync_lun_settings(&snap, &report.serving, &mut report.errors);
         let migrating = self.migrations(&snap, &report.serving)?;
         if !report.errors.is_empty() || migrating {
             report.next = Some(report.next.map_or(RETRY, |n| n.min(RETRY)));
@@ -515,12 +528,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Gives every served LUN the cache mode the map asks for, through the
-    /// serving process's control socket (a change needs no reconfiguration
-    /// of the target; tgt LUNs also start in it, see `Tgtadm::apply`).
-    /// Gives each served LUN the cache mode, QoS limits and size the map
-    /// sets (a size only grows).
-    fn sync_cache_modes(
+    /// Gives each served LUN the size, QoS limits and cache mode the map
+    /// sets (a size only grows), through the serving process's control
+    /// socket: none needs the target reconfigured (tgt LUNs also start in
+    /// the cache mode, see `Tgtadm::apply`).
+    fn sync_lun_settings(
         &self,
         snap: &Snapshot,
         serving: &[String],
@@ -551,19 +563,13 @@ impl Agent {
                         size: want,
                         force: false,
                     };
-                    match control::call(sock, &req) {
-                        Ok(r) if r.ok => {
+                    match ask(sock, &req) {
+                        Ok(_) => {
                             now = want;
                             log::info!(
                                 "node {}: LUN {name}: grown from {size} to {want} bytes",
                                 self.cfg.node
                             )
-                        }
-                        Ok(r) => {
-                            errors.insert(
-                                name.clone(),
-                                format!("resize: {}", r.error.unwrap_or_default()),
-                            );
                         }
                         Err(e) => {
                             errors.insert(name.clone(), format!("resize: {e}"));
@@ -582,15 +588,9 @@ impl Agent {
                     volume: spec.clone(),
                     limits: Some(l.qos),
                 };
-                match control::call(sock, &req) {
-                    Ok(r) if r.ok => {
+                match ask(sock, &req) {
+                    Ok(_) => {
                         log::info!("node {}: LUN {name}: QoS {qos} -> {}", self.cfg.node, l.qos)
-                    }
-                    Ok(r) => {
-                        errors.insert(
-                            name.clone(),
-                            format!("QoS: {}", r.error.unwrap_or_default()),
-                        );
                     }
                     Err(e) => {
                         errors.insert(name.clone(), format!("QoS: {e}"));
@@ -604,18 +604,12 @@ impl Agent {
                 volume: spec.clone(),
                 mode: l.cache_mode,
             };
-            match control::call(sock, &req) {
-                Ok(r) if r.ok => log::info!(
+            match ask(sock, &req) {
+                Ok(_) => log::info!(
                     "node {}: LUN {name}: cache mode {mode} -> {}",
                     self.cfg.node,
                     l.cache_mode
                 ),
-                Ok(r) => {
-                    errors.insert(
-                        name.clone(),
-                        format!("cache mode: {}", r.error.unwrap_or_default()),
-                    );
-                }
                 Err(e) => {
                     errors.insert(name.clone(), format!("cache mode: {e}"));
                 }
@@ -695,14 +689,7 @@ impl Agent {
                 spec: spec.to_string(),
             }
         })?;
-        let r = control::call(&socket, &req)?;
-        if r.ok {
-            Ok(r)
-        } else {
-            Err(AgentError::Refused(
-                r.error.unwrap_or_else(|| "failed".into()),
-            ))
-        }
+        ask(&socket, &req)
     }
 
     fn execute(&self, spec: &str, action: &MigrationAction) -> Result<(), AgentError> {

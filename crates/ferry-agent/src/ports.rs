@@ -13,7 +13,7 @@ use ferry_host::VolumeSpec;
 use ferry_map::placement::{port_groups, Role};
 use ferry_map::Snapshot;
 
-use crate::AgentError;
+use crate::{ask, AgentError};
 
 /// What one LUN's port on this node should say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,8 +144,8 @@ pub fn apply(
             own_group: w.own_group,
             groups: w.groups.clone(),
         };
-        let result = match control::call(sock, &req) {
-            Ok(r) if r.ok => {
+        let result = match ask(sock, &req) {
+            Ok(r) => {
                 let state = r
                     .ports
                     .and_then(|p| p.first().map(|i| i.state))
@@ -153,7 +153,6 @@ pub fn apply(
                 log::info!("LUN {lun}: port group {} {state}", w.own_group);
                 Ok(state)
             }
-            Ok(r) => Err(r.error.unwrap_or_else(|| "refused".into())),
             Err(e) => Err(e.to_string()),
         };
         out.insert(lun.clone(), result);
@@ -188,12 +187,7 @@ pub fn make_all_unavailable(run_dir: &Path) -> Result<usize, AgentError> {
                             preferred: false,
                         }],
                     };
-                    let r = control::call(sock, &req)?;
-                    if r.ok {
-                        Ok(())
-                    } else {
-                        Err(AgentError::Refused(r.error.unwrap_or_default()))
-                    }
+                    ask(sock, &req).map(drop)
                 })
             })
             .collect();
