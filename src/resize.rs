@@ -24,11 +24,11 @@ pub struct ResizeArgs {
 pub fn run(a: &ResizeArgs) -> Result<()> {
     let spec = VolumeSpec::parse(&a.spec)?;
     let size = parse_size(&a.size)?;
-    if size > ferry_host::resize::MAX_SIZE {
+    if size > ferry_host::resize::MAX_LUN_SIZE {
         bail!(
             "{} is more than the {} a volume may have",
             a.size,
-            human(ferry_host::resize::MAX_SIZE)
+            human(ferry_host::resize::MAX_LUN_SIZE)
         );
     }
     let name = spec.to_string();

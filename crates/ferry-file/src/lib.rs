@@ -57,6 +57,17 @@ pub struct FileVolume {
 }
 
 impl FileVolume {
+    /// Refuses once an fsync failed (see `sync_failed`).
+    fn check_synced(&self) -> Result<()> {
+        if self.sync_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Fenced(format!(
+                "{}: an earlier fsync failed; reopen the volume",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates a new sparse file of `size` bytes; refuses to overwrite.
     pub fn create(path: &Path, size: u64) -> Result<Self, FileError> {
         if size == 0 || !size.is_multiple_of(512) {
@@ -180,12 +191,7 @@ impl Volume for FileVolume {
     }
 
     fn flush(&self) -> Result<()> {
-        if self.sync_failed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Error::Fenced(format!(
-                "{}: an earlier fsync failed; reopen the volume",
-                self.name
-            )));
-        }
+        self.check_synced()?;
         self.file.sync_data().map_err(|e| {
             self.sync_failed
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -202,12 +208,7 @@ impl Volume for FileVolume {
                 why: format!("{size} bytes is not a positive multiple of 512"),
             });
         }
-        if self.sync_failed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Error::Fenced(format!(
-                "{}: an earlier fsync failed; reopen the volume",
-                self.name
-            )));
-        }
+        self.check_synced()?;
         steps::before(ferry_core::faults::VOLUME_RESIZE, &self.path)
             .and_then(|()| self.file.set_len(size))
             .map_err(|e| Error::CannotResize {

@@ -377,13 +377,6 @@ impl Registry {
             Request::Resize { size, force, .. } => match lun.set_size(*size, *force) {
                 Ok(_) => Response {
                     ok: true,
-                    served: Some(vec![Served {
-                        spec: lun.spec().to_string(),
-                        size: ferry_core::Volume::size(lun.as_ref()),
-                        migration: None,
-                        cache_mode: lun.cache_mode(),
-                        qos: lun.qos(),
-                    }]),
                     ..Default::default()
                 },
                 Err(e) => Response::error(e.to_string()),

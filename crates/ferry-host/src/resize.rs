@@ -15,9 +15,7 @@ use ferry_core::{MigrationState, Volume};
 use crate::lun::Lun;
 use crate::HostError;
 
-/// The largest size a LUN may be given: 2^56 bytes (64 PiB), far past
-/// any backend here, so a typo of a few digits is refused, not tried.
-pub const MAX_SIZE: u64 = 1 << 56;
+pub use ferry_scsi::MAX_LUN_SIZE;
 
 impl Lun {
     /// Changes the volume under the LUN to `size` bytes (a whole number
@@ -34,9 +32,9 @@ impl Lun {
                 "{size} bytes is not a positive whole number of the LUN's {block}-byte blocks"
             )));
         }
-        if size > MAX_SIZE {
+        if size > MAX_LUN_SIZE {
             return Err(bad(format!(
-                "{size} bytes is more than the {MAX_SIZE} a LUN may have"
+                "{size} bytes is more than the {MAX_LUN_SIZE} a LUN may have"
             )));
         }
         if let Some(old) = self.grow_migration(size)? {
@@ -57,10 +55,7 @@ impl Lun {
                 // ORDERING: the volume has its new size (durably) before
                 // any command can see the new capacity; commands wait on
                 // the quiesce until then.
-                self.size.store(size, Ordering::Release);
-                self.capacity_blocks
-                    .store(size >> self.block_shift.load(Ordering::Relaxed), Ordering::Relaxed);
-                self.capacity_changes.fetch_add(1, Ordering::AcqRel);
+                self.publish_size(size);
             }
             Ok((old, None))
         })?;
@@ -113,13 +108,8 @@ impl Lun {
                 let now = vol.size();
                 m.vol = vol.clone();
                 *current = vol;
-                self.size.store(now, Ordering::Release);
-                self.capacity_blocks.store(
-                    now >> self.block_shift.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
                 if now != old {
-                    self.capacity_changes.fetch_add(1, Ordering::AcqRel);
+                    self.publish_size(now);
                     log::info!(
                         "{}: grown from {old} to {now} bytes while migrating",
                         self.spec()
@@ -145,6 +135,18 @@ impl Lun {
             }
         }
         result
+    }
+
+    /// Reports `size` bytes from now on: the LUN's size and capacity, and
+    /// one more change each front-end owes every nexus a unit attention
+    /// for. Called with I/O held off and the volume already that size.
+    fn publish_size(&self, size: u64) {
+        self.size.store(size, Ordering::Release);
+        self.capacity_blocks.store(
+            size >> self.block_shift.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.capacity_changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// How many times the LUN's capacity changed since it was opened: a

@@ -376,7 +376,7 @@ impl Lun {
             }
         }
         if let Some(size) = self.size {
-            if size == 0 || size % 512 != 0 || size > 1 << 56 {
+            if size == 0 || size % 512 != 0 || size > ferry_scsi::MAX_LUN_SIZE {
                 return Err(MapError::invalid(format!(
                     "LUN {}: size {size} is not a positive multiple of 512 bytes up to 64 PiB",
                     self.name

@@ -19,3 +19,8 @@ pub use cache::CacheMode;
 pub use cdb::{parse, Command};
 pub use exec::{execute, LunContext};
 pub use sense::Sense;
+
+/// The largest size a LUN may be given: 2^56 bytes (64 PiB), far past
+/// any backend here, so a typo of a few digits is refused, not tried.
+/// The cluster map's LUN size and an online resize are held to it.
+pub const MAX_LUN_SIZE: u64 = 1 << 56;
