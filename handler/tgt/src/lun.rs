@@ -13,7 +13,7 @@ use ferry_host::{Lun, LunPort};
 use ferry_scsi::alua::AccessState;
 use ferry_scsi::CacheMode;
 
-use crate::optable::{AccessChanges, NexusNames, SavedOps};
+use crate::optable::{ChangesTold, NexusNames, SavedOps};
 use crate::Error;
 
 /// The plugin's per-LU private data: created in `bs_init`, reclaimed in
@@ -34,14 +34,14 @@ pub struct LunSlot {
     /// The nexus names of the LU's sessions (see [`crate::optable`]).
     pub nexus_names: NexusNames,
     /// The port state changes each session was told of.
-    pub access_changes: AccessChanges,
+    pub access_told: ChangesTold,
     /// How often the capacity tgtd reports (`lu->size`) changed since
     /// `bs_open`: an online resize, or a standby port turned active on a
     /// volume resized meanwhile (see [`LunSlot::sync_capacity`]).
     pub capacity_changes: Cell<u64>,
     /// The capacity changes each session was told of (CAPACITY DATA HAS
     /// CHANGED).
-    pub capacity_told: AccessChanges,
+    pub capacity_told: ChangesTold,
 }
 
 /// What `bs_open` tells tgtd about a LUN just opened.

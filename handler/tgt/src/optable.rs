@@ -125,15 +125,16 @@ const ACCESS_STATE_CHANGED: u16 = 0x2a06;
 /// CAPACITY DATA HAS CHANGED (SPC-4 table D.1), owed after a resize.
 const CAPACITY_DATA_HAS_CHANGED: u16 = 0x2a09;
 
-/// Which count of the port's state changes each session has been told
-/// of ([`ferry_host::LunPort::changes`]): a session is owed ASYMMETRIC
-/// ACCESS STATE CHANGED once per change after it began (SPC-4 5.15.2.2),
-/// so Linux's ALUA handler checks RTPG again at once instead of at its
-/// next path check.
+/// Which count of changes each session has been told of: a session is
+/// owed a unit attention once per change after it began. Kept for the
+/// port's state changes ([`ferry_host::LunPort::changes`]: ASYMMETRIC
+/// ACCESS STATE CHANGED, SPC-4 5.15.2.2, so Linux's ALUA handler checks
+/// RTPG again at once instead of at its next path check) and for the
+/// capacity's (CAPACITY DATA HAS CHANGED, so it reads the capacity again).
 #[derive(Default)]
-pub struct AccessChanges(Mutex<HashMap<SessionKey, u64>>);
+pub struct ChangesTold(Mutex<HashMap<SessionKey, u64>>);
 
-impl AccessChanges {
+impl ChangesTold {
     /// Whether session `key` is owed the unit attention now that the
     /// port's count is `changes` (and, if so, counts it as told). A new
     /// session starts at the current count.
@@ -176,21 +177,27 @@ pub fn admit(
     let Some(op) = cdb.first().map(|&b| b as usize) else {
         return Admission::Fail;
     };
-    if let (Some(port), Some(key)) = (&slot.port, session) {
-        if !passes_unit_attention(cdb) && slot.access_changes.owed(key, port.changes()) {
-            return Admission::Refuse(Refusal::Check(ferry_scsi::Sense::new(
-                ferry_scsi::sense::key::UNIT_ATTENTION,
+    if let Some(key) = session.filter(|_| !passes_unit_attention(cdb)) {
+        // One unit attention per command, the port's state first.
+        let owed = [
+            (
+                &slot.access_told,
+                slot.port.as_ref().map(|p| p.changes()),
                 ACCESS_STATE_CHANGED,
-            )));
-        }
-    }
-    if let Some(key) = session {
-        if !passes_unit_attention(cdb) && slot.capacity_told.owed(key, slot.capacity_changes.get())
-        {
-            return Admission::Refuse(Refusal::Check(ferry_scsi::Sense::new(
-                ferry_scsi::sense::key::UNIT_ATTENTION,
+            ),
+            (
+                &slot.capacity_told,
+                Some(slot.capacity_changes.get()),
                 CAPACITY_DATA_HAS_CHANGED,
-            )));
+            ),
+        ];
+        for (told, changes, asc) in owed {
+            if changes.is_some_and(|n| told.owed(key, n)) {
+                return Admission::Refuse(Refusal::Check(ferry_scsi::Sense::new(
+                    ferry_scsi::sense::key::UNIT_ATTENTION,
+                    asc,
+                )));
+            }
         }
     }
     if let Some(refusal) = slot.state().refusal() {
@@ -371,7 +378,7 @@ mod tests {
 
     #[test]
     fn each_session_is_told_of_each_change_once() {
-        let told = AccessChanges::default();
+        let told = ChangesTold::default();
         assert!(!told.owed((1, 1), 0), "a new session owes nothing");
         assert!(!told.owed((1, 1), 0));
         assert!(told.owed((1, 1), 2));

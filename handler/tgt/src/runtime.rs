@@ -131,7 +131,8 @@ impl Runtime {
     }
 }
 
-/// A worker's part: runs `job` (a panic answers HARDWARE ERROR).
+/// Queues `job` on the workers; a pool that refuses answers it HARDWARE
+/// ERROR rather than leave it hanging.
 fn submit_to(pool: &Pool<Job>, completions: &Completions, job: Job) {
     if let Err(job) = pool.submit(job) {
         // Workers never exit while the pool lives; keep the command
@@ -145,6 +146,7 @@ fn submit_to(pool: &Pool<Job>, completions: &Completions, job: Job) {
     }
 }
 
+/// A worker's part: runs `job` (a panic answers HARDWARE ERROR).
 fn execute(mut job: Job) -> Done {
     let outcome = ferry_plugin::boundary(
         "a command",
