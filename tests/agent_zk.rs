@@ -229,7 +229,28 @@ fn agents_converge_fail_over_and_rejoin_without_flapping() {
     // restart on a loaded machine can make it, has fenced its ports
     // meanwhile, see tests/alua.rs; it serves again once the map is back.
     // A CI rehearsal read v1 in that window.)
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     zk.restart();
+    // Each client reconnects on its own back-off, so one agent may be
+    // back seconds before another. A LUN added before its most preferred
+    // node is back goes, by design, to the next one after a claim step
+    // (claims are sticky), which is not what this part checks (a CI run
+    // saw b take v9 that way): wait until b and c have each run a pass
+    // against the restarted ZooKeeper.
+    let back = wait_map(
+        &url,
+        Duration::from_secs(15),
+        "b and c reporting after the ZooKeeper restart",
+        |s| {
+            ["b", "c"]
+                .iter()
+                .all(|n| s["status"][n]["at_ms"].as_i64().unwrap_or(0) > restarted_ms)
+        },
+    );
+    eprintln!("ZooKeeper restarted: b and c reported again {back:?} after it answered");
     ferry(&url, &["volume", "create", &vol("v9"), "--size", "16M"]);
     ferry(
         &url,
