@@ -1,6 +1,7 @@
 //! What a migration did, counted for monitoring: reads routed to each
 //! leg, writes sent to both legs, copy-ups, checkpoints and their time
-//! (the index counts its own writes, `RegionIndex::words_written`). Plain relaxed atomics bumped on the I/O path (no lock);
+//! (the index counts its own writes, `RegionIndex::words_written`).
+//! Plain relaxed atomics bumped on the I/O path (no lock);
 //! [`MigrationCounters::snapshot`] reads them for the control path. They
 //! count from when this process opened the migration.
 use std::sync::atomic::{AtomicU64, Ordering};
