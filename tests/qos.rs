@@ -39,7 +39,7 @@ fn within(measured: f64, limit: f64, what: &str) {
 fn qos_json(t: &Tgtd, spec: &str, args: &[&str]) -> Value {
     let mut all = vec!["volume", "qos", spec, "--json"];
     all.extend_from_slice(args);
-    serde_json::from_str(&check(&t.ferry(&all), &format!("volume qos {args:?}"))).unwrap()
+    t.ferry_json(&all)
 }
 
 #[test]
