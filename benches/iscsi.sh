@@ -85,7 +85,11 @@ ensure_migrating
 sleep 1 # past the start
 d0=$(done_now); sleep 2; d1=$(done_now)
 copy_idle=$(mib_per_s "$d0" "$d1" 2)
-echo "copy rate with no foreground load: $copy_idle MiB/s"
+# A copy that ended inside the window (or before it: 0 MiB/s) gives no
+# rate to compare with; "x idle" is then left out, not divided by zero.
+idle_note=$([ "$(state_now)" = copying ] ||
+  echo " (the copy finished within the window: a lower bound; BENCH_SIZE_MIB makes it longer)")
+echo "copy rate with no foreground load: $copy_idle MiB/s$idle_note"
 printf '%-22s %10s %10s %10s %12s %14s %18s\n' workload rdwr ferry ferry-mig ferry/rdwr mig/idle "copy MiB/s (x idle)"
 for spec in "4K-randread-qd1 1 4096 100 random" "4K-randread-qd32 32 4096 100 random" \
             "4K-randwrite-qd1 1 4096 0 random" "4K-randwrite-qd32 32 4096 0 random" \
@@ -107,6 +111,6 @@ for spec in "4K-randread-qd1 1 4096 100 random" "4K-randread-qd32 32 4096 100 ra
   note=$([ "$(state_now)" = copying ] && echo "" || echo " (copy finished during the run: a lower bound)")
   printf '%-22s %10s %10s %10s %12s %14s %18s%s\n' "$1" "$rd" "$fe" "$mi" \
     "$(python3 -c "print(f'{$fe/$rd:.2f}x')")" "$(python3 -c "print(f'{$mi/$fe:.2f}x')")" \
-    "$copy ($(python3 -c "print(f'{$copy/max($copy_idle,1):.2f}x')"))" "$note"
+    "$copy ($(python3 -c "print(f'{$copy/$copy_idle:.2f}x' if $copy_idle > 0 else '-')"))" "$note"
 done
 echo "(IOPS; $secs s per run; migrations started during the migrating runs: $gen)"
